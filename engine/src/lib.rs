@@ -1,0 +1,3 @@
+//! strata: LTX capture, compaction, retention and restore for SQLite.
+
+pub use ltx;

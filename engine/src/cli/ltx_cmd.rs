@@ -1,0 +1,174 @@
+//! `strata ltx verify` and `strata ltx dump`.
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ltx::{Decoded, Decoder, Header, Validation, page_checksum};
+
+#[derive(Debug, Subcommand)]
+pub enum LtxCommand {
+    /// Fully decode each file and check every checksum and format rule.
+    ///
+    /// Prints one line per file, "ok" or the failure with its offset, and exits non-zero if
+    /// any file fails.
+    Verify(VerifyArgs),
+    /// Print a file's header, its pages (offset, frame size, page checksum) and its trailer.
+    Dump(DumpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Check only what the Go reference decoder checks (page order, index and snapshot
+    /// completeness are not checked).
+    #[arg(long)]
+    lenient: bool,
+    /// LTX files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The LTX file.
+    file: PathBuf,
+}
+
+pub fn run(cmd: LtxCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LtxCommand::Verify(args) => verify(&args),
+        LtxCommand::Dump(args) => dump(&args.file),
+    }
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let validation = if args.lenient {
+        Validation::Lenient
+    } else {
+        Validation::Strict
+    };
+    let mut out = io::stdout().lock();
+    let mut failed = 0;
+    for path in &args.files {
+        match verify_file(path, validation) {
+            Ok((h, d)) => writeln!(
+                out,
+                "{}: ok ({}, {} page{}, commit {}, page size {}, file checksum {})",
+                path.display(),
+                h.txid_range(),
+                d.page_count,
+                if d.page_count == 1 { "" } else { "s" },
+                h.commit,
+                h.page_size,
+                d.trailer.file_checksum
+            )?,
+            Err(e) => {
+                failed += 1;
+                writeln!(out, "{}: FAILED: {e:#}", path.display())?;
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} files failed verification", args.files.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_file(path: &Path, validation: Validation) -> anyhow::Result<(Header, Decoded)> {
+    let file = File::open(path).context("cannot open")?;
+    let dec = Decoder::new(file)?.with_validation(validation);
+    let header = *dec.header();
+    Ok((header, dec.finish()?))
+}
+
+fn dump(path: &Path) -> anyhow::Result<ExitCode> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut dec = Decoder::from_buf_read(BufReader::new(file))
+        .with_context(|| format!("{}", path.display()))?;
+    let h = *dec.header();
+    let mut out = io::stdout().lock();
+    writeln!(out, "file:              {}", path.display())?;
+    writeln!(out, "size:              {size} bytes")?;
+    writeln!(
+        out,
+        "flags:             {:#010x}{}",
+        h.flags.bits(),
+        if h.no_checksum() { " (NoChecksum)" } else { "" }
+    )?;
+    writeln!(out, "page size:         {}", h.page_size)?;
+    writeln!(out, "commit:            {} pages", h.commit)?;
+    writeln!(out, "min TXID:          {}", h.min_txid)?;
+    writeln!(
+        out,
+        "max TXID:          {}{}",
+        h.max_txid,
+        if h.is_snapshot() { " (snapshot)" } else { "" }
+    )?;
+    writeln!(
+        out,
+        "timestamp:         {} ({} ms)",
+        format_millis(h.timestamp),
+        h.timestamp
+    )?;
+    writeln!(out, "pre-apply:         {}", h.pre_apply_checksum)?;
+    writeln!(out, "WAL offset:        {}", h.wal_offset)?;
+    writeln!(out, "WAL size:          {}", h.wal_size)?;
+    writeln!(
+        out,
+        "WAL salts:         {:08x} {:08x}",
+        h.wal_salt1, h.wal_salt2
+    )?;
+    writeln!(out, "node ID:           {}", h.node_id)?;
+    writeln!(out, "pages:")?;
+    writeln!(
+        out,
+        "  {:>10} {:>12} {:>8}  {:<16}",
+        "pgno", "offset", "size", "page checksum"
+    )?;
+    let mut page = vec![0u8; h.page_size.bytes()];
+    let result = loop {
+        let at = dec.offset();
+        match dec.decode_page(&mut page) {
+            Ok(Some(pgno)) => writeln!(
+                out,
+                "  {:>10} {:>12} {:>8}  {}",
+                pgno,
+                at,
+                dec.offset() - at,
+                page_checksum(pgno, &page)
+            )?,
+            Ok(None) => break dec.finish(),
+            Err(e) => break Err(e),
+        }
+    };
+    match result {
+        Ok(d) => {
+            writeln!(out, "page count:        {}", d.page_count)?;
+            writeln!(out, "post-apply:        {}", d.trailer.post_apply_checksum)?;
+            writeln!(
+                out,
+                "file checksum:     {} (verified)",
+                d.trailer.file_checksum
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            out.flush()?;
+            eprintln!("{}: FAILED: {e}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds, as Litestream prints LTX timestamps.
+pub fn format_millis(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => format!("{ts:.3}"),
+        Err(_) => "out of range".to_string(),
+    }
+}

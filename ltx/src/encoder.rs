@@ -87,13 +87,9 @@ impl<W: Write> Encoder<W> {
             ));
         }
         self.check_page(pgno, data)?;
-        let frame = self.frames.encode(pgno, data);
+        let (frame, hashed_prefix) = self.frames.encode(pgno, data);
         // The file checksum covers the page header, the block form's size field, and the
         // uncompressed page; never the compressed bytes.
-        let hashed_prefix = match frame[4..6] {
-            [0, 0] => PAGE_HEADER_SIZE,
-            _ => PAGE_HEADER_SIZE + 4,
-        };
         self.crc.update(&frame[..hashed_prefix]);
         self.crc.update(data);
         let size = frame.len();

@@ -97,10 +97,7 @@ impl std::fmt::Debug for FrameWriter {
 
 impl FrameWriter {
     pub(crate) fn new(page_size: PageSize, encoding: PageEncoding) -> FrameWriter {
-        let max = PAGE_HEADER_SIZE
-            + 4
-            + lz4_frame::OVERHEAD
-            + lz4_flex::block::get_maximum_output_size(page_size.bytes());
+        let max = PAGE_HEADER_SIZE + lz4_frame::max_len(page_size.bytes());
         FrameWriter {
             encoding,
             // 16-bit table entries only address inputs shorter than 65535 bytes.
@@ -109,42 +106,37 @@ impl FrameWriter {
             } else {
                 CompressTable::large()
             },
-            buf: Vec::with_capacity(max),
+            // Sized once for the worst case, so no page pays for zeroing or growth.
+            buf: vec![0; max],
         }
     }
 
-    /// The complete frame for one page.
-    pub(crate) fn encode(&mut self, pgno: PageNum, data: &[u8]) -> &[u8] {
-        let buf = &mut self.buf;
-        buf.clear();
-        match self.encoding {
+    /// The complete frame for one page, and how many of its leading bytes the file
+    /// checksum covers (the page header, plus the size field in the block form).
+    pub(crate) fn encode(&mut self, pgno: PageNum, data: &[u8]) -> (&[u8], usize) {
+        let flags = match self.encoding {
+            PageEncoding::Block => PAGE_FLAG_SIZE,
+            PageEncoding::Frame => 0,
+        };
+        let header = PageHeader {
+            pgno: pgno.get(),
+            flags,
+        };
+        self.buf[..PAGE_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+        let (len, hashed) = match self.encoding {
             PageEncoding::Block => {
-                let header = PageHeader {
-                    pgno: pgno.get(),
-                    flags: PAGE_FLAG_SIZE,
-                };
-                buf.extend_from_slice(&header.to_bytes());
-                buf.extend_from_slice(&[0; 4]);
-                let start = buf.len();
-                buf.resize(
-                    start + lz4_flex::block::get_maximum_output_size(data.len()),
-                    0,
-                );
-                let n = compress_into_with_table(data, &mut buf[start..], &mut self.table)
+                let body = PAGE_HEADER_SIZE + 4;
+                let n = compress_into_with_table(data, &mut self.buf[body..], &mut self.table)
                     .expect("output buffer has the maximum compressed size");
-                buf.truncate(start + n);
-                buf[PAGE_HEADER_SIZE..start].copy_from_slice(&(n as u32).to_be_bytes());
+                self.buf[PAGE_HEADER_SIZE..body].copy_from_slice(&(n as u32).to_be_bytes());
+                (body + n, body)
             }
             PageEncoding::Frame => {
-                let header = PageHeader {
-                    pgno: pgno.get(),
-                    flags: 0,
-                };
-                buf.extend_from_slice(&header.to_bytes());
-                lz4_frame::write(data, &mut self.table, buf);
+                let n = lz4_frame::write(data, &mut self.table, &mut self.buf[PAGE_HEADER_SIZE..]);
+                (PAGE_HEADER_SIZE + n, PAGE_HEADER_SIZE)
             }
-        }
-        buf
+        };
+        (&self.buf[..len], hashed)
     }
 }
 

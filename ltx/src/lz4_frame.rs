@@ -28,33 +28,33 @@ const GO_BD: u8 = 0x40;
 
 /// Frame bytes around the block data: header (7), block size (4), end mark (4), content
 /// checksum (4).
-pub(crate) const OVERHEAD: usize = 19;
+const OVERHEAD: usize = 19;
 
-/// Appends one LZ4 frame holding `page` to `out`, the way the Go writer does: one block,
-/// stored uncompressed when compression does not shrink it, and a content checksum.
-pub(crate) fn write(page: &[u8], table: &mut CompressTable, out: &mut Vec<u8>) {
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[GO_FLG, GO_BD, header_checksum(&[GO_FLG, GO_BD])]);
-    let size_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let data_at = out.len();
-    out.resize(
-        data_at + lz4_flex::block::get_maximum_output_size(page.len()),
-        0,
-    );
-    let csize = compress_into_with_table(page, &mut out[data_at..], table)
+/// Writes one LZ4 frame holding `page` into `out` and returns its length, the way the Go
+/// writer does: one block, stored uncompressed when compression does not shrink it, and a
+/// content checksum. `out` must hold [`OVERHEAD`] plus the maximum compressed size.
+pub(crate) fn write(page: &[u8], table: &mut CompressTable, out: &mut [u8]) -> usize {
+    const DATA_AT: usize = 11;
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..7].copy_from_slice(&[GO_FLG, GO_BD, header_checksum(&[GO_FLG, GO_BD])]);
+    let csize = compress_into_with_table(page, &mut out[DATA_AT..], table)
         .expect("output buffer has the maximum compressed size");
-    let block_size = if csize < page.len() {
-        out.truncate(data_at + csize);
-        csize as u32
+    let (block_size, len) = if csize < page.len() {
+        (csize as u32, csize)
     } else {
-        out.truncate(data_at);
-        out.extend_from_slice(page);
-        page.len() as u32 | BLOCK_UNCOMPRESSED
+        out[DATA_AT..DATA_AT + page.len()].copy_from_slice(page);
+        (page.len() as u32 | BLOCK_UNCOMPRESSED, page.len())
     };
-    out[size_at..data_at].copy_from_slice(&block_size.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&XxHash32::oneshot(0, page).to_le_bytes());
+    out[7..DATA_AT].copy_from_slice(&block_size.to_le_bytes());
+    let end = DATA_AT + len;
+    out[end..end + 4].copy_from_slice(&[0; 4]);
+    out[end + 4..end + 8].copy_from_slice(&XxHash32::oneshot(0, page).to_le_bytes());
+    end + 8
+}
+
+/// Room [`write`] needs for a page of `page_len` bytes.
+pub(crate) fn max_len(page_len: usize) -> usize {
+    OVERHEAD + lz4_flex::block::get_maximum_output_size(page_len)
 }
 
 /// Why a frame could not be read.
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn header_matches_what_go_writes() {
-        let mut out = Vec::new();
+        let mut out = vec![0u8; max_len(512)];
         write(&[7u8; 512], &mut CompressTable::small(), &mut out);
         assert_eq!(out[..7], [0x04, 0x22, 0x4D, 0x18, 0x64, 0x40, 0xA7]);
     }
@@ -213,8 +213,9 @@ mod tests {
             *b = x as u8;
         }
         for page in [vec![b'a'; 4096], random] {
-            let mut framed = Vec::new();
-            write(&page, &mut table, &mut framed);
+            let mut framed = vec![0u8; max_len(page.len())];
+            let n = write(&page, &mut table, &mut framed);
+            framed.truncate(n);
             let mut out = vec![0u8; 4096];
             let mut src = &framed[..];
             read(&mut src, &mut out, &mut Vec::new()).unwrap();
@@ -241,8 +242,9 @@ mod tests {
     #[test]
     fn detects_corruption() {
         let page = vec![b'z'; 1024];
-        let mut framed = Vec::new();
-        write(&page, &mut CompressTable::small(), &mut framed);
+        let mut framed = vec![0u8; max_len(page.len())];
+        let n = write(&page, &mut CompressTable::small(), &mut framed);
+        framed.truncate(n);
         let last = framed.len() - 1;
         let mut bad = framed.clone();
         bad[last] ^= 1;

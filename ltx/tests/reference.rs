@@ -10,90 +10,99 @@ use ltx::{
     compact, decode_page_frame, read_file_tail, write_snapshot,
 };
 
-/// (file, commit, pages, pre-apply, post-apply, file checksum block, file checksum frame)
-/// from `testdata/ltx-go-reference/README.md`.
-const CHAIN: &[(&str, u32, &[u32], u64, u64, u64, u64)] = &[
-    (
-        "0000000000000001-0000000000000001.ltx",
-        4,
-        &[1, 2, 3, 4],
-        0,
-        0xcda2d000a8894617,
-        0xaf1488f353885365,
-        0xf3dcbe704f097803,
-    ),
-    (
-        "0000000000000002-0000000000000002.ltx",
-        5,
-        &[2, 5],
-        0xcda2d000a8894617,
-        0xaf432fded448bd6f,
-        0xbd37e49544421e82,
-        0xa29bdef866c2f8c6,
-    ),
-    (
-        "0000000000000003-0000000000000003.ltx",
-        3,
-        &[1],
-        0xaf432fded448bd6f,
-        0xa36ccf7fe94c2099,
-        0x9ce9c8d93f925d2c,
-        0xd6b15a55559b47e9,
-    ),
-    (
-        "0000000000000004-0000000000000004.ltx",
-        0,
-        &[],
-        0xa36ccf7fe94c2099,
-        0x8000000000000000,
-        0xd343cd2749f6a156,
-        0xd343cd2749f6a156,
-    ),
-    (
-        "compacted-0000000000000001-0000000000000003.ltx",
-        3,
-        &[1, 2, 3],
-        0,
-        0xa36ccf7fe94c2099,
-        0xae7b869ec11065a8,
-        0xabe30e5832f6c2f6,
-    ),
-    (
-        "compacted-0000000000000002-0000000000000003.ltx",
-        3,
-        &[1, 2],
-        0xcda2d000a8894617,
-        0xa36ccf7fe94c2099,
-        0xd6ac51f15850ecd0,
-        0xb742413644f42813,
-    ),
-    (
-        "nochecksum-0000000000000005-0000000000000006.ltx",
-        3,
-        &[2],
-        0,
-        0,
-        0x9c2aef9f6db737ca,
-        0xf1717c49ab3d9708,
-    ),
-    (
-        "snapshot-real4k.ltx",
-        5,
-        &[1, 2, 3, 4, 5],
-        0,
-        0xf19f6f5ec75fb32b,
-        0xa0725b5b6c4dca2f,
-        0x997fad48a1d71331,
-    ),
-    (
-        "snapshot-real512.ltx",
-        2,
-        &[1, 2],
-        0,
-        0xb571d8fb3d68b79c,
-        0xf319226aeea3176b,
-        0xb93714e1534ca20a,
-    ),
+/// What `testdata/ltx-go-reference/README.md` publishes for one file.
+struct Expected {
+    name: &'static str,
+    commit: u32,
+    pages: &'static [u32],
+    pre_apply: u64,
+    post_apply: u64,
+    file_checksum_block: u64,
+    file_checksum_frame: u64,
+}
+
+const CHAIN: &[Expected] = &[
+    Expected {
+        name: "0000000000000001-0000000000000001.ltx",
+        commit: 4,
+        pages: &[1, 2, 3, 4],
+        pre_apply: 0,
+        post_apply: 0xcda2d000a8894617,
+        file_checksum_block: 0xaf1488f353885365,
+        file_checksum_frame: 0xf3dcbe704f097803,
+    },
+    Expected {
+        name: "0000000000000002-0000000000000002.ltx",
+        commit: 5,
+        pages: &[2, 5],
+        pre_apply: 0xcda2d000a8894617,
+        post_apply: 0xaf432fded448bd6f,
+        file_checksum_block: 0xbd37e49544421e82,
+        file_checksum_frame: 0xa29bdef866c2f8c6,
+    },
+    Expected {
+        name: "0000000000000003-0000000000000003.ltx",
+        commit: 3,
+        pages: &[1],
+        pre_apply: 0xaf432fded448bd6f,
+        post_apply: 0xa36ccf7fe94c2099,
+        file_checksum_block: 0x9ce9c8d93f925d2c,
+        file_checksum_frame: 0xd6b15a55559b47e9,
+    },
+    Expected {
+        name: "0000000000000004-0000000000000004.ltx",
+        commit: 0,
+        pages: &[],
+        pre_apply: 0xa36ccf7fe94c2099,
+        post_apply: 0x8000000000000000,
+        file_checksum_block: 0xd343cd2749f6a156,
+        file_checksum_frame: 0xd343cd2749f6a156,
+    },
+    Expected {
+        name: "compacted-0000000000000001-0000000000000003.ltx",
+        commit: 3,
+        pages: &[1, 2, 3],
+        pre_apply: 0,
+        post_apply: 0xa36ccf7fe94c2099,
+        file_checksum_block: 0xae7b869ec11065a8,
+        file_checksum_frame: 0xabe30e5832f6c2f6,
+    },
+    Expected {
+        name: "compacted-0000000000000002-0000000000000003.ltx",
+        commit: 3,
+        pages: &[1, 2],
+        pre_apply: 0xcda2d000a8894617,
+        post_apply: 0xa36ccf7fe94c2099,
+        file_checksum_block: 0xd6ac51f15850ecd0,
+        file_checksum_frame: 0xb742413644f42813,
+    },
+    Expected {
+        name: "nochecksum-0000000000000005-0000000000000006.ltx",
+        commit: 3,
+        pages: &[2],
+        pre_apply: 0,
+        post_apply: 0,
+        file_checksum_block: 0x9c2aef9f6db737ca,
+        file_checksum_frame: 0xf1717c49ab3d9708,
+    },
+    Expected {
+        name: "snapshot-real4k.ltx",
+        commit: 5,
+        pages: &[1, 2, 3, 4, 5],
+        pre_apply: 0,
+        post_apply: 0xf19f6f5ec75fb32b,
+        file_checksum_block: 0xa0725b5b6c4dca2f,
+        file_checksum_frame: 0x997fad48a1d71331,
+    },
+    Expected {
+        name: "snapshot-real512.ltx",
+        commit: 2,
+        pages: &[1, 2],
+        pre_apply: 0,
+        post_apply: 0xb571d8fb3d68b79c,
+        file_checksum_block: 0xf319226aeea3176b,
+        file_checksum_frame: 0xb93714e1534ca20a,
+    },
 ];
 
 fn forms() -> [(&'static str, PageEncoding); 2] {
@@ -112,7 +121,9 @@ fn go_file(dir: &str, name: &str) -> Option<Vec<u8>> {
 fn go_reference_files_decode_with_their_published_checksums() {
     let mut checked = 0;
     for (dir, _) in forms() {
-        for &(name, commit, pages, pre, post, ck_block, ck_frame) in CHAIN {
+        for e in CHAIN {
+            let (name, commit, pages, pre, post) =
+                (e.name, e.commit, e.pages, e.pre_apply, e.post_apply);
             let Some(bytes) = go_file(dir, name) else {
                 continue;
             };
@@ -131,9 +142,9 @@ fn go_reference_files_decode_with_their_published_checksums() {
                 "{dir}/{name} post-apply"
             );
             let expected = if dir == "v3-block" {
-                ck_block
+                e.file_checksum_block
             } else {
-                ck_frame
+                e.file_checksum_frame
             };
             assert_eq!(
                 c.decoded.trailer.file_checksum.get(),
@@ -168,7 +179,7 @@ fn nochecksum_file_keeps_its_wal_fields() {
 #[test]
 fn re_encoding_reference_files_gives_files_that_decode_to_the_same_pages() {
     for (dir, _) in forms() {
-        for &(name, ..) in CHAIN {
+        for &Expected { name, .. } in CHAIN {
             let Some(bytes) = go_file(dir, name) else {
                 continue;
             };
@@ -243,7 +254,13 @@ fn compacting_the_reference_inputs_matches_the_reference_compactions() {
 fn applying_the_chain_reproduces_each_post_apply_checksum() {
     for (dir, _) in forms() {
         let mut db = Cursor::new(Vec::new());
-        for &(name, commit, _, _, post, ..) in &CHAIN[..4] {
+        for &Expected {
+            name,
+            commit,
+            post_apply: post,
+            ..
+        } in &CHAIN[..4]
+        {
             let bytes = go_file(dir, name).unwrap();
             let dec = Decoder::from_buf_read(&bytes[..]).unwrap();
             let decoded = apply(dec, &mut db, ApplyChecks::Database)
@@ -254,8 +271,8 @@ fn applying_the_chain_reproduces_each_post_apply_checksum() {
     }
     // Applying 1..3 equals applying the compaction of 1..3.
     let mut chained = Cursor::new(Vec::new());
-    for name in &CHAIN[..3] {
-        let bytes = go_file("v3-block", name.0).unwrap();
+    for e in &CHAIN[..3] {
+        let bytes = go_file("v3-block", e.name).unwrap();
         apply(
             Decoder::from_buf_read(&bytes[..]).unwrap(),
             &mut chained,
@@ -263,7 +280,7 @@ fn applying_the_chain_reproduces_each_post_apply_checksum() {
         )
         .unwrap();
     }
-    let compacted = go_file("v3-block", CHAIN[4].0).unwrap();
+    let compacted = go_file("v3-block", CHAIN[4].name).unwrap();
     let mut whole = Vec::new();
     write_snapshot(Decoder::from_buf_read(&compacted[..]).unwrap(), &mut whole).unwrap();
     assert_eq!(chained.into_inner(), whole);
@@ -271,7 +288,7 @@ fn applying_the_chain_reproduces_each_post_apply_checksum() {
 
 #[test]
 fn apply_detects_a_pre_apply_mismatch() {
-    let bytes = go_file("v3-block", CHAIN[2].0).unwrap();
+    let bytes = go_file("v3-block", CHAIN[2].name).unwrap();
     let mut db = Cursor::new(vec![0u8; 5 * 512]);
     let err = apply(
         Decoder::from_buf_read(&bytes[..]).unwrap(),
@@ -376,7 +393,7 @@ fn check_random_access(bytes: &[u8], c: &Contents, what: &str) {
 #[test]
 fn page_index_read_from_the_tail_serves_every_page() {
     for (dir, _) in forms() {
-        for &(name, ..) in CHAIN {
+        for &Expected { name, .. } in CHAIN {
             let Some(bytes) = go_file(dir, name) else {
                 continue;
             };

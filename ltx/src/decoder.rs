@@ -3,12 +3,12 @@
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::checksum::{Checksum, Crc64, DatabaseChecksum};
-use crate::encoder::{last_snapshot_page, next_snapshot_page};
 use crate::error::{Error, Result};
 use crate::frame::{self, PAGE_HEADER_SIZE, PageEncoding, PageHeader};
 use crate::header::{HEADER_SIZE, Header};
 use crate::index::{PageIndex, PageIndexEntry, read_uvarint};
 use crate::page::PageNum;
+use crate::sequence::{check_next_page, check_snapshot_complete};
 use crate::trailer::{TRAILER_SIZE, Trailer};
 
 /// How much a decoder checks beyond the file checksum.
@@ -132,7 +132,7 @@ impl<R: BufRead> Decoder<R> {
         }
         let (pgno, encoding) = header.validate(at).map_err(|e| self.explain_format1(e))?;
         if self.validation == Validation::Strict {
-            self.check_order(at, pgno)?;
+            check_next_page(&self.header, self.last_pgno, pgno, at)?;
         }
         match encoding {
             PageEncoding::Block => self.read_block(at, pgno, out)?,
@@ -199,33 +199,6 @@ impl<R: BufRead> Decoder<R> {
         Ok(())
     }
 
-    fn check_order(&self, at: u64, pgno: PageNum) -> Result<()> {
-        let h = &self.header;
-        let n = pgno.get();
-        let fail = |reason: String| Err(Error::page(at, n, reason));
-        if n <= self.last_pgno {
-            return fail(format!(
-                "pages must strictly ascend, but it follows page {}",
-                self.last_pgno
-            ));
-        }
-        if n > h.commit {
-            return fail(format!("above the commit of {} pages", h.commit));
-        }
-        if pgno.is_lock_page(h.page_size) {
-            return fail("the lock page is never stored".into());
-        }
-        if h.is_snapshot() {
-            let expected = next_snapshot_page(self.last_pgno, h);
-            if n != expected {
-                return fail(format!(
-                    "snapshot is missing page {expected}: snapshots hold every page"
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// A format-1 file without compression stores raw pages behind 4-byte page headers, so
     /// a format-3 reader sees the start of page 1's data ("SQ" of "SQLite format 3") as
     /// page flags. Say so instead of reporting unknown flags.
@@ -274,12 +247,7 @@ impl<R: BufRead> Decoder<R> {
                 h,
                 self.offset - TRAILER_SIZE as u64,
             )?;
-            if h.is_snapshot() && self.last_pgno != last_snapshot_page(h) {
-                return Err(Error::IncompleteSnapshot {
-                    last: self.last_pgno,
-                    commit: h.commit,
-                });
-            }
+            check_snapshot_complete(h, self.last_pgno)?;
         }
         if let Some(sum) = self.db_checksum {
             let computed = sum.value();

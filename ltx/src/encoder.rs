@@ -8,6 +8,7 @@ use crate::frame::{END_MARKER, FrameWriter, PAGE_HEADER_SIZE, PageEncoding};
 use crate::header::{HEADER_SIZE, Header};
 use crate::index::{PageIndexEntry, put_uvarint};
 use crate::page::PageNum;
+use crate::sequence::{check_next_page, check_snapshot_complete};
 use crate::trailer::Trailer;
 
 /// What a finished encoder hands back.
@@ -123,27 +124,7 @@ impl<W: Write> Encoder<W> {
                 h.page_size
             ));
         }
-        if n <= self.last_pgno {
-            return fail(format!(
-                "pages must ascend, but page {} was already written",
-                self.last_pgno
-            ));
-        }
-        if n > h.commit {
-            return fail(format!("above the commit of {} pages", h.commit));
-        }
-        if pgno.is_lock_page(h.page_size) {
-            return fail("the lock page is never stored".into());
-        }
-        if h.is_snapshot() {
-            let expected = next_snapshot_page(self.last_pgno, h);
-            if n != expected {
-                return fail(format!(
-                    "snapshot pages must be contiguous: expected page {expected}"
-                ));
-            }
-        }
-        Ok(())
+        check_next_page(h, self.last_pgno, pgno, self.offset)
     }
 
     /// Ends the page block, writes the index and trailer, and flushes.
@@ -155,15 +136,7 @@ impl<W: Write> Encoder<W> {
             return Err(Error::Usage("encoder finished after a failed write".into()));
         }
         let h = self.header;
-        if h.is_snapshot() {
-            let last_expected = last_snapshot_page(&h);
-            if self.last_pgno != last_expected {
-                return Err(Error::IncompleteSnapshot {
-                    last: self.last_pgno,
-                    commit: h.commit,
-                });
-            }
-        }
+        check_snapshot_complete(&h, self.last_pgno)?;
         let index_start = self.offset + PAGE_HEADER_SIZE as u64;
         Trailer::validate_post_apply(post_apply, &h, index_start)?;
 
@@ -193,24 +166,5 @@ impl<W: Write> Encoder<W> {
             file_size: offset + (PAGE_HEADER_SIZE + tail.len()) as u64,
             page_count: self.page_count,
         })
-    }
-}
-
-/// The page a snapshot must hold after `last` (0 before the first), skipping the lock page.
-pub(crate) fn next_snapshot_page(last: u32, h: &Header) -> u32 {
-    let next = last + 1;
-    if next == h.page_size.lock_page().get() {
-        next + 1
-    } else {
-        next
-    }
-}
-
-/// The last page a complete snapshot holds: its commit, unless that is the lock page.
-pub(crate) fn last_snapshot_page(h: &Header) -> u32 {
-    if h.commit == h.page_size.lock_page().get() {
-        h.commit - 1
-    } else {
-        h.commit
     }
 }

@@ -41,6 +41,7 @@ mod header;
 mod index;
 mod lz4_frame;
 mod page;
+mod sequence;
 mod trailer;
 mod txid;
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ltx::{Decoded, Decoder, Header, Validation, page_checksum};
+use strata::storage::{Level, Replica, ReplicaUrl};
 
 #[derive(Debug, Subcommand)]
 pub enum LtxCommand {
@@ -18,6 +19,17 @@ pub enum LtxCommand {
     Verify(VerifyArgs),
     /// Print a file's header, its pages (offset, frame size, page checksum) and its trailer.
     Dump(DumpArgs),
+    /// List a replica's files per level: level, min and max TXID, size, time.
+    Ls(LsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Replica URL: a directory, file:///path, or s3://bucket/prefix?endpoint=...
+    url: String,
+    /// Only this level (0 to 9).
+    #[arg(long)]
+    level: Option<u8>,
 }
 
 #[derive(Debug, Args)]
@@ -41,7 +53,48 @@ pub fn run(cmd: LtxCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         LtxCommand::Verify(args) => verify(&args),
         LtxCommand::Dump(args) => dump(&args.file),
+        LtxCommand::Ls(args) => super::runtime()?.block_on(ls(args)),
     }
+}
+
+async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let url = ReplicaUrl::parse(&args.url)?;
+    let replica = Replica::open(&url)?.detect_layout().await?;
+    let files = match args.level {
+        Some(n) => {
+            let level = Level::new(n)
+                .with_context(|| format!("level {n} does not exist: levels are 0 to 9"))?;
+            replica.list(level, ltx::Txid::ZERO).await?
+        }
+        None => replica.list_all().await?,
+    };
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{:<5} {:<16}  {:<16}  {:>12}  modified",
+        "level", "min", "max", "size"
+    )?;
+    for f in &files {
+        writeln!(
+            out,
+            "{:<5} {}  {}  {:>12}  {}",
+            f.level.to_string(),
+            f.range.min,
+            f.range.max,
+            f.size,
+            super::format_time(f.modified)
+        )?;
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    writeln!(
+        out,
+        "{} files, {} ({}; {})",
+        files.len(),
+        super::format_bytes(total),
+        replica.layout(),
+        replica.requests()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {

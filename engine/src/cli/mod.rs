@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod ltx_cmd;
+mod restore_cmd;
 
 use std::process::ExitCode;
 
@@ -10,22 +11,29 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about)]
 struct Cli {
+    /// Log filter (also STRATA_LOG), e.g. debug or strata=trace.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Inspect and check LTX files.
+    /// Inspect and check LTX files and replicas.
     #[command(subcommand)]
     Ltx(ltx_cmd::LtxCommand),
+    /// Restore a database from a replica, at the latest point, a TXID or a time.
+    Restore(restore_cmd::RestoreArgs),
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Ltx(cmd) => ltx_cmd::run(cmd),
+        Command::Restore(args) => runtime().and_then(|rt| rt.block_on(restore_cmd::run(args))),
     };
     match result {
         Ok(code) => code,
@@ -34,4 +42,78 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("STRATA_LOG").ok())
+        .unwrap_or_else(|| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A TXID as 1 to 16 hex digits (file names use 16).
+pub fn parse_txid(s: &str) -> Result<ltx::Txid, String> {
+    if s.is_empty() || s.len() > 16 {
+        return Err(format!("{s:?} is not a TXID: 1 to 16 hex digits"));
+    }
+    u64::from_str_radix(s, 16)
+        .map(ltx::Txid::new)
+        .map_err(|_| format!("{s:?} is not a TXID: 1 to 16 hex digits"))
+}
+
+/// A byte size: a number with an optional KiB, MiB or GiB suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err(format!("{s:?} is not a usable size")),
+        Some(v) => Ok(v),
+    }
+}
+
+/// Bytes in a short human form.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn format_time(t: jiff::Timestamp) -> String {
+    format!("{t:.3}")
 }

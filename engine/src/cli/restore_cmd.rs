@@ -1,0 +1,168 @@
+//! `strata restore`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use strata::restore::{self, IntegrityCheck, NoProgress, Plan, Progress, RestoreOptions, Target};
+use strata::storage::{Replica, ReplicaUrl};
+
+use super::{format_bytes, format_time, parse_size, parse_txid};
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Replica URL: a directory, file:///path, or s3://bucket/prefix?endpoint=...&region=...
+    url: String,
+    /// Where to write the database (required unless --dry-run).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Restore exactly this TXID (hex, as in file names).
+    #[arg(long, value_parser = parse_txid, conflicts_with = "timestamp")]
+    txid: Option<ltx::Txid>,
+    /// Restore the newest state at or before this time (RFC 3339, e.g. 2026-11-21T10:00:00Z).
+    #[arg(long)]
+    timestamp: Option<jiff::Timestamp>,
+    /// Print the plan (files, sizes) and exit without fetching any page.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace an existing output database and remove its -wal, -shm and -journal files.
+    #[arg(short, long)]
+    force: bool,
+    /// Check the result with SQLite before it replaces the output.
+    #[arg(long, value_enum, default_value_t = CheckArg::None)]
+    integrity_check: CheckArg,
+    /// Ranged reads in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Largest ranged read (e.g. 4MiB); fetched data in memory stays under
+    /// (concurrency + 2) x chunk size.
+    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+    chunk_size: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CheckArg {
+    None,
+    Quick,
+    Full,
+}
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let url = ReplicaUrl::parse(&args.url)?;
+    let target = match (args.txid, args.timestamp) {
+        (Some(t), _) => Target::Txid(t),
+        (None, Some(ts)) => Target::Timestamp(ts),
+        (None, None) => Target::Latest,
+    };
+    let replica = Replica::open(&url)?;
+    if args.dry_run {
+        let replica = replica.detect_layout().await?;
+        let plan = restore::plan(&replica, target).await?;
+        print_plan(&plan)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(output) = args.output else {
+        bail!("give the output database with -o PATH (or use --dry-run)");
+    };
+    let options = RestoreOptions {
+        concurrency: args.concurrency,
+        chunk_size: args.chunk_size,
+        force: args.force,
+        integrity_check: match args.integrity_check {
+            CheckArg::None => IntegrityCheck::None,
+            CheckArg::Quick => IntegrityCheck::Quick,
+            CheckArg::Full => IntegrityCheck::Full,
+        },
+        ..RestoreOptions::default()
+    };
+    let bar = std::io::stderr().is_terminal().then(Bar::new).map(Arc::new);
+    let progress: Arc<dyn Progress> = match &bar {
+        Some(bar) => bar.clone(),
+        None => Arc::new(NoProgress),
+    };
+    let result = restore::restore(&replica, target, &output, &options, progress).await;
+    if let Some(bar) = &bar {
+        bar.0.finish_and_clear();
+    }
+    let s = result.context("restore failed")?;
+    println!(
+        "restored TXID {} to {}: {} ({} pages of {} bytes) from {} file{}, {} fetched in {:.2}s{}",
+        s.txid,
+        output.display(),
+        format_bytes(s.db_size),
+        s.db_size / u64::from(s.page_size.get()),
+        s.page_size,
+        s.files,
+        if s.files == 1 { "" } else { "s" },
+        format_bytes(s.bytes),
+        s.elapsed.as_secs_f64(),
+        if s.replans > 0 {
+            format!(", {} re-plans", s.replans)
+        } else {
+            String::new()
+        },
+    );
+    tracing::info!(requests = %s.requests, "restore requests");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(plan: &Plan) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "plan to TXID {}: {} file{}, {}",
+        plan.txid,
+        plan.files.len(),
+        if plan.files.len() == 1 { "" } else { "s" },
+        format_bytes(plan.bytes())
+    )?;
+    for f in &plan.files {
+        writeln!(
+            out,
+            "  {:<3} {}  {:>12}  {}",
+            f.level.to_string(),
+            f.range.file_name(),
+            f.size,
+            format_time(f.modified)
+        )?;
+    }
+    Ok(())
+}
+
+/// A progress bar over the bytes of the planned files.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn planned(&self, plan: &Plan) {
+        self.0.set_length(self.0.position() + plan.bytes());
+        self.0.set_message(format!(
+            "restoring TXID {} ({} files)",
+            plan.txid,
+            plan.files.len()
+        ));
+    }
+    fn fetched(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn replanned(&self, reason: &str) {
+        self.0.println(format!("re-planning: {reason}"));
+    }
+}

@@ -1,0 +1,368 @@
+//! Restore: rebuild a database at a chosen point from a replica.
+//!
+//! 1. **Plan** ([`plan_files`]): the fewest files from nothing (a snapshot at any level) to
+//!    the target TXID.
+//! 2. **Fetch**: every planned file as ranged reads, many in flight at once, bounded in
+//!    number and size, delivered in plan order.
+//! 3. **Apply**: one thread decodes each file as its bytes arrive, verifies it completely,
+//!    and writes its pages at their offsets in a temporary file beside the output, in TXID
+//!    order; the database is truncated or extended to each file's commit.
+//! 4. **Finish**: optional integrity check, fsync, rename over the output, fsync the
+//!    directory.
+//!
+//! The temporary file always holds the database at the last fully applied TXID. If a planned
+//! file disappears (retention ran), restore re-plans from that TXID and carries on; if one
+//! is corrupt, it starts over on a plan that avoids it when one exists.
+
+mod apply;
+mod fetch;
+mod output;
+mod plan;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ltx::{PageSize, Txid};
+use tokio::sync::mpsc;
+
+pub use plan::{Plan, PlanError, plan_files, resolve_timestamp};
+
+use crate::storage::{FileInfo, Replica, RequestCounts, StorageError};
+use apply::{Applied, Stop};
+use output::Output;
+
+/// The point to restore to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The newest TXID in the replica.
+    Latest,
+    /// Exactly this TXID (it must be the end of some file).
+    Txid(Txid),
+    /// The newest state at or before this time.
+    Timestamp(jiff::Timestamp),
+}
+
+/// SQLite's check of the restored database before it replaces the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IntegrityCheck {
+    /// None.
+    #[default]
+    None,
+    /// `PRAGMA quick_check`.
+    Quick,
+    /// `PRAGMA integrity_check`.
+    Full,
+}
+
+/// How a restore runs.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Ranged reads in flight at once.
+    pub concurrency: usize,
+    /// Largest ranged read, in bytes. Memory for fetched data stays under
+    /// `(concurrency + 2) * chunk_size`.
+    pub chunk_size: u64,
+    /// Replace an existing output (and remove its `-wal`, `-shm`, `-journal`).
+    pub force: bool,
+    /// Check the result with SQLite before it replaces the output.
+    pub integrity_check: IntegrityCheck,
+    /// How often to re-plan after files vanish or fail verification.
+    pub max_replans: u32,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> RestoreOptions {
+        RestoreOptions {
+            concurrency: 8,
+            chunk_size: 4 << 20,
+            force: false,
+            integrity_check: IntegrityCheck::None,
+            max_replans: 5,
+        }
+    }
+}
+
+/// Receives progress reports; the command line draws a bar with them.
+pub trait Progress: Send + Sync {
+    /// A plan was made (again, after a re-plan).
+    fn planned(&self, _plan: &Plan) {}
+    /// More bytes of planned files arrived.
+    fn fetched(&self, _bytes: u64) {}
+    /// Something forced a new plan.
+    fn replanned(&self, _reason: &str) {}
+}
+
+/// Reports nothing.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a finished restore did.
+#[derive(Clone, Debug)]
+pub struct RestoreSummary {
+    /// The TXID restored.
+    pub txid: Txid,
+    /// Files applied (across re-plans).
+    pub files: usize,
+    /// Bytes of LTX fetched.
+    pub bytes: u64,
+    /// Page size of the database.
+    pub page_size: PageSize,
+    /// Size of the restored database in bytes.
+    pub db_size: u64,
+    /// Times the plan had to change.
+    pub replans: u32,
+    /// Requests made.
+    pub requests: RequestCounts,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why a restore failed. Whatever the reason, no output file is left behind. Each message is
+/// complete on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The replica could not be read.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// No plan reaches the target.
+    #[error("cannot restore: {0}")]
+    Plan(PlanError),
+    /// A file failed verification and no plan avoids it.
+    #[error("{file} is corrupt: {error}")]
+    Corrupt {
+        /// The file, as `L<level>/<name>`.
+        file: String,
+        /// What is wrong with it.
+        error: ltx::Error,
+    },
+    /// A file's page size differs from the rest of the plan.
+    #[error("{file} has page size {found}, the files before it have {expected}")]
+    PageSizeMismatch {
+        /// The file.
+        file: String,
+        /// The page size so far.
+        expected: PageSize,
+        /// The file's page size.
+        found: PageSize,
+    },
+    /// The output exists and `force` was not given.
+    #[error("{} already exists (use --force to replace it)", path.display())]
+    OutputExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// Writing the output failed.
+    #[error("cannot write {}: {error}", path.display())]
+    Output {
+        /// The file being written.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// SQLite found the restored database damaged.
+    #[error("integrity check failed: {result}")]
+    IntegrityCheck {
+        /// What SQLite reported.
+        result: String,
+    },
+    /// Files kept vanishing or failing faster than plans could be made.
+    #[error("gave up after {replans} re-plans; last problem: {last}")]
+    TooManyReplans {
+        /// Re-plans made.
+        replans: u32,
+        /// The last reason.
+        last: String,
+    },
+}
+
+impl From<PlanError> for RestoreError {
+    fn from(e: PlanError) -> RestoreError {
+        RestoreError::Plan(e)
+    }
+}
+
+/// Works out the plan for `target` without fetching any file content (listings, and for a
+/// timestamp a few 100-byte header reads).
+pub async fn plan(replica: &Replica, target: Target) -> Result<Plan, RestoreError> {
+    let files = replica.list_all().await?;
+    plan_for(replica, &files, target, Txid::ZERO, &[]).await
+}
+
+async fn plan_for(
+    replica: &Replica,
+    files: &[FileInfo],
+    target: Target,
+    start: Txid,
+    exclude: &[FileInfo],
+) -> Result<Plan, RestoreError> {
+    let txid = match target {
+        Target::Latest => None,
+        Target::Txid(t) => Some(t),
+        Target::Timestamp(ts) => Some(resolve_timestamp(replica, files, ts).await??),
+    };
+    Ok(plan_files(files, start, txid, exclude)?)
+}
+
+/// Restores the replica at `target` into `output`.
+///
+/// The replica's layout is detected first, so a Litestream replica restores whichever
+/// backend wrote it.
+pub async fn restore(
+    replica: &Replica,
+    target: Target,
+    output: &Path,
+    options: &RestoreOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreSummary, RestoreError> {
+    let started = Instant::now();
+    let out = Output::create(output, options.force)?;
+    let replica = replica.clone().detect_layout().await?;
+    let files = replica.list_all().await?;
+    let mut plan = plan_for(&replica, &files, target, Txid::ZERO, &[]).await?;
+    let target_txid = plan.txid;
+    progress.planned(&plan);
+
+    let mut applied = Applied::default();
+    let mut excluded: Vec<FileInfo> = Vec::new();
+    let (mut replans, mut files_applied, mut bytes) = (0u32, 0usize, 0u64);
+    loop {
+        let (now, result) = run_plan(&replica, &plan, &out, applied, options, &progress).await;
+        applied = now;
+        let stop = match result {
+            Ok(()) => {
+                files_applied += plan.files.len();
+                bytes += plan.bytes();
+                break;
+            }
+            Err(stop) => stop,
+        };
+        // Decide where to start again, or give up.
+        let (start, reason) = match stop {
+            Stop::Vanished { file, partial } => {
+                // A file only partly applied leaves pages the new plan may not overwrite.
+                let start = if partial { Txid::ZERO } else { applied.txid };
+                (start, format!("{file} disappeared (retention?)"))
+            }
+            Stop::Corrupt { file, error } => {
+                let reason = format!("{file} is corrupt: {error}");
+                excluded.push(file.clone());
+                let files = replica.list_all().await?;
+                if plan_files(&files, Txid::ZERO, Some(target_txid), &excluded).is_err() {
+                    return Err(RestoreError::Corrupt {
+                        file: file.to_string(),
+                        error,
+                    });
+                }
+                (Txid::ZERO, reason)
+            }
+            Stop::PageSize {
+                file,
+                expected,
+                found,
+            } => {
+                return Err(RestoreError::PageSizeMismatch {
+                    file: file.to_string(),
+                    expected,
+                    found,
+                });
+            }
+            Stop::Storage(e) => return Err(e.into()),
+            Stop::Output(error) => {
+                return Err(RestoreError::Output {
+                    path: out.temp_path().to_owned(),
+                    error,
+                });
+            }
+        };
+        replans += 1;
+        if replans > options.max_replans {
+            return Err(RestoreError::TooManyReplans {
+                replans,
+                last: reason,
+            });
+        }
+        tracing::warn!(%reason, from = %start, "re-planning the restore");
+        progress.replanned(&reason);
+        if start == Txid::ZERO {
+            out.reset()?;
+            applied = Applied::default();
+        }
+        let files = replica.list_all().await?;
+        plan = plan_for(
+            &replica,
+            &files,
+            Target::Txid(target_txid),
+            start,
+            &excluded,
+        )
+        .await?;
+        progress.planned(&plan);
+    }
+
+    let page_size = applied
+        .page_size
+        .expect("a completed plan applied at least one file");
+    let db_size = out
+        .file
+        .metadata()
+        .map_err(|error| RestoreError::Output {
+            path: out.temp_path().to_owned(),
+            error,
+        })?
+        .len();
+    if options.integrity_check != IntegrityCheck::None {
+        let path = out.temp_path().to_owned();
+        let full = options.integrity_check == IntegrityCheck::Full;
+        tokio::task::spawn_blocking(move || output::integrity_check(&path, full))
+            .await
+            .expect("integrity check panicked")?;
+    }
+    tokio::task::spawn_blocking(move || out.commit())
+        .await
+        .expect("commit panicked")?;
+    Ok(RestoreSummary {
+        txid: target_txid,
+        files: files_applied,
+        bytes,
+        page_size,
+        db_size,
+        replans,
+        requests: replica.requests(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Fetches and applies one plan. The applier runs on a blocking thread and hands the
+/// applied state back; when it stops, the fetch stops with it.
+async fn run_plan(
+    replica: &Replica,
+    plan: &Plan,
+    out: &Output,
+    mut applied: Applied,
+    options: &RestoreOptions,
+    progress: &Arc<dyn Progress>,
+) -> (Applied, Result<(), Stop>) {
+    let file = match out.file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return (applied, Err(Stop::Output(e))),
+    };
+    let (tx, rx) = mpsc::channel(2);
+    let fetch = fetch::spawn_fetch(
+        replica.clone(),
+        plan.files.clone(),
+        options.concurrency,
+        options.chunk_size,
+        tx,
+    );
+    let files = plan.files.clone();
+    let progress = progress.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = apply::apply_files(rx, &files, &file, &mut applied, progress.as_ref());
+        (applied, result)
+    })
+    .await;
+    fetch.abort();
+    joined.expect("the restore applier panicked")
+}

@@ -1,0 +1,156 @@
+//! The output database: written to a temporary file beside it, then synced and renamed, so
+//! a failed restore leaves nothing behind and a finished one is complete.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::RestoreError;
+
+/// SQLite files that belong to a database and would be replayed against a new one.
+const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// A temporary file that becomes the output on [`Output::commit`] and is removed otherwise.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Output {
+    /// Checks the target can be written and creates the temporary file beside it.
+    pub fn create(target: &Path, force: bool) -> Result<Output, RestoreError> {
+        let err = |error| RestoreError::Output {
+            path: target.to_owned(),
+            error,
+        };
+        if !force {
+            for path in std::iter::once(target.to_owned()).chain(sidecars(target)) {
+                if path.exists() {
+                    return Err(RestoreError::OutputExists { path });
+                }
+            }
+        }
+        let name = target.file_name().ok_or_else(|| {
+            err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "output path names no file",
+            ))
+        })?;
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let temp = dir.join(format!(
+            ".{}.{}.strata-restore",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|error| RestoreError::Output {
+                path: temp.clone(),
+                error,
+            })?;
+        Ok(Output {
+            file,
+            temp,
+            target: target.to_owned(),
+            committed: false,
+        })
+    }
+
+    /// The temporary file's path (for an integrity check before the rename).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Empties the temporary file to start over.
+    pub fn reset(&self) -> Result<(), RestoreError> {
+        self.file.set_len(0).map_err(|error| RestoreError::Output {
+            path: self.temp.clone(),
+            error,
+        })
+    }
+
+    /// Syncs the data, removes stale sidecar files, renames over the target and syncs the
+    /// directory so the rename survives a crash.
+    pub fn commit(mut self) -> Result<(), RestoreError> {
+        let at = |path: &Path| {
+            let path = path.to_owned();
+            move |error| RestoreError::Output { path, error }
+        };
+        self.file.sync_all().map_err(at(&self.temp))?;
+        for sidecar in sidecars(&self.target) {
+            match std::fs::remove_file(&sidecar) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&sidecar)(e)),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.temp, &self.target).map_err(at(&self.target))?;
+        self.committed = true;
+        let dir = match self.target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn sidecars(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    SIDECARS.iter().map(move |suffix| {
+        let mut s = db.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    })
+}
+
+/// Runs SQLite's `quick_check` or `integrity_check` on a restored file. The file is opened
+/// immutable: it has no WAL, and nothing else may touch it yet.
+#[cfg(feature = "sqlite")]
+pub(crate) fn integrity_check(path: &Path, full: bool) -> Result<(), RestoreError> {
+    use rusqlite::{Connection, OpenFlags};
+    let uri = format!("file:{}?immutable=1", path.display());
+    let check = || -> rusqlite::Result<Vec<String>> {
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        let pragma = if full {
+            "PRAGMA integrity_check"
+        } else {
+            "PRAGMA quick_check"
+        };
+        let mut stmt = conn.prepare(pragma)?;
+        stmt.query_map([], |row| row.get::<_, String>(0))?.collect()
+    };
+    match check() {
+        Ok(rows) if rows == ["ok"] => Ok(()),
+        Ok(rows) => Err(RestoreError::IntegrityCheck {
+            result: rows.into_iter().take(10).collect::<Vec<_>>().join("; "),
+        }),
+        Err(e) => Err(RestoreError::IntegrityCheck {
+            result: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(not(feature = "sqlite"))]
+pub(crate) fn integrity_check(_: &Path, _: bool) -> Result<(), RestoreError> {
+    Err(RestoreError::IntegrityCheck {
+        result: "this build of strata has no SQLite (feature \"sqlite\")".into(),
+    })
+}

@@ -1,0 +1,202 @@
+//! Storage errors: every one names the backend, the operation and the path.
+
+use std::fmt;
+
+/// The kind of request that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Listing a level.
+    List,
+    /// Reading an object or a byte range of it.
+    Get,
+    /// Writing an object.
+    Put,
+    /// Deleting objects.
+    Delete,
+    /// Opening or configuring the store.
+    Open,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::List => "LIST",
+            Operation::Get => "GET",
+            Operation::Put => "PUT",
+            Operation::Delete => "DELETE",
+            Operation::Open => "OPEN",
+        })
+    }
+}
+
+/// What went wrong, for callers that react differently to each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The object does not exist (deleted by retention, never written).
+    NotFound,
+    /// A conditional create found the object already there.
+    AlreadyExists,
+    /// Credentials were refused.
+    PermissionDenied,
+    /// The store could not be reached, timed out, or failed on its side; retrying may help.
+    Unavailable,
+    /// An object holds something other than what its name promises.
+    InvalidData,
+    /// Anything else (bad configuration, unsupported operation).
+    Other,
+}
+
+/// A failed storage request.
+///
+/// Its message is complete on its own (the cause is summarised into it), so the original
+/// `object_store` error is not chained as `source()`; [`StorageError::cause`] has it.
+#[derive(Debug)]
+pub struct StorageError {
+    /// The replica the request went to (its URL, credentials never included).
+    pub backend: String,
+    /// The request.
+    pub operation: Operation,
+    /// The object or prefix, relative to the backend.
+    pub path: String,
+    /// What went wrong.
+    pub kind: ErrorKind,
+    message: String,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.operation)?;
+        if !self.path.is_empty() {
+            write!(f, " {}", self.path)?;
+        }
+        write!(f, " on {}: {}", self.backend, self.message)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl StorageError {
+    pub(crate) fn new(
+        backend: &str,
+        operation: Operation,
+        path: impl fmt::Display,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> StorageError {
+        StorageError {
+            backend: backend.to_owned(),
+            operation,
+            path: path.to_string(),
+            kind,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Wraps an `object_store` error, classifying it.
+    pub(crate) fn from_store(
+        backend: &str,
+        operation: Operation,
+        path: impl fmt::Display,
+        e: object_store::Error,
+    ) -> StorageError {
+        use object_store::Error as E;
+        let (kind, message) = match &e {
+            E::NotFound { .. } => (ErrorKind::NotFound, "not found".to_string()),
+            E::AlreadyExists { .. } => (ErrorKind::AlreadyExists, "already exists".to_string()),
+            E::Precondition { .. } | E::NotModified { .. } => {
+                (ErrorKind::AlreadyExists, "precondition failed".to_string())
+            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                (ErrorKind::PermissionDenied, describe(&e))
+            }
+            E::Generic { .. } => {
+                let message = describe(&e);
+                let kind = if message.contains("NoSuchBucket") || message.contains("credentials") {
+                    ErrorKind::Other
+                } else if message.contains("AccessDenied") || message.contains("HTTP 403") {
+                    ErrorKind::PermissionDenied
+                } else {
+                    ErrorKind::Unavailable
+                };
+                (kind, message)
+            }
+            _ => (ErrorKind::Other, describe(&e)),
+        };
+        StorageError {
+            backend: backend.to_owned(),
+            operation,
+            path: path.to_string(),
+            kind,
+            message,
+            cause: Some(Box::new(e)),
+        }
+    }
+
+    /// The underlying error, when the store returned one.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
+    }
+
+    /// Whether the object was not there.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+
+    /// Whether a conditional create found the object already written.
+    pub fn is_already_exists(&self) -> bool {
+        self.kind == ErrorKind::AlreadyExists
+    }
+}
+
+/// A one-line account of an `object_store` error. Its own messages nest the whole chain
+/// several times over; a user needs the S3 error code when the server sent one, otherwise
+/// the innermost cause, and how often it was retried.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = vec![e.to_string()];
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        chain.push(next.to_string());
+        cur = next;
+    }
+    let all = chain.join("\n");
+    if all.contains("169.254.169.254") {
+        return "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                or AWS_PROFILE with ~/.aws/credentials"
+            .into();
+    }
+    let retries = all
+        .split("after ")
+        .nth(1)
+        .and_then(|rest| rest.split(" retries").next())
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .map(|n| format!(" (after {n} retries)"))
+        .unwrap_or_default();
+    if let Some(code) = xml_field(&all, "Code") {
+        let status = all
+            .split("status code: ")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .map(|s| format!("HTTP {s}: "))
+            .unwrap_or_default();
+        let message = xml_field(&all, "Message")
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        return format!("{status}{code}{message}{retries}");
+    }
+    let innermost = chain
+        .iter()
+        .rev()
+        .find(|m| !m.trim().is_empty())
+        .cloned()
+        .unwrap_or_else(|| "unknown error".into());
+    format!("{innermost}{retries}")
+}
+
+fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&format!("</{tag}>"))?;
+    Some(&text[start..start + len])
+}

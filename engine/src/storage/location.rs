@@ -1,0 +1,563 @@
+//! Replica URLs, in Litestream's forms, and the object store each one names.
+
+use std::fmt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+
+use super::error::{ErrorKind, Operation, StorageError};
+use super::layout::Layout;
+
+/// Where a replica lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaUrl {
+    /// A local directory: a plain path or `file:///path`.
+    File {
+        /// The replica's root directory.
+        root: PathBuf,
+    },
+    /// `s3://bucket/prefix?endpoint=...&region=...&forcePathStyle=true&skipVerify=true`.
+    /// Credentials and anything not in the URL come from the standard `AWS_*` variables.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket (no leading or trailing slash).
+        prefix: String,
+        /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:9000`.
+        endpoint: Option<String>,
+        /// Region; `AWS_REGION` or us-east-1 when absent.
+        region: Option<String>,
+        /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers
+        /// need. strata uses it unless told `forcePathStyle=false`.
+        force_path_style: bool,
+        /// Accept invalid TLS certificates (self-signed test servers only).
+        skip_verify: bool,
+    },
+    /// `gs://bucket/prefix`, Google Cloud Storage.
+    #[cfg(feature = "gcs")]
+    Gcs {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket.
+        prefix: String,
+    },
+    /// `abs://container/prefix`, Azure Blob Storage (account from `AZURE_STORAGE_*`).
+    #[cfg(feature = "azure")]
+    Azure {
+        /// Container name.
+        container: String,
+        /// Key prefix inside the container.
+        prefix: String,
+    },
+}
+
+/// A replica URL that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid replica URL {url:?}: {reason}")]
+pub struct UrlError {
+    url: String,
+    reason: String,
+}
+
+fn url_error(url: &str, reason: impl Into<String>) -> UrlError {
+    UrlError {
+        url: url.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl ReplicaUrl {
+    /// Parses a replica URL the way Litestream accepts it.
+    pub fn parse(s: &str) -> Result<ReplicaUrl, UrlError> {
+        let Some((scheme, _)) = s.split_once("://") else {
+            if s.is_empty() {
+                return Err(url_error(s, "empty"));
+            }
+            return Ok(ReplicaUrl::File {
+                root: PathBuf::from(s),
+            });
+        };
+        let url = url::Url::parse(s).map_err(|e| url_error(s, e.to_string()))?;
+        let key_prefix = || url.path().trim_matches('/').to_owned();
+        let bucket = || match url.host_str() {
+            Some(h) if !h.is_empty() => Ok(h.to_owned()),
+            _ => Err(url_error(s, "missing bucket name")),
+        };
+        match scheme {
+            "file" => {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
+                    return Err(url_error(
+                        s,
+                        "file URLs take no host: use file:///absolute/path",
+                    ));
+                }
+                if url.query().is_some() {
+                    return Err(url_error(s, "file URLs take no query parameters"));
+                }
+                let root = url
+                    .to_file_path()
+                    .map_err(|()| url_error(s, "not a valid file path"))?;
+                Ok(ReplicaUrl::File { root })
+            }
+            "s3" => {
+                let (mut endpoint, mut region, mut force_path_style, mut skip_verify) =
+                    (None, None, true, false);
+                for (k, v) in url.query_pairs() {
+                    match k.as_ref() {
+                        "endpoint" => endpoint = Some(v.into_owned()),
+                        "region" => region = Some(v.into_owned()),
+                        "forcePathStyle" => force_path_style = parse_bool(s, &k, &v)?,
+                        "skipVerify" => skip_verify = parse_bool(s, &k, &v)?,
+                        other => {
+                            return Err(url_error(
+                                s,
+                                format!(
+                                    "unknown query parameter {other:?} (known: endpoint, region, \
+                                     forcePathStyle, skipVerify)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(ReplicaUrl::S3 {
+                    bucket: bucket()?,
+                    prefix: key_prefix(),
+                    endpoint,
+                    region,
+                    force_path_style,
+                    skip_verify,
+                })
+            }
+            #[cfg(feature = "gcs")]
+            "gs" => Ok(ReplicaUrl::Gcs {
+                bucket: bucket()?,
+                prefix: key_prefix(),
+            }),
+            #[cfg(feature = "azure")]
+            "abs" => Ok(ReplicaUrl::Azure {
+                container: bucket()?,
+                prefix: key_prefix(),
+            }),
+            other => Err(url_error(
+                s,
+                format!(
+                    "unsupported scheme {other:?} (supported: a path, file://, {})",
+                    supported_schemes()
+                ),
+            )),
+        }
+    }
+
+    /// The layout Litestream uses for this backend, which strata writes.
+    pub fn layout(&self) -> Layout {
+        match self {
+            ReplicaUrl::S3 { .. } => Layout::S3,
+            _ => Layout::File,
+        }
+    }
+
+    /// Opens the store. For a directory, `create` makes it if missing; otherwise a missing
+    /// directory is an error (a restore from a mistyped path should not look empty).
+    pub(crate) fn open_store(&self, create: bool) -> Result<OpenedStore, StorageError> {
+        let backend = self.to_string();
+        let connect_error =
+            |kind, message: String| StorageError::new(&backend, Operation::Open, "", kind, message);
+        match self {
+            ReplicaUrl::File { root } => {
+                if create {
+                    std::fs::create_dir_all(root).map_err(|e| {
+                        connect_error(
+                            ErrorKind::Other,
+                            format!("cannot create directory {}: {e}", root.display()),
+                        )
+                    })?;
+                } else if !root.is_dir() {
+                    return Err(connect_error(
+                        ErrorKind::NotFound,
+                        format!("no replica directory at {}", root.display()),
+                    ));
+                }
+                let root = std::fs::canonicalize(root).map_err(|e| {
+                    connect_error(
+                        ErrorKind::Other,
+                        format!("cannot resolve {}: {e}", root.display()),
+                    )
+                })?;
+                let store = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
+                Ok(OpenedStore {
+                    store: Arc::new(store),
+                    root: Path::default(),
+                    local_root: Some(root),
+                })
+            }
+            #[cfg(feature = "s3")]
+            ReplicaUrl::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                force_path_style,
+                skip_verify,
+            } => {
+                use object_store::aws::AmazonS3Builder;
+                install_tls_provider();
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_virtual_hosted_style_request(!force_path_style)
+                    .with_client_options(
+                        client_options(*skip_verify)
+                            .map_err(|m| connect_error(ErrorKind::Other, m))?,
+                    )
+                    .with_retry(retry_config());
+                if let Some(endpoint) = endpoint {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                } else if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3"))
+                {
+                    b = b.with_allow_http(endpoint.starts_with("http://"));
+                }
+                let profile = shared_profile();
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                    && let Some((key, secret, token)) = profile.credentials()
+                {
+                    b = b.with_access_key_id(key).with_secret_access_key(secret);
+                    if let Some(token) = token {
+                        b = b.with_token(token);
+                    }
+                }
+                if let Some(region) = region {
+                    b = b.with_region(region);
+                } else if std::env::var_os("AWS_REGION").is_none() {
+                    if let Some(r) = std::env::var("AWS_DEFAULT_REGION")
+                        .ok()
+                        .or_else(|| profile.region())
+                    {
+                        b = b.with_region(r);
+                    }
+                }
+                let store = b
+                    .build()
+                    .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
+                Ok(OpenedStore {
+                    store: Arc::new(store),
+                    root: Path::from(prefix.as_str()),
+                    local_root: None,
+                })
+            }
+            #[cfg(not(feature = "s3"))]
+            ReplicaUrl::S3 { .. } => Err(connect_error(
+                ErrorKind::Other,
+                "this build of strata has no S3 support (feature \"s3\")".into(),
+            )),
+            #[cfg(feature = "gcs")]
+            ReplicaUrl::Gcs { bucket, prefix } => {
+                install_tls_provider();
+                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config())
+                    .build()
+                    .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
+                Ok(OpenedStore {
+                    store: Arc::new(store),
+                    root: Path::from(prefix.as_str()),
+                    local_root: None,
+                })
+            }
+            #[cfg(feature = "azure")]
+            ReplicaUrl::Azure { container, prefix } => {
+                install_tls_provider();
+                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_retry(retry_config())
+                    .build()
+                    .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
+                Ok(OpenedStore {
+                    store: Arc::new(store),
+                    root: Path::from(prefix.as_str()),
+                    local_root: None,
+                })
+            }
+        }
+    }
+}
+
+/// A store opened from a URL.
+pub(crate) struct OpenedStore {
+    pub store: Arc<dyn ObjectStore>,
+    /// Prefix of the replica inside the store.
+    pub root: Path,
+    /// The directory, for the file backend (to set file times as Litestream does).
+    pub local_root: Option<PathBuf>,
+}
+
+fn parse_bool(url: &str, key: &str, v: &str) -> Result<bool, UrlError> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(url_error(
+            url,
+            format!("{key} must be true or false, not {v:?}"),
+        )),
+    }
+}
+
+fn supported_schemes() -> &'static str {
+    if cfg!(all(feature = "gcs", feature = "azure")) {
+        "s3://, gs://, abs://"
+    } else if cfg!(feature = "gcs") {
+        "s3://, gs://"
+    } else if cfg!(feature = "azure") {
+        "s3://, abs://"
+    } else {
+        "s3://"
+    }
+}
+
+impl fmt::Display for ReplicaUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaUrl::File { root } => write!(f, "file://{}", display_path(root)),
+            ReplicaUrl::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                ..
+            } => {
+                write!(f, "s3://{bucket}/{prefix}")?;
+                if let Some(e) = endpoint {
+                    write!(f, " at {e}")?;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "gcs")]
+            ReplicaUrl::Gcs { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
+            #[cfg(feature = "azure")]
+            ReplicaUrl::Azure { container, prefix } => write!(f, "abs://{container}/{prefix}"),
+        }
+    }
+}
+
+fn display_path(p: &FsPath) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Request retries for remote stores: timeouts, 5xx and dropped connections are retried with
+/// exponential backoff, briefly enough that an unreachable endpoint fails in seconds.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(60),
+    }
+}
+
+/// HTTP client settings; honours `AWS_CA_BUNDLE` (a PEM file of extra trusted roots).
+#[cfg(feature = "s3")]
+fn client_options(skip_verify: bool) -> Result<object_store::ClientOptions, String> {
+    let mut opts = object_store::ClientOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(5))
+        .with_timeout(std::time::Duration::from_secs(120))
+        .with_allow_invalid_certificates(skip_verify);
+    if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
+        let pem = std::fs::read(&bundle).map_err(|e| {
+            format!(
+                "cannot read AWS_CA_BUNDLE {}: {e}",
+                FsPath::new(&bundle).display()
+            )
+        })?;
+        let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "AWS_CA_BUNDLE {} is not a PEM bundle: {e}",
+                FsPath::new(&bundle).display()
+            )
+        })?;
+        for cert in certs {
+            opts = opts.with_root_certificate(cert);
+        }
+    }
+    Ok(opts)
+}
+
+/// The `AWS_PROFILE` (or default) profile of the shared AWS files, which the AWS SDKs (and so
+/// Litestream) read when the environment has no credentials.
+#[cfg(feature = "s3")]
+struct SharedProfile {
+    credentials: Vec<(String, String)>,
+    config: Vec<(String, String)>,
+}
+
+#[cfg(feature = "s3")]
+fn shared_profile() -> SharedProfile {
+    let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let file = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws").join(default))
+    };
+    // The credentials file names sections [name]; the config file [profile name], except
+    // for [default].
+    let config_section = if name == "default" {
+        name.clone()
+    } else {
+        format!("profile {name}")
+    };
+    SharedProfile {
+        credentials: ini_section(&file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), &name),
+        config: ini_section(&file("AWS_CONFIG_FILE", "config"), &config_section),
+    }
+}
+
+#[cfg(feature = "s3")]
+impl SharedProfile {
+    fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn credentials(&self) -> Option<(String, String, Option<String>)> {
+        let c = &self.credentials;
+        let key = Self::get(c, "aws_access_key_id")?;
+        let secret = Self::get(c, "aws_secret_access_key")?;
+        Some((
+            key.into(),
+            secret.into(),
+            Self::get(c, "aws_session_token").map(Into::into),
+        ))
+    }
+
+    fn region(&self) -> Option<String> {
+        Self::get(&self.config, "region").map(Into::into)
+    }
+}
+
+/// The `key = value` lines of one `[section]` of an INI file; empty if either is missing.
+#[cfg(feature = "s3")]
+fn ini_section(path: &FsPath, section: &str) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut inside = false;
+    let mut pairs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+        } else if inside && let Some((k, v)) = line.split_once('=') {
+            pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    pairs
+}
+
+/// rustls needs one crypto provider per process; strata uses ring.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+fn install_tls_provider() {
+    // Fails only if a provider is already installed, which is what we want anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_litestream_forms() {
+        assert_eq!(
+            ReplicaUrl::parse("/var/lib/replica").unwrap(),
+            ReplicaUrl::File {
+                root: "/var/lib/replica".into()
+            }
+        );
+        assert_eq!(
+            ReplicaUrl::parse("relative/dir").unwrap(),
+            ReplicaUrl::File {
+                root: "relative/dir".into()
+            }
+        );
+        assert_eq!(
+            ReplicaUrl::parse("file:///var/lib/replica").unwrap(),
+            ReplicaUrl::File {
+                root: "/var/lib/replica".into()
+            }
+        );
+        let s3 = ReplicaUrl::parse(
+            "s3://bucket/some/prefix?endpoint=http://127.0.0.1:5000&region=eu-west-1&forcePathStyle=true",
+        )
+        .unwrap();
+        assert_eq!(
+            s3,
+            ReplicaUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into(),
+                endpoint: Some("http://127.0.0.1:5000".into()),
+                region: Some("eu-west-1".into()),
+                force_path_style: true,
+                skip_verify: false,
+            }
+        );
+        assert_eq!(s3.layout(), Layout::S3);
+    }
+
+    #[test]
+    fn reads_a_section_of_the_shared_aws_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(
+            &path,
+            "[default]\naws_access_key_id = AKIA1\naws_secret_access_key=s1\n\n# other\n[work]\naws_access_key_id = AKIA2\n",
+        )
+        .unwrap();
+        let default = ini_section(&path, "default");
+        assert_eq!(
+            default,
+            [
+                ("aws_access_key_id".into(), "AKIA1".into()),
+                ("aws_secret_access_key".into(), "s1".into())
+            ]
+        );
+        assert_eq!(ini_section(&path, "work").len(), 1);
+        assert!(ini_section(&path, "missing").is_empty());
+        assert!(ini_section(&dir.path().join("none"), "default").is_empty());
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_honour() {
+        for (url, why) in [
+            (
+                "s3://bucket/p?endpont=x",
+                "unknown query parameter \"endpont\"",
+            ),
+            ("s3://bucket/p?forcePathStyle=yes", "must be true or false"),
+            ("ftp://host/x", "unsupported scheme \"ftp\""),
+            ("file://host/x", "take no host"),
+            ("", "empty"),
+        ] {
+            let e = ReplicaUrl::parse(url).unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+    }
+}

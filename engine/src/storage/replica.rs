@@ -1,0 +1,436 @@
+//! The replica client: list, read, write and delete LTX files in one replica.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use ltx::{FileTail, Header, TailParse, Txid, TxidRange};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, GetOptions, GetResultPayload, ObjectStore, PutMode, PutOptions,
+    PutPayload,
+};
+
+use super::counting::{CountingStore, RequestCounter, RequestCounts};
+use super::error::{ErrorKind, Operation, StorageError};
+use super::layout::{Layout, Level};
+use super::location::ReplicaUrl;
+
+/// S3 user metadata Litestream reads for a file's accurate timestamp.
+const TIMESTAMP_METADATA: &str = "litestream-timestamp";
+
+/// How often a broken read is resumed before giving up.
+const READ_ATTEMPTS: u32 = 4;
+
+/// One LTX file in a replica, as a listing describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The level it sits in.
+    pub level: Level,
+    /// The TXIDs it covers (its name).
+    pub range: TxidRange,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the store says it was written: file mtime (which Litestream and strata set to
+    /// the LTX header's timestamp) or S3 LastModified (the upload time).
+    pub modified: jiff::Timestamp,
+}
+
+impl fmt::Display for FileInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.level, self.range.file_name())
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    counter: RequestCounter,
+    name: String,
+    root: Path,
+    layout: Layout,
+    /// The replica directory, for the file backend.
+    local_root: Option<PathBuf>,
+    /// Whether the store keeps user metadata (S3): Litestream's timestamp goes there.
+    metadata: bool,
+}
+
+/// A replica: LTX files by level in an object store, laid out as Litestream lays them out.
+/// Cheap to clone; every clone shares the store and the request counts.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+impl Replica {
+    /// Opens an existing replica for reading. A directory must exist; the layout is the one
+    /// Litestream uses for the backend until [`Replica::detect_layout`] says otherwise.
+    pub fn open(url: &ReplicaUrl) -> Result<Replica, StorageError> {
+        Replica::from_url(url, false)
+    }
+
+    /// Opens a replica for writing, creating its directory if needed.
+    pub fn create(url: &ReplicaUrl) -> Result<Replica, StorageError> {
+        Replica::from_url(url, true)
+    }
+
+    fn from_url(url: &ReplicaUrl, create: bool) -> Result<Replica, StorageError> {
+        let opened = url.open_store(create)?;
+        let mut replica =
+            Replica::from_store(opened.store, &url.to_string(), opened.root, url.layout());
+        let inner = Arc::get_mut(&mut replica.inner).expect("not shared yet");
+        inner.local_root = opened.local_root;
+        inner.metadata = matches!(url, ReplicaUrl::S3 { .. });
+        Ok(replica)
+    }
+
+    /// A replica in any store (wrapped, for instance, in a fault-injecting or throttling
+    /// store), under `root`, described as `name` in errors.
+    pub fn from_store(
+        store: Arc<dyn ObjectStore>,
+        name: &str,
+        root: Path,
+        layout: Layout,
+    ) -> Replica {
+        let counting = CountingStore::new(store);
+        let counter = counting.counter();
+        Replica {
+            inner: Arc::new(Inner {
+                store: Arc::new(counting),
+                counter,
+                name: name.to_owned(),
+                root,
+                layout,
+                local_root: None,
+                metadata: false,
+            }),
+        }
+    }
+
+    /// An empty replica in memory, for tests.
+    pub fn memory(layout: Layout) -> Replica {
+        Replica::from_store(
+            Arc::new(InMemory::new()),
+            "memory://",
+            Path::default(),
+            layout,
+        )
+    }
+
+    /// The replica's URL, as errors name it.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The layout in use.
+    pub fn layout(&self) -> Layout {
+        self.inner.layout
+    }
+
+    /// Requests made through this replica so far.
+    pub fn requests(&self) -> RequestCounts {
+        self.inner.counter.get()
+    }
+
+    /// The same replica read with another layout.
+    pub fn with_layout(&self, layout: Layout) -> Replica {
+        let i = &self.inner;
+        Replica {
+            inner: Arc::new(Inner {
+                store: i.store.clone(),
+                counter: i.counter.clone(),
+                name: i.name.clone(),
+                root: i.root.clone(),
+                layout,
+                local_root: i.local_root.clone(),
+                metadata: i.metadata,
+            }),
+        }
+    }
+
+    /// Looks at the replica's top level (one LIST) and switches to the other layout if only
+    /// that one holds files, so a replica copied between backends still reads.
+    pub async fn detect_layout(self) -> Result<Replica, StorageError> {
+        let root = &self.inner.root;
+        let listing = self
+            .inner
+            .store
+            .list_with_delimiter(Some(root))
+            .await
+            .map_err(|e| self.error(Operation::List, root, e))?;
+        let dirs: Vec<&str> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .collect();
+        let has = |layout: Layout| dirs.iter().any(|d| layout.owns_top_dir(d));
+        let current = self.layout();
+        if !has(current) && has(current.other()) {
+            tracing::info!(replica = %self.name(), layout = %current.other(), "replica uses the other layout");
+            return Ok(self.with_layout(current.other()));
+        }
+        Ok(self)
+    }
+
+    fn path(&self, level: Level, range: TxidRange) -> Path {
+        self.inner.layout.file_path(&self.inner.root, level, range)
+    }
+
+    fn error(
+        &self,
+        op: Operation,
+        path: impl fmt::Display,
+        e: object_store::Error,
+    ) -> StorageError {
+        StorageError::from_store(&self.inner.name, op, path, e)
+    }
+
+    /// The files of `level` whose minimum TXID is at least `from`, in TXID order.
+    ///
+    /// Names are fixed-width hex, so the listing starts after the last name that cannot
+    /// qualify instead of walking the whole level (S3 StartAfter).
+    pub async fn list(&self, level: Level, from: Txid) -> Result<Vec<FileInfo>, StorageError> {
+        let dir = self.inner.layout.level_dir(&self.inner.root, level);
+        let stream = if from > Txid::ONE {
+            let before = TxidRange::new(from.prev(), Txid::MAX);
+            self.inner
+                .store
+                .list_with_offset(Some(&dir), &dir.clone().join(before.file_name()))
+        } else {
+            self.inner.store.list(Some(&dir))
+        };
+        let metas: Vec<_> = stream
+            .try_collect()
+            .await
+            .map_err(|e| self.error(Operation::List, &dir, e))?;
+        let mut files: Vec<FileInfo> = metas
+            .into_iter()
+            .filter(|m| m.location.parts_count() == dir.parts_count() + 1)
+            .filter_map(|m| {
+                let name = m.location.filename()?;
+                let Ok(range) = TxidRange::parse_file_name(name) else {
+                    tracing::debug!(path = %m.location, "ignoring a file that is not named like an LTX file");
+                    return None;
+                };
+                Some(FileInfo {
+                    level,
+                    range,
+                    size: m.size,
+                    modified: jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                })
+            })
+            .filter(|f| f.range.min >= from)
+            .collect();
+        files.sort_by_key(|f| f.range);
+        Ok(files)
+    }
+
+    /// Every file in every level, ordered by level then TXID. One LIST per level, issued
+    /// together.
+    pub async fn list_all(&self) -> Result<Vec<FileInfo>, StorageError> {
+        let levels =
+            futures::future::try_join_all(Level::all().map(|l| self.list(l, Txid::ZERO))).await?;
+        Ok(levels.into_iter().flatten().collect())
+    }
+
+    /// Bytes `range` of `file`. A body that breaks mid-transfer is resumed from where it
+    /// stopped (pinned to the same object version), with backoff between attempts.
+    pub async fn read_range(
+        &self,
+        file: &FileInfo,
+        range: Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        let path = self.path(file.level, file.range);
+        let want = range.end - range.start;
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut got = 0u64;
+        let mut etag = None;
+        let mut attempt = 0;
+        loop {
+            let opts = GetOptions {
+                range: Some((range.start + got..range.end).into()),
+                if_match: etag.clone(),
+                ..Default::default()
+            };
+            let failure = match self.inner.store.get_opts(&path, opts).await {
+                Ok(result) if matches!(result.payload, GetResultPayload::File(..)) => {
+                    // A local file: one read of the whole range, nothing to resume.
+                    let bytes = result
+                        .bytes()
+                        .await
+                        .map_err(|e| self.error(Operation::Get, &path, e))?;
+                    parts.push(bytes);
+                    return Ok(concat(parts, want));
+                }
+                Ok(result) => {
+                    if etag.is_none() {
+                        etag = result.meta.e_tag.clone();
+                    }
+                    let mut body = result.into_stream();
+                    let mut failure = None;
+                    while let Some(chunk) = body.next().await {
+                        match chunk {
+                            Ok(c) => {
+                                got += c.len() as u64;
+                                parts.push(c);
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match failure {
+                        None if got == want => return Ok(concat(parts, want)),
+                        None => {
+                            return Err(StorageError::new(
+                                &self.inner.name,
+                                Operation::Get,
+                                &path,
+                                ErrorKind::InvalidData,
+                                format!("asked for bytes {range:?}, the object ended after {got}"),
+                            ));
+                        }
+                        Some(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            let err = self.error(Operation::Get, &path, failure);
+            attempt += 1;
+            if err.kind != ErrorKind::Unavailable || attempt >= READ_ATTEMPTS {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, resume_at = range.start + got, "resuming read");
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+    }
+
+    /// The whole of `file`.
+    pub async fn read(&self, file: &FileInfo) -> Result<Bytes, StorageError> {
+        self.read_range(file, 0..file.size).await
+    }
+
+    /// The header of `file`, from one ranged read of its first 100 bytes.
+    pub async fn read_header(&self, file: &FileInfo) -> Result<Header, StorageError> {
+        let bytes = self.read_range(file, 0..ltx::HEADER_SIZE as u64).await?;
+        Header::from_bytes(bytes[..].try_into().expect("100 bytes read"))
+            .map_err(|e| self.invalid(file, e))
+    }
+
+    /// The page index and trailer of `file`: one ranged read of the tail, and a second only
+    /// if the index is larger than the first read.
+    pub async fn read_tail(&self, file: &FileInfo) -> Result<FileTail, StorageError> {
+        let mut range = ltx::tail_fetch_range(file.size);
+        let mut tail = self.read_range(file, range.clone()).await?;
+        loop {
+            match ltx::parse_tail(file.size, range.start, &tail)
+                .map_err(|e| self.invalid(file, e))?
+            {
+                TailParse::Complete(t) => return Ok(t),
+                TailParse::NeedMore(more) => {
+                    let head = self.read_range(file, more.clone()).await?;
+                    tail = [head, tail].concat().into();
+                    range.start = more.start;
+                }
+            }
+        }
+    }
+
+    /// An error for a file whose bytes are not valid LTX.
+    pub fn invalid(&self, file: &FileInfo, e: ltx::Error) -> StorageError {
+        StorageError::new(
+            &self.inner.name,
+            Operation::Get,
+            self.path(file.level, file.range),
+            ErrorKind::InvalidData,
+            e.to_string(),
+        )
+    }
+
+    /// Writes a complete LTX file to `level`, only if no file of that name exists
+    /// (conditional create: If-None-Match on S3, no-clobber link locally). `timestamp` is
+    /// the header's, recorded as Litestream records it: S3 metadata, or the file's mtime.
+    pub async fn write(
+        &self,
+        level: Level,
+        range: TxidRange,
+        bytes: Bytes,
+        timestamp: jiff::Timestamp,
+    ) -> Result<FileInfo, StorageError> {
+        let path = self.path(level, range);
+        let size = bytes.len() as u64;
+        let mut attributes = Attributes::new();
+        if self.inner.metadata {
+            attributes.insert(
+                Attribute::Metadata(TIMESTAMP_METADATA.into()),
+                format!("{timestamp:.9}").into(),
+            );
+        }
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            attributes,
+            ..Default::default()
+        };
+        self.inner
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+            .map_err(|e| self.error(Operation::Put, &path, e))?;
+        if let Some(root) = &self.inner.local_root {
+            let file = root.join(path.as_ref());
+            let set = std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .and_then(|f| f.set_modified(timestamp.into()));
+            if let Err(e) = set {
+                tracing::warn!(path = %file.display(), error = %e, "cannot set the file time to the LTX timestamp");
+            }
+        }
+        Ok(FileInfo {
+            level,
+            range,
+            size,
+            modified: timestamp,
+        })
+    }
+
+    /// Deletes files, batched (S3 DeleteObjects takes 1000 keys a request). Files already
+    /// gone are not an error.
+    pub async fn delete(&self, files: &[FileInfo]) -> Result<(), StorageError> {
+        let paths: Vec<_> = files
+            .iter()
+            .map(|f| Ok(self.path(f.level, f.range)))
+            .collect();
+        let results: Vec<_> = self
+            .inner
+            .store
+            .delete_stream(futures::stream::iter(paths).boxed())
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(Operation::Delete, "(batch)", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn concat(parts: Vec<Bytes>, len: u64) -> Bytes {
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap();
+    }
+    let mut buf = BytesMut::with_capacity(len as usize);
+    for p in parts {
+        buf.extend_from_slice(&p);
+    }
+    buf.freeze()
+}

@@ -1,0 +1,155 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ltx::{Decoder, Encoder};
+use strata::storage::{Layout, Replica, ReplicaUrl};
+
+/// The repository's `testdata/` directory.
+pub fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(rel)
+}
+
+/// The Litestream 0.5.17 replica fixture.
+pub fn fixture_replica() -> Replica {
+    Replica::open(&ReplicaUrl::File {
+        root: testdata("litestream-0.5.17/replica"),
+    })
+    .unwrap()
+}
+
+/// (TXID, SHA-256, size) of every correct restore of the fixture.
+pub fn expected_restores() -> Vec<(u64, String, u64)> {
+    std::fs::read_to_string(testdata("litestream-0.5.17/expected-restores.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                u64::from_str_radix(f[0], 16).unwrap(),
+                f[1].to_string(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The S3-compatible server the test command started (moto_server on loopback).
+pub fn s3_endpoint() -> String {
+    std::env::var("STRATA_TEST_S3_ENDPOINT").expect(
+        "STRATA_TEST_S3_ENDPOINT is not set: run the tests with scripts/test, which starts \
+         moto_server on loopback and sets it",
+    )
+}
+
+/// A new, empty bucket on the test S3 server.
+pub fn new_bucket() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "strata-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let endpoint = url::Url::parse(&s3_endpoint()).unwrap();
+    let host = endpoint.host_str().unwrap();
+    let port = endpoint.port().unwrap();
+    let mut s = TcpStream::connect((host, port)).unwrap();
+    write!(
+        s,
+        "PUT /{name} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "creating bucket {name}: {response}"
+    );
+    name
+}
+
+/// The URL of a prefix in a new bucket, in Litestream's form.
+pub fn s3_url(prefix: &str) -> String {
+    format!(
+        "s3://{}/{prefix}?endpoint={}&region=us-east-1&forcePathStyle=true",
+        new_bucket(),
+        s3_endpoint()
+    )
+}
+
+/// Copies every file byte for byte.
+pub async fn copy_raw(src: &Replica, dst: &Replica) {
+    for f in src.list_all().await.unwrap() {
+        let bytes = src.read(&f).await.unwrap();
+        let ts = Decoder::from_buf_read(&bytes[..])
+            .unwrap()
+            .header()
+            .timestamp;
+        dst.write(
+            f.level,
+            f.range,
+            bytes,
+            jiff::Timestamp::from_millisecond(ts).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Copies every file through strata: decoded, re-encoded by the `ltx` crate, written by the
+/// storage layer. `retime` may rewrite header timestamps.
+pub async fn copy_reencoded(src: &Replica, dst: &Replica, retime: impl Fn(&ltx::Header) -> i64) {
+    for f in src.list_all().await.unwrap() {
+        let bytes = src.read(&f).await.unwrap();
+        let mut dec = Decoder::from_buf_read(&bytes[..]).unwrap();
+        let mut header = *dec.header();
+        header.timestamp = retime(&header);
+        let mut enc = Encoder::new(Vec::new(), &header).unwrap();
+        let mut page = vec![0u8; header.page_size.bytes()];
+        while let Some(pgno) = dec.decode_page(&mut page).unwrap() {
+            enc.encode_page(pgno, &page).unwrap();
+        }
+        let post = dec.finish().unwrap().trailer.post_apply_checksum;
+        let out = enc.finish(post).unwrap().writer;
+        let ts = jiff::Timestamp::from_millisecond(header.timestamp).unwrap();
+        dst.write(f.level, f.range, out.into(), ts).await.unwrap();
+    }
+}
+
+/// The fixture in an in-memory replica.
+pub async fn memory_fixture(layout: Layout) -> Replica {
+    let replica = Replica::memory(layout);
+    copy_raw(&fixture_replica(), &replica).await;
+    replica
+}
+
+/// Files in `dir` other than `keep`: a failed restore must leave none behind.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The `litestream` 0.5.17 binary the test command installed.
+pub fn litestream() -> std::process::Command {
+    let mut cmd = std::process::Command::new("litestream");
+    // Litestream's S3 client refuses a custom endpoint while a CA bundle is configured.
+    cmd.env_remove("AWS_CA_BUNDLE");
+    cmd
+}

@@ -321,3 +321,124 @@ async fn an_unreachable_endpoint_fails_fast_and_says_where() {
         "{text}"
     );
 }
+
+/// The fixture in memory behind a fault-injecting store.
+async fn faulty_fixture() -> (Replica, strata::storage::faults::Faults) {
+    use strata::storage::faults::FaultStore;
+    let (store, faults) = FaultStore::new(object_store::memory::InMemory::new());
+    let replica = Replica::from_store(
+        Arc::new(store),
+        "faulty",
+        object_store::path::Path::default(),
+        Layout::File,
+    );
+    copy_raw(&fixture_replica(), &replica).await;
+    (replica, faults)
+}
+
+async fn restore_ok(replica: &Replica, txid: u64) -> restore::RestoreSummary {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("db");
+    let s = restore_to(replica, Target::Txid(Txid::new(txid)), &out)
+        .await
+        .unwrap();
+    assert_eq!(
+        sha256_file(&out),
+        expected_restores()[txid as usize - 1].1,
+        "TXID {txid}"
+    );
+    assert_eq!(leftovers(dir.path()), ["db"]);
+    s
+}
+
+#[tokio::test]
+async fn a_file_deleted_by_retention_before_it_is_read_is_replanned_around() {
+    use strata::storage::faults::Fault;
+    let (replica, faults) = faulty_fixture().await;
+    // The plan for TXID 10 is L2 1-5, L1 6-9, L0 10; retention takes L1 6-9.
+    let plan = restore::plan(&replica, Target::Txid(Txid::new(10)))
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.files.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        [
+            "L2/0000000000000001-0000000000000005.ltx",
+            "L1/0000000000000006-0000000000000009.ltx",
+            "L0/000000000000000a-000000000000000a.ltx"
+        ]
+    );
+    faults.inject(
+        "ltx/1/0000000000000006-0000000000000009",
+        Fault::VanishOnGet,
+        1,
+    );
+    let s = restore_ok(&replica, 10).await;
+    assert_eq!(s.replans, 1);
+    // It carried on from TXID 5 with L0 6..=10: nothing applied was fetched twice.
+    assert_eq!(s.files, 1 + 5);
+}
+
+#[tokio::test]
+async fn a_file_deleted_mid_read_makes_the_restore_start_over() {
+    use strata::storage::faults::Fault;
+    let (replica, faults) = faulty_fixture().await;
+    // Plan for TXID 10: L2 1-5, L1 6-9, L0 10. Read in 4 KiB chunks one at a time, L1 6-9
+    // vanishes after its first chunk was applied, so pages of it are already in the output:
+    // only a fresh start is safe (L2 1-5, then L0 6..=10 on the new plan).
+    faults.inject_after(
+        "ltx/1/0000000000000006-0000000000000009",
+        1,
+        Fault::VanishOnGet,
+        1,
+    );
+    let options = RestoreOptions {
+        chunk_size: 4096,
+        concurrency: 1,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("db");
+    let s = restore::restore(
+        &replica,
+        Target::Txid(Txid::new(10)),
+        &out,
+        &options,
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.replans, 1);
+    assert_eq!(
+        s.files,
+        1 + 6,
+        "L2 1-5 before the restart, then L2 1-5 and L0 6..=10"
+    );
+    assert_eq!(sha256_file(&out), expected_restores()[9].1);
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_avoided_when_another_plan_exists() {
+    use strata::storage::faults::Fault;
+    let (replica, faults) = faulty_fixture().await;
+    faults.inject(
+        "ltx/9/0000000000000001-0000000000000010",
+        Fault::CorruptGetAt(3000),
+        u32::MAX,
+    );
+    let s = restore_ok(&replica, 16).await;
+    assert_eq!(s.replans, 1, "started over on snapshot 1-15 + L0 16");
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_file_is_resumed() {
+    use strata::storage::faults::Fault;
+    let (replica, faults) = faulty_fixture().await;
+    faults.inject(
+        "ltx/9/0000000000000001-0000000000000010",
+        Fault::BreakGetAfter(1000),
+        2,
+    );
+    let s = restore_ok(&replica, 16).await;
+    assert_eq!(s.replans, 0);
+    assert_eq!(s.requests.get, 3, "one GET, broken twice, resumed twice");
+}

@@ -22,6 +22,21 @@ pub(crate) struct Applied {
     pub page_size: Option<PageSize>,
     /// The last TXID whose file was applied completely and verified.
     pub txid: Txid,
+    /// Files applied completely, across re-plans.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Applied {
+    /// Nothing applied yet, keeping the tally of work done.
+    pub fn restart(&self) -> Applied {
+        Applied {
+            files: self.files,
+            bytes: self.bytes,
+            ..Applied::default()
+        }
+    }
 }
 
 /// Why applying stopped early.
@@ -68,7 +83,11 @@ pub(crate) fn apply_files(
         let result = apply_one(&mut reader, file, out, applied, &mut writer);
         let (received, failure) = (reader.received, reader.failure.take());
         match (result, failure) {
-            (Ok(()), _) => applied.txid = file.range.max,
+            (Ok(()), _) => {
+                applied.txid = file.range.max;
+                applied.files += 1;
+                applied.bytes += file.size;
+            }
             (Err(_), Some(e)) if e.is_not_found() => {
                 return Err(Stop::Vanished {
                     file: file.clone(),

@@ -68,6 +68,9 @@ mod tests {
         let r: Vec<_> = super::chunk_ranges(10, 4).collect();
         assert_eq!(r, [0..4, 4..8, 8..10]);
         assert_eq!(super::chunk_ranges(0, 4).count(), 0);
-        assert_eq!(super::chunk_ranges(4, 4).collect::<Vec<_>>(), [0..4]);
+        assert_eq!(
+            super::chunk_ranges(4, 4).collect::<Vec<_>>(),
+            vec![0..4_u64]
+        );
     }
 }

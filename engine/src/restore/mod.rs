@@ -103,9 +103,9 @@ impl Progress for NoProgress {}
 pub struct RestoreSummary {
     /// The TXID restored.
     pub txid: Txid,
-    /// Files applied (across re-plans).
+    /// Files applied completely (across re-plans).
     pub files: usize,
-    /// Bytes of LTX fetched.
+    /// Bytes of those files.
     pub bytes: u64,
     /// Page size of the database.
     pub page_size: PageSize,
@@ -226,16 +226,12 @@ pub async fn restore(
 
     let mut applied = Applied::default();
     let mut excluded: Vec<FileInfo> = Vec::new();
-    let (mut replans, mut files_applied, mut bytes) = (0u32, 0usize, 0u64);
+    let mut replans = 0u32;
     loop {
         let (now, result) = run_plan(&replica, &plan, &out, applied, options, &progress).await;
         applied = now;
         let stop = match result {
-            Ok(()) => {
-                files_applied += plan.files.len();
-                bytes += plan.bytes();
-                break;
-            }
+            Ok(()) => break,
             Err(stop) => stop,
         };
         // Decide where to start again, or give up.
@@ -287,7 +283,7 @@ pub async fn restore(
         progress.replanned(&reason);
         if start == Txid::ZERO {
             out.reset()?;
-            applied = Applied::default();
+            applied = applied.restart();
         }
         let files = replica.list_all().await?;
         plan = plan_for(
@@ -324,8 +320,8 @@ pub async fn restore(
         .expect("commit panicked")?;
     Ok(RestoreSummary {
         txid: target_txid,
-        files: files_applied,
-        bytes,
+        files: applied.files,
+        bytes: applied.bytes,
         page_size,
         db_size,
         replans,

@@ -74,6 +74,9 @@ pub enum PlanError {
 /// the file that starts no later than the next TXID and reaches furthest without passing
 /// the target (ties go to the smaller file). Snapshots, at level 9 or any level, are the
 /// files that start at TXID 1. This gives the fewest files.
+///
+/// Continuing from a database already at `start`, snapshots (whole databases) are used only
+/// if no chain of incremental files reaches the target.
 pub fn plan_files(
     files: &[FileInfo],
     start: Txid,
@@ -81,6 +84,20 @@ pub fn plan_files(
     exclude: &[FileInfo],
 ) -> Result<Plan, PlanError> {
     let usable: Vec<&FileInfo> = files.iter().filter(|f| !exclude.contains(f)).collect();
+    if start > Txid::ZERO {
+        let incremental: Vec<&FileInfo> = usable
+            .iter()
+            .copied()
+            .filter(|f| !f.range.is_snapshot())
+            .collect();
+        if let Ok(plan) = greedy(&incremental, start, target) {
+            return Ok(plan);
+        }
+    }
+    greedy(&usable, start, target)
+}
+
+fn greedy(usable: &[&FileInfo], start: Txid, target: Option<Txid>) -> Result<Plan, PlanError> {
     let Some(latest) = usable.iter().map(|f| f.range.max).max() else {
         return Err(PlanError::Empty);
     };
@@ -118,12 +135,12 @@ pub fn plan_files(
         .min();
     match (target, next) {
         (None, Some(next)) => Err(PlanError::Gap { reached, next }),
-        (Some(t), Some(next)) if next <= t && !covers_without_gap(&usable, reached, t) => {
+        (Some(t), Some(next)) if next <= t && !covers_without_gap(usable, reached, t) => {
             Err(PlanError::Gap { reached, next })
         }
         _ => Err(PlanError::Unavailable {
             target: target_txid,
-            available: describe_available(&usable, reached, target_txid, latest),
+            available: describe_available(usable, reached, target_txid, latest),
         }),
     }
 }
@@ -231,17 +248,29 @@ mod tests {
             .collect()
     }
 
-    /// The layout of the Litestream 0.5.17 fixture replica.
+    /// The files of the Litestream 0.5.17 fixture replica, with their sizes.
     fn fixture() -> Vec<FileInfo> {
-        let mut v: Vec<FileInfo> = (1..=16).map(|t| f(0, t, t, 40_000)).collect();
-        for (a, b) in [(1, 1), (2, 2), (3, 5), (6, 9), (10, 12), (13, 15), (16, 16)] {
-            v.push(f(1, a, b, 40_000));
+        let l0 = [
+            46551, 45509, 44796, 44035, 43289, 42622, 41800, 41127, 40495, 39764, 39106, 38451,
+            37804, 7350, 22552, 2748,
+        ];
+        let mut v: Vec<FileInfo> = (1..=16).map(|t| f(0, t, t, l0[t as usize - 1])).collect();
+        for (a, b, size) in [
+            (1, 1, 46551),
+            (2, 2, 45509),
+            (3, 5, 43289),
+            (6, 9, 40495),
+            (10, 12, 38451),
+            (13, 15, 22552),
+            (16, 16, 2748),
+        ] {
+            v.push(f(1, a, b, size));
         }
-        for (a, b) in [(1, 5), (6, 12), (13, 16)] {
-            v.push(f(2, a, b, 40_000));
+        for (a, b, size) in [(1, 5, 43831), (6, 12, 38451), (13, 16, 22571)] {
+            v.push(f(2, a, b, size));
         }
-        for (a, b) in [(1, 1), (1, 15), (1, 16)] {
-            v.push(f(9, a, b, 40_000));
+        for (a, b, size) in [(1, 1, 46551), (1, 15, 22552), (1, 16, 22571)] {
+            v.push(f(9, a, b, size));
         }
         v
     }
@@ -286,8 +315,19 @@ mod tests {
     #[test]
     fn excluded_files_are_avoided() {
         let files = fixture();
-        let p = plan_files(&files, Txid::ZERO, None, &[f(9, 1, 16, 40_000)]).unwrap();
-        assert_eq!(names(&p), [(9, 1, 15), (0, 16, 16)]);
+        let p = plan_files(&files, Txid::ZERO, None, &[f(9, 1, 16, 22571)]).unwrap();
+        // Then the smallest file ending at 16 (L0 and L1 16-16 are both 2748 bytes).
+        assert_eq!(p.files.len(), 2);
+        assert_eq!(names(&p)[0], (9, 1, 15));
+        assert_eq!((p.files[1].range.min.get(), p.files[1].size), (16, 2748));
+    }
+
+    #[test]
+    fn a_snapshot_is_the_last_resort_when_continuing() {
+        // Only the snapshot continues from 7 here; the plan still exists.
+        let files = vec![f(9, 1, 16, 1 << 30), f(0, 5, 6, 10)];
+        let p = plan_files(&files, Txid::new(7), None, &[]).unwrap();
+        assert_eq!(names(&p), [(9, 1, 16)]);
     }
 
     #[test]

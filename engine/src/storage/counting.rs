@@ -24,6 +24,8 @@ const KEYS_PER_LIST_PAGE: u64 = 1000;
 pub struct RequestCounts {
     /// LIST requests.
     pub list: u64,
+    /// Keys those LIST requests returned.
+    pub listed: u64,
     /// GET requests, ranged or whole (HEAD included).
     pub get: u64,
     /// PUT requests (a multipart upload counts as one).
@@ -38,8 +40,8 @@ impl fmt::Display for RequestCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} LIST, {} GET ({} bytes), {} PUT, {} DELETE",
-            self.list, self.get, self.get_bytes, self.put, self.delete
+            "{} LIST ({} keys), {} GET ({} bytes), {} PUT, {} DELETE",
+            self.list, self.listed, self.get, self.get_bytes, self.put, self.delete
         )
     }
 }
@@ -47,6 +49,7 @@ impl fmt::Display for RequestCounts {
 #[derive(Debug, Default)]
 struct Counters {
     list: AtomicU64,
+    listed: AtomicU64,
     get: AtomicU64,
     put: AtomicU64,
     delete: AtomicU64,
@@ -85,6 +88,7 @@ impl RequestCounter {
         let c = &self.0;
         RequestCounts {
             list: c.list.load(Relaxed),
+            listed: c.listed.load(Relaxed),
             get: c.get.load(Relaxed),
             put: c.put.load(Relaxed),
             delete: c.delete.load(Relaxed),
@@ -110,6 +114,7 @@ fn count_pages(
         .inspect(move |item| {
             if item.is_ok() {
                 seen += 1;
+                counters.listed.fetch_add(1, Relaxed);
                 if seen > KEYS_PER_LIST_PAGE && seen % KEYS_PER_LIST_PAGE == 1 {
                     counters.list.fetch_add(1, Relaxed);
                 }
@@ -204,7 +209,10 @@ impl<T: ObjectStore> ObjectStore for CountingStore<T> {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.counters.list.fetch_add(1, Relaxed);
-        self.inner.list_with_delimiter(prefix).await
+        let result = self.inner.list_with_delimiter(prefix).await?;
+        let keys = result.objects.len() + result.common_prefixes.len();
+        self.counters.listed.fetch_add(keys as u64, Relaxed);
+        Ok(result)
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {

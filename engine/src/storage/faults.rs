@@ -39,6 +39,8 @@ pub enum Fault {
 struct Rule {
     path_contains: String,
     fault: Fault,
+    /// Matching requests to let through before the fault applies.
+    skip: u32,
     remaining: u32,
 }
 
@@ -50,9 +52,15 @@ impl Faults {
     /// Injects `fault` into the next `times` matching requests whose path contains
     /// `path_contains` (empty matches every path). `u32::MAX` means always.
     pub fn inject(&self, path_contains: &str, fault: Fault, times: u32) {
+        self.inject_after(path_contains, 0, fault, times);
+    }
+
+    /// Like [`Faults::inject`], but lets the first `skip` matching requests through.
+    pub fn inject_after(&self, path_contains: &str, skip: u32, fault: Fault, times: u32) {
         self.0.lock().unwrap().push(Rule {
             path_contains: path_contains.to_owned(),
             fault,
+            skip,
             remaining: times,
         });
     }
@@ -71,6 +79,10 @@ impl Faults {
                 && path.as_ref().contains(&rule.path_contains)
                 && applies(&rule.fault)
             {
+                if rule.skip > 0 {
+                    rule.skip -= 1;
+                    continue;
+                }
                 if rule.remaining != u32::MAX {
                     rule.remaining -= 1;
                 }

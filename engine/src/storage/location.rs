@@ -234,15 +234,19 @@ impl ReplicaUrl {
                         b = b.with_token(token);
                     }
                 }
+                let region = region.clone().or_else(|| {
+                    // AWS_REGION is read by from_env; otherwise the older variable or the profile.
+                    std::env::var_os("AWS_REGION")
+                        .is_none()
+                        .then(|| {
+                            std::env::var("AWS_DEFAULT_REGION")
+                                .ok()
+                                .or_else(|| profile.region())
+                        })
+                        .flatten()
+                });
                 if let Some(region) = region {
                     b = b.with_region(region);
-                } else if std::env::var_os("AWS_REGION").is_none() {
-                    if let Some(r) = std::env::var("AWS_DEFAULT_REGION")
-                        .ok()
-                        .or_else(|| profile.region())
-                    {
-                        b = b.with_region(r);
-                    }
                 }
                 let store = b
                     .build()

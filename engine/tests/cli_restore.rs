@@ -1,0 +1,181 @@
+//! `strata restore` and `strata ltx ls`, run as a user runs them.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn restore_latest_and_a_txid() {
+    let replica = testdata("litestream-0.5.17/replica");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latest.db");
+    let o = strata(&[
+        "restore",
+        "-o",
+        out.to_str().unwrap(),
+        replica.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "restored TXID 0000000000000010 to {}: 40.0 KiB (10 pages of 4096 bytes) from 1 file",
+            out.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(sha256_file(&out), expected_restores()[15].1);
+
+    let out = dir.path().join("seven.db");
+    let url = format!("file://{}", replica.display());
+    let o = strata(&[
+        "restore",
+        "--txid",
+        "7",
+        "--integrity-check",
+        "full",
+        "-o",
+        out.to_str().unwrap(),
+        &url,
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(sha256_file(&out), expected_restores()[6].1);
+
+    // Refuses to overwrite, then does with --force.
+    let o = strata(&["restore", "-o", out.to_str().unwrap(), &url]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o)
+            .1
+            .contains("already exists (use --force to replace it)"),
+        "{}",
+        text(&o).1
+    );
+    let o = strata(&["restore", "--force", "-o", out.to_str().unwrap(), &url]);
+    assert!(o.status.success());
+    assert_eq!(sha256_file(&out), expected_restores()[15].1);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let replica = testdata("litestream-0.5.17/replica");
+    let o = strata(&[
+        "restore",
+        "--dry-run",
+        "--txid",
+        "0000000000000008",
+        replica.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("plan to TXID 0000000000000008: 4 files, 165.4 KiB"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains("L2  0000000000000001-0000000000000005.ltx")
+            && lines[1].contains("43831"),
+        "{stdout}"
+    );
+    assert!(
+        lines[4].contains("L0  0000000000000008-0000000000000008.ltx"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn restore_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.db");
+    let replica = testdata("litestream-0.5.17/replica");
+    for (args, expected) in [
+        (
+            vec![
+                "restore",
+                "-o",
+                out.to_str().unwrap(),
+                dir.path().join("none").to_str().unwrap(),
+            ],
+            "no replica directory at",
+        ),
+        (
+            vec![
+                "restore",
+                "--txid",
+                "99",
+                "-o",
+                out.to_str().unwrap(),
+                replica.to_str().unwrap(),
+            ],
+            "TXID 0000000000000099 is not a restore point; the latest TXID in the replica is 0000000000000010",
+        ),
+        (
+            vec![
+                "restore",
+                "--timestamp",
+                "2001-01-01T00:00:00Z",
+                "-o",
+                out.to_str().unwrap(),
+                replica.to_str().unwrap(),
+            ],
+            "no restore point at or before 2001-01-01T00:00:00Z",
+        ),
+        (
+            vec!["restore", replica.to_str().unwrap()],
+            "give the output database with -o",
+        ),
+        (
+            vec!["restore", "-o", "x", "s3://b/p?bogus=1"],
+            "unknown query parameter \"bogus\"",
+        ),
+    ] {
+        let o = strata(&args);
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn ls_lists_every_level() {
+    let replica = testdata("litestream-0.5.17/replica");
+    let o = strata(&["ltx", "ls", replica.to_str().unwrap()]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1 + 29 + 1, "{stdout}");
+    assert!(
+        lines[1].starts_with("L0    0000000000000001  0000000000000001         46551  "),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[29].starts_with("L9    0000000000000001  0000000000000010         22571  "),
+        "{}",
+        lines[29]
+    );
+    assert!(
+        lines[30].starts_with("29 files, ") && lines[30].contains("11 LIST"),
+        "{}",
+        lines[30]
+    );
+}

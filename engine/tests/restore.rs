@@ -382,18 +382,18 @@ async fn a_file_deleted_by_retention_before_it_is_read_is_replanned_around() {
 async fn a_file_deleted_mid_read_makes_the_restore_start_over() {
     use strata::storage::faults::Fault;
     let (replica, faults) = faulty_fixture().await;
-    // Plan for TXID 10: L2 1-5, L1 6-9, L0 10. Read in 4 KiB chunks one at a time, L1 6-9
-    // vanishes after its first chunk was applied, so pages of it are already in the output:
-    // only a fresh start is safe (L2 1-5, then L0 6..=10 on the new plan).
+    // Plan for TXID 10: L2 1-5, L1 6-9, L0 10. Read in 4 KiB segments one at a time, L1 6-9
+    // vanishes after its header, its tail and its first segment were read, so pages of it
+    // are already in the output: only a fresh start is safe (L2 1-5, then L0 6..=10).
     faults.inject_after(
         "ltx/1/0000000000000006-0000000000000009",
-        1,
+        3,
         Fault::VanishOnGet,
         1,
     );
     let options = RestoreOptions {
         chunk_size: 4096,
-        concurrency: 1,
+        concurrency: Some(1),
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();

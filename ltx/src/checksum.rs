@@ -76,6 +76,12 @@ impl Crc64 {
     pub fn value(&self) -> u64 {
         self.0.finalize()
     }
+
+    /// The CRC of `a ++ b` from the CRC of `a`, the CRC of `b` and the length of `b`, so
+    /// pieces of a stream hashed apart (in parallel) join into the CRC of the whole.
+    pub fn combine(crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
+        crc_fast::checksum_combine(CrcAlgorithm::Crc64GoIso, crc_a, crc_b, len_b)
+    }
 }
 
 impl Default for Crc64 {
@@ -148,6 +154,18 @@ mod tests {
         crc.update(b"1234");
         crc.update(b"56789");
         assert_eq!(crc.value(), 0xB909_56C7_75A4_1001);
+    }
+
+    #[test]
+    fn combined_pieces_equal_the_whole() {
+        let piece = |b: &[u8]| {
+            let mut c = Crc64::new();
+            c.update(b);
+            c.value()
+        };
+        let (a, b) = (b"1234".as_slice(), b"56789".as_slice());
+        assert_eq!(Crc64::combine(piece(a), piece(b), 5), 0xB909_56C7_75A4_1001);
+        assert_eq!(Crc64::combine(piece(a), piece(b""), 0), piece(a));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   page (plus the index) in memory;
 //! - [`read_file_tail`] / [`parse_tail`] read the page index from the end of a file, and
 //!   [`decode_page_frame`] decodes one page fetched with a ranged read;
+//! - [`FileLayout`] splits a file into segments that decode (and verify) independently,
+//!   for parallel restores;
 //! - [`compact`] merges consecutive files; [`apply`] and [`write_snapshot`] turn files back
 //!   into a database;
 //! - [`Checksum`], [`page_checksum`] and [`DatabaseChecksum`] are the CRC-64/GO-ISO sums.
@@ -39,6 +41,7 @@ mod error;
 mod frame;
 mod header;
 mod index;
+mod layout;
 mod lz4_frame;
 mod page;
 mod sequence;
@@ -59,6 +62,7 @@ pub use index::{
     FileTail, MIN_FILE_SIZE, PageIndex, PageIndexEntry, TAIL_FETCH_SIZE, TailParse, parse_tail,
     read_file_tail, tail_fetch_range,
 };
+pub use layout::{FileLayout, Segment, SegmentSum};
 pub use page::{PageNum, PageSize};
 pub use trailer::{TRAILER_SIZE, Trailer};
 pub use txid::{ParseError, Txid, TxidRange};

@@ -35,13 +35,14 @@ pub struct RestoreArgs {
     /// Check the result with SQLite before it replaces the output.
     #[arg(long, value_enum, default_value_t = CheckArg::None)]
     integrity_check: CheckArg,
-    /// Ranged reads in flight at once.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// Largest ranged read (e.g. 4MiB); fetched data in memory stays under
-    /// (concurrency + 2) x chunk size.
-    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
-    chunk_size: u64,
+    /// Segments fetched and decoded at once [default: 2 per core for a directory, 16 for
+    /// remote stores].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Largest ranged read (e.g. 1MiB) [default: 1MiB]; data in flight stays around
+    /// 2 x (concurrency + 2) x chunk size.
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,16 +69,17 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(output) = args.output else {
         bail!("give the output database with -o PATH (or use --dry-run)");
     };
+    let defaults = RestoreOptions::default();
     let options = RestoreOptions {
         concurrency: args.concurrency,
-        chunk_size: args.chunk_size,
+        chunk_size: args.chunk_size.unwrap_or(defaults.chunk_size),
         force: args.force,
         integrity_check: match args.integrity_check {
             CheckArg::None => IntegrityCheck::None,
             CheckArg::Quick => IntegrityCheck::Quick,
             CheckArg::Full => IntegrityCheck::Full,
         },
-        ..RestoreOptions::default()
+        ..defaults
     };
     let bar = std::io::stderr().is_terminal().then(Bar::new).map(Arc::new);
     let progress: Arc<dyn Progress> = match &bar {

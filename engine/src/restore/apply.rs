@@ -1,19 +1,15 @@
-//! Applying fetched files to the output, in plan (TXID) order, on a blocking thread.
+//! Writing decoded pages to the output, file by file in plan (TXID) order.
 
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 
-use bytes::Bytes;
-use ltx::{Decoder, PageNum, PageSize, Txid};
+use ltx::{FileLayout, PageSize, Segment, Txid};
 use tokio::sync::mpsc;
 
 use super::Progress;
-use super::fetch::Chunk;
+use super::pipeline::{Failure, Item, Pool};
 use crate::storage::{FileInfo, StorageError};
-
-/// Consecutive pages are gathered into writes of up to this many bytes.
-const RUN_BYTES: usize = 1 << 20;
 
 /// What the output file holds so far.
 #[derive(Debug, Default)]
@@ -58,225 +54,181 @@ pub(crate) enum Stop {
     Output(io::Error),
 }
 
-/// Applies `files` in order to `out`, each verified in full (file checksum and every format
-/// rule) as it streams past. Returns when all are applied or one fails.
-pub(crate) fn apply_files(
-    rx: mpsc::Receiver<Chunk>,
+/// Writes what the pipeline delivers: each segment's pages at their offsets, and at each
+/// file's end, once every segment's checksum is in, the file checksum is verified and the
+/// database truncated or extended to the file's commit. A file's pages all land before the
+/// next file's, so later files win, exactly as applying them in TXID order.
+pub(crate) fn write_files(
+    mut rx: mpsc::Receiver<Item>,
     files: &[FileInfo],
     out: &File,
     applied: &mut Applied,
+    pool: &Pool,
     progress: &dyn Progress,
 ) -> Result<(), Stop> {
-    let mut source = ChunkSource { rx, pending: None };
-    let mut writer: Option<PageWriter<'_>> = None;
-    for (index, file) in files.iter().enumerate() {
-        let mut reader = FileReader {
-            source: &mut source,
-            index,
-            size: file.size,
-            received: 0,
-            current: Bytes::new(),
-            pos: 0,
-            failure: None,
-            progress,
+    let mut writeback = Writeback::default();
+    let mut current = None;
+    let mut sums = Vec::new();
+    let mut wrote = false;
+    let mut delivered = 0u64;
+    let mut remaining = files.len();
+    while remaining > 0 {
+        let Some(item) = rx.blocking_recv() else {
+            return Err(Stop::Output(io::Error::other(
+                "the fetch stopped before the plan was complete",
+            )));
         };
-        let result = apply_one(&mut reader, file, out, applied, &mut writer);
-        let (received, failure) = (reader.received, reader.failure.take());
-        match (result, failure) {
-            (Ok(()), _) => {
-                applied.txid = file.range.max;
-                applied.files += 1;
-                applied.bytes += file.size;
+        match item {
+            Item::Pages {
+                file,
+                layout,
+                segment,
+                pages,
+                sum,
+            } => {
+                start_file(
+                    &mut current,
+                    file,
+                    &layout,
+                    files,
+                    applied,
+                    &mut sums,
+                    &mut wrote,
+                    &mut delivered,
+                )?;
+                write_runs(out, &layout, &segment, &pages).map_err(Stop::Output)?;
+                writeback.wrote(out, pages.len() as u64);
+                pool.put(pages);
+                wrote = true;
+                sums.push(sum);
+                let bytes = segment.bytes.end - segment.bytes.start;
+                delivered += bytes;
+                progress.fetched(bytes);
             }
-            (Err(_), Some(e)) if e.is_not_found() => {
-                return Err(Stop::Vanished {
-                    file: file.clone(),
-                    partial: received > 0,
+            Item::End { file, layout } => {
+                start_file(
+                    &mut current,
+                    file,
+                    &layout,
+                    files,
+                    applied,
+                    &mut sums,
+                    &mut wrote,
+                    &mut delivered,
+                )?;
+                let info = &files[file];
+                layout
+                    .verify(sums.drain(..))
+                    .map_err(|error| Stop::Corrupt {
+                        file: info.clone(),
+                        error,
+                    })?;
+                let header = layout.header();
+                out.set_len(header.page_size.db_len(header.commit))
+                    .map_err(Stop::Output)?;
+                progress.fetched(info.size - delivered);
+                applied.txid = info.range.max;
+                applied.files += 1;
+                applied.bytes += info.size;
+                current = None;
+                remaining -= 1;
+            }
+            Item::Failed { file, failure } => {
+                let info = files[file].clone();
+                return Err(match failure {
+                    Failure::Storage(e) if e.is_not_found() => Stop::Vanished {
+                        file: info,
+                        partial: current == Some(file) && wrote,
+                    },
+                    Failure::Storage(e) => Stop::Storage(e),
+                    Failure::Corrupt(error) => Stop::Corrupt { file: info, error },
                 });
             }
-            (Err(_), Some(e)) => return Err(Stop::Storage(e)),
-            (Err(e), None) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn apply_one<'f>(
-    reader: &mut FileReader<'_, '_>,
-    file: &FileInfo,
-    out: &'f File,
-    applied: &mut Applied,
-    writer: &mut Option<PageWriter<'f>>,
-) -> Result<(), Stop> {
-    let corrupt = |error| Stop::Corrupt {
-        file: file.clone(),
-        error,
-    };
-    let mut dec = Decoder::from_buf_read(reader).map_err(corrupt)?;
-    let header = *dec.header();
-    if header.txid_range() != file.range {
-        return Err(corrupt(ltx::Error::InvalidHeader {
-            reason: format!(
-                "header covers {}, its name says {}",
-                header.txid_range(),
-                file.range
-            ),
-        }));
+/// Starts the kernel writing dirty pages to disk while the restore goes on, so the final
+/// fsync finds little left to do instead of writing the whole database at the end.
+#[derive(Debug, Default)]
+struct Writeback {
+    pending: u64,
+}
+
+impl Writeback {
+    /// Asynchronous writeback is started after every this many bytes written.
+    const EVERY: u64 = 32 << 20;
+
+    fn wrote(&mut self, out: &File, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= Self::EVERY {
+            self.pending = 0;
+            start_writeback(out);
+        }
     }
-    let page_size = *applied.page_size.get_or_insert(header.page_size);
-    if header.page_size != page_size {
+}
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the whole file: queue every dirty page for
+/// writing without waiting. Only an optimisation; durability comes from the final fsync.
+#[cfg(target_os = "linux")]
+fn start_writeback(out: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is valid for the borrow of `out`; the call reads no memory.
+    let rc = unsafe { libc::sync_file_range(out.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "sync_file_range");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File) {}
+
+/// On the first item of a file: checks its page size against the files before it.
+#[allow(clippy::too_many_arguments)]
+fn start_file(
+    current: &mut Option<usize>,
+    file: usize,
+    layout: &FileLayout,
+    files: &[FileInfo],
+    applied: &mut Applied,
+    sums: &mut Vec<ltx::SegmentSum>,
+    wrote: &mut bool,
+    delivered: &mut u64,
+) -> Result<(), Stop> {
+    if *current == Some(file) {
+        return Ok(());
+    }
+    let found = layout.header().page_size;
+    let expected = *applied.page_size.get_or_insert(found);
+    if found != expected {
         return Err(Stop::PageSize {
-            file: file.clone(),
-            expected: page_size,
-            found: header.page_size,
+            file: files[file].clone(),
+            expected,
+            found,
         });
     }
-    let w = writer.get_or_insert_with(|| PageWriter::new(out, page_size));
-    loop {
-        let slot = w.slot().map_err(Stop::Output)?;
-        match dec.decode_page(slot).map_err(corrupt)? {
-            Some(pgno) => w.commit(pgno).map_err(Stop::Output)?,
-            None => break,
-        }
-    }
-    w.flush().map_err(Stop::Output)?;
-    dec.finish().map_err(corrupt)?;
-    out.set_len(page_size.db_len(header.commit))
-        .map_err(Stop::Output)
+    *current = Some(file);
+    sums.clear();
+    *wrote = false;
+    *delivered = 0;
+    Ok(())
 }
 
-/// The ordered chunks, with at most one held back for the next file.
-struct ChunkSource {
-    rx: mpsc::Receiver<Chunk>,
-    pending: Option<Chunk>,
-}
-
-/// One planned file's bytes as a `BufRead`, straight from the fetched chunks (no copy).
-struct FileReader<'s, 'p> {
-    source: &'s mut ChunkSource,
-    index: usize,
-    size: u64,
-    received: u64,
-    current: Bytes,
-    pos: usize,
-    /// The storage error behind an I/O error this reader returned.
-    failure: Option<StorageError>,
-    progress: &'p dyn Progress,
-}
-
-impl Read for FileReader<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for FileReader<'_, '_> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.current.len() && self.received < self.size {
-            let chunk = match self.source.pending.take() {
-                Some(c) => Some(c),
-                None => self.source.rx.blocking_recv(),
-            };
-            let Some(chunk) = chunk else {
-                return Err(io::Error::other(
-                    "the fetch stopped before the file was complete",
-                ));
-            };
-            if chunk.file != self.index {
-                // The fetcher moved on (an empty object): this file ends here, short.
-                self.source.pending = Some(chunk);
-                return Ok(&[]);
-            }
-            debug_assert_eq!(chunk.offset, self.received);
-            match chunk.bytes {
-                Ok(bytes) => {
-                    self.received += bytes.len() as u64;
-                    self.progress.fetched(bytes.len() as u64);
-                    self.current = bytes;
-                    self.pos = 0;
-                }
-                Err(e) => {
-                    let io = io::Error::other(e.to_string());
-                    self.failure = Some(e);
-                    return Err(io);
-                }
-            }
+/// Writes a segment's pages, one positional write per run of consecutive pages.
+fn write_runs(out: &File, layout: &FileLayout, segment: &Segment, pages: &[u8]) -> io::Result<()> {
+    let page_size = layout.header().page_size;
+    let ps = page_size.bytes();
+    let pgnos: Vec<u32> = layout.segment_pages(segment).map(|p| p.get()).collect();
+    let mut start = 0;
+    while start < pgnos.len() {
+        let mut end = start + 1;
+        while end < pgnos.len() && pgnos[end] == pgnos[end - 1] + 1 {
+            end += 1;
         }
-        Ok(&self.current[self.pos..])
+        let offset = u64::from(pgnos[start] - 1) * ps as u64;
+        out.write_all_at(&pages[start * ps..end * ps], offset)?;
+        start = end;
     }
-
-    fn consume(&mut self, amt: usize) {
-        self.pos += amt;
-    }
-}
-
-/// Writes decoded pages at their offsets, gathering consecutive pages into large writes.
-/// Pages are decoded straight into its buffer.
-struct PageWriter<'f> {
-    out: &'f File,
-    page_size: usize,
-    buf: Vec<u8>,
-    /// Page number of the first page in `buf`.
-    first: u32,
-    /// Pages held in `buf`.
-    count: usize,
-}
-
-impl<'f> PageWriter<'f> {
-    fn new(out: &'f File, page_size: PageSize) -> PageWriter<'f> {
-        let page_size = page_size.bytes();
-        PageWriter {
-            out,
-            page_size,
-            buf: vec![0; RUN_BYTES.max(page_size)],
-            first: 0,
-            count: 0,
-        }
-    }
-
-    /// The slot the next page is decoded into.
-    fn slot(&mut self) -> io::Result<&mut [u8]> {
-        if (self.count + 1) * self.page_size > self.buf.len() {
-            self.flush()?;
-        }
-        let at = self.count * self.page_size;
-        Ok(&mut self.buf[at..at + self.page_size])
-    }
-
-    /// Records that the slot now holds page `pgno`.
-    fn commit(&mut self, pgno: PageNum) -> io::Result<()> {
-        let pgno = pgno.get();
-        if self.count > 0 && pgno != self.first + self.count as u32 {
-            // Not consecutive: write out the run so far and start a new one with this page.
-            let ps = self.page_size;
-            let held = self.count;
-            self.write_run(held)?;
-            self.buf.copy_within(held * ps..(held + 1) * ps, 0);
-            self.count = 0;
-        }
-        if self.count == 0 {
-            self.first = pgno;
-        }
-        self.count += 1;
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.write_run(self.count)?;
-        self.count = 0;
-        Ok(())
-    }
-
-    fn write_run(&self, pages: usize) -> io::Result<()> {
-        if pages == 0 {
-            return Ok(());
-        }
-        let offset = u64::from(self.first - 1) * self.page_size as u64;
-        self.out
-            .write_all_at(&self.buf[..pages * self.page_size], offset)
-    }
+    Ok(())
 }

@@ -2,11 +2,13 @@
 //!
 //! 1. **Plan** ([`plan_files`]): the fewest files from nothing (a snapshot at any level) to
 //!    the target TXID.
-//! 2. **Fetch**: every planned file as ranged reads, many in flight at once, bounded in
-//!    number and size, delivered in plan order.
-//! 3. **Apply**: one thread decodes each file as its bytes arrive, verifies it completely,
-//!    and writes its pages at their offsets in a temporary file beside the output, in TXID
-//!    order; the database is truncated or extended to each file's commit.
+//! 2. **Fetch and decode**: each planned file is split into segments of whole frames (its
+//!    page index says where they are); many segments are fetched with ranged reads and
+//!    decoded on every core at once, bounded in number and size, and delivered in plan order.
+//!    CRC combination joins the segments' checksums, so every file is verified in full.
+//! 3. **Apply**: one thread writes each file's pages at their offsets in a temporary file
+//!    beside the output, file after file in TXID order, and truncates or extends the
+//!    database to each file's commit once the file's checksum has checked out.
 //! 4. **Finish**: optional integrity check, fsync, rename over the output, fsync the
 //!    directory.
 //!
@@ -15,8 +17,8 @@
 //! is corrupt, it starts over on a plan that avoids it when one exists.
 
 mod apply;
-mod fetch;
 mod output;
+mod pipeline;
 mod plan;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,10 @@ pub use plan::{Plan, PlanError, plan_files, resolve_timestamp};
 use crate::storage::{FileInfo, Replica, RequestCounts, StorageError};
 use apply::{Applied, Stop};
 use output::Output;
+
+/// Segments in flight by default for remote stores: enough to hide ~20 ms of request
+/// latency behind 1 MiB reads.
+const REMOTE_CONCURRENCY: usize = 16;
 
 /// The point to restore to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +64,12 @@ pub enum IntegrityCheck {
 /// How a restore runs.
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
-    /// Ranged reads in flight at once.
-    pub concurrency: usize,
-    /// Largest ranged read, in bytes. Memory for fetched data stays under
-    /// `(concurrency + 2) * chunk_size`.
+    /// Segments fetched and decoded at once; `None` picks two per core for a local
+    /// directory (nothing to wait for but the disk) and 16 for remote stores, where it hides
+    /// request latency.
+    pub concurrency: Option<usize>,
+    /// Largest ranged read, in bytes; a segment also decodes to at most this many bytes of
+    /// pages. Memory for data in flight stays around `2 * (concurrency + 2) * chunk_size`.
     pub chunk_size: u64,
     /// Replace an existing output (and remove its `-wal`, `-shm`, `-journal`).
     pub force: bool,
@@ -74,8 +82,8 @@ pub struct RestoreOptions {
 impl Default for RestoreOptions {
     fn default() -> RestoreOptions {
         RestoreOptions {
-            concurrency: 8,
-            chunk_size: 4 << 20,
+            concurrency: None,
+            chunk_size: 1 << 20,
             force: false,
             integrity_check: IntegrityCheck::None,
             max_replans: 5,
@@ -330,8 +338,8 @@ pub async fn restore(
     })
 }
 
-/// Fetches and applies one plan. The applier runs on a blocking thread and hands the
-/// applied state back; when it stops, the fetch stops with it.
+/// Fetches, decodes and applies one plan. The writer runs on a blocking thread and hands
+/// the applied state back; when it stops, the pipeline stops with it.
 async fn run_plan(
     replica: &Replica,
     plan: &Plan,
@@ -344,21 +352,31 @@ async fn run_plan(
         Ok(f) => f,
         Err(e) => return (applied, Err(Stop::Output(e))),
     };
+    let pool = pipeline::Pool::default();
     let (tx, rx) = mpsc::channel(2);
-    let fetch = fetch::spawn_fetch(
+    let concurrency = options.concurrency.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        if replica.is_local() {
+            2 * cores
+        } else {
+            REMOTE_CONCURRENCY
+        }
+    });
+    let fetch = pipeline::spawn(
         replica.clone(),
         plan.files.clone(),
-        options.concurrency,
+        concurrency,
         options.chunk_size,
+        pool.clone(),
         tx,
     );
     let files = plan.files.clone();
     let progress = progress.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let result = apply::apply_files(rx, &files, &file, &mut applied, progress.as_ref());
+        let result = apply::write_files(rx, &files, &file, &mut applied, &pool, progress.as_ref());
         (applied, result)
     })
     .await;
     fetch.abort();
-    joined.expect("the restore applier panicked")
+    joined.expect("the restore writer panicked")
 }

@@ -83,6 +83,12 @@ impl<T: ObjectStore> CountingStore<T> {
 pub struct RequestCounter(Arc<Counters>);
 
 impl RequestCounter {
+    /// Counts a GET made around the store (a positional read of a local file).
+    pub(crate) fn record_get(&self, bytes: u64) {
+        self.0.get.fetch_add(1, Relaxed);
+        self.0.get_bytes.fetch_add(bytes, Relaxed);
+    }
+
     /// The counts so far.
     pub fn get(&self) -> RequestCounts {
         let c = &self.0;

@@ -215,7 +215,8 @@ impl ReplicaUrl {
                         client_options(*skip_verify)
                             .map_err(|m| connect_error(ErrorKind::Other, m))?,
                     )
-                    .with_retry(retry_config());
+                    .with_retry(retry_config())
+                    .with_http_connector(super::http::Connector);
                 if let Some(endpoint) = endpoint {
                     b = b
                         .with_endpoint(endpoint)
@@ -268,6 +269,7 @@ impl ReplicaUrl {
                 let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry_config())
+                    .with_http_connector(super::http::Connector)
                     .build()
                     .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
                 Ok(OpenedStore {
@@ -282,6 +284,7 @@ impl ReplicaUrl {
                 let store = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
                     .with_retry(retry_config())
+                    .with_http_connector(super::http::Connector)
                     .build()
                     .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
                 Ok(OpenedStore {

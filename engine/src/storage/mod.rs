@@ -9,6 +9,8 @@
 mod counting;
 mod error;
 pub mod faults;
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+mod http;
 mod layout;
 mod location;
 mod replica;

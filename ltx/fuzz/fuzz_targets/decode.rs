@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ltx::{Decoder, Validation, decode_page_frame, read_file_tail};
+use ltx::{Decoder, FileLayout, Validation, decode_page_frame, read_file_tail};
 
 fuzz_target!(|data: &[u8]| {
     let mut pages = Vec::new();
@@ -20,6 +20,28 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|d| d.with_validation(Validation::Lenient).finish());
     if strict.is_ok() {
         assert!(lenient.is_ok(), "lenient rejects what strict accepts");
+    }
+
+    // The segmented path (parallel restores) accepts exactly what the strict stream accepts,
+    // with the same pages.
+    let segmented = FileLayout::from_bytes(data).and_then(|layout| {
+        let ps = layout.header().page_size.bytes();
+        let mut sums = Vec::new();
+        let mut got = Vec::new();
+        for seg in layout.segments(4096, 7) {
+            let mut buf = vec![0u8; seg.frames.len() * ps];
+            sums.push(layout.decode_segment(&seg, &data[seg.bytes.start as usize..seg.bytes.end as usize], &mut buf)?);
+            for (k, pgno) in layout.segment_pages(&seg).enumerate() {
+                got.push((pgno, buf[k * ps..(k + 1) * ps].to_vec()));
+            }
+        }
+        layout.verify(sums).map(|_| got)
+    });
+    match (&strict, &segmented) {
+        (Ok(_), Ok(got)) => assert_eq!(got, &pages, "segmented pages differ"),
+        (Err(_), Err(_)) => {}
+        (Ok(_), Err(e)) => panic!("stream accepts, segments reject: {e}"),
+        (Err(e), Ok(_)) => panic!("segments accept, stream rejects: {e}"),
     }
 
     let tail = read_file_tail(data.len() as u64, |r| Ok(data[r.start as usize..r.end as usize].to_vec()));

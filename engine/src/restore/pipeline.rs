@@ -1,0 +1,288 @@
+//! Fetching and decoding planned files: each file is split into segments of whole frames
+//! (its page index says where they are), and many segments are fetched and decoded at once,
+//! then handed to the writer in plan order.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream;
+use ltx::{FileLayout, Segment, SegmentSum, TailParse};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::storage::{FileInfo, Replica, StorageError};
+
+/// Files up to this size are fetched whole in one read; larger ones by header and tail
+/// first, then segment by segment.
+const SMALL_FILE: u64 = ltx::TAIL_FETCH_SIZE;
+
+/// Buffers passed back and forth between fetching, decoding and writing, so a long restore
+/// allocates (and page-faults) only while the pool fills.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    pub fn get(&self) -> Vec<u8> {
+        self.0.lock().unwrap().pop().unwrap_or_default()
+    }
+
+    pub fn put(&self, buf: Vec<u8>) {
+        self.0.lock().unwrap().push(buf);
+    }
+}
+
+/// What the writer receives, in plan order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// The decoded pages of one segment of file `file`, one after another.
+    Pages {
+        file: usize,
+        layout: Arc<FileLayout>,
+        segment: Segment,
+        pages: Vec<u8>,
+        sum: SegmentSum,
+    },
+    /// Every segment of file `file` has been delivered.
+    End {
+        file: usize,
+        layout: Arc<FileLayout>,
+    },
+    /// File `file` could not be read or decoded.
+    Failed { file: usize, failure: Failure },
+}
+
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Storage(StorageError),
+    Corrupt(ltx::Error),
+}
+
+impl From<StorageError> for Failure {
+    fn from(e: StorageError) -> Failure {
+        Failure::Storage(e)
+    }
+}
+
+/// A planned file ready to be split: its layout, and its bytes if it was fetched whole.
+struct Prepared {
+    file: usize,
+    layout: Arc<FileLayout>,
+    whole: Option<Bytes>,
+}
+
+enum Work {
+    Segment {
+        file: usize,
+        layout: Arc<FileLayout>,
+        segment: Segment,
+        whole: Option<Bytes>,
+    },
+    End {
+        file: usize,
+        layout: Arc<FileLayout>,
+    },
+    Failed {
+        file: usize,
+        failure: Failure,
+    },
+}
+
+/// Runs the fetch-and-decode pipeline for `files`, sending results in order. At most
+/// `concurrency` files are being prepared and `concurrency` segments fetched or decoded at
+/// once (decoding itself uses one thread per core); a segment holds at most `chunk_size`
+/// bytes of frames and decodes to at most `chunk_size` bytes of pages (or one page). Stops
+/// at the first failure, or when the receiver goes away.
+pub(crate) fn spawn(
+    replica: Replica,
+    files: Vec<FileInfo>,
+    concurrency: usize,
+    chunk_size: u64,
+    pool: Pool,
+    tx: mpsc::Sender<Item>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let concurrency = concurrency.max(1);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cpu = Arc::new(Semaphore::new(cores));
+        let files = Arc::new(files);
+        let work = stream::iter(0..files.len())
+            .map({
+                let (replica, files) = (replica.clone(), files.clone());
+                move |file| prepare(replica.clone(), files[file].clone(), file)
+            })
+            .buffered(concurrency)
+            .flat_map(move |prepared| stream::iter(split(prepared, chunk_size)));
+        let mut items = work
+            .map(move |w| run(w, replica.clone(), files.clone(), pool.clone(), cpu.clone()))
+            .buffered(concurrency);
+        while let Some(item) = items.next().await {
+            let failed = matches!(item, Item::Failed { .. });
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    })
+}
+
+/// Reads a file's layout: the whole file if it is small, otherwise its header and tail.
+async fn prepare(
+    replica: Replica,
+    info: FileInfo,
+    file: usize,
+) -> Result<Prepared, (usize, Failure)> {
+    let (replica, info) = (&replica, &info);
+    let inner = async {
+        let (layout, whole) = if info.size <= SMALL_FILE {
+            let bytes = replica.read(info).await?;
+            let layout = FileLayout::from_bytes(&bytes).map_err(Failure::Corrupt)?;
+            (layout, Some(bytes))
+        } else {
+            let mut range = ltx::tail_fetch_range(info.size);
+            let (head, tail) = futures::try_join!(
+                replica.read_range(info, 0..ltx::HEADER_SIZE as u64),
+                replica.read_range(info, range.clone())
+            )?;
+            let mut tail = tail.to_vec();
+            if let Ok(TailParse::NeedMore(more)) = ltx::parse_tail(info.size, range.start, &tail) {
+                let mut whole_tail = replica.read_range(info, more.clone()).await?.to_vec();
+                whole_tail.extend_from_slice(&tail);
+                tail = whole_tail;
+                range.start = more.start;
+            }
+            let head: &[u8; ltx::HEADER_SIZE] = head[..].try_into().expect("100 bytes read");
+            let layout =
+                FileLayout::new(head, info.size, range.start, &tail).map_err(Failure::Corrupt)?;
+            (layout, None)
+        };
+        if layout.header().txid_range() != info.range {
+            return Err(Failure::Corrupt(ltx::Error::InvalidHeader {
+                reason: format!(
+                    "header covers {}, the file name says {}",
+                    layout.header().txid_range(),
+                    info.range
+                ),
+            }));
+        }
+        Ok(Prepared {
+            file,
+            layout: Arc::new(layout),
+            whole,
+        })
+    };
+    inner.await.map_err(|failure| (file, failure))
+}
+
+/// The work for one prepared file: its segments, then its end.
+fn split(prepared: Result<Prepared, (usize, Failure)>, chunk_size: u64) -> Vec<Work> {
+    let p = match prepared {
+        Ok(p) => p,
+        Err((file, failure)) => return vec![Work::Failed { file, failure }],
+    };
+    let page_size = p.layout.header().page_size.bytes() as u64;
+    let max_pages = (chunk_size / page_size).max(1) as usize;
+    let mut work: Vec<Work> = p
+        .layout
+        .segments(chunk_size, max_pages)
+        .into_iter()
+        .map(|segment| Work::Segment {
+            file: p.file,
+            layout: p.layout.clone(),
+            segment,
+            whole: p.whole.clone(),
+        })
+        .collect();
+    work.push(Work::End {
+        file: p.file,
+        layout: p.layout,
+    });
+    work
+}
+
+/// Fetches (unless the file was fetched whole) and decodes one segment.
+async fn run(
+    work: Work,
+    replica: Replica,
+    files: Arc<Vec<FileInfo>>,
+    pool: Pool,
+    cpu: Arc<Semaphore>,
+) -> Item {
+    let (file, layout, segment, whole) = match work {
+        Work::Segment {
+            file,
+            layout,
+            segment,
+            whole,
+        } => (file, layout, segment, whole),
+        Work::End { file, layout } => return Item::End { file, layout },
+        Work::Failed { file, failure } => return Item::Failed { file, failure },
+    };
+    let range = segment.bytes.clone();
+    let frames = match whole {
+        Some(bytes) => Frames::Shared(bytes.slice(range.start as usize..range.end as usize)),
+        // A local file is read straight into a recycled buffer; a remote response already
+        // sits in memory, so it is decoded where it is.
+        None if replica.is_local() => match replica
+            .read_range_into(&files[file], range, pool.get())
+            .await
+        {
+            Ok(buf) => Frames::Owned(buf),
+            Err(e) => {
+                return Item::Failed {
+                    file,
+                    failure: e.into(),
+                };
+            }
+        },
+        None => match replica.read_range(&files[file], range).await {
+            Ok(bytes) => Frames::Shared(bytes),
+            Err(e) => {
+                return Item::Failed {
+                    file,
+                    failure: e.into(),
+                };
+            }
+        },
+    };
+    let _cpu = cpu.acquire().await.expect("semaphore is never closed");
+    let (pool, decode_layout, decode_segment) = (pool.clone(), layout.clone(), segment.clone());
+    let decoded = tokio::task::spawn_blocking(move || {
+        let page_size = decode_layout.header().page_size.bytes();
+        let mut pages = pool.get();
+        pages.resize(decode_segment.frames.len() * page_size, 0);
+        let sum = decode_layout.decode_segment(&decode_segment, frames.as_slice(), &mut pages);
+        if let Frames::Owned(buf) = frames {
+            pool.put(buf);
+        }
+        sum.map(|sum| (pages, sum))
+    })
+    .await
+    .expect("segment decoding panicked");
+    match decoded {
+        Ok((pages, sum)) => Item::Pages {
+            file,
+            layout,
+            segment,
+            pages,
+            sum,
+        },
+        Err(e) => Item::Failed {
+            file,
+            failure: Failure::Corrupt(e),
+        },
+    }
+}
+
+/// A segment's frame bytes: a slice of a file fetched whole, or a pooled buffer.
+enum Frames {
+    Shared(Bytes),
+    Owned(Vec<u8>),
+}
+
+impl Frames {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Frames::Shared(b) => b,
+            Frames::Owned(v) => v,
+        }
+    }
+}

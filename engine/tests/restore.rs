@@ -442,3 +442,51 @@ async fn a_connection_dropped_mid_file_is_resumed() {
     assert_eq!(s.replans, 0);
     assert_eq!(s.requests.get, 3, "one GET, broken twice, resumed twice");
 }
+
+#[tokio::test]
+async fn restores_where_direct_writes_are_refused() {
+    // tmpfs refuses O_DIRECT: the restore writes through the page cache instead.
+    let shm = std::path::Path::new("/dev/shm");
+    assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for this test");
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let out = dir.path().join("db");
+    restore_to(&fixture_replica(), Target::Txid(Txid::new(9)), &out)
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&out), expected_restores()[8].1);
+}
+
+#[tokio::test]
+async fn restores_small_pages_that_direct_writes_cannot_take() {
+    // 512-byte pages: runs are not 4 KiB aligned, so they are written through the page
+    // cache while aligned ones go direct.
+    let replica = Replica::memory(Layout::File);
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    let ps = ltx::PageSize::new(512).unwrap();
+    for (txid, pages) in [(1u64, 1..=20u32), (2, 3..=3), (3, 9..=17)] {
+        let mut h = ltx::Header::new(ps, 20, TxidRange::single(Txid::new(txid)));
+        h.flags = ltx::HeaderFlags::NO_CHECKSUM;
+        let mut enc = ltx::Encoder::new(Vec::new(), &h).unwrap();
+        expected.resize(20 * 512, 0);
+        for p in pages {
+            let data = vec![(p as u8).wrapping_mul(txid as u8 + 3); 512];
+            expected[(p as usize - 1) * 512..p as usize * 512].copy_from_slice(&data);
+            enc.encode_page(ltx::PageNum::new(p).unwrap(), &data)
+                .unwrap();
+        }
+        let bytes = enc.finish(ltx::Checksum::ZERO).unwrap().writer;
+        replica
+            .write(
+                Level::L0,
+                h.txid_range(),
+                bytes.into(),
+                jiff::Timestamp::UNIX_EPOCH,
+            )
+            .await
+            .unwrap();
+    }
+    let out = dir.path().join("db");
+    restore_to(&replica, Target::Latest, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), expected);
+}

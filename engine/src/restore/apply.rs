@@ -62,11 +62,13 @@ pub(crate) fn write_files(
     mut rx: mpsc::Receiver<Item>,
     files: &[FileInfo],
     out: &File,
+    direct: Option<&File>,
     applied: &mut Applied,
     pool: &Pool,
     progress: &dyn Progress,
 ) -> Result<(), Stop> {
     let mut writeback = Writeback::default();
+    let mut writer = Writer::new(out, direct);
     let mut current = None;
     let mut sums = Vec::new();
     let mut wrote = false;
@@ -96,9 +98,11 @@ pub(crate) fn write_files(
                     &mut wrote,
                     &mut delivered,
                 )?;
-                write_runs(out, &layout, &segment, &pages).map_err(Stop::Output)?;
-                writeback.wrote(out, pages.len() as u64);
-                pool.put(pages);
+                writer
+                    .write_runs(&layout, &segment, pages.as_slice())
+                    .map_err(Stop::Output)?;
+                writeback.wrote(out, pages.as_slice().len() as u64);
+                pool.put(pages.into_vec());
                 wrote = true;
                 sums.push(sum);
                 let bytes = segment.bytes.end - segment.bytes.start;
@@ -215,20 +219,57 @@ fn start_file(
     Ok(())
 }
 
-/// Writes a segment's pages, one positional write per run of consecutive pages.
-fn write_runs(out: &File, layout: &FileLayout, segment: &Segment, pages: &[u8]) -> io::Result<()> {
-    let page_size = layout.header().page_size;
-    let ps = page_size.bytes();
-    let pgnos: Vec<u32> = layout.segment_pages(segment).map(|p| p.get()).collect();
-    let mut start = 0;
-    while start < pgnos.len() {
-        let mut end = start + 1;
-        while end < pgnos.len() && pgnos[end] == pgnos[end - 1] + 1 {
-            end += 1;
-        }
-        let offset = u64::from(pgnos[start] - 1) * ps as u64;
-        out.write_all_at(&pages[start * ps..end * ps], offset)?;
-        start = end;
+/// Writes pages at their offsets: through a direct (uncached) descriptor when the output
+/// has one and the run is aligned for it, through the page cache otherwise. Direct writes
+/// keep a large restore from filling the page cache (and evicting everything else).
+struct Writer<'f> {
+    out: &'f File,
+    direct: Option<&'f File>,
+}
+
+impl<'f> Writer<'f> {
+    fn new(out: &'f File, direct: Option<&'f File>) -> Writer<'f> {
+        Writer { out, direct }
     }
-    Ok(())
+
+    /// Writes a segment's pages, one positional write per run of consecutive pages.
+    fn write_runs(
+        &mut self,
+        layout: &FileLayout,
+        segment: &Segment,
+        pages: &[u8],
+    ) -> io::Result<()> {
+        let ps = layout.header().page_size.bytes();
+        let pgnos: Vec<u32> = layout.segment_pages(segment).map(|p| p.get()).collect();
+        let mut start = 0;
+        while start < pgnos.len() {
+            let mut end = start + 1;
+            while end < pgnos.len() && pgnos[end] == pgnos[end - 1] + 1 {
+                end += 1;
+            }
+            let offset = u64::from(pgnos[start] - 1) * ps as u64;
+            self.write(&pages[start * ps..end * ps], offset)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let align = super::pipeline::ALIGN;
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(align)
+            && buf.len().is_multiple_of(align)
+            && offset.is_multiple_of(align as u64);
+        if let (Some(direct), true) = (self.direct, aligned) {
+            match direct.write_all_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                // The filesystem takes direct I/O only on its own terms; buffered it is.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!("direct write refused; writing through the page cache");
+                    self.direct = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.write_all_at(buf, offset)
+    }
 }

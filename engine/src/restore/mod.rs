@@ -372,8 +372,17 @@ async fn run_plan(
     );
     let files = plan.files.clone();
     let progress = progress.clone();
+    let direct = out.open_direct();
     let joined = tokio::task::spawn_blocking(move || {
-        let result = apply::write_files(rx, &files, &file, &mut applied, &pool, progress.as_ref());
+        let result = apply::write_files(
+            rx,
+            &files,
+            &file,
+            direct.as_ref(),
+            &mut applied,
+            &pool,
+            progress.as_ref(),
+        );
         (applied, result)
     })
     .await;

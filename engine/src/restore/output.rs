@@ -70,6 +70,22 @@ impl Output {
         &self.temp
     }
 
+    /// The temporary file opened again for direct (uncached) writes, where the platform and
+    /// filesystem allow it.
+    pub fn open_direct(&self) -> Option<File> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&self.temp)
+                .ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+
     /// Empties the temporary file to start over.
     pub fn reset(&self) -> Result<(), RestoreError> {
         self.file.set_len(0).map_err(|error| RestoreError::Output {

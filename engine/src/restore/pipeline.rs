@@ -31,6 +31,39 @@ impl Pool {
     }
 }
 
+/// Alignment of decoded pages in memory: what direct (uncached) writes require.
+pub(crate) const ALIGN: usize = 4096;
+
+/// Decoded pages in a pooled buffer, starting on an [`ALIGN`] boundary.
+#[derive(Debug)]
+pub(crate) struct PageBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageBuf {
+    fn new(mut vec: Vec<u8>, len: usize) -> PageBuf {
+        // Growing only zero-fills the new part, so a recycled buffer is not zeroed again.
+        vec.resize(len + ALIGN, 0);
+        let start = vec.as_ptr().align_offset(ALIGN);
+        PageBuf { vec, start, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+
+    /// The buffer, for the pool.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.vec
+    }
+}
+
 /// What the writer receives, in plan order.
 #[derive(Debug)]
 pub(crate) enum Item {
@@ -39,7 +72,7 @@ pub(crate) enum Item {
         file: usize,
         layout: Arc<FileLayout>,
         segment: Segment,
-        pages: Vec<u8>,
+        pages: PageBuf,
         sum: SegmentSum,
     },
     /// Every segment of file `file` has been delivered.
@@ -247,9 +280,9 @@ async fn run(
     let (pool, decode_layout, decode_segment) = (pool.clone(), layout.clone(), segment.clone());
     let decoded = tokio::task::spawn_blocking(move || {
         let page_size = decode_layout.header().page_size.bytes();
-        let mut pages = pool.get();
-        pages.resize(decode_segment.frames.len() * page_size, 0);
-        let sum = decode_layout.decode_segment(&decode_segment, frames.as_slice(), &mut pages);
+        let mut pages = PageBuf::new(pool.get(), decode_segment.frames.len() * page_size);
+        let sum =
+            decode_layout.decode_segment(&decode_segment, frames.as_slice(), pages.as_mut_slice());
         if let Frames::Owned(buf) = frames {
             pool.put(buf);
         }

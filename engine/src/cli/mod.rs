@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod ltx_cmd;
+mod replicate_cmd;
 mod restore_cmd;
 
 use std::process::ExitCode;
@@ -25,15 +26,24 @@ enum Command {
     Ltx(ltx_cmd::LtxCommand),
     /// Restore a database from a replica, at the latest point, a TXID or a time.
     Restore(restore_cmd::RestoreArgs),
+    /// Capture every committed transaction of live databases into replicas, until stopped
+    /// with Ctrl-C or SIGTERM.
+    Replicate(replicate_cmd::ReplicateArgs),
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    // A long-running service says what it does; one-shot commands only what goes wrong.
+    let default_log = match cli.command {
+        Command::Replicate(_) => "strata=info,warn",
+        _ => "warn",
+    };
+    init_logging(cli.log.as_deref(), default_log);
     let result = match cli.command {
         Command::Ltx(cmd) => ltx_cmd::run(cmd),
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(restore_cmd::run(args))),
+        Command::Replicate(args) => runtime().and_then(|rt| rt.block_on(replicate_cmd::run(args))),
     };
     match result {
         Ok(code) => code,
@@ -50,15 +60,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_logging(filter: Option<&str>, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var("STRATA_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
+        .unwrap_or_else(|| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -1,0 +1,131 @@
+//! Where capture stands: the last TXID written and the WAL position it reached, kept in a
+//! small file in the staging directory so a restart resumes exactly there.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use ltx::Txid;
+
+use super::wal::{Checksum, Generation};
+
+/// The WAL position the last L0 file reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalPosition {
+    /// The log generation.
+    pub generation: Generation,
+    /// Offset just after the last captured commit frame.
+    pub offset: u64,
+    /// The cumulative checksum at `offset`.
+    pub checksum: Checksum,
+    /// Proven to be the very end of its generation (a guarded TRUNCATE checkpoint of ours
+    /// emptied the log with nothing after it), so the next generation follows directly.
+    pub proven_end: bool,
+}
+
+/// The capture state after a TXID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The last TXID written.
+    pub txid: Txid,
+    /// Database size in pages at that TXID.
+    pub commit: u32,
+    /// Where in the WAL it ends; `None` if the log was empty (the database file held it all).
+    pub wal: Option<WalPosition>,
+}
+
+const FILE: &str = "position";
+
+impl Position {
+    /// Saves atomically: written beside, synced, renamed over.
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        let mut s = format!("txid={}\ncommit={}\n", self.txid, self.commit);
+        if let Some(w) = &self.wal {
+            let g = &w.generation;
+            let _ = write!(
+                s,
+                "big_endian={}\npage_size={}\ncheckpoint_seq={}\nsalt1={}\nsalt2={}\noffset={}\nchecksum={},{}\nproven_end={}\n",
+                g.big_endian,
+                g.page_size,
+                g.checkpoint_seq,
+                g.salt1,
+                g.salt2,
+                w.offset,
+                w.checksum.0,
+                w.checksum.1,
+                w.proven_end
+            );
+        }
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        std::fs::write(&tmp, s)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// Loads the saved position; `None` if there is none or it cannot be read (then capture
+    /// starts with a full copy, which is always safe).
+    pub fn load(dir: &Path) -> Option<Position> {
+        let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::trim)
+        };
+        let txid = Txid::from_hex(get("txid")?).ok()?;
+        let commit = get("commit")?.parse().ok()?;
+        let wal = match get("offset") {
+            None => None,
+            Some(offset) => {
+                let (c0, c1) = get("checksum")?.split_once(',')?;
+                Some(WalPosition {
+                    generation: Generation {
+                        big_endian: get("big_endian")?.parse().ok()?,
+                        page_size: get("page_size")?.parse().ok()?,
+                        checkpoint_seq: get("checkpoint_seq")?.parse().ok()?,
+                        salt1: get("salt1")?.parse().ok()?,
+                        salt2: get("salt2")?.parse().ok()?,
+                    },
+                    offset: offset.parse().ok()?,
+                    checksum: (c0.parse().ok()?, c1.parse().ok()?),
+                    proven_end: get("proven_end")?.parse().ok()?,
+                })
+            }
+        };
+        Some(Position { txid, commit, wal })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_tolerates_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Position::load(dir.path()), None);
+        let p = Position {
+            txid: Txid::new(0x2a),
+            commit: 17,
+            wal: Some(WalPosition {
+                generation: Generation {
+                    big_endian: false,
+                    page_size: 4096,
+                    checkpoint_seq: 3,
+                    salt1: 0xdead_beef,
+                    salt2: 7,
+                },
+                offset: 32 + 5 * 4120,
+                checksum: (1, u32::MAX),
+                proven_end: false,
+            }),
+        };
+        p.save(dir.path()).unwrap();
+        assert_eq!(Position::load(dir.path()), Some(p));
+        let none = Position { wal: None, ..p };
+        none.save(dir.path()).unwrap();
+        assert_eq!(Position::load(dir.path()), Some(none));
+        std::fs::write(dir.path().join(FILE), "txid=zz\n").unwrap();
+        assert_eq!(Position::load(dir.path()), None);
+    }
+}

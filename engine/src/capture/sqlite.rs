@@ -1,0 +1,163 @@
+//! The SQLite side of capture, through the SQLite strata links (applications may use any
+//! other): a read transaction held at all times, the write lock taken around strata's own
+//! checkpoints, and the checkpoints themselves.
+//!
+//! Why holding a read transaction is enough: a reader at a WAL mark above 0 forbids
+//! restarting the log, and a reader at mark 0 (everything already copied into the database)
+//! forbids copying any newer frame into the database, because a checkpoint needs read lock
+//! 0 exclusively to backfill (`walCheckpoint` in SQLite). A restart needs everything
+//! backfilled. So while strata holds some read transaction, the log can only restart (or be
+//! truncated) once every frame in it has been written back, and the frames strata has not
+//! copied yet stay in the log. Handing the read transaction from one connection to another
+//! keeps one held at every moment.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags};
+
+/// The result of `PRAGMA wal_checkpoint`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointResult {
+    /// The checkpoint could not finish because of readers or writers.
+    pub busy: bool,
+    /// Frames in the log (-1 if it could not run).
+    pub log: i64,
+    /// Frames copied back into the database.
+    pub checkpointed: i64,
+}
+
+/// Checkpoint modes strata uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Copy what readers allow; never blocks anyone.
+    Passive,
+    /// Copy everything and empty the log file.
+    Truncate,
+}
+
+/// strata's connections to one database.
+pub struct Sqlite {
+    /// Two readers take turns holding the read transaction, so one is always held.
+    readers: [Connection; 2],
+    /// Which reader holds it, if any.
+    holding: Option<usize>,
+    /// Takes the write lock (a write transaction it never commits) around checkpoints.
+    lock: Connection,
+    /// Runs checkpoints.
+    checkpointer: Connection,
+}
+
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sqlite")
+            .field("holding", &self.holding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sqlite {
+    /// Opens the database (which must exist), switches it to WAL mode if needed, and takes
+    /// the first read transaction.
+    pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Sqlite> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(busy_timeout)?;
+            // strata never writes, so it never checkpoints on its own; and closing its
+            // connections must not checkpoint or delete the WAL either.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+            Ok(conn)
+        };
+        let lock = open()?;
+        let mode: String = lock.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some(format!(
+                    "cannot switch to WAL mode (the database stays in {mode} mode; is it in use?)"
+                )),
+            ));
+        }
+        let mut sqlite = Sqlite {
+            readers: [open()?, open()?],
+            holding: None,
+            lock,
+            checkpointer: open()?,
+        };
+        sqlite.hand_off()?;
+        Ok(sqlite)
+    }
+
+    /// The database page size.
+    pub fn page_size(&self) -> rusqlite::Result<u32> {
+        self.checkpointer
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+    }
+
+    /// Starts a read transaction on the idle reader, then ends the one held before: at no
+    /// moment is none held, so the log cannot restart unless everything in it was copied.
+    pub fn hand_off(&mut self) -> rusqlite::Result<()> {
+        let next = self.holding.map_or(0, |i| 1 - i);
+        begin_read(&self.readers[next])?;
+        if let Some(prev) = self.holding.replace(next) {
+            self.readers[prev].execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Ends the read transaction (for a checkpoint that must copy everything).
+    pub fn release(&mut self) -> rusqlite::Result<()> {
+        if let Some(i) = self.holding.take() {
+            self.readers[i].execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Takes the write lock; `false` if writers kept it busy past the busy timeout.
+    pub fn lock_writes(&self) -> rusqlite::Result<bool> {
+        match self.lock.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases the write lock (the transaction wrote nothing).
+    pub fn unlock_writes(&self) -> rusqlite::Result<()> {
+        self.lock.execute_batch("ROLLBACK")
+    }
+
+    /// Runs a checkpoint on the checkpointing connection.
+    pub fn checkpoint(&self, mode: Mode) -> rusqlite::Result<CheckpointResult> {
+        let sql = match mode {
+            Mode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Mode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        };
+        self.checkpointer.query_row(sql, [], |r| {
+            Ok(CheckpointResult {
+                busy: r.get::<_, i64>(0)? != 0,
+                log: r.get(1)?,
+                checkpointed: r.get(2)?,
+            })
+        })
+    }
+}
+
+/// A read transaction: BEGIN alone takes no lock; the first read does.
+fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN")?;
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    Ok(())
+}

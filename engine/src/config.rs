@@ -1,0 +1,463 @@
+//! Configuration: durations in Litestream's form, and the YAML file `strata replicate
+//! --config` reads, which accepts Litestream's keys for the same settings so an existing
+//! `litestream.yml` works unchanged for them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::storage::ReplicaUrl;
+
+/// A configuration problem, naming the key (`dbs[0].replica.url`) it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// Where in the file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn error(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a duration like Go's `time.ParseDuration` (Litestream's format): one or more
+/// number-unit pairs, units `ns`, `us`, `ms`, `s`, `m`, `h`; e.g. `30s`, `5m`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 30s, 5m, 24h or 1h30m");
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// One database to replicate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DbConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// Where its replica is.
+    pub replica: ReplicaUrl,
+    /// Per-database sync interval (`monitor-interval`), if set.
+    pub sync_interval: Option<Duration>,
+    /// Per-database checkpoint settings, if set.
+    pub checkpoint_interval: Option<Duration>,
+    /// `min-checkpoint-page-count`.
+    pub min_checkpoint_pages: Option<u32>,
+    /// `truncate-page-n`.
+    pub truncate_pages: Option<u32>,
+}
+
+/// A compaction level's interval (levels 1 and up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelConfig {
+    /// How often the level compacts.
+    pub interval: Duration,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Databases.
+    pub dbs: Vec<DbConfig>,
+    /// Compaction levels 1 and up (`levels`).
+    pub levels: Vec<LevelConfig>,
+    /// Snapshot interval (`snapshot.interval`).
+    pub snapshot_interval: Option<Duration>,
+    /// Snapshot retention (`snapshot.retention`).
+    pub snapshot_retention: Option<Duration>,
+    /// L0 retention (`l0-retention`).
+    pub l0_retention: Option<Duration>,
+}
+
+impl Config {
+    /// Parses YAML text. Environment variables (`$VAR`, `${VAR}`) are expanded first, as
+    /// Litestream does. Unknown keys are errors naming the key.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let text = expand_env(text);
+        let docs = YamlLoader::load_from_str(&text).map_err(|e| error("(file)", e.to_string()))?;
+        let root = docs
+            .into_iter()
+            .next()
+            .unwrap_or(Yaml::Hash(Default::default()));
+        let map = as_map(&root, "(top level)")?;
+        check_keys(map, "", &["dbs", "levels", "snapshot", "l0-retention"])?;
+        let mut config = Config {
+            dbs: Vec::new(),
+            levels: Vec::new(),
+            snapshot_interval: None,
+            snapshot_retention: None,
+            l0_retention: duration(map, "", "l0-retention")?,
+        };
+        if let Some(levels) = get(map, "levels") {
+            for (i, level) in as_list(levels, "levels")?.iter().enumerate() {
+                let key = format!("levels[{i}]");
+                let m = as_map(level, &key)?;
+                check_keys(m, &key, &["interval"])?;
+                let interval = duration(m, &key, "interval")?
+                    .ok_or_else(|| error(&format!("{key}.interval"), "required"))?;
+                config.levels.push(LevelConfig { interval });
+            }
+        }
+        if let Some(snapshot) = get(map, "snapshot") {
+            let m = as_map(snapshot, "snapshot")?;
+            check_keys(m, "snapshot", &["interval", "retention"])?;
+            config.snapshot_interval = duration(m, "snapshot", "interval")?;
+            config.snapshot_retention = duration(m, "snapshot", "retention")?;
+        }
+        let Some(dbs) = get(map, "dbs") else {
+            return Err(error("dbs", "at least one database is required"));
+        };
+        for (i, db) in as_list(dbs, "dbs")?.iter().enumerate() {
+            config.dbs.push(db_config(db, &format!("dbs[{i}]"))?);
+        }
+        if config.dbs.is_empty() {
+            return Err(error("dbs", "at least one database is required"));
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error(&path.display().to_string(), e.to_string()))?;
+        Config::parse(&text).map_err(|e| ConfigError {
+            key: format!("{}: {}", path.display(), e.key),
+            reason: e.reason,
+        })
+    }
+}
+
+fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
+    let m = as_map(db, key)?;
+    check_keys(
+        m,
+        key,
+        &[
+            "path",
+            "replica",
+            "replicas",
+            "monitor-interval",
+            "checkpoint-interval",
+            "min-checkpoint-page-count",
+            "truncate-page-n",
+        ],
+    )?;
+    let path = string(m, key, "path")?.ok_or_else(|| error(&format!("{key}.path"), "required"))?;
+    let replica = match (get(m, "replica"), get(m, "replicas")) {
+        (Some(r), None) => replica_url(r, &format!("{key}.replica"))?,
+        (None, Some(list)) => {
+            let list = as_list(list, &format!("{key}.replicas"))?;
+            if list.len() != 1 {
+                return Err(error(
+                    &format!("{key}.replicas"),
+                    "exactly one replica per database is supported",
+                ));
+            }
+            replica_url(&list[0], &format!("{key}.replicas[0]"))?
+        }
+        (Some(_), Some(_)) => return Err(error(key, "give either replica or replicas, not both")),
+        (None, None) => return Err(error(&format!("{key}.replica"), "required")),
+    };
+    Ok(DbConfig {
+        path: PathBuf::from(path),
+        replica,
+        sync_interval: duration(m, key, "monitor-interval")?,
+        checkpoint_interval: duration(m, key, "checkpoint-interval")?,
+        min_checkpoint_pages: number(m, key, "min-checkpoint-page-count")?,
+        truncate_pages: number(m, key, "truncate-page-n")?,
+    })
+}
+
+/// A replica as Litestream writes it: `url`, or `type` with `path` (file) or `bucket`,
+/// `path`, `endpoint`, `region`, `force-path-style`, `skip-verify` (s3).
+fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
+    let m = as_map(r, key)?;
+    check_keys(
+        m,
+        key,
+        &[
+            "url",
+            "type",
+            "path",
+            "bucket",
+            "endpoint",
+            "region",
+            "force-path-style",
+            "skip-verify",
+            "sync-interval",
+        ],
+    )?;
+    if let Some(url) = string(m, key, "url")? {
+        return ReplicaUrl::parse(&url).map_err(|e| error(&format!("{key}.url"), e.to_string()));
+    }
+    let kind = string(m, key, "type")?.unwrap_or_else(|| "file".into());
+    let path = string(m, key, "path")?;
+    match kind.as_str() {
+        "file" => {
+            let path =
+                path.ok_or_else(|| error(&format!("{key}.path"), "required for a file replica"))?;
+            Ok(ReplicaUrl::File {
+                root: PathBuf::from(path),
+            })
+        }
+        "s3" => Ok(ReplicaUrl::S3 {
+            bucket: string(m, key, "bucket")?
+                .ok_or_else(|| error(&format!("{key}.bucket"), "required for an s3 replica"))?,
+            prefix: path.unwrap_or_default().trim_matches('/').to_owned(),
+            endpoint: string(m, key, "endpoint")?,
+            region: string(m, key, "region")?,
+            force_path_style: boolean(m, key, "force-path-style")?.unwrap_or(true),
+            skip_verify: boolean(m, key, "skip-verify")?.unwrap_or(false),
+        }),
+        other => Err(error(
+            &format!("{key}.type"),
+            format!("unsupported replica type {other:?} (file or s3)"),
+        )),
+    }
+}
+
+type Map = yaml_rust2::yaml::Hash;
+
+fn get<'a>(m: &'a Map, key: &str) -> Option<&'a Yaml> {
+    m.get(&Yaml::String(key.to_owned()))
+        .filter(|v| !matches!(v, Yaml::Null))
+}
+
+fn check_keys(m: &Map, at: &str, known: &[&str]) -> Result<(), ConfigError> {
+    for k in m.keys() {
+        let name = k.as_str().unwrap_or("?");
+        if !known.contains(&name) {
+            let key = if at.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{at}.{name}")
+            };
+            return Err(error(
+                &key,
+                format!("unknown key (known here: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn as_map<'a>(y: &'a Yaml, key: &str) -> Result<&'a Map, ConfigError> {
+    y.as_hash().ok_or_else(|| error(key, "expected a mapping"))
+}
+
+fn as_list<'a>(y: &'a Yaml, key: &str) -> Result<&'a Vec<Yaml>, ConfigError> {
+    y.as_vec().ok_or_else(|| error(key, "expected a list"))
+}
+
+fn full(at: &str, name: &str) -> String {
+    if at.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{at}.{name}")
+    }
+}
+
+fn string(m: &Map, at: &str, name: &str) -> Result<Option<String>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::String(s)) => Ok(Some(s.clone())),
+        Some(Yaml::Integer(i)) => Ok(Some(i.to_string())),
+        Some(_) => Err(error(&full(at, name), "expected a string")),
+    }
+}
+
+fn duration(m: &Map, at: &str, name: &str) -> Result<Option<Duration>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::String(s)) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| error(&full(at, name), e)),
+        Some(Yaml::Integer(0)) => Ok(Some(Duration::ZERO)),
+        Some(_) => Err(error(
+            &full(at, name),
+            "expected a duration like 30s, 5m or 24h",
+        )),
+    }
+}
+
+fn number(m: &Map, at: &str, name: &str) -> Result<Option<u32>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::Integer(i)) => u32::try_from(*i)
+            .map(Some)
+            .map_err(|_| error(&full(at, name), "out of range")),
+        Some(_) => Err(error(&full(at, name), "expected a number")),
+    }
+}
+
+fn boolean(m: &Map, at: &str, name: &str) -> Result<Option<bool>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::Boolean(b)) => Ok(Some(*b)),
+        Some(_) => Err(error(&full(at, name), "expected true or false")),
+    }
+}
+
+/// `$VAR` and `${VAR}` replaced by the variable's value (empty if unset).
+fn expand_env(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let rest = &text[i + 1..];
+        let (name, used) = if let Some(body) = rest.strip_prefix('{') {
+            match body.find('}') {
+                Some(end) => (&body[..end], end + 2),
+                None => ("", 0),
+            }
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], end)
+        };
+        if name.is_empty() {
+            out.push('$');
+            continue;
+        }
+        out.push_str(&std::env::var(name).unwrap_or_default());
+        for _ in 0..used {
+            chars.next();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "30", "5 minutes", "1d", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_a_litestream_config() {
+        let c = Config::parse(
+            r#"
+levels:
+  - interval: 30s
+  - interval: 5m
+snapshot:
+  interval: 24h
+  retention: 72h
+l0-retention: 5m
+dbs:
+  - path: /data/app.db
+    replica:
+      url: s3://bucket/app?endpoint=http://127.0.0.1:9000&region=us-east-1
+  - path: /data/other.db
+    monitor-interval: 500ms
+    replicas:
+      - type: file
+        path: /backups/other
+  - path: /data/third.db
+    replica:
+      type: s3
+      bucket: b
+      path: /third/
+      endpoint: http://localhost:9000
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.levels.len(), 2);
+        assert_eq!(c.snapshot_retention, Some(Duration::from_secs(72 * 3600)));
+        assert_eq!(c.l0_retention, Some(Duration::from_secs(300)));
+        assert_eq!(c.dbs.len(), 3);
+        assert_eq!(
+            c.dbs[1].replica,
+            ReplicaUrl::File {
+                root: "/backups/other".into()
+            }
+        );
+        assert_eq!(c.dbs[1].sync_interval, Some(Duration::from_millis(500)));
+        assert!(
+            matches!(&c.dbs[2].replica, ReplicaUrl::S3 { bucket, prefix, .. } if bucket == "b" && prefix == "third")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        for (yaml, key) in [
+            (
+                "dbs: [{path: a, replica: {url: /x}}]\naddr: ':9090'",
+                "addr",
+            ),
+            (
+                "dbs: [{path: a, replica: {url: /x, colour: red}}]",
+                "dbs[0].replica.colour",
+            ),
+            (
+                "dbs: [{path: a, replica: {url: /x}, monitor-interval: soon}]",
+                "dbs[0].monitor-interval",
+            ),
+            ("dbs: [{replica: {url: /x}}]", "dbs[0].path"),
+            (
+                "levels: [{interval: 1x}]\ndbs: [{path: a, replica: {url: /x}}]",
+                "levels[0].interval",
+            ),
+            ("dbs: []", "dbs"),
+        ] {
+            let e = Config::parse(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn expands_environment_variables() {
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(
+            expand_env("a: ${HOME}/x $HOME $"),
+            format!("a: {home}/x {home} $")
+        );
+    }
+}

@@ -143,6 +143,35 @@ async fn conformance(replica: Replica) {
     replica.delete(&all[..3]).await.unwrap();
     assert_eq!(replica.list(Level::L0, Txid::ZERO).await.unwrap().len(), 3);
 
+    // Writing from a file: linked or copied locally, one PUT elsewhere; never overwriting.
+    let dir = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("staged.ltx");
+    std::fs::write(&staged, ltx_file(40, 40, 3)).unwrap();
+    let info = replica
+        .write_file(Level::L0, range(40, 40), &staged, ts())
+        .await
+        .unwrap();
+    assert_eq!(info.size, ltx_file(40, 40, 3).len() as u64);
+    let listed = replica.list(Level::L0, Txid::new(40)).await.unwrap();
+    assert_eq!(
+        replica.read(&listed[0]).await.unwrap(),
+        ltx_file(40, 40, 3),
+        "{name}"
+    );
+    // A linked staged file shares its inode with the replica's: replace it, never edit it.
+    std::fs::remove_file(&staged).unwrap();
+    std::fs::write(&staged, ltx_file(40, 40, 1)).unwrap();
+    let err = replica
+        .write_file(Level::L0, range(40, 40), &staged, ts())
+        .await
+        .unwrap_err();
+    assert!(err.is_already_exists(), "{name}: {err}");
+    assert_eq!(
+        replica.read(&listed[0]).await.unwrap(),
+        ltx_file(40, 40, 3),
+        "{name}: unchanged"
+    );
+
     let counts = replica.requests();
     assert!(
         counts.put >= 8 && counts.list >= 10 && counts.get >= 5 && counts.delete >= 3,

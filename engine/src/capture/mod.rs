@@ -138,6 +138,9 @@ struct Capture {
     options: CaptureOptions,
     last_checkpoint: Instant,
     synced_since_checkpoint: bool,
+    /// Where the last complete checkpoint left the log: frames up to here are back in the
+    /// database, and only frames after it count toward the next checkpoint.
+    checkpointed: Option<(wal::Generation, u64)>,
 }
 
 impl Capture {
@@ -221,6 +224,7 @@ impl Capture {
             },
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
+            checkpointed: None,
             options,
         })
     }
@@ -228,7 +232,11 @@ impl Capture {
     /// Syncs everything committed, moves the read transaction forward, and checkpoints when
     /// due. Returns the TXIDs staged.
     fn tick(&mut self) -> Result<Vec<Synced>, CaptureError> {
+        let started = Instant::now();
         let mut staged = self.sync_all()?;
+        if !staged.is_empty() {
+            tracing::debug!(db = %self.syncer.db_path.display(), files = staged.len(), ms = started.elapsed().as_millis(), "synced");
+        }
         self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
         if let Some(mode) = self.checkpoint_due()? {
             staged.extend(self.checkpoint(mode)?);
@@ -268,20 +276,32 @@ impl Capture {
             return Ok(Some(Mode::Truncate));
         }
         let interval = self.synced_since_checkpoint && self.last_checkpoint.elapsed() >= c.interval;
-        let captured = self
-            .syncer
-            .position
-            .and_then(|p| p.wal)
-            .map_or(0, |w| w.offset.saturating_sub(32) / frame);
-        Ok((captured >= u64::from(c.min_pages) || interval).then_some(Mode::Passive))
+        let pending = self.syncer.position.and_then(|p| p.wal).map_or(0, |w| {
+            let done = match self.checkpointed {
+                Some((generation, offset)) if generation == w.generation => offset,
+                _ => 32,
+            };
+            w.offset.saturating_sub(done) / frame
+        });
+        Ok((pending >= u64::from(c.min_pages) || interval).then_some(Mode::Passive))
     }
 
-    /// A checkpoint with nothing lost: with writes locked out, sync everything, let go of the
-    /// read transaction so the checkpoint can copy every frame back, take a read transaction
-    /// again, and only then let writers in. The next writer restarts the log, which holds
-    /// nothing uncaptured. For TRUNCATE the log is then emptied while strata holds its read
+    /// A checkpoint with nothing lost, in two phases so writers hardly wait.
+    ///
+    /// First, with writers carrying on, a PASSIVE checkpoint copies back everything up to
+    /// strata's read transaction (just moved to the end of the log): nearly all the work.
+    /// Then, with writes locked out for a moment: sync the few frames since, let go of the
+    /// read transaction so the checkpoint can copy back the rest, take a read transaction
+    /// again, and let writers in. The next writer restarts the log, which holds nothing
+    /// uncaptured. For TRUNCATE the log is then emptied while strata holds its read
     /// transaction, which makes SQLite refuse if anything new arrived in between.
     fn checkpoint(&mut self, mode: Mode) -> Result<Vec<Synced>, CaptureError> {
+        let unlocked_work = self
+            .sqlite
+            .checkpoint(Mode::Passive)
+            .map_err(|e| self.sql_err(e))?;
+        tracing::debug!(db = %self.syncer.db_path.display(), ?unlocked_work, "passive checkpoint, writers running");
+        let started = Instant::now();
         if !self.sqlite.lock_writes().map_err(|e| self.sql_err(e))? {
             tracing::debug!(db = %self.syncer.db_path.display(), "checkpoint skipped: writers busy");
             return Ok(Vec::new());
@@ -298,9 +318,17 @@ impl Capture {
         });
         // Writers are let in whatever happened.
         let unlocked = self.sqlite.unlock_writes();
+        tracing::debug!(db = %self.syncer.db_path.display(), locked_ms = started.elapsed().as_millis(), "writes were locked out");
         let (mut staged, passive) = result?;
         unlocked.map_err(|e| self.sql_err(e))?;
         tracing::debug!(db = %self.syncer.db_path.display(), ?passive, "passive checkpoint");
+        if !passive.busy && passive.log == passive.checkpointed {
+            self.checkpointed = self
+                .syncer
+                .position
+                .and_then(|p| p.wal)
+                .map(|w| (w.generation, w.offset));
+        }
         if mode == Mode::Truncate && !passive.busy && passive.log == passive.checkpointed {
             let truncate = self
                 .sqlite

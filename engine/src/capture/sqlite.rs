@@ -73,7 +73,10 @@ impl Sqlite {
             conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
             Ok(conn)
         };
-        let lock = open()?;
+        let mut lock = open()?;
+        // Writers that commit back to back leave only brief gaps; SQLite's default busy
+        // handler sleeps in growing steps and keeps missing them. Poll instead.
+        lock.busy_handler(Some(poll_for_lock))?;
         let mode: String = lock.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(rusqlite::Error::SqliteFailure(
@@ -150,6 +153,12 @@ impl Sqlite {
             })
         })
     }
+}
+
+/// Retries every 100 µs for about a second.
+fn poll_for_lock(attempts: i32) -> bool {
+    std::thread::sleep(Duration::from_micros(100));
+    attempts < 10_000
 }
 
 /// A read transaction: BEGIN alone takes no lock; the first read does.

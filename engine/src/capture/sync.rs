@@ -246,7 +246,7 @@ impl Syncer {
                         self.staging.remove(txid)?;
                         return self.full(wal.as_ref());
                     }
-                    let more = !ends_generation && scan.end < file.metadata()?.len();
+                    let more = scan.limited;
                     self.staged(
                         txid,
                         Position {
@@ -492,4 +492,190 @@ fn db_pages(db: &File, page_size: PageSize) -> io::Result<u32> {
         }
     }
     Ok((len / u64::from(page_size.get())) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    /// A WAL-mode database written by a connection that never checkpoints on its own.
+    struct Db {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        conn: Connection,
+    }
+
+    impl Db {
+        fn new() -> Db {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "wal").unwrap();
+            conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+            conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+                .unwrap();
+            Db {
+                _dir: dir,
+                path,
+                conn,
+            }
+        }
+
+        fn write(&self, n: usize) {
+            for _ in 0..n {
+                self.conn
+                    .execute("INSERT INTO t (v) VALUES (randomblob(100))", [])
+                    .unwrap();
+            }
+        }
+
+        fn checkpoint(&self, mode: &str) {
+            self.conn
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                .unwrap();
+        }
+
+        fn wal(&self) -> Option<File> {
+            open_if_exists(&self.path.with_file_name("db-wal")).unwrap()
+        }
+
+        /// A position at the current end of the log, as a sync would have saved it.
+        fn position(&self) -> Position {
+            let wal = self.wal().unwrap();
+            let h = wal::Header::read(&wal).unwrap().unwrap();
+            let s = wal::scan(&wal, &h.generation, wal::HEADER_SIZE, h.checksum, u64::MAX).unwrap();
+            Position {
+                txid: Txid::new(5),
+                commit: s.commit,
+                wal: Some(WalPosition {
+                    generation: h.generation,
+                    offset: s.end,
+                    checksum: s.checksum,
+                    proven_end: false,
+                }),
+            }
+        }
+
+        fn decide(&self, p: &Position, live: bool) -> Source {
+            decide(self.wal().as_ref(), Some(p), live).unwrap()
+        }
+    }
+
+    fn is_full(s: Source) -> bool {
+        matches!(s, Source::Full { .. })
+    }
+
+    #[test]
+    fn the_same_generation_continues_where_it_stopped() {
+        let db = Db::new();
+        db.write(5);
+        let p = db.position();
+        db.write(5);
+        let at = p.wal.unwrap().offset;
+        assert!(
+            matches!(db.decide(&p, false), Source::Frames { from, ends_generation: false, .. } if from == at)
+        );
+    }
+
+    #[test]
+    fn a_log_that_no_longer_holds_the_last_frames_needs_a_full_copy() {
+        let db = Db::new();
+        db.write(5);
+        let mut p = db.position();
+        p.wal.as_mut().unwrap().checksum.0 ^= 1;
+        assert!(is_full(db.decide(&p, false)));
+        assert!(
+            is_full(db.decide(&p, true)),
+            "even while live: these are not the frames captured"
+        );
+    }
+
+    #[test]
+    fn after_one_restart_the_old_generations_tail_is_read_first() {
+        let db = Db::new();
+        db.write(20);
+        let p = db.position();
+        // The old generation goes on past the position, then restarts, and the new one is
+        // still shorter than the position.
+        db.write(3);
+        db.checkpoint("RESTART");
+        db.write(1);
+        match db.decide(&p, false) {
+            Source::Frames {
+                generation,
+                from,
+                ends_generation,
+                checksum,
+            } => {
+                assert_eq!(generation, p.wal.unwrap().generation);
+                assert!(ends_generation);
+                let tail = wal::scan(
+                    db.wal().as_ref().unwrap(),
+                    &generation,
+                    from,
+                    checksum,
+                    u64::MAX,
+                )
+                .unwrap();
+                assert_eq!(
+                    tail.transactions, 3,
+                    "the three commits after the position are recovered"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            db.decide(&p, true),
+            Source::Frames {
+                from: wal::HEADER_SIZE,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn evidence_overwritten_or_truncated_away_needs_a_full_copy() {
+        let db = Db::new();
+        db.write(3);
+        let p = db.position();
+        db.checkpoint("RESTART");
+        db.write(10); // the new generation grows past the position
+        assert!(is_full(db.decide(&p, false)));
+
+        let db = Db::new();
+        db.write(3);
+        let p = db.position();
+        db.checkpoint("TRUNCATE");
+        assert!(
+            is_full(db.decide(&p, false)),
+            "an emptied log proves nothing after a strata restart"
+        );
+        assert_eq!(
+            db.decide(&p, true),
+            Source::Nothing,
+            "while live, an empty log just means nothing new"
+        );
+        db.write(1);
+        assert!(is_full(db.decide(&p, false)), "the old frames are gone");
+    }
+
+    #[test]
+    fn several_restarts_are_followed_only_while_live() {
+        let db = Db::new();
+        db.write(3);
+        let p = db.position();
+        for _ in 0..2 {
+            db.checkpoint("RESTART");
+            db.write(1);
+        }
+        assert!(is_full(db.decide(&p, false)));
+        assert!(matches!(
+            db.decide(&p, true),
+            Source::Frames {
+                from: wal::HEADER_SIZE,
+                ..
+            }
+        ));
+    }
 }

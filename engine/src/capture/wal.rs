@@ -137,6 +137,8 @@ pub struct Scan {
     pub pages: HashMap<u32, u64>,
     /// Committed transactions found.
     pub transactions: u32,
+    /// The scan stopped at its byte limit: more committed frames may follow.
+    pub limited: bool,
 }
 
 impl Scan {
@@ -199,6 +201,7 @@ pub fn scan(
             result.commit = commit;
             result.transactions += 1;
             if offset - from >= max_bytes {
+                result.limited = true;
                 break;
             }
         }
@@ -363,6 +366,7 @@ mod tests {
                 s.end - pos.0 < 20 * 4120,
                 "a piece stops soon after the limit"
             );
+            assert_eq!(s.limited, s.end - pos.0 >= 10 * 4096);
             total += s.transactions;
             pieces += 1;
             pos = (s.end, s.checksum);

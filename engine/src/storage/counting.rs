@@ -89,6 +89,11 @@ impl RequestCounter {
         self.0.get_bytes.fetch_add(bytes, Relaxed);
     }
 
+    /// Counts a PUT made around the store (a local file copy).
+    pub(crate) fn record_put(&self) {
+        self.0.put.fetch_add(1, Relaxed);
+    }
+
     /// The counts so far.
     pub fn get(&self) -> RequestCounts {
         let c = &self.0;

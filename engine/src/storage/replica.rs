@@ -460,6 +460,88 @@ impl Replica {
         })
     }
 
+    /// Writes the LTX file at `source` (complete and synced) like [`Replica::write`], without
+    /// holding it in memory when the replica is a local directory: on the same filesystem the
+    /// file is hard-linked into place (no copy at all); elsewhere it is copied (by the kernel
+    /// where it can) beside its final name, synced, and linked. A link fails if the name
+    /// exists, so nothing is overwritten. Other stores get the bytes in one PUT.
+    pub async fn write_file(
+        &self,
+        level: Level,
+        range: TxidRange,
+        source: &std::path::Path,
+        timestamp: jiff::Timestamp,
+    ) -> Result<FileInfo, StorageError> {
+        let Some(root) = &self.inner.local_root else {
+            let bytes = tokio::fs::read(source).await.map_err(|e| {
+                StorageError::new(
+                    &self.inner.name,
+                    Operation::Put,
+                    source.display(),
+                    ErrorKind::Other,
+                    e.to_string(),
+                )
+            })?;
+            return self.write(level, range, bytes.into(), timestamp).await;
+        };
+        let path = self.path(level, range);
+        let dest = root.join(path.as_ref());
+        let source = source.to_owned();
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let dir = dest.parent().expect("level directories have a parent");
+            std::fs::create_dir_all(dir)?;
+            std::fs::File::options()
+                .write(true)
+                .open(&source)?
+                .set_modified(timestamp.into())?;
+            match std::fs::hard_link(&source, &dest) {
+                Ok(()) => {
+                    std::fs::File::open(dir)?.sync_all()?;
+                    return Ok(std::fs::metadata(&dest)?.len());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+                Err(e) => return Err(e),
+            }
+            let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+            let size = std::fs::copy(&source, &tmp)?;
+            let linked = std::fs::File::open(&tmp)
+                .and_then(|f| {
+                    f.sync_all()?;
+                    f.set_modified(timestamp.into())
+                })
+                .and_then(|()| std::fs::hard_link(&tmp, &dest));
+            let _ = std::fs::remove_file(&tmp);
+            linked?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(size)
+        })
+        .await
+        .expect("local copy panicked");
+        self.inner.counter.record_put();
+        match result {
+            Ok(size) => Ok(FileInfo {
+                level,
+                range,
+                size,
+                modified: timestamp,
+            }),
+            Err(e) => {
+                let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    ErrorKind::AlreadyExists
+                } else {
+                    ErrorKind::Other
+                };
+                Err(StorageError::new(
+                    &self.inner.name,
+                    Operation::Put,
+                    &path,
+                    kind,
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+
     /// Deletes files, batched (S3 DeleteObjects takes 1000 keys a request). Files already
     /// gone are not an error.
     pub async fn delete(&self, files: &[FileInfo]) -> Result<(), StorageError> {

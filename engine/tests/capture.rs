@@ -261,8 +261,23 @@ async fn kill_9_at_random_moments_loses_nothing_and_never_reuses_a_txid() {
     let setup = Setup::new(None);
     let writers = setup.writers(2, 9.0);
     let mut strata = setup.strata();
-    for pause in [700, 1300, 400, 1900, 900] {
-        std::thread::sleep(Duration::from_millis(pause));
+    // Random moments, from a seed printed so a failure can be replayed.
+    let seed = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("kill -9 moments from STRATA_TEST_SEED={seed}");
+    let mut x = seed | 1;
+    for _ in 0..5 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(200 + x % 1600));
         signal(&strata, "-KILL");
         strata.wait().unwrap();
         strata = setup.strata();
@@ -311,4 +326,64 @@ async fn captures_to_s3_and_litestream_restores_it() {
         python(&["dump", out.to_str().unwrap()]),
         python(&["dump", setup.db.to_str().unwrap()])
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_config_replicates_several_databases_and_switches_them_to_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    for (db, mode) in [(&a, "wal"), (&b, "delete")] {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import sqlite3; c = sqlite3.connect('{}'); c.execute('PRAGMA journal_mode={mode}'); \
+                 c.execute('CREATE TABLE t (v)'); c.executemany('INSERT INTO t VALUES (?)', [(i,) for i in range(500)]); c.commit()",
+                db.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {}\n    replica:\n      type: file\n      path: {}\n  - path: {}\n    replicas:\n      - url: file://{}\n",
+            a.display(),
+            dir.path().join("ra").display(),
+            b.display(),
+            dir.path().join("rb").display()
+        ),
+    )
+    .unwrap();
+    let strata = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["replicate", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&strata, "-TERM");
+    let out = strata.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode: String = rusqlite::Connection::open(&b)
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    for (db, replica) in [(&a, "ra"), (&b, "rb")] {
+        let out = dir.path().join(format!("{replica}.db"));
+        let replica = Replica::open(&ReplicaUrl::File {
+            root: dir.path().join(replica),
+        })
+        .unwrap();
+        restore_at(&replica, Target::Latest, &out).await;
+        assert_eq!(
+            python(&["dump", out.to_str().unwrap()]),
+            python(&["dump", db.to_str().unwrap()])
+        );
+    }
 }

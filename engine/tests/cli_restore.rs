@@ -179,3 +179,33 @@ fn ls_lists_every_level() {
         lines[30]
     );
 }
+
+#[test]
+fn replicate_rejects_a_config_with_an_unknown_key_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.yml");
+    std::fs::write(
+        &config,
+        "dbs:\n  - path: /tmp/x.db\n    replica:\n      url: /tmp/r\n      retention: 24h\n",
+    )
+    .unwrap();
+    let o = strata(&["replicate", "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let (_, stderr) = text(&o);
+    assert!(
+        stderr.contains("dbs[0].replica.retention: unknown key"),
+        "{stderr}"
+    );
+
+    let o = strata(&[
+        "replicate",
+        dir.path().join("missing.db").to_str().unwrap(),
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("missing.db: no database here"),
+        "{}",
+        text(&o).1
+    );
+}

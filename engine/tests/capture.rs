@@ -129,6 +129,23 @@ fn python(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `sqlite3 DB .dump` from the sqlite3 shell, after checking `PRAGMA integrity_check` is ok.
+fn sqlite3_dump(db: &str) -> String {
+    let out = Command::new("sqlite3")
+        .args([db, "PRAGMA integrity_check", ".dump"])
+        .output()
+        .expect("the sqlite3 shell (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {db} .dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (integrity, dump) = text.split_once('\n').unwrap();
+    assert_eq!(integrity, "ok", "integrity_check of {db}");
+    dump.to_owned()
+}
+
 fn wait_all(children: Vec<Child>) {
     for mut c in children {
         assert!(c.wait().unwrap().success());
@@ -208,7 +225,7 @@ async fn check_history(setup: &Setup) {
         setup.log()
     );
     assert!(
-        python(&["dump", out.to_str().unwrap()]) == python(&["dump", setup.db.to_str().unwrap()]),
+        sqlite3_dump(out.to_str().unwrap()) == sqlite3_dump(setup.db.to_str().unwrap()),
         "the latest restore's dump differs from the source's"
     );
     let states = setup.states();
@@ -251,8 +268,8 @@ async fn every_txid_restores_a_state_the_source_passed_through() {
         .unwrap();
     assert!(status.success());
     assert_eq!(
-        python(&["dump", out.to_str().unwrap()]),
-        python(&["dump", setup.db.to_str().unwrap()])
+        sqlite3_dump(out.to_str().unwrap()),
+        sqlite3_dump(setup.db.to_str().unwrap())
     );
 }
 
@@ -323,8 +340,8 @@ async fn captures_to_s3_and_litestream_restores_it() {
         .unwrap();
     assert!(status.success());
     assert_eq!(
-        python(&["dump", out.to_str().unwrap()]),
-        python(&["dump", setup.db.to_str().unwrap()])
+        sqlite3_dump(out.to_str().unwrap()),
+        sqlite3_dump(setup.db.to_str().unwrap())
     );
 }
 
@@ -382,8 +399,8 @@ async fn one_config_replicates_several_databases_and_switches_them_to_wal() {
         .unwrap();
         restore_at(&replica, Target::Latest, &out).await;
         assert_eq!(
-            python(&["dump", out.to_str().unwrap()]),
-            python(&["dump", db.to_str().unwrap()])
+            sqlite3_dump(out.to_str().unwrap()),
+            sqlite3_dump(db.to_str().unwrap())
         );
     }
 }

@@ -4,7 +4,6 @@
     workload.py init DB STATES
     workload.py write DB STATES --seconds S --seed N
     workload.py hash DB
-    workload.py dump DB        (after PRAGMA integrity_check, which must say ok)
 
 `write` runs random transactions: small inserts, updates and deletes, multi-page and large
 transactions, and now and then a VACUUM or the application's own wal_checkpoint(RESTART) or
@@ -99,10 +98,6 @@ def main():
         write(db, sys.argv[3], float(args["--seconds"]), int(args["--seed"]))
     elif cmd == "hash":
         print(content_hash(connect(db)))
-    elif cmd == "dump":
-        conn = connect(db)
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", "integrity_check failed"
-        print("\n".join(conn.iterdump()))
     else:
         sys.exit(f"unknown command {cmd}")
 

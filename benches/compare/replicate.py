@@ -12,7 +12,8 @@ Lag: every transaction also records its sequence number in a `progress` table. A
 notes when each L0 file first appears; afterwards each L0 TXID is restored (with strata, which
 reads both tools' replicas) to read the highest sequence number it holds.
 
-    python3 benches/compare/replicate.py [--small 20000] [--large 20] [--workdir DIR]
+    python3 benches/compare/replicate.py [--small 20000] [--large 20] [--runs N]
+        [--app-autocheckpoint on|off] [--synchronous full|normal] [--workdir DIR]
 """
 
 import argparse
@@ -50,10 +51,11 @@ def make_db(path):
     conn.close()
 
 
-def workload(db, small, large, autocheckpoint):
+def workload(db, small, large, autocheckpoint, synchronous):
     """Runs the transactions; returns commit times (index = sequence number) and phase times."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     if not autocheckpoint:
         conn.execute("PRAGMA wal_autocheckpoint=0")
     commits = [0.0]
@@ -128,7 +130,7 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def run(mode, work, small, large, app_autocheckpoint):
+def run(mode, work, small, large, app_autocheckpoint, synchronous):
     rmtree(work)
     work.mkdir(parents=True)
     db, replica = work / "app.db", work / "replica"
@@ -145,7 +147,7 @@ def run(mode, work, small, large, app_autocheckpoint):
         watcher = Watcher(replica / "ltx" / "0", work / "seen")
         time.sleep(3)  # the first (full) sync happens before the workload
     # Without a replicator nothing else checkpoints, so the application keeps SQLite's default.
-    commits, small_time, large_time = workload(db, small, large, app_autocheckpoint or mode == "none")
+    commits, small_time, large_time = workload(db, small, large, app_autocheckpoint or mode == "none", synchronous)
     result = {"mode": mode, "small_tps": small / small_time, "large_tps": large / large_time}
     if proc:
         time.sleep(3)  # let the tail replicate
@@ -180,12 +182,16 @@ def main():
     ap.add_argument("--app-autocheckpoint", choices=["on", "off"], default="on",
                     help="off: the application sets wal_autocheckpoint=0 and leaves checkpoints to the "
                          "replicator, as both tools recommend")
+    ap.add_argument("--synchronous", choices=["full", "normal"], default="full",
+                    help="the application's PRAGMA synchronous (full is SQLite's default; normal is "
+                         "safe in WAL mode and the usual recommendation)")
     args = ap.parse_args()
     build_release(("strata", "strata"))
     results = []
     for i in range(args.runs):
         for mode in ["none", "strata", "litestream"] if i % 2 == 0 else ["litestream", "strata", "none"]:
-            results.append(run(mode, args.workdir / mode, args.small, args.large, args.app_autocheckpoint == "on"))
+            results.append(run(mode, args.workdir / mode, args.small, args.large, args.app_autocheckpoint == "on",
+                               args.synchronous))
     lines = ["| mode | small txn/s | large txn/s | lag p50 | lag p99 | CPU | peak RSS | L0 files |",
              "|---|---|---|---|---|---|---|---|"]
     for mode in ["none", "strata", "litestream"]:
@@ -196,7 +202,8 @@ def main():
         else:
             lines.append(f"| {mode} | {med('small_tps'):.0f} | {med('large_tps'):.1f} | {med('lag_p50'):.2f} s | "
                          f"{med('lag_p99'):.2f} s | {med('cpu'):.2f} s | {med('rss'):.0f} MiB | {med('files'):.0f} |")
-    lines.insert(0, f"Application autocheckpoint {args.app_autocheckpoint}; median of {args.runs} runs.\n")
+    lines.insert(0, f"Application autocheckpoint {args.app_autocheckpoint}, synchronous={args.synchronous}; "
+                    f"median of {args.runs} runs.\n")
     text = "\n".join(lines)
     print(text)
     (args.workdir / "results.md").write_text(text + "\n")

@@ -69,7 +69,8 @@ pub struct DbConfig {
     pub path: PathBuf,
     /// Where its replica is.
     pub replica: ReplicaUrl,
-    /// Per-database sync interval (`monitor-interval`), if set.
+    /// How often a sync writes an L0 file: the larger of the database's `monitor-interval`
+    /// and its replica's `sync-interval`, if either is set.
     pub sync_interval: Option<Duration>,
     /// Per-database checkpoint settings, if set.
     pub checkpoint_interval: Option<Duration>,
@@ -175,8 +176,8 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
         ],
     )?;
     let path = string(m, key, "path")?.ok_or_else(|| error(&format!("{key}.path"), "required"))?;
-    let replica = match (get(m, "replica"), get(m, "replicas")) {
-        (Some(r), None) => replica_url(r, &format!("{key}.replica"))?,
+    let (replica, replica_key) = match (get(m, "replica"), get(m, "replicas")) {
+        (Some(r), None) => (r, format!("{key}.replica")),
         (None, Some(list)) => {
             let list = as_list(list, &format!("{key}.replicas"))?;
             if list.len() != 1 {
@@ -185,15 +186,24 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
                     "exactly one replica per database is supported",
                 ));
             }
-            replica_url(&list[0], &format!("{key}.replicas[0]"))?
+            (&list[0], format!("{key}.replicas[0]"))
         }
         (Some(_), Some(_)) => return Err(error(key, "give either replica or replicas, not both")),
         (None, None) => return Err(error(&format!("{key}.replica"), "required")),
     };
+    // Litestream checks the WAL every `monitor-interval` and ships to the replica every
+    // `sync-interval`; strata ships each L0 file as soon as it is written, so the slower of
+    // the two is how often a file reaches the replica.
+    let monitor_interval = duration(m, key, "monitor-interval")?;
+    let replica_interval = duration(
+        as_map(replica, &replica_key)?,
+        &replica_key,
+        "sync-interval",
+    )?;
     Ok(DbConfig {
         path: PathBuf::from(path),
-        replica,
-        sync_interval: duration(m, key, "monitor-interval")?,
+        replica: replica_url(replica, &replica_key)?,
+        sync_interval: monitor_interval.max(replica_interval),
         checkpoint_interval: duration(m, key, "checkpoint-interval")?,
         min_checkpoint_pages: number(m, key, "min-checkpoint-page-count")?,
         truncate_pages: number(m, key, "truncate-page-n")?,
@@ -401,7 +411,9 @@ dbs:
       - type: file
         path: /backups/other
   - path: /data/third.db
+    monitor-interval: 2s
     replica:
+      sync-interval: 10s
       type: s3
       bucket: b
       path: /third/
@@ -419,7 +431,9 @@ dbs:
                 root: "/backups/other".into()
             }
         );
+        assert_eq!(c.dbs[0].sync_interval, None);
         assert_eq!(c.dbs[1].sync_interval, Some(Duration::from_millis(500)));
+        assert_eq!(c.dbs[2].sync_interval, Some(Duration::from_secs(10)));
         assert!(
             matches!(&c.dbs[2].replica, ReplicaUrl::S3 { bucket, prefix, .. } if bucket == "b" && prefix == "third")
         );
@@ -439,6 +453,10 @@ dbs:
             (
                 "dbs: [{path: a, replica: {url: /x}, monitor-interval: soon}]",
                 "dbs[0].monitor-interval",
+            ),
+            (
+                "dbs: [{path: a, replicas: [{url: /x, sync-interval: 1}]}]",
+                "dbs[0].replicas[0].sync-interval",
             ),
             ("dbs: [{replica: {url: /x}}]", "dbs[0].path"),
             (

@@ -230,34 +230,38 @@ impl Capture {
     }
 
     /// Syncs everything committed, moves the read transaction forward, and checkpoints when
-    /// due. Returns the TXIDs staged.
-    fn tick(&mut self) -> Result<Vec<Synced>, CaptureError> {
+    /// due. Files staged are reported as soon as they are, so uploads need not wait for the
+    /// checkpoint.
+    fn tick(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<(), CaptureError> {
         let started = Instant::now();
-        let mut staged = self.sync_all()?;
-        if !staged.is_empty() {
-            tracing::debug!(db = %self.syncer.db_path.display(), files = staged.len(), ms = started.elapsed().as_millis(), "synced");
+        let files = self.sync_all(report)?;
+        if files > 0 {
+            tracing::debug!(db = %self.syncer.db_path.display(), files, ms = started.elapsed().as_millis(), "synced");
         }
         self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
         if let Some(mode) = self.checkpoint_due()? {
-            staged.extend(self.checkpoint(mode)?);
+            self.checkpoint(mode, report)?;
         }
-        Ok(staged)
+        Ok(())
     }
 
-    fn sync_all(&mut self) -> Result<Vec<Synced>, CaptureError> {
-        let mut staged = Vec::new();
+    /// Stages everything committed, reporting each file as it is staged (a backlog cut into
+    /// several files starts uploading with the first). Returns how many files were staged.
+    fn sync_all(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<usize, CaptureError> {
+        let mut files = 0;
         loop {
             let synced = self.syncer.sync().map_err(|source| CaptureError::Io {
                 path: self.syncer.db_path.clone(),
                 source,
             })?;
             match synced {
-                Synced::Nothing => return Ok(staged),
+                Synced::Nothing => return Ok(files),
                 Synced::Staged { more, .. } => {
                     self.synced_since_checkpoint = true;
-                    staged.push(synced);
+                    files += 1;
+                    report(&synced);
                     if !more {
-                        return Ok(staged);
+                        return Ok(files);
                     }
                 }
             }
@@ -295,7 +299,11 @@ impl Capture {
     /// again, and let writers in. The next writer restarts the log, which holds nothing
     /// uncaptured. For TRUNCATE the log is then emptied while strata holds its read
     /// transaction, which makes SQLite refuse if anything new arrived in between.
-    fn checkpoint(&mut self, mode: Mode) -> Result<Vec<Synced>, CaptureError> {
+    fn checkpoint(
+        &mut self,
+        mode: Mode,
+        report: &mut dyn FnMut(&Synced),
+    ) -> Result<(), CaptureError> {
         let unlocked_work = self
             .sqlite
             .checkpoint(Mode::Passive)
@@ -304,22 +312,22 @@ impl Capture {
         let started = Instant::now();
         if !self.sqlite.lock_writes().map_err(|e| self.sql_err(e))? {
             tracing::debug!(db = %self.syncer.db_path.display(), "checkpoint skipped: writers busy");
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let sealed = self.sync_all();
-        let result = sealed.and_then(|staged| {
+        let sealed = self.sync_all(report);
+        let result = sealed.and_then(|_| {
             self.sqlite.release().map_err(|e| self.sql_err(e))?;
             // The read transaction is taken again even if the checkpoint failed.
             let passive = self.sqlite.checkpoint(Mode::Passive);
             let held = self.sqlite.hand_off();
             let passive = passive.map_err(|e| self.sql_err(e))?;
             held.map_err(|e| self.sql_err(e))?;
-            Ok((staged, passive))
+            Ok(passive)
         });
         // Writers are let in whatever happened.
         let unlocked = self.sqlite.unlock_writes();
         tracing::debug!(db = %self.syncer.db_path.display(), locked_ms = started.elapsed().as_millis(), "writes were locked out");
-        let (mut staged, passive) = result?;
+        let passive = result?;
         unlocked.map_err(|e| self.sql_err(e))?;
         tracing::debug!(db = %self.syncer.db_path.display(), ?passive, "passive checkpoint");
         if !passive.busy && passive.log == passive.checkpointed {
@@ -338,8 +346,8 @@ impl Capture {
         }
         self.last_checkpoint = Instant::now();
         self.synced_since_checkpoint = false;
-        staged.extend(self.sync_all()?);
-        Ok(staged)
+        self.sync_all(report)?;
+        Ok(())
     }
 
     fn sql_err(&self, error: rusqlite::Error) -> CaptureError {
@@ -482,44 +490,42 @@ fn capture_loop(
 ) {
     let interval = capture.options.sync_interval;
     let mut backoff = interval;
+    let mut report = |file: &Synced| {
+        if let Synced::Staged { txid, full, .. } = file {
+            let mut s = status.lock().unwrap();
+            s.staged = *txid;
+            s.full_copies += u64::from(*full);
+            staged.send_replace(*txid);
+        }
+    };
     loop {
+        let started = Instant::now();
         let stopping = stop.try_recv().is_ok();
         let result = if stopping {
-            capture.sync_all()
+            capture.sync_all(&mut report).map(drop)
         } else {
-            capture.tick()
+            capture.tick(&mut report)
         };
-        match result {
-            Ok(files) => {
+        // Ticks keep to the interval (a slow tick does not push the next one back), and
+        // back off after errors.
+        let wait = match result {
+            Ok(()) => {
                 backoff = interval;
-                let mut s = status.lock().unwrap();
-                for f in &files {
-                    if let Synced::Staged { txid, full, .. } = f {
-                        s.staged = *txid;
-                        s.full_copies += u64::from(*full);
-                    }
-                }
-                s.last_error = None;
-                if !files.is_empty() {
-                    staged.send_replace(s.staged);
-                }
+                status.lock().unwrap().last_error = None;
+                interval
             }
             Err(e) => {
                 tracing::error!(error = %e, "capture failed; retrying");
                 status.lock().unwrap().last_error = Some(e.to_string());
                 backoff = (backoff * 2).min(Duration::from_secs(300));
+                backoff
             }
-        }
+        };
         if stopping {
             return;
         }
         // Sleep until the next tick, waking early to stop.
-        let wait = if status.lock().unwrap().last_error.is_some() {
-            backoff
-        } else {
-            interval
-        };
-        let deadline = Instant::now() + wait;
+        let deadline = started + wait;
         while Instant::now() < deadline {
             if !stop.is_empty() {
                 break;

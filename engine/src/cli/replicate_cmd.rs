@@ -13,7 +13,7 @@ use strata::storage::{Replica, ReplicaUrl};
 
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
-    /// The database to replicate (with REPLICA_URL), unless --config is given.
+    /// The database to replicate (with REPLICA), unless --config is given.
     db: Option<PathBuf>,
     /// Where to replicate it: a directory, file:///path, or s3://bucket/prefix?endpoint=...
     replica: Option<String>,
@@ -87,8 +87,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let db = r.db().display().to_string();
         match r.stop().await {
             Ok(s) => eprintln!(
-                "{db}: replicated through TXID {} ({} full copies)",
-                s.uploaded, s.full_copies
+                "{db}: replicated through TXID {} ({} full {})",
+                s.uploaded,
+                s.full_copies,
+                if s.full_copies == 1 { "copy" } else { "copies" }
             ),
             Err(e) => {
                 failed = true;

@@ -7,9 +7,9 @@
 //! strata after the log changed under it). It owns checkpointing. An upload task ships
 //! staged files to the replica in TXID order with conditional creates.
 //!
-//! Why no transaction is lost: strata always holds a read transaction (see [`sqlite`]), so
-//! the log can only restart once everything in it has been copied; its own checkpoints run
-//! under the write lock, after a final sync. The position (TXID, WAL generation and offset,
+//! Why no transaction is lost: strata always holds a read transaction (see the `sqlite`
+//! module), so the log can only restart once everything in it has been copied; its own
+//! checkpoints run under the write lock, after a final sync. The position (TXID, WAL generation and offset,
 //! chain checksum) is saved after every staged file, so a restarted strata resumes where it
 //! stopped, or writes a full copy with the next TXID if the log moved on in a way it cannot
 //! follow. TXIDs never repeat: the next one is above everything staged or in the replica.

@@ -6,12 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use ltx::Txid;
-use strata::restore::{self, NoProgress, RestoreOptions, Target};
+use strata::restore::Target;
 use strata::storage::{Level, Replica, ReplicaUrl};
 
 const WORKLOAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload.py");
@@ -174,15 +173,9 @@ fn stop(setup: &Setup, mut strata: Child) {
 }
 
 async fn restore_at(replica: &Replica, target: Target, out: &Path) {
-    restore::restore(
-        replica,
-        target,
-        out,
-        &RestoreOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
+    restore_to(replica, target, out)
+        .await
+        .unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
 }
 
 /// Every L0 TXID from 1 up, without a gap; returns the last.
@@ -259,18 +252,7 @@ async fn every_txid_restores_a_state_the_source_passed_through() {
     assert_eq!(log.matches("writing a full copy").count(), 1, "{log}");
     check_history(&setup).await;
 
-    // Litestream 0.5.17 restores the same replica to the same content.
-    let out = setup.dir.join("litestream.db");
-    let status = litestream()
-        .args(["restore", "-o", out.to_str().unwrap()])
-        .arg(&setup.replica_url)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(
-        sqlite3_dump(out.to_str().unwrap()),
-        sqlite3_dump(setup.db.to_str().unwrap())
-    );
+    assert_litestream_restores_the_source(&setup);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,6 +314,11 @@ async fn captures_to_s3_and_litestream_restores_it() {
     std::thread::sleep(Duration::from_millis(300));
     stop(&setup, strata);
     check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}
+
+/// Litestream 0.5.17 restores the replica strata wrote to the source's content.
+fn assert_litestream_restores_the_source(setup: &Setup) {
     let out = setup.dir.join("litestream.db");
     let status = litestream()
         .args(["restore", "-o", out.to_str().unwrap()])

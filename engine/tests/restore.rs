@@ -10,21 +10,6 @@ use ltx::{Txid, TxidRange};
 use strata::restore::{self, NoProgress, PlanError, RestoreError, RestoreOptions, Target};
 use strata::storage::{Layout, Level, Replica, ReplicaUrl};
 
-async fn restore_to(
-    replica: &Replica,
-    target: Target,
-    out: &std::path::Path,
-) -> Result<restore::RestoreSummary, RestoreError> {
-    restore::restore(
-        replica,
-        target,
-        out,
-        &RestoreOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-}
-
 /// Restores at every TXID and compares with Litestream's own restores.
 async fn check_every_txid(replica: &Replica) {
     let dir = tempfile::tempdir().unwrap();

@@ -69,7 +69,7 @@ impl Header {
     /// Parses a header; `None` if it is not a valid WAL header (an empty or reset file, or
     /// one being written).
     pub fn parse(b: &[u8; HEADER_SIZE as usize]) -> Option<Header> {
-        let word = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap());
+        let word = |at| be_u32(b, at);
         let big_endian = match word(0) {
             MAGIC_LITTLE => false,
             MAGIC_BIG => true,
@@ -177,21 +177,11 @@ pub fn scan(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e),
         }
-        let word = |i: usize| u32::from_be_bytes(frame[i..i + 4].try_into().unwrap());
-        if word(8) != generation.salt1 || word(12) != generation.salt2 {
+        let Some(next) = continue_chain(generation, sum, &frame) else {
             break;
-        }
-        let next = checksum(generation.big_endian, sum, &frame[..8]);
-        let next = checksum(
-            generation.big_endian,
-            next,
-            &frame[FRAME_HEADER_SIZE as usize..],
-        );
-        if next != (word(16), word(20)) {
-            break;
-        }
+        };
         sum = next;
-        let (pgno, commit) = (word(0), word(4));
+        let (pgno, commit) = (be_u32(&frame, 0), be_u32(&frame, 4));
         pending.push((pgno, offset));
         offset += frame_size;
         if commit != 0 {
@@ -212,6 +202,27 @@ pub fn scan(
     Ok(result)
 }
 
+/// The cumulative checksum after `frame` if it continues the chain of `generation` whose
+/// checksum so far is `sum` (its salts match and its stored checksum is the chain's); `None`
+/// where the chain ends: an old frame, a torn write, or bytes that were never a frame.
+fn continue_chain(generation: &Generation, sum: Checksum, frame: &[u8]) -> Option<Checksum> {
+    if be_u32(frame, 8) != generation.salt1 || be_u32(frame, 12) != generation.salt2 {
+        return None;
+    }
+    let header_sum = checksum(generation.big_endian, sum, &frame[..8]);
+    let next = checksum(
+        generation.big_endian,
+        header_sum,
+        &frame[FRAME_HEADER_SIZE as usize..],
+    );
+    (next == (be_u32(frame, 16), be_u32(frame, 20))).then_some(next)
+}
+
+/// The big-endian 32-bit word at byte `at` (WAL headers and frame headers are made of them).
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
 /// Where the chain of valid frames of `generation` starting at `from` ends (committed or
 /// not), looking no further than `limit`.
 pub fn chain_end(
@@ -230,19 +241,9 @@ pub fn chain_end(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e),
         }
-        let word = |i: usize| u32::from_be_bytes(frame[i..i + 4].try_into().unwrap());
-        if word(8) != generation.salt1 || word(12) != generation.salt2 {
+        let Some(next) = continue_chain(generation, sum, &frame) else {
             break;
-        }
-        let next = checksum(generation.big_endian, sum, &frame[..8]);
-        let next = checksum(
-            generation.big_endian,
-            next,
-            &frame[FRAME_HEADER_SIZE as usize..],
-        );
-        if next != (word(16), word(20)) {
-            break;
-        }
+        };
         sum = next;
         offset += frame_size;
     }
@@ -266,11 +267,10 @@ pub fn checksum_before(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let word = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().unwrap());
-    if word(8) != generation.salt1 || word(12) != generation.salt2 {
+    if be_u32(&head, 8) != generation.salt1 || be_u32(&head, 12) != generation.salt2 {
         return Ok(None);
     }
-    Ok(Some((word(16), word(20))))
+    Ok(Some((be_u32(&head, 16), be_u32(&head, 20))))
 }
 
 #[cfg(test)]

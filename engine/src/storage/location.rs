@@ -252,11 +252,7 @@ impl ReplicaUrl {
                 let store = b
                     .build()
                     .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
-                Ok(OpenedStore {
-                    store: Arc::new(store),
-                    root: Path::from(prefix.as_str()),
-                    local_root: None,
-                })
+                Ok(OpenedStore::remote(store, prefix))
             }
             #[cfg(not(feature = "s3"))]
             ReplicaUrl::S3 { .. } => Err(connect_error(
@@ -272,11 +268,7 @@ impl ReplicaUrl {
                     .with_http_connector(super::http::Connector)
                     .build()
                     .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
-                Ok(OpenedStore {
-                    store: Arc::new(store),
-                    root: Path::from(prefix.as_str()),
-                    local_root: None,
-                })
+                Ok(OpenedStore::remote(store, prefix))
             }
             #[cfg(feature = "azure")]
             ReplicaUrl::Azure { container, prefix } => {
@@ -287,11 +279,7 @@ impl ReplicaUrl {
                     .with_http_connector(super::http::Connector)
                     .build()
                     .map_err(|e| StorageError::from_store(&backend, Operation::Open, "", e))?;
-                Ok(OpenedStore {
-                    store: Arc::new(store),
-                    root: Path::from(prefix.as_str()),
-                    local_root: None,
-                })
+                Ok(OpenedStore::remote(store, prefix))
             }
         }
     }
@@ -304,6 +292,18 @@ pub(crate) struct OpenedStore {
     pub root: Path,
     /// The directory, for the file backend (to set file times as Litestream does).
     pub local_root: Option<PathBuf>,
+}
+
+impl OpenedStore {
+    /// A bucket or container, the replica under `prefix`.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    fn remote(store: impl ObjectStore, prefix: &str) -> OpenedStore {
+        OpenedStore {
+            store: Arc::new(store),
+            root: Path::from(prefix),
+            local_root: None,
+        }
+    }
 }
 
 fn parse_bool(url: &str, key: &str, v: &str) -> Result<bool, UrlError> {

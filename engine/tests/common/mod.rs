@@ -4,9 +4,11 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ltx::{Decoder, Encoder};
+use strata::restore::{NoProgress, RestoreError, RestoreOptions, RestoreSummary, Target, restore};
 use strata::storage::{Layout, Replica, ReplicaUrl};
 
 /// The repository's `testdata/` directory.
@@ -47,6 +49,22 @@ pub fn sha256_file(path: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Restores `replica` at `target` into `out` with the default options.
+pub async fn restore_to(
+    replica: &Replica,
+    target: Target,
+    out: &Path,
+) -> Result<RestoreSummary, RestoreError> {
+    restore(
+        replica,
+        target,
+        out,
+        &RestoreOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
 }
 
 /// The S3-compatible server the test command started (moto_server on loopback).

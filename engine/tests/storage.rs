@@ -11,7 +11,7 @@ use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidR
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use strata::storage::faults::{Fault, FaultStore};
-use strata::storage::{ErrorKind, Layout, Level, Replica, ReplicaUrl};
+use strata::storage::{ErrorKind, Layout, Level, Replica, ReplicaUrl, UploadLimits};
 
 fn ts() -> jiff::Timestamp {
     jiff::Timestamp::from_millisecond(1_700_000_000_000).unwrap()
@@ -209,6 +209,88 @@ async fn directory_backend() {
 async fn s3_backend() {
     let url = ReplicaUrl::parse(&s3_url("some/prefix")).unwrap();
     conformance(Replica::create(&url).unwrap()).await;
+}
+
+/// Files above the single-PUT limit go in parts (here 5 MiB, S3's smallest, two in
+/// flight), still land only if the name is free, and leave no scratch object behind.
+async fn large_files_go_in_parts(replica: Replica, all_keys: impl Fn() -> Vec<String>) {
+    let replica = replica.with_upload_limits(UploadLimits {
+        single_put_max: 5 << 20,
+        part_size: 5 << 20,
+        parts_in_flight: 2,
+    });
+    let name = replica.name().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    // 12 MiB and a bit: two full parts and a short last one; bytes that differ per part.
+    let big: Vec<u8> = (0..(12u32 << 20) + 4321)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let staged = dir.path().join("big.ltx");
+    std::fs::write(&staged, &big).unwrap();
+
+    let info = replica
+        .write_file(Level::L0, range(7, 7), &staged, ts())
+        .await
+        .unwrap();
+    assert_eq!(info.size, big.len() as u64, "{name}");
+    let listed = replica.list_all().await.unwrap();
+    assert_eq!(listed.len(), 1, "{name}: {listed:?}");
+    assert_eq!(listed[0].size, big.len() as u64, "{name}");
+    assert!(
+        replica.read(&listed[0]).await.unwrap() == big,
+        "{name}: bytes differ"
+    );
+
+    // The name is taken: refused, the first file unchanged.
+    let other: Vec<u8> = big.iter().map(|b| !b).collect();
+    std::fs::write(&staged, &other).unwrap();
+    let err = replica
+        .write_file(Level::L0, range(7, 7), &staged, ts())
+        .await
+        .unwrap_err();
+    assert!(err.is_already_exists(), "{name}: {err}");
+    assert!(
+        replica.read(&listed[0]).await.unwrap() == big,
+        "{name}: overwritten"
+    );
+
+    // Scratch objects are gone, after the success and after the refusal.
+    let keys = all_keys();
+    assert_eq!(keys.len(), 1, "{name}: {keys:?}");
+    assert!(
+        keys[0].ends_with("0000000000000007-0000000000000007.ltx"),
+        "{keys:?}"
+    );
+
+    // A staged file that vanished: the error names it.
+    let missing = dir.path().join("missing.ltx");
+    let err = replica
+        .write_file(Level::L0, range(8, 8), &missing, ts())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing.ltx"), "{name}: {err}");
+}
+
+#[tokio::test]
+async fn large_files_go_in_parts_in_memory() {
+    let store = Arc::new(InMemory::new());
+    let replica = Replica::from_store(store.clone(), "memory://", Path::default(), Layout::S3);
+    large_files_go_in_parts(replica, || {
+        futures::executor::block_on(async {
+            use futures::TryStreamExt;
+            use object_store::ObjectStore;
+            let all: Vec<_> = store.list(None).try_collect().await.unwrap();
+            all.into_iter().map(|m| m.location.to_string()).collect()
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_files_go_in_parts_on_s3() {
+    let bucket = new_bucket();
+    let url = ReplicaUrl::parse(&s3_url_in(&bucket, "big")).unwrap();
+    large_files_go_in_parts(Replica::create(&url).unwrap(), || bucket_keys(&bucket)).await;
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tokio::io::AsyncReadExt;
+
 use ltx::{Txid, TxidRange};
 
 use super::CaptureError;
@@ -47,7 +49,8 @@ pub async fn upload(
     Ok(count)
 }
 
-/// Whether the replica's file for `range` holds exactly the staged file's bytes.
+/// Whether the replica's file for `range` holds exactly the staged file's bytes, compared
+/// a chunk at a time (a full copy can be as large as the database).
 async fn same_as_replica(
     replica: &Replica,
     range: TxidRange,
@@ -61,18 +64,32 @@ async fn same_as_replica(
     else {
         return Ok(false);
     };
-    let ours = tokio::fs::read(path)
-        .await
-        .map_err(|source| CaptureError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(replica.read(&existing).await?[..] == ours[..])
+    const CHUNK: u64 = 8 << 20;
+    let io = |source| CaptureError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    if file.metadata().await.map_err(io)?.len() != existing.size {
+        return Ok(false);
+    }
+    let mut ours = vec![0u8; CHUNK.min(existing.size) as usize];
+    let mut at = 0;
+    while at < existing.size {
+        let end = (at + CHUNK).min(existing.size);
+        let theirs = replica.read_range(&existing, at..end).await?;
+        let ours = &mut ours[..(end - at) as usize];
+        file.read_exact(ours).await.map_err(io)?;
+        if theirs[..] != ours[..] {
+            return Ok(false);
+        }
+        at = end;
+    }
+    Ok(true)
 }
 
 /// The header timestamp of a staged file (its first 100 bytes).
 async fn header_timestamp(path: &Path) -> std::io::Result<jiff::Timestamp> {
-    use tokio::io::AsyncReadExt;
     let mut head = [0u8; ltx::HEADER_SIZE];
     tokio::fs::File::open(path)
         .await?
@@ -80,4 +97,75 @@ async fn header_timestamp(path: &Path) -> std::io::Result<jiff::Timestamp> {
         .await?;
     let header = ltx::Header::from_bytes(&head).map_err(std::io::Error::other)?;
     Ok(jiff::Timestamp::from_millisecond(header.timestamp).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize};
+
+    use super::*;
+    use crate::storage::Layout;
+
+    /// A one-page L0 file for `txid`, every byte of its page `fill`.
+    fn l0_file<W: io::Write>(out: W, txid: u64, fill: u8) -> io::Result<W> {
+        let mut header = Header::new(PageSize::new(512).unwrap(), 1, range(txid));
+        header.flags = HeaderFlags::NO_CHECKSUM;
+        let mut encoder = Encoder::new(out, &header).map_err(io::Error::other)?;
+        encoder
+            .encode_page(PageNum::new(1).unwrap(), &[fill; 512])
+            .map_err(io::Error::other)?;
+        Ok(encoder
+            .finish(Checksum::ZERO)
+            .map_err(io::Error::other)?
+            .writer)
+    }
+
+    fn range(txid: u64) -> TxidRange {
+        TxidRange::single(Txid::new(txid))
+    }
+
+    fn stage(staging: &Staging, txid: u64, fill: u8) {
+        staging
+            .write(Txid::new(txid), |out| Ok((l0_file(out, txid, fill)?, ())))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_already_uploaded_counts_once_its_bytes_match_and_conflicts_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(&dir.path().join("app.db")).unwrap();
+        let replica = Replica::memory(Layout::S3);
+        for txid in 1..=3 {
+            stage(&staging, txid, txid as u8);
+        }
+        let mut uploaded = Txid::ZERO;
+        assert_eq!(upload(&staging, &replica, &mut uploaded).await.unwrap(), 3);
+        assert_eq!(uploaded, Txid::new(3));
+        // Uploaded files leave the staging directory, but for the newest.
+        assert_eq!(staging.staged().unwrap(), [Txid::new(3)]);
+
+        // A crash lost the record of uploading 3: uploading it again finds the same bytes.
+        let mut uploaded = Txid::new(2);
+        assert_eq!(upload(&staging, &replica, &mut uploaded).await.unwrap(), 1);
+        assert_eq!(uploaded, Txid::new(3));
+
+        // Someone else wrote 4 first, with other contents: refused, never overwritten.
+        let theirs = bytes::Bytes::from(l0_file(Vec::new(), 4, 0xee).unwrap());
+        let timestamp = jiff::Timestamp::UNIX_EPOCH;
+        replica
+            .write(Level::L0, range(4), theirs.clone(), timestamp)
+            .await
+            .unwrap();
+        stage(&staging, 4, 4);
+        let err = upload(&staging, &replica, &mut uploaded).await.unwrap_err();
+        assert!(
+            matches!(err, CaptureError::Conflict { txid, .. } if txid == Txid::new(4)),
+            "{err}"
+        );
+        assert_eq!(uploaded, Txid::new(3));
+        let listed = replica.list(Level::L0, Txid::new(4)).await.unwrap();
+        assert_eq!(replica.read(&listed[0]).await.unwrap(), theirs);
+    }
 }

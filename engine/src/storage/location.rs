@@ -206,7 +206,7 @@ impl ReplicaUrl {
                 force_path_style,
                 skip_verify,
             } => {
-                use object_store::aws::AmazonS3Builder;
+                use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
                 install_tls_provider();
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
@@ -216,7 +216,10 @@ impl ReplicaUrl {
                             .map_err(|m| connect_error(ErrorKind::Other, m))?,
                     )
                     .with_retry(retry_config())
-                    .with_http_connector(super::http::Connector);
+                    .with_http_connector(super::http::Connector)
+                    // Files too large for one PUT are uploaded, then copied into place
+                    // with a conditional multipart copy (see `multipart`).
+                    .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
                 if let Some(endpoint) = endpoint {
                     b = b
                         .with_endpoint(endpoint)

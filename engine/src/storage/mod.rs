@@ -13,10 +13,12 @@ pub mod faults;
 mod http;
 mod layout;
 mod location;
+mod multipart;
 mod replica;
 
 pub use counting::{CountingStore, RequestCounter, RequestCounts};
 pub use error::{ErrorKind, Operation, StorageError};
 pub use layout::{Layout, Level};
 pub use location::{ReplicaUrl, UrlError};
+pub use multipart::UploadLimits;
 pub use replica::{FileInfo, Replica};

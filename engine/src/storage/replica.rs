@@ -20,6 +20,7 @@ use super::counting::{CountingStore, RequestCounter, RequestCounts};
 use super::error::{ErrorKind, Operation, StorageError};
 use super::layout::{Layout, Level};
 use super::location::ReplicaUrl;
+use super::multipart::{self, UploadError, UploadLimits};
 
 /// S3 user metadata Litestream reads for a file's accurate timestamp.
 const TIMESTAMP_METADATA: &str = "litestream-timestamp";
@@ -47,7 +48,7 @@ impl fmt::Display for FileInfo {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Inner {
     store: Arc<dyn ObjectStore>,
     counter: RequestCounter,
@@ -58,6 +59,8 @@ struct Inner {
     local_root: Option<PathBuf>,
     /// Whether the store keeps user metadata (S3): Litestream's timestamp goes there.
     metadata: bool,
+    /// When and how files are uploaded in parts.
+    upload_limits: UploadLimits,
 }
 
 /// A replica: LTX files by level in an object store, laid out as Litestream lays them out.
@@ -108,6 +111,7 @@ impl Replica {
                 layout,
                 local_root: None,
                 metadata: false,
+                upload_limits: UploadLimits::default(),
             }),
         }
     }
@@ -144,16 +148,20 @@ impl Replica {
 
     /// The same replica read with another layout.
     pub fn with_layout(&self, layout: Layout) -> Replica {
-        let i = &self.inner;
         Replica {
             inner: Arc::new(Inner {
-                store: i.store.clone(),
-                counter: i.counter.clone(),
-                name: i.name.clone(),
-                root: i.root.clone(),
                 layout,
-                local_root: i.local_root.clone(),
-                metadata: i.metadata,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// The same replica, uploading files larger than `limits.single_put_max` in parts.
+    pub fn with_upload_limits(&self, upload_limits: UploadLimits) -> Replica {
+        Replica {
+            inner: Arc::new(Inner {
+                upload_limits,
+                ..(*self.inner).clone()
             }),
         }
     }
@@ -464,7 +472,9 @@ impl Replica {
     /// holding it in memory when the replica is a local directory: on the same filesystem the
     /// file is hard-linked into place (no copy at all); elsewhere it is copied (by the kernel
     /// where it can) beside its final name, synced, and linked. A link fails if the name
-    /// exists, so nothing is overwritten. Other stores get the bytes in one PUT.
+    /// exists, so nothing is overwritten. Other stores get the bytes in one conditional PUT,
+    /// or, past [`UploadLimits::single_put_max`], in parts with bounded memory (see
+    /// `storage::multipart`).
     pub async fn write_file(
         &self,
         level: Level,
@@ -473,16 +483,9 @@ impl Replica {
         timestamp: jiff::Timestamp,
     ) -> Result<FileInfo, StorageError> {
         let Some(root) = &self.inner.local_root else {
-            let bytes = tokio::fs::read(source).await.map_err(|e| {
-                StorageError::new(
-                    &self.inner.name,
-                    Operation::Put,
-                    source.display(),
-                    ErrorKind::Other,
-                    e.to_string(),
-                )
-            })?;
-            return self.write(level, range, bytes.into(), timestamp).await;
+            return self
+                .write_remote_file(level, range, source, timestamp)
+                .await;
         };
         let path = self.path(level, range);
         let dest = root.join(path.as_ref());
@@ -540,6 +543,45 @@ impl Replica {
                 ))
             }
         }
+    }
+
+    async fn write_remote_file(
+        &self,
+        level: Level,
+        range: TxidRange,
+        source: &std::path::Path,
+        timestamp: jiff::Timestamp,
+    ) -> Result<FileInfo, StorageError> {
+        let read_error = |e: std::io::Error| {
+            StorageError::new(
+                &self.inner.name,
+                Operation::Put,
+                source.display(),
+                ErrorKind::Other,
+                e.to_string(),
+            )
+        };
+        let limits = self.inner.upload_limits;
+        let size = tokio::fs::metadata(source).await.map_err(read_error)?.len();
+        if size <= limits.single_put_max {
+            let bytes = tokio::fs::read(source).await.map_err(read_error)?;
+            return self.write(level, range, bytes.into(), timestamp).await;
+        }
+        let path = self.path(level, range);
+        let scratch = multipart::scratch_path(&self.inner.root, &path);
+        let store = &*self.inner.store;
+        let size = multipart::upload_then_copy(store, source, &scratch, &path, limits)
+            .await
+            .map_err(|e| match e {
+                UploadError::Read(e) => read_error(e),
+                UploadError::Store(at, e) => self.error(Operation::Put, at, e),
+            })?;
+        Ok(FileInfo {
+            level,
+            range,
+            size,
+            modified: timestamp,
+        })
     }
 
     /// Deletes files, batched (S3 DeleteObjects takes 1000 keys a request). Files already

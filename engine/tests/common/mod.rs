@@ -83,17 +83,7 @@ pub fn new_bucket() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let endpoint = url::Url::parse(&s3_endpoint()).unwrap();
-    let host = endpoint.host_str().unwrap();
-    let port = endpoint.port().unwrap();
-    let mut s = TcpStream::connect((host, port)).unwrap();
-    write!(
-        s,
-        "PUT /{name} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
+    let response = s3_request("PUT", &format!("/{name}"));
     assert!(
         response.starts_with("HTTP/1.1 200"),
         "creating bucket {name}: {response}"
@@ -101,11 +91,45 @@ pub fn new_bucket() -> String {
     name
 }
 
+/// Every key in a bucket of the test S3 server (a plain listing: moto takes unsigned ones).
+pub fn bucket_keys(bucket: &str) -> Vec<String> {
+    let response = s3_request("GET", &format!("/{bucket}?list-type=2"));
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "listing {bucket}: {response}"
+    );
+    response
+        .split("<Key>")
+        .skip(1)
+        .map(|s| s.split("</Key>").next().unwrap().to_owned())
+        .collect()
+}
+
+/// One unsigned request to the test S3 server; the whole response, headers and body.
+fn s3_request(method: &str, target: &str) -> String {
+    let endpoint = url::Url::parse(&s3_endpoint()).unwrap();
+    let host = endpoint.host_str().unwrap();
+    let port = endpoint.port().unwrap();
+    let mut s = TcpStream::connect((host, port)).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// The URL of a prefix in a new bucket, in Litestream's form.
 pub fn s3_url(prefix: &str) -> String {
+    s3_url_in(&new_bucket(), prefix)
+}
+
+/// The URL of a prefix in an existing bucket.
+pub fn s3_url_in(bucket: &str, prefix: &str) -> String {
     format!(
-        "s3://{}/{prefix}?endpoint={}&region=us-east-1&forcePathStyle=true",
-        new_bucket(),
+        "s3://{bucket}/{prefix}?endpoint={}&region=us-east-1&forcePathStyle=true",
         s3_endpoint()
     )
 }

@@ -69,10 +69,7 @@ pub(crate) fn write_files(
 ) -> Result<(), Stop> {
     let mut writeback = Writeback::default();
     let mut writer = Writer::new(out, direct);
-    let mut current = None;
-    let mut sums = Vec::new();
-    let mut wrote = false;
-    let mut delivered = 0u64;
+    let mut current: Option<Current> = None;
     let mut remaining = files.len();
     while remaining > 0 {
         let Some(item) = rx.blocking_recv() else {
@@ -88,41 +85,24 @@ pub(crate) fn write_files(
                 pages,
                 sum,
             } => {
-                start_file(
-                    &mut current,
-                    file,
-                    &layout,
-                    files,
-                    applied,
-                    &mut sums,
-                    &mut wrote,
-                    &mut delivered,
-                )?;
+                let cur = Current::enter(&mut current, file, &layout, files, applied)?;
                 writer
                     .write_runs(&layout, &segment, pages.as_slice())
                     .map_err(Stop::Output)?;
                 writeback.wrote(out, pages.as_slice().len() as u64);
                 pool.put(pages.into_vec());
-                wrote = true;
-                sums.push(sum);
+                cur.wrote = true;
+                cur.sums.push(sum);
                 let bytes = segment.bytes.end - segment.bytes.start;
-                delivered += bytes;
+                cur.delivered += bytes;
                 progress.fetched(bytes);
             }
             Item::End { file, layout } => {
-                start_file(
-                    &mut current,
-                    file,
-                    &layout,
-                    files,
-                    applied,
-                    &mut sums,
-                    &mut wrote,
-                    &mut delivered,
-                )?;
+                let cur = Current::enter(&mut current, file, &layout, files, applied)?;
+                let delivered = cur.delivered;
                 let info = &files[file];
                 layout
-                    .verify(sums.drain(..))
+                    .verify(cur.sums.drain(..))
                     .map_err(|error| Stop::Corrupt {
                         file: info.clone(),
                         error,
@@ -142,7 +122,7 @@ pub(crate) fn write_files(
                 return Err(match failure {
                     Failure::Storage(e) if e.is_not_found() => Stop::Vanished {
                         file: info,
-                        partial: current == Some(file) && wrote,
+                        partial: current.as_ref().is_some_and(|c| c.file == file && c.wrote),
                     },
                     Failure::Storage(e) => Stop::Storage(e),
                     Failure::Corrupt(error) => Stop::Corrupt { file: info, error },
@@ -188,35 +168,46 @@ fn start_writeback(out: &File) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_: &File) {}
 
-/// On the first item of a file: checks its page size against the files before it.
-#[allow(clippy::too_many_arguments)]
-fn start_file(
-    current: &mut Option<usize>,
+/// The file whose segments are arriving.
+struct Current {
+    /// Its index in the plan.
     file: usize,
-    layout: &FileLayout,
-    files: &[FileInfo],
-    applied: &mut Applied,
-    sums: &mut Vec<ltx::SegmentSum>,
-    wrote: &mut bool,
-    delivered: &mut u64,
-) -> Result<(), Stop> {
-    if *current == Some(file) {
-        return Ok(());
+    /// The checksums of its segments so far, joined at its end.
+    sums: Vec<ltx::SegmentSum>,
+    /// Whether any of its pages reached the output.
+    wrote: bool,
+    /// Its bytes delivered so far, for progress.
+    delivered: u64,
+}
+
+impl Current {
+    /// The state of `file`, starting it (after checking its page size) if it is new.
+    fn enter<'c>(
+        current: &'c mut Option<Current>,
+        file: usize,
+        layout: &FileLayout,
+        files: &[FileInfo],
+        applied: &mut Applied,
+    ) -> Result<&'c mut Current, Stop> {
+        if current.as_ref().is_none_or(|c| c.file != file) {
+            let found = layout.header().page_size;
+            let expected = *applied.page_size.get_or_insert(found);
+            if found != expected {
+                return Err(Stop::PageSize {
+                    file: files[file].clone(),
+                    expected,
+                    found,
+                });
+            }
+            *current = Some(Current {
+                file,
+                sums: Vec::new(),
+                wrote: false,
+                delivered: 0,
+            });
+        }
+        Ok(current.as_mut().expect("set above"))
     }
-    let found = layout.header().page_size;
-    let expected = *applied.page_size.get_or_insert(found);
-    if found != expected {
-        return Err(Stop::PageSize {
-            file: files[file].clone(),
-            expected,
-            found,
-        });
-    }
-    *current = Some(file);
-    sums.clear();
-    *wrote = false;
-    *delivered = 0;
-    Ok(())
 }
 
 /// Writes pages at their offsets: through a direct (uncached) descriptor when the output

@@ -20,6 +20,7 @@ mod staging;
 mod sync;
 mod upload;
 pub mod wal;
+pub mod wal_index;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ use crate::storage::{Replica, StorageError};
 use position::Position;
 use sqlite::{Mode, Sqlite};
 use staging::Staging;
-use sync::{Synced, Syncer};
+use sync::{Held, Synced, Syncer};
 
 /// When strata checkpoints the databases it captures.
 #[derive(Clone, Debug)]
@@ -115,6 +116,28 @@ pub enum CaptureError {
     /// The replica failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The database path now names another file (replaced by a restore, a `mv`, or deleted
+    /// and created again), or its page size changed under the open connections.
+    #[error("{}: {detail}", path.display())]
+    Replaced {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        detail: String,
+    },
+    /// A staged file does not continue the replica: uploading it would leave a gap.
+    #[error(
+        "staged file {} does not continue {replica}, which holds through TXID {uploaded}: not uploaded",
+        range.file_name()
+    )]
+    Gap {
+        /// The staged file.
+        range: ltx::TxidRange,
+        /// The newest TXID in the replica.
+        uploaded: Txid,
+        /// The replica.
+        replica: String,
+    },
     /// The replica already holds a different file for a TXID strata wrote: another process
     /// replicates the same database to the same place.
     #[error(
@@ -145,15 +168,22 @@ struct Capture {
 
 impl Capture {
     /// Opens the database and the capture state. `replica_max` is the highest TXID already in
-    /// the replica: capture continues above it.
+    /// the replica: capture continues above it, and resumes from its saved position only if
+    /// the replica, the staged files and the position form one unbroken history of this
+    /// very database file. Otherwise the next file is a full copy.
     fn open(
         db: &Path,
+        staging: Staging,
         replica_max: Txid,
         options: CaptureOptions,
     ) -> Result<Capture, CaptureError> {
         let sql_err = |error| CaptureError::Sqlite {
             path: db.to_owned(),
             error,
+        };
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CaptureError::Io { path, source }
         };
         if !db.is_file() {
             return Err(CaptureError::Io {
@@ -167,66 +197,100 @@ impl Capture {
             path: db.to_owned(),
             source: std::io::Error::other(format!("unsupported page size {page_size}")),
         })?;
-        let staging = Staging::open(db).map_err(|source| CaptureError::Io {
-            path: db.to_owned(),
-            source,
-        })?;
-        staging
-            .remove_leftovers()
-            .map_err(|source| CaptureError::Io {
-                path: staging.dir().to_owned(),
-                source,
-            })?;
+        let with_suffix = |suffix: &str| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        // Opened after SQLite's connections, which created the -shm file, and closed after them.
+        let db_file = Held::open(db.to_owned()).map_err(io_err(db))?;
+        let shm_path = with_suffix("-shm");
+        let shm = Held::open(shm_path.clone()).map_err(io_err(&shm_path))?;
+        staging.remove_leftovers().map_err(io_err(staging.dir()))?;
         let saved = Position::load(staging.dir());
-        let staged_max = staging
-            .staged()
-            .map_err(|source| CaptureError::Io {
-                path: staging.dir().to_owned(),
-                source,
-            })?
-            .last()
-            .copied()
-            .unwrap_or(Txid::ZERO);
+        let staged = staging.staged().map_err(io_err(staging.dir()))?;
+        // The staged files the replica lacks must continue it, or uploading them would leave
+        // a gap: then they are dropped and a full copy follows.
+        let mut reach = replica_max;
+        let mut continues = true;
+        for r in staged.iter().filter(|r| r.max > replica_max) {
+            if r.min == Txid::ONE || r.min == reach.next() {
+                reach = r.max;
+            } else {
+                continues = false;
+                break;
+            }
+        }
+        if !continues {
+            tracing::warn!(db = %db.display(), replica = %replica_max, "staged files do not continue the replica; dropping them");
+            for r in staged.iter().filter(|r| r.max > replica_max) {
+                staging.remove(*r).map_err(io_err(&staging.path(*r)))?;
+            }
+        }
         let known = [
             saved.map_or(Txid::ZERO, |p| p.txid),
-            staged_max,
+            staged.last().map_or(Txid::ZERO, |r| r.max),
             replica_max,
         ]
         .into_iter()
         .max()
         .unwrap_or(Txid::ZERO);
-        // The saved position is usable only if it is the newest TXID anywhere: a newer staged
-        // file (a crash before the position was saved) or a replica ahead of it (a database
-        // restored from elsewhere) means starting again from a full copy.
-        let position = saved.filter(|p| p.txid == known);
-        if position.is_none() && known > Txid::ZERO {
-            tracing::info!(db = %db.display(), after = %known, "no usable capture position: the next file is a full copy");
-        }
-        let mut wal_path = db.as_os_str().to_owned();
-        wal_path.push("-wal");
-        let db_file = std::fs::File::open(db).map_err(|source| CaptureError::Io {
-            path: db.to_owned(),
-            source,
-        })?;
+        // The saved position is usable only if it is the newest TXID anywhere (a newer staged
+        // file means a crash before it was saved; a replica ahead of it, a database restored
+        // from elsewhere), the replica plus the staged files reach it, and it was taken from
+        // this database file.
+        let position = saved.filter(|p| {
+            let usable = continues && p.txid == known && reach == p.txid && p.db == db_file.id;
+            if !usable {
+                tracing::info!(
+                    db = %db.display(), position = %p.txid, replica = %replica_max, known = %known,
+                    same_file = p.db == db_file.id,
+                    "the replica and the saved position are not one history of this database: the next file is a full copy"
+                );
+            }
+            usable
+        });
+        let syncer = Syncer {
+            db: db_file,
+            shm,
+            wal_path: with_suffix("-wal"),
+            page_size,
+            staging,
+            position,
+            live: false,
+            next_txid: known.next(),
+            rebase: position.is_none() && known > Txid::ZERO,
+            max_wal_bytes: options.max_wal_bytes,
+            encoding: options.encoding,
+        };
         Ok(Capture {
             sqlite,
-            syncer: Syncer {
-                db_path: db.to_owned(),
-                db_file,
-                wal_path: wal_path.into(),
-                page_size,
-                staging,
-                position,
-                live: false,
-                next_txid: known.next(),
-                max_wal_bytes: options.max_wal_bytes,
-                encoding: options.encoding,
-            },
+            syncer,
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
             checkpointed: None,
             options,
         })
+    }
+
+    /// Closes the database, keeping what a later [`Closed::reopen`] needs.
+    fn close(self) -> Closed {
+        let Capture {
+            sqlite,
+            syncer,
+            options,
+            ..
+        } = self;
+        let closed = Closed {
+            db: syncer.db.path.clone(),
+            staging: syncer.staging.clone(),
+            last: syncer.next_txid.prev(),
+            options,
+        };
+        // SQLite's connections close before the held files (see `Syncer`).
+        drop(sqlite);
+        drop(syncer);
+        closed
     }
 
     /// Syncs everything committed, moves the read transaction forward, and checkpoints when
@@ -236,7 +300,7 @@ impl Capture {
         let started = Instant::now();
         let files = self.sync_all(report)?;
         if files > 0 {
-            tracing::debug!(db = %self.syncer.db_path.display(), files, ms = started.elapsed().as_millis(), "synced");
+            tracing::debug!(db = %self.syncer.db_path().display(), files, ms = started.elapsed().as_millis(), "synced");
         }
         self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
         if let Some(mode) = self.checkpoint_due()? {
@@ -248,12 +312,15 @@ impl Capture {
     /// Stages everything committed, reporting each file as it is staged (a backlog cut into
     /// several files starts uploading with the first). Returns how many files were staged.
     fn sync_all(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<usize, CaptureError> {
+        // Every sync runs under a read transaction. If the one held lapsed (a failure in a
+        // checkpoint), the log may have restarted in between: the position is no longer live.
+        if !self.sqlite.is_holding() {
+            self.syncer.live = false;
+            self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
+        }
         let mut files = 0;
         loop {
-            let synced = self.syncer.sync().map_err(|source| CaptureError::Io {
-                path: self.syncer.db_path.clone(),
-                source,
-            })?;
+            let synced = self.syncer.sync()?;
             match synced {
                 Synced::Nothing => return Ok(files),
                 Synced::Staged { more, .. } => {
@@ -308,10 +375,10 @@ impl Capture {
             .sqlite
             .checkpoint(Mode::Passive)
             .map_err(|e| self.sql_err(e))?;
-        tracing::debug!(db = %self.syncer.db_path.display(), ?unlocked_work, "passive checkpoint, writers running");
+        tracing::debug!(db = %self.syncer.db_path().display(), ?unlocked_work, "passive checkpoint, writers running");
         let started = Instant::now();
         if !self.sqlite.lock_writes().map_err(|e| self.sql_err(e))? {
-            tracing::debug!(db = %self.syncer.db_path.display(), "checkpoint skipped: writers busy");
+            tracing::debug!(db = %self.syncer.db_path().display(), "checkpoint skipped: writers busy");
             return Ok(());
         }
         let sealed = self.sync_all(report);
@@ -320,16 +387,19 @@ impl Capture {
             // The read transaction is taken again even if the checkpoint failed.
             let passive = self.sqlite.checkpoint(Mode::Passive);
             let held = self.sqlite.hand_off();
+            if held.is_err() {
+                self.syncer.live = false;
+            }
             let passive = passive.map_err(|e| self.sql_err(e))?;
             held.map_err(|e| self.sql_err(e))?;
             Ok(passive)
         });
         // Writers are let in whatever happened.
         let unlocked = self.sqlite.unlock_writes();
-        tracing::debug!(db = %self.syncer.db_path.display(), locked_ms = started.elapsed().as_millis(), "writes were locked out");
+        tracing::debug!(db = %self.syncer.db_path().display(), locked_ms = started.elapsed().as_millis(), "writes were locked out");
         let passive = result?;
         unlocked.map_err(|e| self.sql_err(e))?;
-        tracing::debug!(db = %self.syncer.db_path.display(), ?passive, "passive checkpoint");
+        tracing::debug!(db = %self.syncer.db_path().display(), ?passive, "passive checkpoint");
         if !passive.busy && passive.log == passive.checkpointed {
             self.checkpointed = self
                 .syncer
@@ -342,7 +412,7 @@ impl Capture {
                 .sqlite
                 .checkpoint(Mode::Truncate)
                 .map_err(|e| self.sql_err(e))?;
-            tracing::info!(db = %self.syncer.db_path.display(), ?truncate, "truncate checkpoint");
+            tracing::info!(db = %self.syncer.db_path().display(), ?truncate, "truncate checkpoint");
         }
         self.last_checkpoint = Instant::now();
         self.synced_since_checkpoint = false;
@@ -352,9 +422,35 @@ impl Capture {
 
     fn sql_err(&self, error: rusqlite::Error) -> CaptureError {
         CaptureError::Sqlite {
-            path: self.syncer.db_path.clone(),
+            path: self.syncer.db.path.clone(),
             error,
         }
+    }
+}
+
+/// A capture whose database was closed to follow a replaced file.
+struct Closed {
+    db: PathBuf,
+    staging: Staging,
+    /// The last TXID used.
+    last: Txid,
+    options: CaptureOptions,
+}
+
+impl Closed {
+    /// Opens the file now at the path. Its first file is a full copy named as a snapshot
+    /// (its history is not the old file's), with the next TXID.
+    fn reopen(&self) -> Result<Capture, CaptureError> {
+        // The old position describes the old file: the open finds it unusable (another inode).
+        let mut capture = Capture::open(
+            &self.db,
+            self.staging.clone(),
+            self.last,
+            self.options.clone(),
+        )?;
+        capture.syncer.position = None;
+        capture.syncer.rebase = true;
+        Ok(capture)
     }
 }
 
@@ -367,8 +463,45 @@ pub struct Status {
     pub uploaded: Txid,
     /// Full copies written.
     pub full_copies: u64,
-    /// The last error, if the last attempt failed.
-    pub last_error: Option<String>,
+    /// Why the last sync failed, if it did (cleared by the next one that succeeds).
+    pub sync_error: Option<String>,
+    /// Why the last upload failed, if it did (cleared by the next one that succeeds).
+    pub upload_error: Option<String>,
+}
+
+/// Why a replication stopped short: what a final sync or upload left undone.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The capture thread panicked: a bug. Nothing after the last staged TXID was captured.
+    #[error("the capture of {} panicked: {message}", db.display())]
+    Panicked {
+        /// The database.
+        db: PathBuf,
+        /// The panic message.
+        message: String,
+    },
+    /// The final sync failed: commits after the last staged TXID are not in the replica.
+    #[error("final sync failed (TXIDs through {uploaded} are in the replica): {error}")]
+    Sync {
+        /// The newest TXID in the replica.
+        uploaded: Txid,
+        /// Why.
+        error: CaptureError,
+    },
+    /// Staged files could not all be uploaded before the shutdown timeout.
+    #[error(
+        "TXIDs {} through {staged} are staged but not in the replica (it holds through {uploaded}){}",
+        uploaded.next(),
+        error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    )]
+    Upload {
+        /// The newest TXID staged.
+        staged: Txid,
+        /// The newest TXID in the replica.
+        uploaded: Txid,
+        /// The last upload error, if any.
+        error: Option<CaptureError>,
+    },
 }
 
 /// A database being replicated: a capture thread and an upload task.
@@ -376,24 +509,46 @@ pub struct Status {
 pub struct Replication {
     db: PathBuf,
     stop: mpsc::UnboundedSender<()>,
-    capture: std::thread::JoinHandle<()>,
+    capture: std::thread::JoinHandle<Result<(), CaptureError>>,
     upload: tokio::task::JoinHandle<()>,
     staged: watch::Receiver<Txid>,
     status: Arc<Mutex<Status>>,
+    fatal: watch::Receiver<Option<String>>,
     staging: Staging,
     replica: Replica,
     timeout: Duration,
 }
 
+/// Reports a panic of the thread or task it lives in when dropped while unwinding.
+struct PanicAlarm {
+    what: &'static str,
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl Drop for PanicAlarm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.fatal
+                .send_replace(Some(format!("the {} panicked", self.what)));
+        }
+    }
+}
+
 impl Replication {
-    /// Starts replicating the database at `db` (which must exist) to `replica`.
+    /// Starts replicating the database at `db` (which must exist) to `replica`. The path is
+    /// canonicalised, so two spellings of one database are one capture; a second capture of
+    /// a database (in this process or another) is refused, naming the holder.
     pub async fn start(
         db: &Path,
         replica: Replica,
         options: CaptureOptions,
     ) -> Result<Replication, CaptureError> {
-        let db = std::path::absolute(db).map_err(|source| CaptureError::Io {
+        let db = std::fs::canonicalize(db).map_err(|source| CaptureError::Io {
             path: db.to_owned(),
+            source,
+        })?;
+        let staging = Staging::open(&db).map_err(|source| CaptureError::Io {
+            path: db.clone(),
             source,
         })?;
         let replica_max = replica
@@ -404,24 +559,37 @@ impl Replication {
             .max()
             .unwrap_or(Txid::ZERO);
         let opened = {
-            let (db, options) = (db.clone(), options.clone());
-            tokio::task::spawn_blocking(move || Capture::open(&db, replica_max, options))
+            let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
+            tokio::task::spawn_blocking(move || Capture::open(&path, staging, replica_max, options))
                 .await
-                .expect("capture setup panicked")?
+                .map_err(|e| CaptureError::Io {
+                    path: db.clone(),
+                    source: std::io::Error::other(format!("capture setup panicked: {e}")),
+                })??
         };
-        let staging = opened.syncer.staging.clone();
         let status = Arc::new(Mutex::new(Status {
             uploaded: replica_max,
             ..Status::default()
         }));
         let (staged_tx, staged_rx) = watch::channel(Txid::ZERO);
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        let (fatal_tx, fatal_rx) = watch::channel(None);
         let capture = {
             let status = status.clone();
+            let alarm = PanicAlarm {
+                what: "capture thread",
+                fatal: fatal_tx.clone(),
+            };
             std::thread::Builder::new()
                 .name("strata-capture".into())
-                .spawn(move || capture_loop(opened, stop_rx, staged_tx, status))
-                .expect("a thread can be spawned")
+                .spawn(move || {
+                    let _alarm = alarm;
+                    capture_loop(opened, stop_rx, staged_tx, status)
+                })
+                .map_err(|source| CaptureError::Io {
+                    path: db.clone(),
+                    source,
+                })?
         };
         let upload = tokio::spawn(upload_loop(
             staging.clone(),
@@ -429,6 +597,10 @@ impl Replication {
             staged_rx.clone(),
             status.clone(),
             options.sync_interval,
+            PanicAlarm {
+                what: "upload task",
+                fatal: fatal_tx,
+            },
         ));
         Ok(Replication {
             db,
@@ -437,13 +609,14 @@ impl Replication {
             upload,
             staged: staged_rx,
             status,
+            fatal: fatal_rx,
             staging,
             replica,
             timeout: options.shutdown_timeout,
         })
     }
 
-    /// The database being replicated.
+    /// The database being replicated (canonical path).
     pub fn db(&self) -> &Path {
         &self.db
     }
@@ -453,76 +626,116 @@ impl Replication {
         self.status.lock().unwrap().clone()
     }
 
-    /// Stops: a final sync, then uploads what is staged, within the shutdown timeout.
-    pub async fn stop(self) -> Result<Status, CaptureError> {
+    /// Resolves when the capture thread or the upload task has died (a bug): the
+    /// replication no longer makes progress and should be stopped.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(message) => message.clone().unwrap_or_default(),
+            Err(_) => "the capture ended".to_owned(),
+        }
+    }
+
+    /// Stops: a final sync, then uploads what is staged, within the shutdown timeout. Fails
+    /// unless everything committed before the call is in the replica.
+    pub async fn stop(self) -> Result<Status, StopError> {
         let _ = self.stop.send(());
         let capture = self.capture;
-        tokio::task::spawn_blocking(move || capture.join())
-            .await
-            .expect("join")
-            .ok();
+        let joined = tokio::task::spawn_blocking(move || capture.join()).await;
         self.upload.abort();
+        let _ = self.upload.await;
         let mut uploaded = self.status.lock().unwrap().uploaded;
+        let final_sync = match joined {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                return Err(StopError::Panicked {
+                    db: self.db,
+                    message: panic_message(&*panic),
+                });
+            }
+            Err(e) => {
+                return Err(StopError::Panicked {
+                    db: self.db,
+                    message: e.to_string(),
+                });
+            }
+        };
         let deadline = Instant::now() + self.timeout;
         let staged = *self.staged.borrow();
-        let mut last = Ok(0);
+        let mut last = None;
         while uploaded < staged && Instant::now() < deadline {
-            last = upload::upload(&self.staging, &self.replica, &mut uploaded).await;
-            if last.is_err() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            match upload::upload(&self.staging, &self.replica, &mut uploaded).await {
+                Ok(_) => last = None,
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
         let mut status = self.status.lock().unwrap().clone();
         status.uploaded = uploaded;
-        match last {
-            Err(e) if uploaded < staged => Err(e),
-            _ => Ok(status),
+        if uploaded < staged {
+            return Err(StopError::Upload {
+                staged,
+                uploaded,
+                error: last,
+            });
         }
+        final_sync.map_err(|error| StopError::Sync { uploaded, error })?;
+        Ok(status)
     }
 }
 
-/// The capture thread: a tick every sync interval until told to stop, then a final sync.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
+
+/// The capture thread: a tick every sync interval until told to stop, then a final sync,
+/// whose outcome it returns. A database replaced under its path is followed: the capture
+/// closes the old file and opens the new one (retrying each tick until it can).
 fn capture_loop(
-    mut capture: Capture,
+    capture: Capture,
     mut stop: mpsc::UnboundedReceiver<()>,
     staged: watch::Sender<Txid>,
     status: Arc<Mutex<Status>>,
-) {
+) -> Result<(), CaptureError> {
     let interval = capture.options.sync_interval;
     let mut backoff = interval;
     let mut report = |file: &Synced| {
-        if let Synced::Staged { txid, full, .. } = file {
+        if let Synced::Staged { range, full, .. } = file {
             let mut s = status.lock().unwrap();
-            s.staged = *txid;
+            s.staged = range.max;
             s.full_copies += u64::from(*full);
-            staged.send_replace(*txid);
+            staged.send_replace(range.max);
         }
     };
+    let mut state = Db::Open(capture);
     loop {
         let started = Instant::now();
         let stopping = stop.try_recv().is_ok();
-        let result = if stopping {
-            capture.sync_all(&mut report).map(drop)
-        } else {
-            capture.tick(&mut report)
-        };
+        let result;
+        (state, result) = step(state, stopping, true, &mut report);
         // Ticks keep to the interval (a slow tick does not push the next one back), and
         // back off after errors.
-        let wait = match result {
+        let wait = match &result {
             Ok(()) => {
                 backoff = interval;
-                status.lock().unwrap().last_error = None;
+                status.lock().unwrap().sync_error = None;
                 interval
             }
             Err(e) => {
-                tracing::error!(error = %e, "capture failed; retrying");
-                status.lock().unwrap().last_error = Some(e.to_string());
+                tracing::error!(error = %e, "sync failed; retrying");
+                status.lock().unwrap().sync_error = Some(e.to_string());
                 backoff = (backoff * 2).min(Duration::from_secs(300));
                 backoff
             }
         };
         if stopping {
-            return;
+            return result;
         }
         // Sleep until the next tick, waking early to stop.
         let deadline = started + wait;
@@ -535,6 +748,46 @@ fn capture_loop(
     }
 }
 
+/// A capture, or one waiting to reopen its database.
+enum Db {
+    Open(Capture),
+    Closed(Closed),
+}
+
+/// One tick (or, when `stopping`, the final sync). A database replaced under its path is
+/// closed and, if `follow`, opened again and synced at once.
+fn step(
+    state: Db,
+    stopping: bool,
+    follow: bool,
+    report: &mut dyn FnMut(&Synced),
+) -> (Db, Result<(), CaptureError>) {
+    let mut capture = match state {
+        Db::Open(capture) => capture,
+        Db::Closed(closed) => match closed.reopen() {
+            Ok(capture) => capture,
+            Err(e) => return (Db::Closed(closed), Err(e)),
+        },
+    };
+    let result = if stopping {
+        capture.sync_all(report).map(drop)
+    } else {
+        capture.tick(report)
+    };
+    match result {
+        Err(e @ CaptureError::Replaced { .. }) => {
+            tracing::warn!(error = %e, "following the file now at the path with a full copy");
+            let closed = Db::Closed(capture.close());
+            if follow {
+                step(closed, stopping, false, report)
+            } else {
+                (closed, Err(e))
+            }
+        }
+        result => (Db::Open(capture), result),
+    }
+}
+
 /// The upload task: uploads when something is staged, and retries on an interval with
 /// growing backoff after errors.
 async fn upload_loop(
@@ -543,6 +796,7 @@ async fn upload_loop(
     mut staged: watch::Receiver<Txid>,
     status: Arc<Mutex<Status>>,
     interval: Duration,
+    _alarm: PanicAlarm,
 ) {
     let mut uploaded = status.lock().unwrap().uploaded;
     let mut backoff = interval;
@@ -552,10 +806,15 @@ async fn upload_loop(
                 backoff = interval;
                 let mut s = status.lock().unwrap();
                 s.uploaded = uploaded;
+                s.upload_error = None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "upload failed; retrying");
-                status.lock().unwrap().last_error = Some(e.to_string());
+                {
+                    let mut s = status.lock().unwrap();
+                    s.uploaded = uploaded;
+                    s.upload_error = Some(e.to_string());
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(300));
                 tokio::time::sleep(backoff).await;
                 continue;

@@ -18,9 +18,26 @@ pub struct WalPosition {
     pub offset: u64,
     /// The cumulative checksum at `offset`.
     pub checksum: Checksum,
-    /// Proven to be the very end of its generation (a guarded TRUNCATE checkpoint of ours
-    /// emptied the log with nothing after it), so the next generation follows directly.
-    pub proven_end: bool,
+}
+
+/// Which file a database path named: its device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file.
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
 }
 
 /// The capture state after a TXID.
@@ -30,32 +47,35 @@ pub struct Position {
     pub txid: Txid,
     /// Database size in pages at that TXID.
     pub commit: u32,
-    /// Where in the WAL it ends; `None` if the log was empty (the database file held it all).
+    /// Database page size at that TXID.
+    pub page_size: u32,
+    /// The database file it was read from.
+    pub db: FileId,
+    /// Where in the WAL it ends; `None` if the log held nothing committed that was not also
+    /// captured (the position stands at the start of whatever generation comes next).
     pub wal: Option<WalPosition>,
 }
 
 const FILE: &str = "position";
+/// Positions saved by earlier versions, which trusted the checksum chain alone, are not
+/// resumed from.
+const VERSION: &str = "2";
 
 impl Position {
     /// Saves atomically: written beside and renamed over. Not synced: the L0 file it points at
     /// is synced before, and a position lost to a crash only means the next file is a full
     /// copy, while syncing it would add two disk flushes to every sync.
     pub fn save(&self, dir: &Path) -> io::Result<()> {
-        let mut s = format!("txid={}\ncommit={}\n", self.txid, self.commit);
+        let mut s = format!(
+            "version={VERSION}\ntxid={}\ncommit={}\npage_size={}\ndev={}\nino={}\n",
+            self.txid, self.commit, self.page_size, self.db.dev, self.db.ino
+        );
         if let Some(w) = &self.wal {
             let g = &w.generation;
             let _ = write!(
                 s,
-                "big_endian={}\npage_size={}\ncheckpoint_seq={}\nsalt1={}\nsalt2={}\noffset={}\nchecksum={},{}\nproven_end={}\n",
-                g.big_endian,
-                g.page_size,
-                g.checkpoint_seq,
-                g.salt1,
-                g.salt2,
-                w.offset,
-                w.checksum.0,
-                w.checksum.1,
-                w.proven_end
+                "big_endian={}\nsalt1={}\nsalt2={}\noffset={}\nchecksum={},{}\n",
+                g.big_endian, g.salt1, g.salt2, w.offset, w.checksum.0, w.checksum.1,
             );
         }
         let tmp = dir.join(format!("{FILE}.tmp"));
@@ -72,8 +92,10 @@ impl Position {
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
                 .map(str::trim)
         };
-        let txid = Txid::from_hex(get("txid")?).ok()?;
-        let commit = get("commit")?.parse().ok()?;
+        if get("version")? != VERSION {
+            return None;
+        }
+        let page_size = get("page_size")?.parse().ok()?;
         let wal = match get("offset") {
             None => None,
             Some(offset) => {
@@ -81,18 +103,25 @@ impl Position {
                 Some(WalPosition {
                     generation: Generation {
                         big_endian: get("big_endian")?.parse().ok()?,
-                        page_size: get("page_size")?.parse().ok()?,
-                        checkpoint_seq: get("checkpoint_seq")?.parse().ok()?,
+                        page_size,
                         salt1: get("salt1")?.parse().ok()?,
                         salt2: get("salt2")?.parse().ok()?,
                     },
                     offset: offset.parse().ok()?,
                     checksum: (c0.parse().ok()?, c1.parse().ok()?),
-                    proven_end: get("proven_end")?.parse().ok()?,
                 })
             }
         };
-        Some(Position { txid, commit, wal })
+        Some(Position {
+            txid: Txid::from_hex(get("txid")?).ok()?,
+            commit: get("commit")?.parse().ok()?,
+            page_size,
+            db: FileId {
+                dev: get("dev")?.parse().ok()?,
+                ino: get("ino")?.parse().ok()?,
+            },
+            wal,
+        })
     }
 }
 
@@ -107,17 +136,17 @@ mod tests {
         let p = Position {
             txid: Txid::new(0x2a),
             commit: 17,
+            page_size: 4096,
+            db: FileId { dev: 2049, ino: 77 },
             wal: Some(WalPosition {
                 generation: Generation {
                     big_endian: false,
                     page_size: 4096,
-                    checkpoint_seq: 3,
                     salt1: 0xdead_beef,
                     salt2: 7,
                 },
                 offset: 32 + 5 * 4120,
                 checksum: (1, u32::MAX),
-                proven_end: false,
             }),
         };
         p.save(dir.path()).unwrap();
@@ -126,6 +155,13 @@ mod tests {
         none.save(dir.path()).unwrap();
         assert_eq!(Position::load(dir.path()), Some(none));
         std::fs::write(dir.path().join(FILE), "txid=zz\n").unwrap();
+        assert_eq!(Position::load(dir.path()), None);
+        // A position from the version that trusted the checksum chain is not resumed from.
+        std::fs::write(
+            dir.path().join(FILE),
+            "txid=000000000000002a\ncommit=17\noffset=32\nchecksum=1,2\n",
+        )
+        .unwrap();
         assert_eq!(Position::load(dir.path()), None);
     }
 }

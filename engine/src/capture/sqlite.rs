@@ -113,6 +113,11 @@ impl Sqlite {
         Ok(())
     }
 
+    /// Whether a read transaction is held.
+    pub fn is_holding(&self) -> bool {
+        self.holding.is_some()
+    }
+
     /// Ends the read transaction (for a checkpoint that must copy everything).
     pub fn release(&mut self) -> rusqlite::Result<()> {
         if let Some(i) = self.holding.take() {

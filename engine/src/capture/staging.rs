@@ -1,21 +1,27 @@
 //! The staging directory beside a database, `.<name>-strata/`: L0 files written atomically
-//! before upload, and the capture position.
+//! before upload, and the capture position. One capture owns it at a time: an exclusive
+//! `flock` on its `lock` file is held for as long as the `Staging` lives.
 
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ltx::{Txid, TxidRange};
+use ltx::TxidRange;
 
-/// A database's staging directory.
+/// A database's staging directory, locked for this process.
 #[derive(Clone, Debug)]
 pub struct Staging {
     dir: PathBuf,
     l0: PathBuf,
+    /// The locked file; the lock goes with the last clone.
+    _lock: Arc<File>,
 }
 
 impl Staging {
-    /// The staging directory of the database at `db`, created if missing.
+    /// The staging directory of the database at `db`, created if missing, and locked.
+    /// Fails with `WouldBlock` naming the holder if another capture has it.
     pub fn open(db: &Path) -> io::Result<Staging> {
         let name = db.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "database path names no file")
@@ -23,7 +29,48 @@ impl Staging {
         let dir = db.with_file_name(format!(".{}-strata", name.to_string_lossy()));
         let l0 = dir.join("ltx").join("0");
         std::fs::create_dir_all(&l0)?;
-        Ok(Staging { dir, l0 })
+        let lock_path = dir.join("lock");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock {
+                return Err(err);
+            }
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is already being captured ({}): one database has one capture",
+                    db.display(),
+                    if holder.is_empty() {
+                        "by another capture"
+                    } else {
+                        holder
+                    }
+                ),
+            ));
+        }
+        lock.set_len(0)?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        write!(
+            lock,
+            "by pid {} on {}, since {}",
+            std::process::id(),
+            host.trim(),
+            format_args!("{:.0}", jiff::Timestamp::now())
+        )?;
+        Ok(Staging {
+            dir,
+            l0,
+            _lock: Arc::new(lock),
+        })
     }
 
     /// The directory (where the position file lives).
@@ -31,19 +78,19 @@ impl Staging {
         &self.dir
     }
 
-    /// Where the L0 file for `txid` is staged.
-    pub fn path(&self, txid: Txid) -> PathBuf {
-        self.l0.join(TxidRange::single(txid).file_name())
+    /// Where the L0 file for `range` is staged.
+    pub fn path(&self, range: TxidRange) -> PathBuf {
+        self.l0.join(range.file_name())
     }
 
-    /// Writes the L0 file for `txid`: `write` fills a temporary file, which is synced and
+    /// Writes the L0 file for `range`: `write` fills a temporary file, which is synced and
     /// renamed into place, so a staged file is always complete.
     pub fn write<T>(
         &self,
-        txid: Txid,
+        range: TxidRange,
         write: impl FnOnce(BufWriter<File>) -> io::Result<(BufWriter<File>, T)>,
     ) -> io::Result<T> {
-        let path = self.path(txid);
+        let path = self.path(range);
         let tmp = path.with_extension("ltx.tmp");
         let out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         let result = write(out).and_then(|(out, value)| {
@@ -64,15 +111,15 @@ impl Staging {
         }
     }
 
-    /// Staged L0 files in TXID order.
-    pub fn staged(&self) -> io::Result<Vec<Txid>> {
+    /// Staged L0 files in TXID order (of their max TXIDs).
+    pub fn staged(&self) -> io::Result<Vec<TxidRange>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.l0)? {
             if let Ok(range) = TxidRange::parse_file_name(&entry?.file_name().to_string_lossy()) {
-                out.push(range.max);
+                out.push(range);
             }
         }
-        out.sort();
+        out.sort_by_key(|r| (r.max, r.min));
         Ok(out)
     }
 
@@ -87,11 +134,36 @@ impl Staging {
         Ok(())
     }
 
-    /// Removes the staged file for `txid`.
-    pub fn remove(&self, txid: Txid) -> io::Result<()> {
-        match std::fs::remove_file(self.path(txid)) {
+    /// Removes the staged file for `range`.
+    pub fn remove(&self, range: TxidRange) -> io::Result<()> {
+        match std::fs::remove_file(self.path(range)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_capture_of_one_database_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let first = Staging::open(&db).unwrap();
+        let err = Staging::open(&db).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("already being captured")
+                && msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        let clone = first.clone();
+        drop(first);
+        assert!(Staging::open(&db).is_err(), "a clone keeps the lock");
+        drop(clone);
+        Staging::open(&db).expect("the lock goes with the last clone");
     }
 }

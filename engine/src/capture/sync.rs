@@ -9,146 +9,136 @@ use ltx::{
     Checksum, Encoder, Header, HeaderFlags, PageEncoding, PageNum, PageSize, Txid, TxidRange,
 };
 
-use super::position::{Position, WalPosition};
+use super::CaptureError;
+use super::position::{FileId, Position, WalPosition};
 use super::staging::Staging;
 use super::wal::{self, Generation, Scan};
+use super::wal_index::IndexHeader;
 
 /// What to read for the next L0 file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// Committed frames of `generation` after `from`. `ends_generation`: the log has since
-    /// moved to the next generation, and this is the last of this one.
+    /// Committed frames of `generation` from `from` (where the chain stands at `checksum`)
+    /// to `to`, the committed end the wal-index gives.
     Frames {
         generation: Generation,
         from: u64,
         checksum: wal::Checksum,
-        ends_generation: bool,
+        to: u64,
     },
+    /// The log restarted and holds nothing committed yet: the position moves to the start
+    /// of the next generation, with no file.
+    Restarted,
     /// The whole database: nothing proves the log still continues the last position.
-    Full { reason: &'static str },
-    /// Nothing to read yet.
+    /// `base`: the earlier history cannot be built on (the page size changed), so the copy
+    /// is named as a snapshot, `1-<txid>`, and restores start from it.
+    Full { reason: &'static str, base: bool },
+    /// Nothing new is committed.
     Nothing,
 }
 
-/// Decides what to read. `live`: strata has held a read transaction since `position` was
-/// taken (see `sqlite`), so any later generation of the log follows on with nothing missed;
-/// otherwise (strata restarted) continuity is checked against what the log file still
-/// shows: one restart since the position, and the old generation's frames after it intact.
-pub fn decide(wal: Option<&File>, position: Option<&Position>, live: bool) -> io::Result<Source> {
+/// Decides what to read, from the wal-index header (what SQLite vouches is committed) and
+/// the WAL file.
+///
+/// `live`: strata has held a read transaction since `position` was taken (see `sqlite`), so
+/// whatever generation of the log the index now shows follows on with nothing missed.
+/// Otherwise (strata restarted) only the same generation, still holding the last frame
+/// captured, proves continuity: the frames of a generation that ended while strata was
+/// not running cannot be told apart from frames a killed writer left uncommitted.
+pub fn decide(
+    index: &IndexHeader,
+    wal: Option<&File>,
+    position: Option<&Position>,
+    live: bool,
+) -> io::Result<Source> {
     let Some(position) = position else {
         return Ok(Source::Full {
             reason: "first sync",
+            base: false,
         });
     };
+    if position.page_size != index.page_size {
+        return Ok(Source::Full {
+            reason: "the page size changed",
+            base: true,
+        });
+    }
     let header = match wal {
         Some(f) => wal::Header::read(f)?,
         None => None,
     };
-    let Some(at) = position.wal else {
-        // The log was empty at the last position; the database file held everything.
-        return Ok(match header {
-            None => Source::Nothing,
-            Some(h) if live => Source::Frames {
-                generation: h.generation,
-                from: wal::HEADER_SIZE,
-                checksum: h.checksum,
-                ends_generation: false,
-            },
-            Some(_) => Source::Full {
-                reason: "the WAL was written while strata was not running",
-            },
-        });
-    };
-    let Some(header) = header else {
-        return Ok(if live || at.proven_end {
-            Source::Nothing
-        } else {
-            Source::Full {
-                reason: "the WAL was emptied while strata was not running",
-            }
-        });
-    };
-    let file = wal.expect("a header was read from it");
-    if header.generation == at.generation {
-        let intact = if at.offset == wal::HEADER_SIZE {
-            header.checksum == at.checksum
-        } else {
-            wal::checksum_before(file, &at.generation, at.offset)? == Some(at.checksum)
-        };
-        return Ok(if intact {
-            Source::Frames {
-                generation: at.generation,
-                from: at.offset,
-                checksum: at.checksum,
-                ends_generation: false,
-            }
-        } else {
-            Source::Full {
+    if let Some(at) = position
+        .wal
+        .filter(|at| index.is_generation(&at.generation))
+    {
+        let to = index.committed_end();
+        let start = header.filter(|h| h.generation == at.generation);
+        let intact = at.offset <= to
+            && match wal {
+                _ if at.offset == wal::HEADER_SIZE => start.is_some(),
+                Some(f) => wal::checksum_before(f, &at.generation, at.offset)? == Some(at.checksum),
+                None => false,
+            };
+        if !intact {
+            return Ok(Source::Full {
                 reason: "the WAL no longer holds the frames last captured",
-            }
-        });
-    }
-    if live {
-        // Every frame of the generations in between was captured or never existed: a
-        // generation can only end once its frames are copied back into the database, which
-        // strata's read transaction forbids for frames it has not seen. Several restarts in
-        // a row (the application's RESTART, then strata's TRUNCATE) leave empty generations.
-        return Ok(next_generation(&header));
-    }
-    if !at.generation.is_followed_by(&header.generation) {
-        return Ok(Source::Full {
-            reason: "the WAL restarted more than once while strata was not running",
-        });
-    }
-    if at.proven_end {
-        return Ok(next_generation(&header));
-    }
-    // Strata was not running when the log restarted. The old generation's frames after the
-    // position are still in the file, readable, unless the file was truncated below the
-    // position or the new generation has grown over it.
-    Ok(if old_tail_intact(file, &at, &header)? {
-        Source::Frames {
+                base: false,
+            });
+        }
+        if at.offset == to {
+            return Ok(Source::Nothing);
+        }
+        let checksum = match start {
+            Some(h) if at.offset == wal::HEADER_SIZE => h.checksum,
+            _ => at.checksum,
+        };
+        return Ok(Source::Frames {
             generation: at.generation,
             from: at.offset,
-            checksum: at.checksum,
-            ends_generation: true,
-        }
-    } else {
-        Source::Full {
-            reason: "the WAL restarted while strata was not running and its old frames are gone",
-        }
-    })
-}
-
-fn next_generation(header: &wal::Header) -> Source {
-    Source::Frames {
-        generation: header.generation,
-        from: wal::HEADER_SIZE,
-        checksum: header.checksum,
-        ends_generation: false,
+            checksum,
+            to,
+        });
+    }
+    if !live {
+        return Ok(Source::Full {
+            reason: if position.wal.is_some() {
+                "the WAL restarted while strata was not running"
+            } else {
+                "strata was not running, and nothing proves the database is unchanged"
+            },
+            base: false,
+        });
+    }
+    if index.max_frame == 0 {
+        return Ok(if position.wal.is_none() {
+            Source::Nothing
+        } else {
+            Source::Restarted
+        });
+    }
+    match header {
+        Some(h) if index.is_generation(&h.generation) => Ok(Source::Frames {
+            generation: h.generation,
+            from: wal::HEADER_SIZE,
+            checksum: h.checksum,
+            to: index.committed_end(),
+        }),
+        _ => Err(inconsistent(
+            "the wal-index says frames are committed in a generation the WAL file does not start",
+        )),
     }
 }
 
-/// Whether frames of the old generation from `at.offset` on are untouched: the file reaches
-/// that far and the new generation's frames end before it.
-fn old_tail_intact(file: &File, at: &WalPosition, header: &wal::Header) -> io::Result<bool> {
-    let len = file.metadata()?.len();
-    let new_end = wal::chain_end(
-        file,
-        &header.generation,
-        wal::HEADER_SIZE,
-        header.checksum,
-        at.offset,
-    )?;
-    Ok(len >= at.offset && new_end < at.offset)
+fn inconsistent(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 /// What one sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Synced {
-    /// An L0 file for this TXID was staged.
+    /// An L0 file was staged.
     Staged {
-        txid: Txid,
+        range: TxidRange,
         /// The WAL held more than one file's worth; sync again at once.
         more: bool,
         /// It is a full copy of the database.
@@ -158,15 +148,55 @@ pub enum Synced {
     Nothing,
 }
 
+/// A file capture keeps open and checks is still the one at its path.
+#[derive(Debug)]
+pub struct Held {
+    pub path: PathBuf,
+    pub file: File,
+    pub id: FileId,
+}
+
+impl Held {
+    /// Opens the file at `path` and remembers which one it is.
+    pub fn open(path: PathBuf) -> io::Result<Held> {
+        let file = File::open(&path)?;
+        let id = FileId::of(&file.metadata()?);
+        Ok(Held { path, file, id })
+    }
+
+    /// Fails if the path no longer names the file held open.
+    fn check(&self, what: &str) -> Result<(), CaptureError> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if FileId::of(&m) == self.id => Ok(()),
+            Ok(m) => Err(CaptureError::Replaced {
+                path: self.path.clone(),
+                detail: format!(
+                    "the {what} was replaced (inode {} is now {})",
+                    self.id.ino,
+                    FileId::of(&m).ino
+                ),
+            }),
+            Err(source) => Err(CaptureError::Io {
+                path: self.path.clone(),
+                source: io::Error::new(
+                    source.kind(),
+                    format!("the {what} is gone from its path: {source}"),
+                ),
+            }),
+        }
+    }
+}
+
 /// The files of one database and how to write L0 files for it.
 #[derive(Debug)]
 pub struct Syncer {
-    pub db_path: PathBuf,
-    /// The database file, open for as long as capture runs. Never reopened: closing any
-    /// descriptor of a file drops every POSIX lock the process holds on it, including
-    /// SQLite's, and an application would then think strata's connections gone and delete
-    /// the WAL with frames strata has not copied.
-    pub db_file: File,
+    /// The database file, open for as long as capture runs. Never reopened while SQLite's
+    /// connections are open: closing any descriptor of a file drops every POSIX lock the
+    /// process holds on it, including SQLite's, and an application would then think
+    /// strata's connections gone and delete the WAL with frames strata has not copied.
+    pub db: Held,
+    /// The wal-index (`-shm`), held open for the same reason: SQLite's WAL locks live there.
+    pub shm: Held,
     pub wal_path: PathBuf,
     pub page_size: PageSize,
     pub staging: Staging,
@@ -174,142 +204,164 @@ pub struct Syncer {
     /// See [`decide`].
     pub live: bool,
     pub next_txid: Txid,
+    /// The next full copy is named as a snapshot (`1-<txid>`): the replica does not hold
+    /// the history it would continue.
+    pub rebase: bool,
     /// Bytes of WAL one L0 file takes at most (cut at a commit boundary).
     pub max_wal_bytes: u64,
     pub encoding: PageEncoding,
 }
 
 impl Syncer {
-    /// Syncs once: stages an L0 file for what was committed since the last position, or a
-    /// full copy when continuity cannot be shown.
-    pub fn sync(&mut self) -> io::Result<Synced> {
-        // A generation change with nothing committed yet moves the position without a file,
-        // then looks again.
-        for _ in 0..3 {
-            let wal = open_if_exists(&self.wal_path)?;
-            let source = decide(wal.as_ref(), self.position.as_ref(), self.live)?;
-            match source {
-                Source::Nothing => return Ok(Synced::Nothing),
-                Source::Full { reason } => {
-                    tracing::info!(db = %self.db_path.display(), txid = %self.next_txid, reason, "writing a full copy");
-                    return self.full(wal.as_ref());
-                }
-                Source::Frames {
-                    generation,
-                    from,
-                    checksum,
-                    ends_generation,
-                } => {
-                    let file = wal.as_ref().expect("frames come from a WAL file");
-                    let max = if ends_generation {
-                        u64::MAX
-                    } else {
-                        self.max_wal_bytes
-                    };
-                    let scan = wal::scan(file, &generation, from, checksum, max)?;
-                    let prev = self.position.expect("frames follow a position");
-                    if scan.is_empty() {
-                        // Nothing new in this generation: record that the position now stands
-                        // in it (or that the old one is proven complete) and look again.
-                        let moved = Position {
-                            wal: Some(WalPosition {
-                                generation,
-                                offset: from,
-                                checksum,
-                                proven_end: ends_generation,
-                            }),
-                            ..prev
-                        };
-                        if self.position == Some(moved) {
-                            return Ok(Synced::Nothing);
-                        }
-                        self.set_position(moved)?;
-                        continue;
-                    }
-                    let txid = self.next_txid;
-                    let header = self.l0_header(scan.commit, Some((generation, from, scan.end)));
-                    let grown = (prev.commit + 1)..=scan.commit;
-                    self.staging.write(txid, |out| {
-                        let pages = incremental_pages(&scan, grown, self.page_size);
-                        write_l0(
-                            out,
-                            &header,
-                            self.encoding,
-                            pages,
-                            Some(file),
-                            &self.db_file,
-                            self.page_size,
-                        )
-                    })?;
-                    if ends_generation && !self.tail_still_intact(file, &generation, from)? {
-                        // The new generation grew over the frames while they were read.
-                        self.staging.remove(txid)?;
-                        return self.full(wal.as_ref());
-                    }
-                    let more = scan.limited;
-                    self.staged(
-                        txid,
-                        Position {
-                            txid,
-                            commit: scan.commit,
-                            wal: Some(WalPosition {
-                                generation,
-                                offset: scan.end,
-                                checksum: scan.checksum,
-                                proven_end: ends_generation,
-                            }),
-                        },
-                    )?;
-                    return Ok(Synced::Staged {
-                        txid,
-                        more,
-                        full: false,
-                    });
-                }
-            }
-        }
-        Ok(Synced::Nothing)
+    /// The database path.
+    pub fn db_path(&self) -> &Path {
+        &self.db.path
     }
 
-    fn tail_still_intact(&self, file: &File, old: &Generation, from: u64) -> io::Result<bool> {
-        let Some(header) = wal::Header::read(file)? else {
-            return Ok(false);
-        };
-        let at = WalPosition {
-            generation: *old,
-            offset: from,
-            checksum: (0, 0),
-            proven_end: false,
-        };
-        old_tail_intact(file, &at, &header)
+    fn io(&self, source: io::Error) -> CaptureError {
+        CaptureError::Io {
+            path: self.db.path.clone(),
+            source,
+        }
+    }
+
+    /// Syncs once: stages an L0 file for what was committed since the last position, or a
+    /// full copy when continuity cannot be shown.
+    pub fn sync(&mut self) -> Result<Synced, CaptureError> {
+        self.db.check("database file")?;
+        self.shm.check("wal-index file (-shm)")?;
+        let index = IndexHeader::read(&self.shm.file)
+            .map_err(|e| self.io(e))?
+            .ok_or_else(|| {
+                self.io(inconsistent(
+                    "no consistent wal-index header could be read (a writer may have died mid-update)",
+                ))
+            })?;
+        if index.page_size != self.page_size.get() {
+            return Err(CaptureError::Replaced {
+                path: self.db.path.clone(),
+                detail: format!(
+                    "the page size changed from {} to {} under the open database",
+                    self.page_size.get(),
+                    index.page_size
+                ),
+            });
+        }
+        let wal = open_if_exists(&self.wal_path).map_err(|e| self.io(e))?;
+        let source = decide(&index, wal.as_ref(), self.position.as_ref(), self.live)
+            .map_err(|e| self.io(e))?;
+        match source {
+            Source::Nothing => Ok(Synced::Nothing),
+            Source::Restarted => {
+                let prev = self.position.expect("a restart follows a position");
+                self.set_position(Position { wal: None, ..prev })
+                    .map_err(|e| self.io(e))?;
+                Ok(Synced::Nothing)
+            }
+            Source::Full { reason, base } => {
+                tracing::info!(db = %self.db.path.display(), txid = %self.next_txid, reason, "writing a full copy");
+                self.full(&index, wal.as_ref(), base)
+                    .map_err(|e| self.io(e))
+            }
+            Source::Frames {
+                generation,
+                from,
+                checksum,
+                to,
+            } => {
+                let file = wal
+                    .as_ref()
+                    .ok_or_else(|| self.io(inconsistent("the WAL file is gone")))?;
+                self.incremental(&index, file, generation, from, checksum, to)
+                    .map_err(|e| self.io(e))
+            }
+        }
+    }
+
+    fn incremental(
+        &mut self,
+        index: &IndexHeader,
+        file: &File,
+        generation: Generation,
+        from: u64,
+        checksum: wal::Checksum,
+        to: u64,
+    ) -> io::Result<Synced> {
+        let scan = wal::scan(file, &generation, from, checksum, to, self.max_wal_bytes)?;
+        if scan.end == to
+            && (scan.checksum != index.frame_checksum || scan.commit != index.db_pages)
+        {
+            return Err(inconsistent(
+                "the WAL's last committed frame does not match the wal-index header",
+            ));
+        }
+        let prev = self.position.expect("frames follow a position");
+        let range = TxidRange::single(self.next_txid);
+        let header = self.l0_header(range, scan.commit, Some((generation, from, scan.end)));
+        let grown = (prev.commit + 1)..=scan.commit;
+        self.staging.write(range, |out| {
+            let pages = incremental_pages(&scan, grown, self.page_size);
+            write_l0(
+                out,
+                &header,
+                self.encoding,
+                pages,
+                Some(file),
+                &self.db.file,
+                self.page_size,
+            )
+        })?;
+        self.staged(
+            range,
+            scan.commit,
+            Some(WalPosition {
+                generation,
+                offset: scan.end,
+                checksum: scan.checksum,
+            }),
+        )?;
+        Ok(Synced::Staged {
+            range,
+            more: scan.end < to,
+            full: false,
+        })
     }
 
     /// Stages the whole database as the next TXID: every page from the newest committed WAL
     /// frame that holds it, or from the database file. The read transaction strata holds
-    /// keeps both consistent while they are read.
-    fn full(&mut self, wal: Option<&File>) -> io::Result<Synced> {
-        let header = match wal {
-            Some(f) => wal::Header::read(f)?,
-            None => None,
+    /// keeps both consistent while they are read: no frame above its mark is copied back.
+    fn full(&mut self, index: &IndexHeader, wal: Option<&File>, base: bool) -> io::Result<Synced> {
+        let (scan, frames, generation) = match wal {
+            Some(f) if index.max_frame > 0 => {
+                let h = wal::Header::read(f)?
+                    .filter(|h| index.is_generation(&h.generation))
+                    .ok_or_else(|| {
+                        inconsistent(
+                            "the WAL file does not start the generation the wal-index describes",
+                        )
+                    })?;
+                let to = index.committed_end();
+                let scan = wal::scan(f, &h.generation, wal::HEADER_SIZE, h.checksum, to, u64::MAX)?;
+                (scan, Some(f), Some(h.generation))
+            }
+            None if index.max_frame > 0 => return Err(inconsistent("the WAL file is gone")),
+            _ => (Scan::default(), None, None),
         };
-        let db = &self.db_file;
-        let (scan, frames) = match (&header, wal) {
-            (Some(h), Some(f)) => (
-                wal::scan(f, &h.generation, wal::HEADER_SIZE, h.checksum, u64::MAX)?,
-                Some(f),
-            ),
-            _ => (Scan::default(), None),
-        };
+        let db = &self.db.file;
         let commit = if scan.commit != 0 {
             scan.commit
         } else {
             db_pages(db, self.page_size)?
         };
-        let txid = self.next_txid;
-        let wal_range = header.map(|h| (h.generation, wal::HEADER_SIZE, scan.end));
-        let ltx_header = self.l0_header(commit, wal_range);
+        let range = if base || self.rebase {
+            TxidRange::new(Txid::ONE, self.next_txid)
+        } else {
+            TxidRange::single(self.next_txid)
+        };
+        let wal_range = generation.map(|g| (g, wal::HEADER_SIZE, scan.end));
+        let ltx_header = self.l0_header(range, commit, wal_range);
         let lock = self.page_size.lock_page().get();
-        self.staging.write(txid, |out| {
+        self.staging.write(range, |out| {
             let pages = (1..=commit).filter(|&p| p != lock).map(|p| {
                 let pgno = PageNum::new(p).expect("page numbers start at 1");
                 (pgno, scan.pages.get(&p).copied())
@@ -325,32 +377,29 @@ impl Syncer {
             )
         })?;
         self.staged(
-            txid,
-            Position {
-                txid,
-                commit,
-                wal: header.map(|h| WalPosition {
-                    generation: h.generation,
-                    offset: scan.end,
-                    checksum: if scan.end == wal::HEADER_SIZE {
-                        h.checksum
-                    } else {
-                        scan.checksum
-                    },
-                    proven_end: false,
-                }),
-            },
+            range,
+            commit,
+            generation.map(|generation| WalPosition {
+                generation,
+                offset: scan.end,
+                checksum: scan.checksum,
+            }),
         )?;
+        self.rebase = false;
         Ok(Synced::Staged {
-            txid,
+            range,
             more: false,
             full: true,
         })
     }
 
-    fn l0_header(&self, commit: u32, wal: Option<(Generation, u64, u64)>) -> Header {
-        let txid = self.next_txid;
-        let mut h = Header::new(self.page_size, commit, TxidRange::single(txid));
+    fn l0_header(
+        &self,
+        range: TxidRange,
+        commit: u32,
+        wal: Option<(Generation, u64, u64)>,
+    ) -> Header {
+        let mut h = Header::new(self.page_size, commit, range);
         h.flags = HeaderFlags::NO_CHECKSUM;
         h.timestamp = jiff::Timestamp::now().as_millisecond();
         if let Some((generation, from, end)) = wal {
@@ -362,9 +411,20 @@ impl Syncer {
         h
     }
 
-    fn staged(&mut self, txid: Txid, position: Position) -> io::Result<()> {
-        self.set_position(position)?;
-        self.next_txid = txid.next();
+    fn staged(
+        &mut self,
+        range: TxidRange,
+        commit: u32,
+        wal: Option<WalPosition>,
+    ) -> io::Result<()> {
+        self.set_position(Position {
+            txid: range.max,
+            commit,
+            page_size: self.page_size.get(),
+            db: self.db.id,
+            wal,
+        })?;
+        self.next_txid = range.max.next();
         Ok(())
     }
 
@@ -540,42 +600,53 @@ mod tests {
             open_if_exists(&self.path.with_file_name("db-wal")).unwrap()
         }
 
-        /// A position at the current end of the log, as a sync would have saved it.
+        fn index(&self) -> IndexHeader {
+            IndexHeader::read(&File::open(self.path.with_file_name("db-shm")).unwrap())
+                .unwrap()
+                .unwrap()
+        }
+
+        /// A position at the committed end of the log, as a sync would have saved it.
         fn position(&self) -> Position {
+            let idx = self.index();
             let wal = self.wal().unwrap();
             let h = wal::Header::read(&wal).unwrap().unwrap();
-            let s = wal::scan(&wal, &h.generation, wal::HEADER_SIZE, h.checksum, u64::MAX).unwrap();
             Position {
                 txid: Txid::new(5),
-                commit: s.commit,
+                commit: idx.db_pages,
+                page_size: idx.page_size,
+                db: FileId { dev: 0, ino: 0 },
                 wal: Some(WalPosition {
                     generation: h.generation,
-                    offset: s.end,
-                    checksum: s.checksum,
-                    proven_end: false,
+                    offset: idx.committed_end(),
+                    checksum: idx.frame_checksum,
                 }),
             }
         }
 
         fn decide(&self, p: &Position, live: bool) -> Source {
-            decide(self.wal().as_ref(), Some(p), live).unwrap()
+            decide(&self.index(), self.wal().as_ref(), Some(p), live).unwrap()
         }
     }
 
     fn is_full(s: Source) -> bool {
-        matches!(s, Source::Full { .. })
+        matches!(s, Source::Full { base: false, .. })
     }
 
     #[test]
-    fn the_same_generation_continues_where_it_stopped() {
+    fn the_same_generation_continues_where_it_stopped_live_or_not() {
         let db = Db::new();
         db.write(5);
         let p = db.position();
+        assert_eq!(db.decide(&p, false), Source::Nothing);
         db.write(5);
+        db.checkpoint("PASSIVE");
         let at = p.wal.unwrap().offset;
-        assert!(
-            matches!(db.decide(&p, false), Source::Frames { from, ends_generation: false, .. } if from == at)
-        );
+        for live in [false, true] {
+            assert!(
+                matches!(db.decide(&p, live), Source::Frames { from, to, .. } if from == at && to == db.index().committed_end())
+            );
+        }
     }
 
     #[test]
@@ -589,93 +660,64 @@ mod tests {
             is_full(db.decide(&p, true)),
             "even while live: these are not the frames captured"
         );
+        let mut p = db.position();
+        p.wal.as_mut().unwrap().offset += 10 * 4120;
+        assert!(
+            is_full(db.decide(&p, true)),
+            "a position past the committed end"
+        );
     }
 
     #[test]
-    fn after_one_restart_the_old_generations_tail_is_read_first() {
+    fn a_restart_is_followed_only_while_live() {
+        let db = Db::new();
+        db.write(3);
+        let p = db.position();
+        db.checkpoint("RESTART");
+        // Everything is copied back, but the log restarts only with the next writer.
+        assert_eq!(db.decide(&p, false), Source::Nothing);
+        db.checkpoint("TRUNCATE");
+        assert_eq!(db.decide(&p, true), Source::Restarted);
+        assert!(is_full(db.decide(&p, false)));
+        let moved = Position { wal: None, ..p };
+        assert_eq!(db.decide(&moved, true), Source::Nothing);
+        assert!(
+            is_full(db.decide(&moved, false)),
+            "nothing proves the database unchanged"
+        );
+        db.write(2);
+        for p in [p, moved] {
+            assert!(matches!(
+                db.decide(&p, true),
+                Source::Frames {
+                    from: wal::HEADER_SIZE,
+                    ..
+                }
+            ));
+            assert!(is_full(db.decide(&p, false)));
+        }
+        // Even when the old generation's frames after the position are still in the file:
+        // they cannot be told apart from frames a killed writer never committed.
         let db = Db::new();
         db.write(20);
         let p = db.position();
-        // The old generation goes on past the position, then restarts, and the new one is
-        // still shorter than the position.
         db.write(3);
         db.checkpoint("RESTART");
         db.write(1);
-        match db.decide(&p, false) {
-            Source::Frames {
-                generation,
-                from,
-                ends_generation,
-                checksum,
-            } => {
-                assert_eq!(generation, p.wal.unwrap().generation);
-                assert!(ends_generation);
-                let tail = wal::scan(
-                    db.wal().as_ref().unwrap(),
-                    &generation,
-                    from,
-                    checksum,
-                    u64::MAX,
-                )
-                .unwrap();
-                assert_eq!(
-                    tail.transactions, 3,
-                    "the three commits after the position are recovered"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            db.decide(&p, true),
-            Source::Frames {
-                from: wal::HEADER_SIZE,
-                ..
-            }
-        ));
+        assert!(is_full(db.decide(&p, false)));
     }
 
     #[test]
-    fn evidence_overwritten_or_truncated_away_needs_a_full_copy() {
+    fn a_new_page_size_starts_a_new_base() {
         let db = Db::new();
         db.write(3);
-        let p = db.position();
-        db.checkpoint("RESTART");
-        db.write(10); // the new generation grows past the position
-        assert!(is_full(db.decide(&p, false)));
-
-        let db = Db::new();
-        db.write(3);
-        let p = db.position();
-        db.checkpoint("TRUNCATE");
-        assert!(
-            is_full(db.decide(&p, false)),
-            "an emptied log proves nothing after a strata restart"
-        );
-        assert_eq!(
-            db.decide(&p, true),
-            Source::Nothing,
-            "while live, an empty log just means nothing new"
-        );
-        db.write(1);
-        assert!(is_full(db.decide(&p, false)), "the old frames are gone");
-    }
-
-    #[test]
-    fn several_restarts_are_followed_only_while_live() {
-        let db = Db::new();
-        db.write(3);
-        let p = db.position();
-        for _ in 0..2 {
-            db.checkpoint("RESTART");
-            db.write(1);
+        let mut p = db.position();
+        p.page_size = 1024;
+        for live in [false, true] {
+            assert!(matches!(
+                db.decide(&p, live),
+                Source::Full { base: true, .. }
+            ));
         }
-        assert!(is_full(db.decide(&p, false)));
-        assert!(matches!(
-            db.decide(&p, true),
-            Source::Frames {
-                from: wal::HEADER_SIZE,
-                ..
-            }
-        ));
     }
 }

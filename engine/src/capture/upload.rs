@@ -12,8 +12,10 @@ use crate::storage::{Level, Replica};
 
 /// Uploads staged files above `uploaded` (the highest TXID known to be in the replica) in
 /// TXID order, then removes the uploaded ones except the newest. Returns how many were
-/// uploaded. A file already in the replica counts as uploaded if it holds the same bytes
-/// (an upload retried after a crash); different bytes mean another writer: a conflict.
+/// uploaded. Each file must continue the replica (start at `uploaded + 1`, or at 1 for a
+/// full copy named as a snapshot): a file that would leave a gap is an error, never sent.
+/// A file already in the replica counts as uploaded if it holds the same bytes (an upload
+/// retried after a crash); different bytes mean another writer: a conflict.
 pub async fn upload(
     staging: &Staging,
     replica: &Replica,
@@ -23,10 +25,17 @@ pub async fn upload(
     let staged = staging.staged().map_err(io(staging.dir().to_owned()))?;
     let already = *uploaded;
     let mut count = 0;
-    for txid in staged.iter().copied().filter(|t| *t > already) {
-        let path = staging.path(txid);
+    for range in staged.iter().copied().filter(|r| r.max > already) {
+        let txid = range.max;
+        if range.min != Txid::ONE && range.min != uploaded.next() {
+            return Err(CaptureError::Gap {
+                range,
+                uploaded: *uploaded,
+                replica: replica.name().to_owned(),
+            });
+        }
+        let path = staging.path(range);
         let timestamp = header_timestamp(&path).await.map_err(io(path.clone()))?;
-        let range = TxidRange::single(txid);
         match replica.write_file(Level::L0, range, &path, timestamp).await {
             Ok(_) => {}
             Err(e) if e.is_already_exists() => {
@@ -43,8 +52,8 @@ pub async fn upload(
         *uploaded = txid;
         count += 1;
     }
-    for txid in staged.iter().copied().filter(|t| *t < *uploaded) {
-        staging.remove(txid).map_err(io(staging.path(txid)))?;
+    for range in staged.iter().copied().filter(|r| r.max < *uploaded) {
+        staging.remove(range).map_err(io(staging.path(range)))?;
     }
     Ok(count)
 }
@@ -128,7 +137,7 @@ mod tests {
 
     fn stage(staging: &Staging, txid: u64, fill: u8) {
         staging
-            .write(Txid::new(txid), |out| Ok((l0_file(out, txid, fill)?, ())))
+            .write(range(txid), |out| Ok((l0_file(out, txid, fill)?, ())))
             .unwrap();
     }
 
@@ -144,7 +153,7 @@ mod tests {
         assert_eq!(upload(&staging, &replica, &mut uploaded).await.unwrap(), 3);
         assert_eq!(uploaded, Txid::new(3));
         // Uploaded files leave the staging directory, but for the newest.
-        assert_eq!(staging.staged().unwrap(), [Txid::new(3)]);
+        assert_eq!(staging.staged().unwrap(), [range(3)]);
 
         // A crash lost the record of uploading 3: uploading it again finds the same bytes.
         let mut uploaded = Txid::new(2);

@@ -4,9 +4,10 @@
 //! Layout: a 32-byte header (magic, version, page size, checkpoint sequence, two salts, a
 //! checksum of the first 24 bytes), then frames of a 24-byte header (page number, database
 //! size in pages for a commit frame or 0, the two salts, a cumulative checksum) and one page.
-//! A frame is valid when its salts match the header's and its checksum continues the chain;
-//! the first invalid frame ends the log. A checkpoint that restarts the log increments salt-1
-//! and draws a new salt-2.
+//! A frame is valid when its salts match the header's and its checksum continues the chain.
+//! Valid is not committed: only the frames up to the wal-index's `mxFrame` are (see
+//! `wal_index`), so scans take their end from there and treat a broken chain before it as
+//! an error. A checkpoint that restarts the log increments salt-1 and draws a new salt-2.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,9 +33,6 @@ pub struct Generation {
     pub big_endian: bool,
     /// Database page size.
     pub page_size: u32,
-    /// The checkpoint sequence the header's writer knew of (informational: see
-    /// [`Generation::is_followed_by`]).
-    pub checkpoint_seq: u32,
     /// Salt-1: incremented on each restart.
     pub salt1: u32,
     /// Salt-2: random on each restart.
@@ -45,14 +43,6 @@ impl Generation {
     /// Bytes per frame.
     pub fn frame_size(&self) -> u64 {
         FRAME_HEADER_SIZE + u64::from(self.page_size)
-    }
-
-    /// Whether `next` is the generation one restart after this one. Salt-1 counts restarts:
-    /// it comes from the shared WAL index and goes up by one each time. The header's
-    /// checkpoint sequence does not: each connection writes its own count, which another
-    /// connection's checkpoint leaves stale.
-    pub fn is_followed_by(&self, next: &Generation) -> bool {
-        next.salt1 == self.salt1.wrapping_add(1) && next.page_size == self.page_size
     }
 }
 
@@ -88,7 +78,6 @@ impl Header {
             generation: Generation {
                 big_endian,
                 page_size,
-                checkpoint_seq: word(12),
                 salt1: word(16),
                 salt2: word(20),
             },
@@ -127,18 +116,16 @@ pub fn checksum(big_endian: bool, init: Checksum, data: &[u8]) -> Checksum {
 /// The committed transactions found after a position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scan {
-    /// Offset just after the last commit frame (the scan's start if there was none).
+    /// Offset just after the last commit frame read (the scan's start if there was none).
     pub end: u64,
     /// The cumulative checksum at `end`.
     pub checksum: Checksum,
-    /// Database size in pages after the last commit (0 if none was found).
+    /// Database size in pages after the last commit (0 if none was read).
     pub commit: u32,
     /// The newest committed frame offset of each page changed.
     pub pages: HashMap<u32, u64>,
-    /// Committed transactions found.
+    /// Committed transactions read.
     pub transactions: u32,
-    /// The scan stopped at its byte limit: more committed frames may follow.
-    pub limited: bool,
 }
 
 impl Scan {
@@ -148,15 +135,17 @@ impl Scan {
     }
 }
 
-/// Reads frames of `generation` from `from` (where the chain stands at `checksum`) until
-/// the first frame that is invalid or missing, keeping only whole committed transactions.
-/// Stops early at the first commit after `max_bytes` have been read, so a huge backlog is
-/// taken a piece at a time.
+/// Reads the committed frames of `generation` from `from` (where the chain stands at
+/// `checksum_at`) up to `to`, the end of what the wal-index says is committed. Every frame
+/// before `to` must continue the chain and `to` must follow a commit frame: anything else
+/// means the log is not what the wal-index describes, an error. Stops early at the first
+/// commit after `max_bytes` have been read, so a huge backlog is taken a piece at a time.
 pub fn scan(
     file: &File,
     generation: &Generation,
     from: u64,
     checksum_at: Checksum,
+    to: u64,
     max_bytes: u64,
 ) -> io::Result<Scan> {
     let frame_size = generation.frame_size();
@@ -171,14 +160,24 @@ pub fn scan(
     let mut pending: Vec<(u32, u64)> = Vec::new();
     let mut sum = checksum_at;
     let mut offset = from;
-    loop {
+    let broken = |offset: u64, what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "WAL frame at offset {offset} {what}, though the wal-index says frames up to offset {to} are committed"
+            ),
+        )
+    };
+    while offset < to {
         match reader.read_exact(&mut frame) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(broken(offset, "is missing"));
+            }
             Err(e) => return Err(e),
         }
         let Some(next) = continue_chain(generation, sum, &frame) else {
-            break;
+            return Err(broken(offset, "does not continue the checksum chain"));
         };
         sum = next;
         let (pgno, commit) = (be_u32(&frame, 0), be_u32(&frame, 4));
@@ -191,10 +190,15 @@ pub fn scan(
             result.commit = commit;
             result.transactions += 1;
             if offset - from >= max_bytes {
-                result.limited = true;
                 break;
             }
         }
+    }
+    if !pending.is_empty() {
+        return Err(broken(
+            offset - frame_size,
+            "ends a transaction with no commit frame",
+        ));
     }
     // Pages above the last commit were dropped by it (the database shrank).
     let commit = result.commit;
@@ -223,33 +227,6 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
 }
 
-/// Where the chain of valid frames of `generation` starting at `from` ends (committed or
-/// not), looking no further than `limit`.
-pub fn chain_end(
-    file: &File,
-    generation: &Generation,
-    from: u64,
-    checksum_at: Checksum,
-    limit: u64,
-) -> io::Result<u64> {
-    let frame_size = generation.frame_size();
-    let mut frame = vec![0u8; frame_size as usize];
-    let (mut offset, mut sum) = (from, checksum_at);
-    while offset < limit {
-        match file.read_exact_at(&mut frame, offset) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e),
-        }
-        let Some(next) = continue_chain(generation, sum, &frame) else {
-            break;
-        };
-        sum = next;
-        offset += frame_size;
-    }
-    Ok(offset)
-}
-
 /// The cumulative checksum stored in the frame that ends at `end`, if that frame belongs to
 /// `generation`: a cheap check that the log still holds the frames a position was taken at.
 pub fn checksum_before(
@@ -276,6 +253,7 @@ pub fn checksum_before(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::wal_index::IndexHeader;
     use rusqlite::Connection;
 
     /// A database in WAL mode that never checkpoints on its own.
@@ -293,8 +271,14 @@ mod tests {
         File::open(path.with_file_name("db-wal")).unwrap()
     }
 
+    fn index(path: &std::path::Path) -> IndexHeader {
+        IndexHeader::read(&File::open(path.with_file_name("db-shm")).unwrap())
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
-    fn scans_real_transactions_and_ignores_an_uncommitted_tail() {
+    fn scans_to_the_committed_end_and_refuses_a_broken_chain() {
         let dir = tempfile::tempdir().unwrap();
         let (conn, path) = wal_db(dir.path());
         for i in 0..10 {
@@ -304,44 +288,65 @@ mod tests {
         let file = wal(&path);
         let header = Header::read(&file).unwrap().unwrap();
         assert_eq!(header.generation.page_size, 4096);
+        let idx = index(&path);
+        assert!(idx.is_generation(&header.generation));
+        let to = idx.committed_end();
         let s = scan(
             &file,
             &header.generation,
             HEADER_SIZE,
             header.checksum,
+            to,
             u64::MAX,
         )
         .unwrap();
         assert_eq!(s.transactions, 11, "CREATE TABLE and ten inserts");
+        assert_eq!(s.end, to);
         assert_eq!(s.end, file.metadata().unwrap().len());
+        assert_eq!(s.checksum, idx.frame_checksum);
         let pages: u32 = conn
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .unwrap();
         assert_eq!(s.commit, pages);
+        assert_eq!(idx.db_pages, pages);
         assert_eq!(
             checksum_before(&file, &header.generation, s.end).unwrap(),
             Some(s.checksum)
         );
-
-        // Resuming from the end finds nothing new; a torn (uncommitted) frame appended by
-        // hand is ignored.
-        let again = scan(&file, &header.generation, s.end, s.checksum, u64::MAX).unwrap();
+        // Resuming from the end finds nothing new.
+        let again = scan(&file, &header.generation, s.end, s.checksum, to, u64::MAX).unwrap();
         assert!(again.is_empty());
+
+        // A flipped byte in a committed frame is an error, not the end of the log.
         let mut bytes = std::fs::read(path.with_file_name("db-wal")).unwrap();
         let frame_size = header.generation.frame_size() as usize;
-        let last = bytes[bytes.len() - frame_size..].to_vec();
-        bytes.extend_from_slice(&last[..frame_size / 2]);
-        let torn = dir.path().join("torn-wal");
-        std::fs::write(&torn, &bytes).unwrap();
-        let s2 = scan(
-            &File::open(&torn).unwrap(),
+        bytes[32 + 3 * frame_size + 100] ^= 1;
+        let bad = dir.path().join("bad-wal");
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = scan(
+            &File::open(&bad).unwrap(),
             &header.generation,
             HEADER_SIZE,
             header.checksum,
+            to,
             u64::MAX,
         )
-        .unwrap();
-        assert_eq!(s2, s);
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // So is a log cut short of the committed end.
+        let short = dir.path().join("short-wal");
+        std::fs::write(&short, &bytes[..bytes.len() - frame_size]).unwrap();
+        assert!(
+            scan(
+                &File::open(&short).unwrap(),
+                &header.generation,
+                s.end - frame_size as u64 * 2,
+                s.checksum,
+                to,
+                u64::MAX
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -354,19 +359,17 @@ mod tests {
         }
         let file = wal(&path);
         let header = Header::read(&file).unwrap().unwrap();
+        let to = index(&path).committed_end();
         let mut pos = (HEADER_SIZE, header.checksum);
         let mut total = 0;
         let mut pieces = 0;
-        loop {
-            let s = scan(&file, &header.generation, pos.0, pos.1, 10 * 4096).unwrap();
-            if s.is_empty() {
-                break;
-            }
+        while pos.0 < to {
+            let s = scan(&file, &header.generation, pos.0, pos.1, to, 10 * 4096).unwrap();
+            assert!(!s.is_empty());
             assert!(
                 s.end - pos.0 < 20 * 4120,
                 "a piece stops soon after the limit"
             );
-            assert_eq!(s.limited, s.end - pos.0 >= 10 * 4096);
             total += s.transactions;
             pieces += 1;
             pos = (s.end, s.checksum);
@@ -376,16 +379,25 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_is_recognised_as_the_next_generation() {
+    fn a_restart_changes_the_salts_in_the_wal_and_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let (conn, path) = wal_db(dir.path());
         conn.execute("INSERT INTO t VALUES (1, x'00')", []).unwrap();
         let before = Header::read(&wal(&path)).unwrap().unwrap().generation;
+        // RESTART leaves the index as it was, everything copied back: the next writer restarts.
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .unwrap();
+        assert!(index(&path).is_generation(&before));
         conn.execute("INSERT INTO t VALUES (2, x'00')", []).unwrap();
         let after = Header::read(&wal(&path)).unwrap().unwrap().generation;
-        assert!(before.is_followed_by(&after), "{before:?} -> {after:?}");
-        assert!(!after.is_followed_by(&before));
+        assert_eq!(after.salt1, before.salt1.wrapping_add(1));
+        assert!(index(&path).is_generation(&after));
+        assert_eq!(index(&path).max_frame, 1);
+        // TRUNCATE restarts the index itself: new salts, nothing committed.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let truncated = index(&path);
+        assert_eq!(truncated.max_frame, 0);
+        assert!(!truncated.is_generation(&after));
     }
 }

@@ -54,6 +54,26 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         }],
         _ => bail!("give a database and a replica URL (strata replicate DB URL), or --config FILE"),
     };
+    if dbs.is_empty() {
+        bail!("the config lists no databases");
+    }
+    // One database has one capture: two entries naming the same file (by any spelling) are
+    // a mistake to report, not two captures to race each other.
+    let mut seen: Vec<(PathBuf, usize)> = Vec::new();
+    for (i, db) in dbs.iter().enumerate() {
+        let canonical = std::fs::canonicalize(&db.path)
+            .with_context(|| format!("cannot replicate {}", db.path.display()))?;
+        if let Some((_, first)) = seen.iter().find(|(p, _)| *p == canonical) {
+            bail!(
+                "database {} is listed twice (entries {} and {}, both {}): a database has one capture and one replica",
+                db.path.display(),
+                first + 1,
+                i + 1,
+                canonical.display()
+            );
+        }
+        seen.push((canonical, i));
+    }
     let mut running = Vec::new();
     for db in &dbs {
         let mut options = CaptureOptions::default();
@@ -80,9 +100,15 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         running.push(replication);
     }
 
-    wait_for_shutdown().await?;
+    let failure = futures::future::select_all(running.iter().map(|r| Box::pin(r.failed())));
+    let mut failed = tokio::select! {
+        r = wait_for_shutdown() => { r?; false }
+        (message, i, _) = failure => {
+            eprintln!("{}: {message}; stopping", running[i].db().display());
+            true
+        }
+    };
     eprintln!("stopping: final sync and upload");
-    let mut failed = false;
     for r in running {
         let db = r.db().display().to_string();
         match r.stop().await {
@@ -94,7 +120,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             ),
             Err(e) => {
                 failed = true;
-                eprintln!("{db}: stopped with files not uploaded: {e}");
+                eprintln!("{db}: {e}");
             }
         }
     }

@@ -59,7 +59,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // A century is beyond any interval or retention; more is a typo, not a setting.
+    Duration::try_from_secs_f64(total)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(100 * 365 * 86_400))
+        .ok_or_else(|| format!("{s:?} is too long a duration"))
+}
+
+/// A duration that must not be zero: an interval of nothing would busy-loop a core.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?}: an interval must be longer than zero")),
+        d => Ok(d),
+    }
 }
 
 /// One database to replicate.
@@ -100,33 +112,56 @@ pub struct Config {
     pub snapshot_retention: Option<Duration>,
     /// L0 retention (`l0-retention`).
     pub l0_retention: Option<Duration>,
+    /// How long a shutdown may spend on the final sync and upload (`shutdown-sync-timeout`).
+    pub shutdown_sync_timeout: Option<Duration>,
 }
 
 impl Config {
     /// Parses YAML text. Environment variables (`$VAR`, `${VAR}`) are expanded first, as
     /// Litestream does. Unknown keys are errors naming the key.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let text = expand_env(text);
+        Config::parse_with(text, true)
+    }
+
+    /// Parses YAML text, expanding environment variables only if `expand` (Litestream's
+    /// `-no-expand-env` turns it off).
+    pub fn parse_with(text: &str, expand: bool) -> Result<Config, ConfigError> {
+        let text = if expand {
+            expand_env(text)
+        } else {
+            text.to_owned()
+        };
         let docs = YamlLoader::load_from_str(&text).map_err(|e| error("(file)", e.to_string()))?;
         let root = docs
             .into_iter()
             .next()
             .unwrap_or(Yaml::Hash(Default::default()));
         let map = as_map(&root, "(top level)")?;
-        check_keys(map, "", &["dbs", "levels", "snapshot", "l0-retention"])?;
+        check_keys(
+            map,
+            "",
+            &[
+                "dbs",
+                "levels",
+                "snapshot",
+                "l0-retention",
+                "shutdown-sync-timeout",
+            ],
+        )?;
         let mut config = Config {
             dbs: Vec::new(),
             levels: Vec::new(),
             snapshot_interval: None,
             snapshot_retention: None,
             l0_retention: duration(map, "", "l0-retention")?,
+            shutdown_sync_timeout: duration(map, "", "shutdown-sync-timeout")?,
         };
         if let Some(levels) = get(map, "levels") {
             for (i, level) in as_list(levels, "levels")?.iter().enumerate() {
                 let key = format!("levels[{i}]");
                 let m = as_map(level, &key)?;
                 check_keys(m, &key, &["interval"])?;
-                let interval = duration(m, &key, "interval")?
+                let interval = interval(m, &key, "interval")?
                     .ok_or_else(|| error(&format!("{key}.interval"), "required"))?;
                 config.levels.push(LevelConfig { interval });
             }
@@ -134,7 +169,7 @@ impl Config {
         if let Some(snapshot) = get(map, "snapshot") {
             let m = as_map(snapshot, "snapshot")?;
             check_keys(m, "snapshot", &["interval", "retention"])?;
-            config.snapshot_interval = duration(m, "snapshot", "interval")?;
+            config.snapshot_interval = interval(m, "snapshot", "interval")?;
             config.snapshot_retention = duration(m, "snapshot", "retention")?;
         }
         let Some(dbs) = get(map, "dbs") else {
@@ -150,10 +185,10 @@ impl Config {
     }
 
     /// Reads and parses a file.
-    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &std::path::Path, expand_env: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| error(&path.display().to_string(), e.to_string()))?;
-        Config::parse(&text).map_err(|e| ConfigError {
+        Config::parse_with(&text, expand_env).map_err(|e| ConfigError {
             key: format!("{}: {}", path.display(), e.key),
             reason: e.reason,
         })
@@ -194,8 +229,8 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
     // Litestream checks the WAL every `monitor-interval` and ships to the replica every
     // `sync-interval`; strata ships each L0 file as soon as it is written, so the slower of
     // the two is how often a file reaches the replica.
-    let monitor_interval = duration(m, key, "monitor-interval")?;
-    let replica_interval = duration(
+    let monitor_interval = interval(m, key, "monitor-interval")?;
+    let replica_interval = interval(
         as_map(replica, &replica_key)?,
         &replica_key,
         "sync-interval",
@@ -204,7 +239,7 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
         path: PathBuf::from(path),
         replica: replica_url(replica, &replica_key)?,
         sync_interval: monitor_interval.max(replica_interval),
-        checkpoint_interval: duration(m, key, "checkpoint-interval")?,
+        checkpoint_interval: interval(m, key, "checkpoint-interval")?,
         min_checkpoint_pages: number(m, key, "min-checkpoint-page-count")?,
         truncate_pages: number(m, key, "truncate-page-n")?,
     })
@@ -322,6 +357,17 @@ fn duration(m: &Map, at: &str, name: &str) -> Result<Option<Duration>, ConfigErr
     }
 }
 
+/// Like [`duration`], for an interval: zero is refused.
+fn interval(m: &Map, at: &str, name: &str) -> Result<Option<Duration>, ConfigError> {
+    match duration(m, at, name)? {
+        Some(Duration::ZERO) => Err(error(
+            &full(at, name),
+            "an interval must be longer than zero",
+        )),
+        d => Ok(d),
+    }
+}
+
 fn number(m: &Map, at: &str, name: &str) -> Result<Option<u32>, ConfigError> {
     match get(m, name) {
         None => Ok(None),
@@ -340,36 +386,40 @@ fn boolean(m: &Map, at: &str, name: &str) -> Result<Option<bool>, ConfigError> {
     }
 }
 
-/// `$VAR` and `${VAR}` replaced by the variable's value (empty if unset).
+/// `$VAR` and `${VAR}` replaced by the variable's value. An unset variable becomes empty,
+/// as in Litestream, with a warning naming it.
 fn expand_env(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        let rest = &text[i + 1..];
-        let (name, used) = if let Some(body) = rest.strip_prefix('{') {
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, used) = if let Some(body) = after.strip_prefix('{') {
             match body.find('}') {
                 Some(end) => (&body[..end], end + 2),
                 None => ("", 0),
             }
         } else {
-            let end = rest
+            let end = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            (&rest[..end], end)
+                .unwrap_or(after.len());
+            (&after[..end], end)
         };
         if name.is_empty() {
             out.push('$');
+            rest = after;
             continue;
         }
-        out.push_str(&std::env::var(name).unwrap_or_default());
-        for _ in 0..used {
-            chars.next();
+        match std::env::var(name) {
+            Ok(value) => out.push_str(&value),
+            Err(_) => tracing::warn!(
+                variable = name,
+                "the config names an unset environment variable; it expands to nothing (-no-expand-env turns expansion off)"
+            ),
         }
+        rest = &after[used..];
     }
+    out.push_str(rest);
     out
 }
 

@@ -2,7 +2,10 @@
 """A writer for the capture tests, using Python's own SQLite (not the one strata links).
 
     workload.py init DB STATES
-    workload.py write DB STATES --seconds S --seed N
+    workload.py write DB STATES --seconds S --seed N [--orphans 1]
+    workload.py orphan DB
+    workload.py page-size DB SIZE
+    workload.py checkpoint DB MODE
     workload.py hash DB
 
 `write` runs random transactions: small inserts, updates and deletes, multi-page and large
@@ -10,11 +13,19 @@ transactions, and now and then a VACUUM or the application's own wal_checkpoint(
 (TRUNCATE). Inside each write transaction, before COMMIT, it hashes the whole content and
 appends the hash to STATES: the exact states the database passed through. Several writers
 may run at once (they take turns on the write lock).
+
+`--orphans 1` (and `orphan`) also leaves what a writer killed between writing its WAL
+frames and publishing them in the wal-index leaves: valid, checksummed frames with a
+commit mark past the wal-index's mxFrame, which SQLite never committed and the next writer
+overwrites. Their page is garbage, so a replica that ships them restores a state the
+source never had (or a malformed database).
 """
 
 import hashlib
+import os
 import random
 import sqlite3
+import struct
 import sys
 import time
 
@@ -38,8 +49,10 @@ def record(states, digest):
         f.write(digest + "\n")
 
 
-def init(db, states):
+def init(db, states, page_size=None):
     conn = connect(db)
+    if page_size:
+        conn.execute(f"PRAGMA page_size={int(page_size)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, n INTEGER)")
@@ -67,7 +80,62 @@ def transaction(conn, rng):
         conn.execute("DELETE FROM blobs WHERE id % 3 != 0")
 
 
-def write(db, states, seconds, seed):
+def wal_checksum(big_endian, s0, s1, data):
+    fmt = ">" if big_endian else "<"
+    words = struct.unpack(f"{fmt}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def orphan_frames(conn, db, rng):
+    """Appends uncommitted-but-valid frames after mxFrame, holding the write lock as the
+    killed writer did, then lets go without touching the wal-index."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # The first read of the transaction brings the connection's view up to date.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        with open(db + "-shm", "rb") as f:
+            hdr = f.read(48)
+        mx_frame = struct.unpack_from("=I", hdr, 16)[0]
+        s0, s1 = struct.unpack_from("=II", hdr, 24)
+        salts = hdr[32:40]
+        page_size = struct.unpack_from("=H", hdr, 14)[0]
+        page_size = 65536 if page_size == 1 else page_size
+        if mx_frame == 0:
+            return
+        with open(db + "-wal", "r+b") as w:
+            magic = struct.unpack(">I", w.read(4))[0]
+            big_endian = magic & 1
+            offset = 32 + mx_frame * (24 + page_size)
+            frames = b""
+            for i in range(rng.randint(1, 3)):
+                pgno = rng.randint(2, max(2, pages))
+                commit = pages if i == 2 or rng.random() < 0.5 else 0
+                page = os.urandom(page_size)
+                head = struct.pack(">II", pgno, commit)
+                s0, s1 = wal_checksum(big_endian, s0, s1, head)
+                s0, s1 = wal_checksum(big_endian, s0, s1, page)
+                frames += head + salts + struct.pack(">II", s0, s1) + page
+                if commit:
+                    break
+            if not commit:
+                # End on a commit frame, as a whole killed transaction would.
+                head = struct.pack(">II", 1, pages)
+                page = os.urandom(page_size)
+                s0, s1 = wal_checksum(big_endian, s0, s1, head)
+                s0, s1 = wal_checksum(big_endian, s0, s1, page)
+                frames += head + salts + struct.pack(">II", s0, s1) + page
+            w.seek(offset)
+            w.write(frames)
+            w.flush()
+            os.fsync(w.fileno())
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def write(db, states, seconds, seed, orphans=False):
     rng = random.Random(seed)
     conn = connect(db)
     deadline = time.time() + seconds
@@ -81,6 +149,8 @@ def write(db, states, seconds, seed):
         elif roll < 0.03:
             mode = rng.choice(["RESTART", "TRUNCATE", "PASSIVE"])
             conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        elif orphans and roll < 0.08:
+            orphan_frames(conn, db, rng)
         else:
             conn.execute("BEGIN IMMEDIATE")
             transaction(conn, rng)
@@ -92,10 +162,21 @@ def write(db, states, seconds, seed):
 def main():
     cmd, db = sys.argv[1], sys.argv[2]
     if cmd == "init":
-        init(db, sys.argv[3])
+        init(db, sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+    elif cmd == "page-size":
+        # Rebuild the database with another page size (it must not be in use).
+        conn = connect(db)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute(f"PRAGMA page_size={int(sys.argv[3])}")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA journal_mode=WAL")
+    elif cmd == "checkpoint":
+        connect(db).execute(f"PRAGMA wal_checkpoint({sys.argv[3]})").fetchall()
     elif cmd == "write":
         args = dict(zip(sys.argv[4::2], sys.argv[5::2]))
-        write(db, sys.argv[3], float(args["--seconds"]), int(args["--seed"]))
+        write(db, sys.argv[3], float(args["--seconds"]), int(args["--seed"]), args.get("--orphans") == "1")
+    elif cmd == "orphan":
+        orphan_frames(connect(db), db, random.Random())
     elif cmd == "hash":
         print(content_hash(connect(db)))
     else:

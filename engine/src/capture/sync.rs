@@ -38,7 +38,7 @@ pub enum Source {
 }
 
 /// Decides what to read, from the wal-index header (what SQLite vouches is committed) and
-/// the WAL file.
+/// the WAL file. `page_size` is the database's now.
 ///
 /// `live`: strata has held a read transaction since `position` was taken (see `sqlite`), so
 /// whatever generation of the log the index now shows follows on with nothing missed.
@@ -50,6 +50,7 @@ pub fn decide(
     wal: Option<&File>,
     position: Option<&Position>,
     live: bool,
+    page_size: u32,
 ) -> io::Result<Source> {
     let Some(position) = position else {
         return Ok(Source::Full {
@@ -57,7 +58,7 @@ pub fn decide(
             base: false,
         });
     };
-    if position.page_size != index.page_size {
+    if position.page_size != page_size {
         return Ok(Source::Full {
             reason: "the page size changed",
             base: true,
@@ -237,7 +238,8 @@ impl Syncer {
                     "no consistent wal-index header could be read (a writer may have died mid-update)",
                 ))
             })?;
-        if index.page_size != self.page_size.get() {
+        // An index that has seen no frame yet gives no page size.
+        if index.page_size != 0 && index.page_size != self.page_size.get() {
             return Err(CaptureError::Replaced {
                 path: self.db.path.clone(),
                 detail: format!(
@@ -248,8 +250,14 @@ impl Syncer {
             });
         }
         let wal = open_if_exists(&self.wal_path).map_err(|e| self.io(e))?;
-        let source = decide(&index, wal.as_ref(), self.position.as_ref(), self.live)
-            .map_err(|e| self.io(e))?;
+        let source = decide(
+            &index,
+            wal.as_ref(),
+            self.position.as_ref(),
+            self.live,
+            self.page_size.get(),
+        )
+        .map_err(|e| self.io(e))?;
         match source {
             Source::Nothing => Ok(Synced::Nothing),
             Source::Restarted => {
@@ -625,7 +633,7 @@ mod tests {
         }
 
         fn decide(&self, p: &Position, live: bool) -> Source {
-            decide(&self.index(), self.wal().as_ref(), Some(p), live).unwrap()
+            decide(&self.index(), self.wal().as_ref(), Some(p), live, 4096).unwrap()
         }
     }
 
@@ -713,6 +721,7 @@ mod tests {
         db.write(3);
         let mut p = db.position();
         p.page_size = 1024;
+        p.wal.as_mut().unwrap().generation.page_size = 1024;
         for live in [false, true] {
             assert!(matches!(
                 db.decide(&p, live),

@@ -34,7 +34,7 @@ pub struct IndexHeader {
     pub salt1: u32,
     /// See `salt1`.
     pub salt2: u32,
-    /// Database page size.
+    /// Database page size; 0 while the index has seen no WAL header.
     pub page_size: u32,
     /// The log's checksums are computed on big-endian words.
     pub big_endian: bool,

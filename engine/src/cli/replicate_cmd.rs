@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use ltx::PageEncoding;
 use strata::capture::{CaptureOptions, Replication};
-use strata::config::{Config, DbConfig, parse_duration};
+use strata::config::{Config, DbConfig, parse_interval};
 use strata::storage::{Replica, ReplicaUrl};
 
 #[derive(Debug, Args)]
@@ -22,8 +22,11 @@ pub struct ReplicateArgs {
     #[arg(short, long, conflicts_with_all = ["db", "replica"])]
     config: Option<PathBuf>,
     /// How often committed transactions become an L0 file [default: 1s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_interval)]
     sync_interval: Option<Duration>,
+    /// Use the config file as written: no $VAR expansion (Litestream's flag).
+    #[arg(long = "no-expand-env", alias = "no_expand_env", requires = "config")]
+    no_expand_env: bool,
     /// Write pages as per-page LZ4 frames, which Litestream releases before 0.5.15 also read
     /// (newer ones read both).
     #[arg(long)]
@@ -31,9 +34,11 @@ pub struct ReplicateArgs {
 }
 
 pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown_timeout = None;
     let dbs = match (&args.config, &args.db, &args.replica) {
         (Some(path), _, _) => {
-            let config = Config::load(path)?;
+            let config = Config::load(path, !args.no_expand_env)?;
+            shutdown_timeout = config.shutdown_sync_timeout;
             if !config.levels.is_empty()
                 || config.snapshot_interval.is_some()
                 || config.l0_retention.is_some()
@@ -88,6 +93,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(n) = db.truncate_pages {
             options.checkpoint.truncate_pages = n;
+        }
+        if let Some(t) = shutdown_timeout {
+            options.shutdown_timeout = t;
         }
         if args.legacy_frames {
             options.encoding = PageEncoding::Frame;

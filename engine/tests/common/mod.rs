@@ -189,6 +189,8 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
 }
 
 /// The `litestream` 0.5.17 binary the test command installed.
+pub mod capture;
+
 pub fn litestream() -> std::process::Command {
     let mut cmd = std::process::Command::new("litestream");
     // Litestream's S3 client refuses a custom endpoint while a CA bundle is configured.

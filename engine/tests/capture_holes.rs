@@ -1,0 +1,221 @@
+//! The ways a real deployment differs from the happy path, each once made capture lose,
+//! invent or misattribute transactions while `strata replicate` reported success: frames a
+//! killed writer left past the wal-index's end, two captures of one database, a database
+//! replaced under its path, a replica that does not hold the local history, writes made
+//! while strata was stopped, failures, and a page-size change. Real SQLite (Python's, not
+//! the one strata links), real `strata` processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::capture::*;
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_past_the_wal_index_end_are_never_shipped() {
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    sleep_ms(700);
+    // A writer killed between writing its frames and publishing them: valid, checksummed
+    // frames with a commit mark, past mxFrame. strata syncs every 100 ms while they sit
+    // there; then a real commit overwrites them.
+    python(&["orphan", setup.db.to_str().unwrap()]);
+    sleep_ms(500);
+    wait_all(setup.writers(1, 0.3));
+    // And at random among ordinary transactions, from two writers.
+    wait_all(setup.writers_with(2, 4.0, &["--orphans", "1"]));
+    sleep_ms(400);
+    stop(&setup, strata);
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}
+
+#[test]
+fn one_database_has_one_capture() {
+    let setup = Setup::new(None);
+    let mut first = setup.strata();
+    sleep_ms(700);
+    // A second process on the same database is refused, naming the holder.
+    let out = Command::new(strata_bin())
+        .args(["replicate", "--config", setup.config().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("already being captured")
+            && stderr.contains(&format!("pid {}", first.id())),
+        "{stderr}"
+    );
+    // One config naming the database twice, by two spellings.
+    let config = setup.dir.join("twice.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: ./app.db\n    replica:\n      url: file://{0}/r1\n  - path: {0}/app.db\n    replica:\n      url: file://{0}/r2\n",
+            setup.dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(strata_bin())
+        .args(["replicate", "--config", config.to_str().unwrap()])
+        .current_dir(&setup.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("listed twice"), "{stderr}");
+    signal(&first, "-TERM");
+    assert!(first.wait().unwrap().success(), "{}", setup.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_replaced_under_its_path_is_followed_with_a_full_copy() {
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 1.5));
+    sleep_ms(300);
+    // What a restore over it does: a new file (here with another page size) renamed over
+    // the database, its old WAL and wal-index removed.
+    let new = setup.dir.join("new.db");
+    python(&[
+        "init",
+        new.to_str().unwrap(),
+        setup.states.to_str().unwrap(),
+        "8192",
+    ]);
+    python(&["checkpoint", new.to_str().unwrap(), "TRUNCATE"]);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", setup.db.display()));
+    }
+    std::fs::rename(&new, &setup.db).unwrap();
+    wait_all(setup.writers(1, 1.5));
+    sleep_ms(500);
+    stop(&setup, strata);
+    let log = setup.log();
+    assert!(log.contains("was replaced"), "{log}");
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_does_not_hold_the_history_gets_a_full_copy_at_once() {
+    let mut setup = Setup::new(None);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 1.0));
+    sleep_ms(300);
+    stop(&setup, strata);
+    let older = setup.dir.join("older-replica");
+    copy_dir(&setup.dir.join("replica"), &older);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 1.0));
+    sleep_ms(300);
+    stop(&setup, strata);
+
+    // A new replica, with no write after the switch: restorable at once.
+    setup.replica_url = format!("file://{}", setup.dir.join("fresh").display());
+    let strata = setup.strata();
+    sleep_ms(800);
+    stop(&setup, strata);
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+
+    // A replica behind the saved position (put back from an older copy).
+    setup.replica_url = format!("file://{}", older.display());
+    let strata = setup.strata();
+    sleep_ms(800);
+    stop(&setup, strata);
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_made_while_strata_was_stopped_are_captured_at_start() {
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 1.5));
+    // Idle long enough for strata's own TRUNCATE checkpoint to empty the log.
+    sleep_ms(1500);
+    stop(&setup, strata);
+    // The application writes, empties its log and closes while strata is down; then
+    // nothing more is written once strata is back.
+    wait_all(setup.writers(1, 1.0));
+    python(&["checkpoint", setup.db.to_str().unwrap(), "TRUNCATE"]);
+    let strata = setup.strata();
+    sleep_ms(800);
+    stop(&setup, strata);
+    check_history(&setup).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_size_change_while_stopped_starts_a_new_base() {
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 1.0));
+    sleep_ms(300);
+    stop(&setup, strata);
+    python(&["page-size", setup.db.to_str().unwrap(), "8192"]);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 1.0));
+    sleep_ms(300);
+    stop(&setup, strata);
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}
+
+#[test]
+fn failures_exit_non_zero_and_claim_only_what_the_replica_holds() {
+    // Uploads fail: the replica's directory becomes a file.
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 0.5));
+    sleep_ms(400);
+    let replica = setup.dir.join("replica");
+    std::fs::remove_dir_all(&replica).unwrap();
+    std::fs::write(&replica, b"not a directory").unwrap();
+    wait_all(setup.writers(1, 0.5));
+    let out = terminate(strata);
+    let stderr = std::fs::read_to_string(setup.dir.join("strata.log")).unwrap();
+    assert!(!out.success(), "{stderr}");
+    assert!(stderr.contains("not in the replica"), "{stderr}");
+    assert!(!stderr.contains("replicated through"), "{stderr}");
+
+    // Syncs fail: the database is deleted under a running capture.
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    wait_all(setup.writers(1, 0.5));
+    sleep_ms(400);
+    std::fs::remove_file(&setup.db).unwrap();
+    sleep_ms(400);
+    let out = terminate(strata);
+    let stderr = setup.log();
+    assert!(!out.success(), "{stderr}");
+    assert!(
+        stderr.contains("final sync failed") && stderr.contains("gone from its path"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("replicated through"), "{stderr}");
+}
+
+fn terminate(strata: std::process::Child) -> std::process::ExitStatus {
+    signal(&strata, "-TERM");
+    let mut strata = strata;
+    strata.wait().unwrap()
+}

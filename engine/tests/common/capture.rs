@@ -1,0 +1,274 @@
+//! A live database written by Python's own SQLite (not the one strata links), `strata
+//! replicate` run as a real process, and checks that the replica holds exactly the states
+//! the source passed through.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use ltx::Txid;
+use strata::restore::Target;
+use strata::storage::{Level, Replica, ReplicaUrl};
+
+use super::{litestream, restore_to};
+
+/// The strata binary under test: this build's, or `STRATA_BIN` (to show a regression test
+/// fails against an older build).
+pub fn strata_bin() -> String {
+    std::env::var("STRATA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strata").to_owned())
+}
+
+pub const WORKLOAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload.py");
+
+/// A database, the states it passed through, and a replica.
+pub struct Setup {
+    _dir: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub states: PathBuf,
+    pub replica_url: String,
+    /// Extra lines for the database's entry in the config (indented as its keys).
+    pub db_keys: String,
+}
+
+impl Setup {
+    pub fn new(replica_url: Option<String>) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let setup = Setup {
+            db: path.join("app.db"),
+            states: path.join("states"),
+            replica_url: replica_url
+                .unwrap_or_else(|| format!("file://{}", path.join("replica").display())),
+            dir: path,
+            _dir: dir,
+            db_keys: String::new(),
+        };
+        python(&[
+            "init",
+            setup.db.to_str().unwrap(),
+            setup.states.to_str().unwrap(),
+        ]);
+        setup
+    }
+
+    /// A config with tight intervals and thresholds, so a short run syncs and checkpoints
+    /// (PASSIVE and TRUNCATE) many times.
+    pub fn config(&self) -> PathBuf {
+        let path = self.dir.join("strata.yml");
+        std::fs::write(
+            &path,
+            format!(
+                "shutdown-sync-timeout: 3s\ndbs:\n  - path: {}\n    monitor-interval: 100ms\n    checkpoint-interval: 1s\n    min-checkpoint-page-count: 64\n    truncate-page-n: 400\n{}    replica:\n      url: {}\n",
+                self.db.display(),
+                self.db_keys,
+                self.replica_url
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// `strata replicate --config`, its stderr appended to `strata.log`.
+    pub fn strata(&self) -> Child {
+        Command::new(strata_bin())
+            .args(["replicate", "--config", self.config().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("strata.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    }
+
+    /// Writer processes running random transactions for `seconds`.
+    pub fn writers(&self, n: u64, seconds: f64) -> Vec<Child> {
+        self.writers_with(n, seconds, &[])
+    }
+
+    /// Writers with extra `workload.py write` flags.
+    pub fn writers_with(&self, n: u64, seconds: f64, flags: &[&str]) -> Vec<Child> {
+        (0..n)
+            .map(|seed| {
+                Command::new("python3")
+                    .args([
+                        WORKLOAD,
+                        "write",
+                        self.db.to_str().unwrap(),
+                        self.states.to_str().unwrap(),
+                    ])
+                    .args([
+                        "--seconds",
+                        &seconds.to_string(),
+                        "--seed",
+                        &seed.to_string(),
+                    ])
+                    .args(flags)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    pub fn states(&self) -> HashSet<String> {
+        std::fs::read_to_string(&self.states)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("strata.log")).unwrap_or_default()
+    }
+
+    pub fn replica(&self) -> Replica {
+        Replica::open(&ReplicaUrl::parse(&self.replica_url).unwrap()).unwrap()
+    }
+}
+
+/// Runs `workload.py` and returns its output.
+pub fn python(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(WORKLOAD)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "workload.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sqlite3 DB .dump` from the sqlite3 shell, after checking `PRAGMA integrity_check` is ok.
+pub fn sqlite3_dump(db: &str) -> String {
+    let out = Command::new("sqlite3")
+        .args([db, "PRAGMA integrity_check", ".dump"])
+        .output()
+        .expect("the sqlite3 shell (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "sqlite3 {db} .dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (integrity, dump) = text.split_once('\n').unwrap();
+    assert_eq!(integrity, "ok", "integrity_check of {db}");
+    dump.to_owned()
+}
+
+pub fn wait_all(children: Vec<Child>) {
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Stops strata the way an operator does, and expects a clean exit.
+pub fn stop(setup: &Setup, mut strata: Child) {
+    signal(&strata, "-TERM");
+    let status = strata.wait().unwrap();
+    assert!(
+        status.success(),
+        "strata replicate exited {status}:\n{}",
+        setup.log()
+    );
+}
+
+pub async fn restore_at(replica: &Replica, target: Target, out: &Path) {
+    restore_to(replica, target, out)
+        .await
+        .unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
+}
+
+/// The restore points of L0: the max TXID of each file, strictly increasing, each file
+/// continuing the one before or starting at 1 (a full copy named as a snapshot). The first
+/// file starts at 1.
+pub async fn l0_txids(replica: &Replica) -> Vec<u64> {
+    let mut l0 = replica.list(Level::L0, Txid::ZERO).await.unwrap();
+    l0.sort_by_key(|f| (f.range.max, f.range.min));
+    assert!(!l0.is_empty(), "L0 is empty");
+    let mut reached = Txid::ZERO;
+    for f in &l0 {
+        assert!(
+            f.range.min == Txid::ONE || f.range.min == reached.next(),
+            "L0 file {} does not continue TXID {reached}",
+            f.range.file_name()
+        );
+        assert!(f.range.max > reached);
+        reached = f.range.max;
+    }
+    l0.iter().map(|f| f.range.max.get()).collect()
+}
+
+/// The latest restore equals the source (dump, integrity) and is the last state it
+/// recorded, and every restore point restores to a state the source passed through.
+pub async fn check_history(setup: &Setup) {
+    let replica = setup.replica();
+    let txids = l0_txids(&replica).await;
+    let out = setup.dir.join("latest.db");
+    let _ = std::fs::remove_file(&out);
+    restore_at(&replica, Target::Latest, &out).await;
+    let history: Vec<String> = std::fs::read_to_string(&setup.states)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let restored = python(&["hash", out.to_str().unwrap()]);
+    let at = history.iter().rposition(|h| h == restored.trim());
+    assert_eq!(
+        at,
+        Some(history.len() - 1),
+        "the latest restore (TXID {:?}) is state {at:?} of {} the source went through; log:\n{}",
+        txids.last(),
+        history.len(),
+        setup.log()
+    );
+    assert!(
+        sqlite3_dump(out.to_str().unwrap()) == sqlite3_dump(setup.db.to_str().unwrap()),
+        "the latest restore's dump differs from the source's"
+    );
+    let states = setup.states();
+    for txid in txids {
+        let out = setup.dir.join(format!("at-{txid}.db"));
+        restore_at(&replica, Target::Txid(Txid::new(txid)), &out).await;
+        let hash = python(&["hash", out.to_str().unwrap()]);
+        assert!(
+            states.contains(hash.trim()),
+            "TXID {txid} restores to a state the source never had; log:\n{}",
+            setup.log()
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+/// Litestream 0.5.17 restores the replica strata wrote to the source's content.
+pub fn assert_litestream_restores_the_source(setup: &Setup) {
+    let out = setup.dir.join("litestream.db");
+    let _ = std::fs::remove_file(&out);
+    let status = litestream()
+        .args(["restore", "-o", out.to_str().unwrap()])
+        .arg(&setup.replica_url)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        sqlite3_dump(out.to_str().unwrap()),
+        sqlite3_dump(setup.db.to_str().unwrap())
+    );
+}

@@ -149,15 +149,22 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_made_while_strata_was_stopped_are_captured_at_start() {
     let setup = Setup::new(None);
+    let db = setup.db.to_str().unwrap();
     let strata = setup.strata();
-    wait_all(setup.writers(1, 1.5));
-    // Idle long enough for strata's own TRUNCATE checkpoint to empty the log.
-    sleep_ms(1500);
-    stop(&setup, strata);
-    // The application writes, empties its log and closes while strata is down; then
-    // nothing more is written once strata is back.
     wait_all(setup.writers(1, 1.0));
-    python(&["checkpoint", setup.db.to_str().unwrap(), "TRUNCATE"]);
+    sleep_ms(300);
+    stop(&setup, strata);
+    // The application writes and restarts its log while strata is down, and strata comes
+    // back without a write to see.
+    wait_all(setup.writers(1, 0.5));
+    python(&["checkpoint", db, "RESTART"]);
+    let strata = setup.strata();
+    sleep_ms(800);
+    stop(&setup, strata);
+    // Again, and this time it also empties its log and closes; nothing is written once
+    // strata is back.
+    wait_all(setup.writers(1, 1.0));
+    python(&["checkpoint", db, "TRUNCATE"]);
     let strata = setup.strata();
     sleep_ms(800);
     stop(&setup, strata);

@@ -551,6 +551,20 @@ impl Replication {
             path: db.clone(),
             source,
         })?;
+        // Scratch objects of large uploads a killed process left; an hour is far longer than
+        // any upload in progress takes to finish.
+        match replica
+            .remove_stale_uploads(Duration::from_secs(3600))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                replica = replica.name(),
+                n,
+                "removed stale upload scratch objects"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not clean up stale upload scratch objects"),
+        }
         let replica_max = replica
             .list_all()
             .await?

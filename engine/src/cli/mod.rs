@@ -78,9 +78,11 @@ pub fn parse_txid(s: &str) -> Result<ltx::Txid, String> {
     if s.is_empty() || s.len() > 16 {
         return Err(format!("{s:?} is not a TXID: 1 to 16 hex digits"));
     }
-    u64::from_str_radix(s, 16)
-        .map(ltx::Txid::new)
-        .map_err(|_| format!("{s:?} is not a TXID: 1 to 16 hex digits"))
+    match u64::from_str_radix(s, 16) {
+        Ok(0) => Err("TXID 0 is no transaction: TXIDs start at 1".to_owned()),
+        Ok(n) => Ok(ltx::Txid::new(n)),
+        Err(_) => Err(format!("{s:?} is not a TXID: 1 to 16 hex digits")),
+    }
 }
 
 /// A byte size: a number with an optional KiB, MiB or GiB suffix.

@@ -23,7 +23,9 @@ pub struct RestoreArgs {
     /// Restore exactly this TXID (hex, as in file names).
     #[arg(long, value_parser = parse_txid, conflicts_with = "timestamp")]
     txid: Option<ltx::Txid>,
-    /// Restore the newest state at or before this time (RFC 3339, e.g. 2026-11-21T10:00:00Z).
+    /// Restore the last transaction committed at or before this time (RFC 3339, e.g.
+    /// 2026-11-21T10:00:00Z). At exactly a commit's time that commit is included, as in
+    /// PostgreSQL; Litestream takes only files strictly before the time, one TXID earlier.
     #[arg(long)]
     timestamp: Option<jiff::Timestamp>,
     /// Print the plan (files, sizes) and exit without fetching any page.
@@ -108,6 +110,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             String::new()
         },
     );
+    if s.verified {
+        println!("verified: the result matches the last file's post-apply database checksum");
+    }
     tracing::info!(requests = %s.requests, "restore requests");
     Ok(ExitCode::SUCCESS)
 }

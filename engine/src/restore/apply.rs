@@ -22,6 +22,8 @@ pub(crate) struct Applied {
     pub files: usize,
     /// Their bytes.
     pub bytes: u64,
+    /// The post-apply database checksum of the last file applied, if it carries one.
+    pub post_apply: Option<ltx::Checksum>,
 }
 
 impl Applied {
@@ -101,13 +103,14 @@ pub(crate) fn write_files(
                 let cur = Current::enter(&mut current, file, &layout, files, applied)?;
                 let delivered = cur.delivered;
                 let info = &files[file];
-                layout
+                let trailer = layout
                     .verify(cur.sums.drain(..))
                     .map_err(|error| Stop::Corrupt {
                         file: info.clone(),
                         error,
                     })?;
                 let header = layout.header();
+                applied.post_apply = (!header.no_checksum()).then_some(trailer.post_apply_checksum);
                 out.set_len(header.page_size.db_len(header.commit))
                     .map_err(Stop::Output)?;
                 progress.fetched(info.size - delivered);

@@ -121,6 +121,9 @@ pub struct RestoreSummary {
     pub db_size: u64,
     /// Times the plan had to change.
     pub replans: u32,
+    /// The result matched the last file's post-apply database checksum (only files written
+    /// with checksums carry one; Litestream's and strata's L0 files do not).
+    pub verified: bool,
     /// Requests made.
     pub requests: RequestCounts,
     /// Wall time.
@@ -168,6 +171,18 @@ pub enum RestoreError {
         path: PathBuf,
         /// The I/O error.
         error: std::io::Error,
+    },
+    /// The restored database does not match the last file's post-apply checksum.
+    #[error(
+        "the restored database at TXID {txid} has checksum {computed}, but its last file says {expected}"
+    )]
+    ChecksumMismatch {
+        /// The TXID restored.
+        txid: Txid,
+        /// The checksum the last file carries.
+        expected: ltx::Checksum,
+        /// The checksum of the result.
+        computed: ltx::Checksum,
     },
     /// SQLite found the restored database damaged.
     #[error("integrity check failed: {result}")]
@@ -305,9 +320,12 @@ pub async fn restore(
         progress.planned(&plan);
     }
 
-    let page_size = applied
-        .page_size
-        .expect("a completed plan applied at least one file");
+    let Some(page_size) = applied.page_size else {
+        return Err(RestoreError::Plan(PlanError::Unavailable {
+            target: target_txid,
+            available: "the plan holds no file".to_owned(),
+        }));
+    };
     let db_size = out
         .file
         .metadata()
@@ -316,6 +334,35 @@ pub async fn restore(
             error,
         })?
         .len();
+    // The last file's post-apply checksum, when it has one, covers the whole result.
+    let verified = match applied.post_apply {
+        Some(expected) => {
+            let path = out.temp_path().to_owned();
+            let pages = (db_size / u64::from(page_size.get())) as u32;
+            let computed = tokio::task::spawn_blocking(move || {
+                let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+                ltx::database_checksum(file, page_size, pages)
+            })
+            .await
+            .map_err(|e| RestoreError::Output {
+                path: out.temp_path().to_owned(),
+                error: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|error| RestoreError::Output {
+                path: out.temp_path().to_owned(),
+                error,
+            })?;
+            if computed != expected {
+                return Err(RestoreError::ChecksumMismatch {
+                    txid: target_txid,
+                    expected,
+                    computed,
+                });
+            }
+            true
+        }
+        None => false,
+    };
     if options.integrity_check != IntegrityCheck::None {
         let path = out.temp_path().to_owned();
         let full = options.integrity_check == IntegrityCheck::Full;
@@ -333,6 +380,7 @@ pub async fn restore(
         page_size,
         db_size,
         replans,
+        verified,
         requests: replica.requests(),
         elapsed: started.elapsed(),
     })

@@ -134,12 +134,28 @@ fn sidecars(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
     })
 }
 
+/// A path for a `file:` URI: every byte but unreserved ones and `/` percent-encoded, so `?`,
+/// `#` and `%` in a file name stay part of the name.
+#[cfg(feature = "sqlite")]
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Runs SQLite's `quick_check` or `integrity_check` on a restored file. The file is opened
 /// immutable: it has no WAL, and nothing else may touch it yet.
 #[cfg(feature = "sqlite")]
 pub(crate) fn integrity_check(path: &Path, full: bool) -> Result<(), RestoreError> {
     use rusqlite::{Connection, OpenFlags};
-    let uri = format!("file:{}?immutable=1", path.display());
+    let uri = format!("file:{}?immutable=1", uri_path(path));
     let check = || -> rusqlite::Result<Vec<String>> {
         let conn = Connection::open_with_flags(
             &uri,

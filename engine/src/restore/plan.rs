@@ -102,6 +102,12 @@ fn greedy(usable: &[&FileInfo], start: Txid, target: Option<Txid>) -> Result<Pla
         return Err(PlanError::Empty);
     };
     let target_txid = target.unwrap_or(latest);
+    if target_txid == Txid::ZERO {
+        return Err(PlanError::Unavailable {
+            target: target_txid,
+            available: "TXIDs start at 1".to_owned(),
+        });
+    }
     let mut reached = start;
     let mut plan = Vec::new();
     while reached < target_txid {

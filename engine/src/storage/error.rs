@@ -117,8 +117,11 @@ impl StorageError {
                     ErrorKind::Other
                 } else if message.contains("AccessDenied") || message.contains("HTTP 403") {
                     ErrorKind::PermissionDenied
-                } else {
+                } else if looks_transient(&message) {
                     ErrorKind::Unavailable
+                } else {
+                    // Unknown: permanent, so it fails fast instead of being retried forever.
+                    ErrorKind::Other
                 };
                 (kind, message)
             }
@@ -148,6 +151,34 @@ impl StorageError {
     pub fn is_already_exists(&self) -> bool {
         self.kind == ErrorKind::AlreadyExists
     }
+}
+
+/// Whether an error's text is one of a failure that retrying can cure: the server or the
+/// network, not the request.
+fn looks_transient(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "timed out",
+        "timeout",
+        "connection",
+        "connect error",
+        "error sending request",
+        "reset by peer",
+        "broken pipe",
+        "unexpected eof",
+        "incomplete",
+        "error decoding response body",
+        "http 500",
+        "http 502",
+        "http 503",
+        "http 504",
+        "slowdown",
+        "internalerror",
+        "serviceunavailable",
+        "requesttimeout",
+    ]
+    .iter()
+    .any(|t| m.contains(t))
 }
 
 /// A one-line account of an `object_store` error. Its own messages nest the whole chain
@@ -199,4 +230,37 @@ fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
     let start = text.find(&open)? + open.len();
     let len = text[start..].find(&format!("</{tag}>"))?;
     Some(&text[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(message: &str) -> StorageError {
+        StorageError::from_store(
+            "s3",
+            Operation::Get,
+            "x",
+            object_store::Error::Generic {
+                store: "S3",
+                source: message.to_owned().into(),
+            },
+        )
+    }
+
+    #[test]
+    fn unknown_errors_are_permanent_and_network_ones_transient() {
+        assert_eq!(
+            generic("the bucket policy forbids this operation").kind,
+            ErrorKind::Other
+        );
+        assert_eq!(
+            generic("error sending request: connection reset by peer").kind,
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            generic("Server returned HTTP 503 Service Unavailable").kind,
+            ErrorKind::Unavailable
+        );
+    }
 }

@@ -124,7 +124,8 @@ impl<T: ObjectStore> fmt::Display for FaultStore<T> {
 fn injected(what: &str) -> object_store::Error {
     object_store::Error::Generic {
         store: "faults",
-        source: format!("injected fault: {what}").into(),
+        // Worded as a timeout so it is classed as transient, like the failures it stands for.
+        source: format!("injected fault: {what} (timed out)").into(),
     }
 }
 

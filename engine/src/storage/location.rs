@@ -64,9 +64,27 @@ pub struct UrlError {
 
 fn url_error(url: &str, reason: impl Into<String>) -> UrlError {
     UrlError {
-        url: url.to_owned(),
+        url: redact_userinfo(url),
         reason: reason.into(),
     }
+}
+
+/// The URL with the user-info (`user:secret@`) of every `scheme://` in it (the URL's own and
+/// an endpoint in its query) replaced, so an error never prints a credential.
+fn redact_userinfo(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find("://") {
+        out.push_str(&rest[..at + 3]);
+        rest = &rest[at + 3..];
+        let authority_end = rest.find(['/', '?', '#', '&']).unwrap_or(rest.len());
+        if let Some(user_end) = rest[..authority_end].rfind('@') {
+            out.push_str("REDACTED@");
+            rest = &rest[user_end + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl ReplicaUrl {
@@ -568,6 +586,19 @@ mod tests {
         ] {
             let e = ReplicaUrl::parse(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_never_print_credentials() {
+        for url in [
+            "s3://AKIA:s3cr3t@bucket/db?bogus=1",
+            "s3://bucket/db?endpoint=http://AKIA:s3cr3t@127.0.0.1:9000&bogus=1",
+            "ftp://user:s3cr3t@host/x",
+        ] {
+            let e = ReplicaUrl::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("s3cr3t"), "{e}");
+            assert!(e.contains("REDACTED@"), "{e}");
         }
     }
 }

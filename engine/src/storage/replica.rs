@@ -282,6 +282,9 @@ impl Replica {
                         .bytes()
                         .await
                         .map_err(|e| self.error(Operation::Get, &path, e))?;
+                    if bytes.len() as u64 != want {
+                        return Err(self.short(file, &range, bytes.len() as u64));
+                    }
                     parts.push(bytes);
                     return Ok(concat(parts, want));
                 }
@@ -317,8 +320,12 @@ impl Replica {
                         Some(e) => e,
                     }
                 }
-                Err(e) => e,
+                // The request itself failed: object_store's own retries (see `location`) are
+                // spent already, so it is not retried a second time here.
+                Err(e) => return Err(self.error(Operation::Get, &path, e)),
             };
+            // The body broke mid-transfer, which object_store does not retry: resume from
+            // where it stopped, a bounded number of times.
             let err = self.error(Operation::Get, &path, failure);
             attempt += 1;
             if err.kind != ErrorKind::Unavailable || attempt >= READ_ATTEMPTS {
@@ -386,9 +393,30 @@ impl Replica {
 
     /// The header of `file`, from one ranged read of its first 100 bytes.
     pub async fn read_header(&self, file: &FileInfo) -> Result<Header, StorageError> {
-        let bytes = self.read_range(file, 0..ltx::HEADER_SIZE as u64).await?;
-        Header::from_bytes(bytes[..].try_into().expect("100 bytes read"))
-            .map_err(|e| self.invalid(file, e))
+        let range = 0..ltx::HEADER_SIZE as u64;
+        if file.size < range.end {
+            return Err(self.short(file, &range, file.size));
+        }
+        let bytes = self.read_range(file, range.clone()).await?;
+        let head: &[u8; ltx::HEADER_SIZE] = bytes[..]
+            .try_into()
+            .map_err(|_| self.short(file, &range, bytes.len() as u64))?;
+        Header::from_bytes(head).map_err(|e| self.invalid(file, e))
+    }
+
+    /// An error for a read that got fewer bytes than the range asked for: a file shorter
+    /// than its listing or than an LTX header.
+    fn short(&self, file: &FileInfo, range: &Range<u64>, got: u64) -> StorageError {
+        StorageError::new(
+            &self.inner.name,
+            Operation::Get,
+            self.path(file.level, file.range),
+            ErrorKind::InvalidData,
+            format!(
+                "bytes {}..{} asked for, {got} read: the file is truncated (listed as {} bytes)",
+                range.start, range.end, file.size
+            ),
+        )
     }
 
     /// The page index and trailer of `file`: one ranged read of the tail, and a second only
@@ -584,6 +612,41 @@ impl Replica {
         })
     }
 
+    /// Deletes scratch objects of large uploads (see `multipart`) older than `age`: what a
+    /// process killed mid-upload leaves behind. Returns how many were deleted. (An
+    /// incomplete multipart upload of such a process is the bucket lifecycle's to abort:
+    /// `object_store` cannot list them.)
+    pub async fn remove_stale_uploads(&self, age: Duration) -> Result<usize, StorageError> {
+        let dir = self.inner.root.clone().join("strata-uploads");
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(Operation::List, &dir, e))?;
+        let cutoff = millis_ago(age);
+        let stale: Vec<_> = metas
+            .into_iter()
+            .filter(|m| m.last_modified.timestamp_millis() < cutoff)
+            .map(|m| Ok(m.location))
+            .collect();
+        let count = stale.len();
+        let results: Vec<_> = self
+            .inner
+            .store
+            .delete_stream(futures::stream::iter(stale).boxed())
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(Operation::Delete, &dir, e)),
+            }
+        }
+        Ok(count)
+    }
+
     /// Deletes files, batched (S3 DeleteObjects takes 1000 keys a request). Files already
     /// gone are not an error.
     pub async fn delete(&self, files: &[FileInfo]) -> Result<(), StorageError> {
@@ -605,6 +668,11 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Unix milliseconds `age` ago.
+fn millis_ago(age: Duration) -> i64 {
+    jiff::Timestamp::now().as_millisecond() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn concat(parts: Vec<Bytes>, len: u64) -> Bytes {

@@ -56,10 +56,16 @@ impl Setup {
     /// (PASSIVE and TRUNCATE) many times.
     pub fn config(&self) -> PathBuf {
         let path = self.dir.join("strata.yml");
+        // Builds from before the key existed (see `strata_bin`) reject it.
+        let shutdown = if std::env::var_os("STRATA_BIN").is_some() {
+            ""
+        } else {
+            "shutdown-sync-timeout: 3s\n"
+        };
         std::fs::write(
             &path,
             format!(
-                "shutdown-sync-timeout: 3s\ndbs:\n  - path: {}\n    monitor-interval: 100ms\n    checkpoint-interval: 1s\n    min-checkpoint-page-count: 64\n    truncate-page-n: 400\n{}    replica:\n      url: {}\n",
+                "{shutdown}dbs:\n  - path: {}\n    monitor-interval: 100ms\n    checkpoint-interval: 1s\n    min-checkpoint-page-count: 64\n    truncate-page-n: 400\n{}    replica:\n      url: {}\n",
                 self.db.display(),
                 self.db_keys,
                 self.replica_url

@@ -6,6 +6,10 @@
 //! state the writers committed and the latest equals the source, and that Litestream
 //! 0.5.17 restores it too.
 //!
+//! The same campaign runs in-process against S3 on `moto_server`, through the storage fault
+//! wrapper injecting failed and slow requests and broken reads, with the replication stopped
+//! and started while the application goes on.
+//!
 //! `STRATA_FAULT_SEEDS=1,2,3` replays seeds (a failure prints its seed);
 //! `STRATA_FAULT_STEPS=40` makes each run longer. CI runs one short seed drawn at random.
 
@@ -15,6 +19,10 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::capture::*;
+use common::s3_url;
+use strata::capture::{CaptureOptions, CheckpointOptions, Replication};
+use strata::storage::faults::Fault;
+use strata::storage::{Replica, ReplicaUrl};
 
 /// xorshift64: the whole run follows from the seed.
 struct Rng(u64);
@@ -126,6 +134,91 @@ async fn run(seed: u64, steps: usize) {
         stop(&setup, s);
     }
     eprintln!("seed {seed}: {}", log.join("; "));
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn the_fault_campaign_against_s3_with_storage_faults() {
+    for seed in seeds() {
+        eprintln!("S3 fault campaign: STRATA_FAULT_SEEDS={seed}");
+        run_s3(seed, steps()).await;
+    }
+}
+
+fn capture_options() -> CaptureOptions {
+    CaptureOptions {
+        sync_interval: Duration::from_millis(100),
+        checkpoint: CheckpointOptions {
+            min_pages: 64,
+            interval: Duration::from_secs(1),
+            truncate_pages: 400,
+        },
+        shutdown_timeout: Duration::from_secs(5),
+        ..CaptureOptions::default()
+    }
+}
+
+async fn run_s3(seed: u64, steps: usize) {
+    let mut rng = Rng(seed | 1);
+    let setup = Setup::new(Some(s3_url(&format!("campaign-{seed}"))));
+    let base = Replica::create(&ReplicaUrl::parse(&setup.replica_url).unwrap()).unwrap();
+    let (replica, faults) = base.with_faults();
+    let start = || Replication::start(&setup.db, replica.clone(), capture_options());
+    let mut running = Some(start().await.unwrap());
+    let blocking = |f: &dyn Fn()| tokio::task::block_in_place(f);
+    let mut log = Vec::new();
+    for step in 0..steps {
+        let seconds = 0.3 + rng.below(10) as f64 / 10.0;
+        let action = rng.below(5);
+        log.push(format!("step {step}: action {action}, {seconds:.1}s"));
+        match action {
+            0 => {
+                let n = 1 + rng.below(2);
+                blocking(&|| wait_all(setup.writers(n, seconds)));
+            }
+            // Storage misbehaves for a while under writes.
+            1 => {
+                let fault = match rng.below(4) {
+                    0 => Fault::FailPut,
+                    1 => Fault::FailList,
+                    2 => Fault::Delay(Duration::from_millis(150)),
+                    _ => Fault::BreakGetAfter(64),
+                };
+                faults.inject("", fault, 1 + rng.below(6) as u32);
+                blocking(&|| wait_all(setup.writers_with(1, seconds, &["--orphans", "1"])));
+            }
+            // Stopped (perhaps failing to finish, while faults last), the application goes
+            // on and checkpoints, then the replication starts again.
+            2 => {
+                if let Some(r) = running.take() {
+                    if let Err(e) = r.stop().await {
+                        log.push(format!("stop failed: {e}"));
+                    }
+                }
+                blocking(&|| wait_all(setup.writers(1, seconds)));
+                let mode = ["PASSIVE", "RESTART", "TRUNCATE"][rng.below(3) as usize];
+                python(&["checkpoint", setup.db.to_str().unwrap(), mode]);
+                running = Some(loop {
+                    match start().await {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            log.push(format!("start failed: {e}"));
+                            faults.clear();
+                        }
+                    }
+                });
+            }
+            3 => blocking(&|| wait_all(setup.writers_with(2, seconds, &["--orphans", "1"]))),
+            _ => tokio::time::sleep(Duration::from_secs_f64(seconds)).await,
+        }
+    }
+    faults.clear();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = running.take().unwrap().stop().await;
+    eprintln!("seed {seed}: {}", log.join("; "));
+    let status = status.unwrap_or_else(|e| panic!("seed {seed}: the final stop failed: {e}"));
+    assert!(status.uploaded.get() > 0);
     check_history(&setup).await;
     assert_litestream_restores_the_source(&setup);
 }

@@ -545,7 +545,11 @@ impl Replication {
     ) -> Result<Replication, CaptureError> {
         let db = std::fs::canonicalize(db).map_err(|source| CaptureError::Io {
             path: db.to_owned(),
-            source,
+            source: if source.kind() == std::io::ErrorKind::NotFound {
+                std::io::Error::new(source.kind(), "no database here")
+            } else {
+                source
+            },
         })?;
         let staging = Staging::open(&db).map_err(|source| CaptureError::Io {
             path: db.clone(),

@@ -66,8 +66,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // a mistake to report, not two captures to race each other.
     let mut seen: Vec<(PathBuf, usize)> = Vec::new();
     for (i, db) in dbs.iter().enumerate() {
-        let canonical = std::fs::canonicalize(&db.path)
-            .with_context(|| format!("cannot replicate {}", db.path.display()))?;
+        let canonical = match std::fs::canonicalize(&db.path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("cannot replicate {}: no database here", db.path.display())
+            }
+            Err(e) => bail!("cannot replicate {}: {e}", db.path.display()),
+        };
         if let Some((_, first)) = seen.iter().find(|(p, _)| *p == canonical) {
             bail!(
                 "database {} is listed twice (entries {} and {}, both {}): a database has one capture and one replica",

@@ -116,6 +116,27 @@ impl Replica {
         }
     }
 
+    /// The same replica seen through a [`FaultStore`](super::faults::FaultStore): requests
+    /// fail, stall or return damaged bytes as the returned handle says. Request counts are
+    /// shared with `self`; the local fast paths are off, so every request meets the faults.
+    pub fn with_faults(&self) -> (Replica, super::faults::Faults) {
+        let (store, faults) = super::faults::FaultStore::new(self.inner.store.clone());
+        let inner = &self.inner;
+        let replica = Replica {
+            inner: Arc::new(Inner {
+                store: Arc::new(store),
+                counter: inner.counter.clone(),
+                name: inner.name.clone(),
+                root: inner.root.clone(),
+                layout: inner.layout,
+                local_root: None,
+                metadata: inner.metadata,
+                upload_limits: inner.upload_limits,
+            }),
+        };
+        (replica, faults)
+    }
+
     /// An empty replica in memory, for tests.
     pub fn memory(layout: Layout) -> Replica {
         Replica::from_store(

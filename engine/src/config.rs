@@ -435,7 +435,15 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "30", "5 minutes", "1d", "s"] {
+        for bad in [
+            "",
+            "30",
+            "5 minutes",
+            "1d",
+            "s",
+            "99999999999999999999h",
+            "1e400s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -514,6 +522,26 @@ dbs:
                 "levels[0].interval",
             ),
             ("dbs: []", "dbs"),
+            (
+                "dbs: [{path: a, replica: {url: /x}, monitor-interval: 0s}]",
+                "dbs[0].monitor-interval",
+            ),
+            (
+                "dbs: [{path: a, replica: {url: /x}, checkpoint-interval: 0}]",
+                "dbs[0].checkpoint-interval",
+            ),
+            (
+                "dbs: [{path: a, replica: {url: /x, sync-interval: 0ms}}]",
+                "dbs[0].replica.sync-interval",
+            ),
+            (
+                "dbs: [{path: a, replica: {url: /x}, monitor-interval: 99999999999999999999h}]",
+                "dbs[0].monitor-interval",
+            ),
+            (
+                "snapshot: {interval: 0s}\ndbs: [{path: a, replica: {url: /x}}]",
+                "snapshot.interval",
+            ),
         ] {
             let e = Config::parse(yaml).unwrap_err();
             assert_eq!(e.key, key, "{yaml}: {e}");
@@ -527,5 +555,14 @@ dbs:
             expand_env("a: ${HOME}/x $HOME $"),
             format!("a: {home}/x {home} $")
         );
+        // A `$` before a non-ASCII letter is no variable, and the text after it is intact.
+        assert_eq!(expand_env("p: $é/ü $HOME!"), format!("p: $é/ü {home}!"));
+        assert_eq!(
+            expand_env("x: ${STRATA_SURELY_UNSET_VARIABLE}y"),
+            "x: y",
+            "unset is empty, as in Litestream"
+        );
+        let c = Config::parse_with("dbs: [{path: $HOME/a, replica: {url: /x}}]", false).unwrap();
+        assert_eq!(c.dbs[0].path, PathBuf::from("$HOME/a"), "-no-expand-env");
     }
 }

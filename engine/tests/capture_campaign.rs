@@ -68,7 +68,7 @@ async fn the_fault_campaign() {
 }
 
 async fn run(seed: u64, steps: usize) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let setup = Setup::new(None);
     let mut strata: Option<Child> = Some(setup.strata());
     let mut log = Vec::new();
@@ -160,7 +160,7 @@ fn capture_options() -> CaptureOptions {
 }
 
 async fn run_s3(seed: u64, steps: usize) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let setup = Setup::new(Some(s3_url(&format!("campaign-{seed}"))));
     let base = Replica::create(&ReplicaUrl::parse(&setup.replica_url).unwrap()).unwrap();
     let (replica, faults) = base.with_faults();

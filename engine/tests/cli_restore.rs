@@ -209,3 +209,49 @@ fn replicate_rejects_a_config_with_an_unknown_key_naming_it() {
         text(&o).1
     );
 }
+
+#[test]
+fn bad_targets_and_truncated_files_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = dir.path().join("replica");
+    let l0 = replica.join("ltx/0");
+    std::fs::create_dir_all(&l0).unwrap();
+    for f in [
+        "0000000000000001-0000000000000001.ltx",
+        "0000000000000002-0000000000000002.ltx",
+    ] {
+        std::fs::copy(
+            testdata(&format!("litestream-0.5.17/replica/ltx/0/{f}")),
+            l0.join(f),
+        )
+        .unwrap();
+    }
+    // A file named like LTX, shorter than a header.
+    std::fs::write(
+        l0.join("0000000000000003-0000000000000003.ltx"),
+        b"LTX1 short",
+    )
+    .unwrap();
+    let out = dir.path().join("out.db");
+    let url = replica.to_str().unwrap();
+
+    let o = strata(&["restore", "-o", out.to_str().unwrap(), "--txid", "0", url]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("TXIDs start at 1"), "{}", text(&o).1);
+
+    for args in [
+        vec!["--timestamp", "2099-01-01T00:00:00Z"],
+        vec!["--txid", "3"],
+        vec![],
+    ] {
+        let o = strata(&[&["restore", "-o", out.to_str().unwrap()][..], &args, &[url]].concat());
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("0000000000000003-0000000000000003.ltx"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
+}

@@ -355,21 +355,38 @@ impl<R: BufRead> Decoder<R> {
     }
 
     /// Go's way: everything after the end marker is index and trailer; hash all of it but
-    /// the file checksum itself.
+    /// the file checksum itself. Streamed, keeping only the last trailer's worth of bytes
+    /// back, so an index of any size (or junk after it) costs no memory.
     fn read_tail_lenient(&mut self) -> Result<Trailer> {
-        let mut rest = Vec::new();
-        self.r
-            .read_to_end(&mut rest)
-            .map_err(|e| Error::read(self.offset, "page index", e))?;
-        self.offset += rest.len() as u64;
-        if rest.len() < TRAILER_SIZE + 8 {
+        let mut chunk = vec![0u8; 64 << 10];
+        // The last TRAILER_SIZE bytes read so far, not yet hashed.
+        let mut held: Vec<u8> = Vec::with_capacity(TRAILER_SIZE + chunk.len());
+        let mut total = 0u64;
+        loop {
+            let n = match self.r.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::read(self.offset, "page index", e)),
+            };
+            self.offset += n as u64;
+            total += n as u64;
+            held.extend_from_slice(&chunk[..n]);
+            if held.len() > TRAILER_SIZE {
+                let hash = held.len() - TRAILER_SIZE;
+                self.crc.update(&held[..hash]);
+                held.drain(..hash);
+            }
+        }
+        if total < (TRAILER_SIZE + 8) as u64 {
             return Err(Error::Truncated {
                 offset: self.offset,
                 what: "page index and trailer",
             });
         }
-        self.crc.update(&rest[..rest.len() - 8]);
-        let raw: &[u8; TRAILER_SIZE] = rest[rest.len() - TRAILER_SIZE..].try_into().unwrap();
+        // The post-apply checksum is hashed; the file checksum is not.
+        self.crc.update(&held[..8]);
+        let raw: &[u8; TRAILER_SIZE] = held[..].try_into().unwrap();
         Ok(Trailer::from_bytes(raw))
     }
 

@@ -183,6 +183,21 @@ impl FileLayout {
         let page_size = self.header.page_size;
         let ps = page_size.bytes();
         let count = segment.frames.len();
+        // A segment is plain data a caller can build: check it describes frames of this file
+        // before indexing with it.
+        let fits = segment.frames.start <= segment.frames.end
+            && segment.frames.end <= self.entries().len()
+            && segment.bytes.start <= segment.bytes.end
+            && self.entries()[segment.frames.clone()].iter().all(|e| {
+                e.offset >= segment.bytes.start
+                    && e.offset.saturating_add(u64::from(e.size)) <= segment.bytes.end
+            });
+        if !fits {
+            return Err(Error::Usage(format!(
+                "segment {:?} (frames {:?}) is not a run of this file's frames",
+                segment.bytes, segment.frames
+            )));
+        }
         if bytes.len() as u64 != segment.bytes.end - segment.bytes.start || pages.len() < count * ps
         {
             return Err(Error::Usage(format!(

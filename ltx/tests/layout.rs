@@ -85,6 +85,43 @@ fn segment_limits_are_respected() {
 }
 
 #[test]
+fn a_segment_that_is_not_this_files_is_an_error_not_a_panic() {
+    let bytes = read("litestream-0.5.17/replica/ltx/0/0000000000000001-0000000000000001.ltx");
+    let layout = FileLayout::from_bytes(&bytes).unwrap();
+    let good = layout.segments(20_000, 4).remove(1);
+    let n = layout.entries().len();
+    let mut pages = vec![0u8; 64 * 4096];
+    for bad in [
+        ltx::Segment {
+            frames: n..n + 2,
+            bytes: good.bytes.clone(),
+        },
+        ltx::Segment {
+            frames: good.frames.clone(),
+            bytes: good.bytes.start + 1..good.bytes.end,
+        },
+        ltx::Segment {
+            frames: good.frames.clone(),
+            bytes: 0..10,
+        },
+        ltx::Segment {
+            frames: 3..1,
+            bytes: good.bytes.clone(),
+        },
+    ] {
+        let data = &bytes[(bad.bytes.start.min(bytes.len() as u64) as usize)
+            ..(bad.bytes.end.min(bytes.len() as u64) as usize).max(bad.bytes.start as usize)];
+        assert!(
+            matches!(
+                layout.decode_segment(&bad, data, &mut pages),
+                Err(ltx::Error::Usage(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn format_1_files_are_rejected() {
     for name in [
         "snapshot-real4k-lz4.ltx",

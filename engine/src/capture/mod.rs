@@ -191,21 +191,32 @@ impl Capture {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
             });
         }
+        // The database file is held open from before SQLite opens it until after SQLite
+        // closes it, and checked to be the one at the path once SQLite has it: so SQLite's
+        // connections and strata's own reads are of one file even if it is replaced meanwhile.
+        let with_suffix = |suffix: &str| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        let db_file = Held::open(db.to_owned()).map_err(io_err(db))?;
+        let shm_path = with_suffix("-shm");
+        let shm_before = Held::open(shm_path.clone()).ok();
         let sqlite = Sqlite::open(db, options.busy_timeout).map_err(sql_err)?;
         let page_size = sqlite.page_size().map_err(sql_err)?;
         let page_size = PageSize::new(page_size).ok_or_else(|| CaptureError::Io {
             path: db.to_owned(),
             source: std::io::Error::other(format!("unsupported page size {page_size}")),
         })?;
-        let with_suffix = |suffix: &str| {
-            let mut p = db.as_os_str().to_owned();
-            p.push(suffix);
-            PathBuf::from(p)
+        // The -shm file likewise, if it existed before (else SQLite created it just now);
+        // both are closed only after SQLite's connections.
+        let shm = match shm_before {
+            Some(held) => held,
+            None => Held::open(shm_path.clone()).map_err(io_err(&shm_path))?,
         };
-        // Opened after SQLite's connections, which created the -shm file, and closed after them.
-        let db_file = Held::open(db.to_owned()).map_err(io_err(db))?;
-        let shm_path = with_suffix("-shm");
-        let shm = Held::open(shm_path.clone()).map_err(io_err(&shm_path))?;
+        // Had a path changed while SQLite opened it, SQLite might hold another file.
+        db_file.check("database file")?;
+        shm.check("wal-index file (-shm)")?;
         staging.remove_leftovers().map_err(io_err(staging.dir()))?;
         let saved = Position::load(staging.dir());
         let staged = staging.staged().map_err(io_err(staging.dir()))?;
@@ -578,12 +589,21 @@ impl Replication {
             .unwrap_or(Txid::ZERO);
         let opened = {
             let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
-            tokio::task::spawn_blocking(move || Capture::open(&path, staging, replica_max, options))
-                .await
-                .map_err(|e| CaptureError::Io {
-                    path: db.clone(),
-                    source: std::io::Error::other(format!("capture setup panicked: {e}")),
-                })??
+            tokio::task::spawn_blocking(move || {
+                // A file replaced while it was being opened is opened again.
+                let mut attempt = 0;
+                loop {
+                    match Capture::open(&path, staging.clone(), replica_max, options.clone()) {
+                        Err(CaptureError::Replaced { .. }) if attempt < 3 => attempt += 1,
+                        result => break result,
+                    }
+                }
+            })
+            .await
+            .map_err(|e| CaptureError::Io {
+                path: db.clone(),
+                source: std::io::Error::other(format!("capture setup panicked: {e}")),
+            })??
         };
         let status = Arc::new(Mutex::new(Status {
             uploaded: replica_max,

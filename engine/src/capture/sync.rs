@@ -166,7 +166,7 @@ impl Held {
     }
 
     /// Fails if the path no longer names the file held open.
-    fn check(&self, what: &str) -> Result<(), CaptureError> {
+    pub fn check(&self, what: &str) -> Result<(), CaptureError> {
         match std::fs::metadata(&self.path) {
             Ok(m) if FileId::of(&m) == self.id => Ok(()),
             Ok(m) => Err(CaptureError::Replaced {

@@ -33,7 +33,13 @@ enum Command {
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    // Litestream's Go-style single-dash spelling of the flags strata shares with it.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some("-no-expand-env") => "--no-expand-env".into(),
+        Some("-config") => "--config".into(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
     // A long-running service says what it does; one-shot commands only what goes wrong.
     let default_log = match cli.command {
         Command::Replicate(_) => "strata=info,warn",

@@ -34,6 +34,9 @@ pub struct ReplicateArgs {
 }
 
 pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    // Signals are caught from here on: one that arrives while databases are still being
+    // opened stops them cleanly once they are, instead of killing the process midway.
+    let mut shutdown = Shutdown::new()?;
     let mut shutdown_timeout = None;
     let dbs = match (&args.config, &args.db, &args.replica) {
         (Some(path), _, _) => {
@@ -115,7 +118,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
 
     let failure = futures::future::select_all(running.iter().map(|r| Box::pin(r.failed())));
     let mut failed = tokio::select! {
-        r = wait_for_shutdown() => { r?; false }
+        () = shutdown.wait() => false,
         (message, i, _) = failure => {
             eprintln!("{}: {message}; stopping", running[i].db().display());
             true
@@ -144,12 +147,25 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn wait_for_shutdown() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+/// Ctrl-C or SIGTERM, caught from the moment this is made.
+struct Shutdown {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn new() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

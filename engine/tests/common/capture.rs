@@ -75,8 +75,22 @@ impl Setup {
         path
     }
 
-    /// `strata replicate --config`, its stderr appended to `strata.log`.
+    /// `strata replicate --config`, its stderr appended to `strata.log`, once it says it is
+    /// replicating (a signal before then would find no handler yet).
     pub fn strata(&self) -> Child {
+        let started = self.log().matches("replicating ").count();
+        let mut child = self.spawn_strata();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.log().matches("replicating ").count() == started {
+            if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn spawn_strata(&self) -> Child {
         Command::new(strata_bin())
             .args(["replicate", "--config", self.config().to_str().unwrap()])
             .stdout(Stdio::null())

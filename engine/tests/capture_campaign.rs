@@ -191,10 +191,12 @@ async fn run_s3(seed: u64, steps: usize) {
             // Stopped (perhaps failing to finish, while faults last), the application goes
             // on and checkpoints, then the replication starts again.
             2 => {
-                if let Some(r) = running.take() {
-                    if let Err(e) = r.stop().await {
-                        log.push(format!("stop failed: {e}"));
-                    }
+                let failed = match running.take() {
+                    Some(r) => r.stop().await.err(),
+                    None => None,
+                };
+                if let Some(e) = failed {
+                    log.push(format!("stop failed: {e}"));
                 }
                 blocking(&|| wait_all(setup.writers(1, seconds)));
                 let mode = ["PASSIVE", "RESTART", "TRUNCATE"][rng.below(3) as usize];

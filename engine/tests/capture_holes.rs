@@ -221,6 +221,20 @@ fn failures_exit_non_zero_and_claim_only_what_the_replica_holds() {
     assert!(!stderr.contains("replicated through"), "{stderr}");
 }
 
+#[test]
+fn a_capture_that_panics_stops_the_process_with_an_error() {
+    let setup = Setup::new(None);
+    let out = Command::new(strata_bin())
+        .args(["replicate", "--config", setup.config().to_str().unwrap()])
+        .env("STRATA_PANIC_AT", "tick")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the capture thread panicked"), "{stderr}");
+    assert!(!stderr.contains("replicated through"), "{stderr}");
+}
+
 fn terminate(strata: std::process::Child) -> std::process::ExitStatus {
     signal(&strata, "-TERM");
     let mut strata = strata;

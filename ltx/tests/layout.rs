@@ -105,7 +105,8 @@ fn a_segment_that_is_not_this_files_is_an_error_not_a_panic() {
             bytes: 0..10,
         },
         ltx::Segment {
-            frames: 3..1,
+            // Reversed on purpose: a caller can build one.
+            frames: std::ops::Range { start: 3, end: 1 },
             bytes: good.bytes.clone(),
         },
     ] {

@@ -606,10 +606,13 @@ impl Replication {
             })??
         };
         let status = Arc::new(Mutex::new(Status {
+            staged: opened.syncer.next_txid.prev(),
             uploaded: replica_max,
             ..Status::default()
         }));
-        let (staged_tx, staged_rx) = watch::channel(Txid::ZERO);
+        // Files staged by an earlier run and not yet uploaded count as staged: a stop waits
+        // for them too.
+        let (staged_tx, staged_rx) = watch::channel(opened.syncer.next_txid.prev());
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let capture = {
@@ -703,6 +706,8 @@ impl Replication {
         let mut last = None;
         while uploaded < staged && Instant::now() < deadline {
             match upload::upload(&self.staging, &self.replica, &mut uploaded).await {
+                // Nothing left to upload, yet short of what was staged: nothing will change.
+                Ok(0) if uploaded < staged => break,
                 Ok(_) => last = None,
                 Err(e) => {
                     last = Some(e);
@@ -751,7 +756,7 @@ fn capture_loop(
             staged.send_replace(range.max);
         }
     };
-    let mut state = Db::Open(capture);
+    let mut state = Db::Open(Box::new(capture));
     loop {
         let started = Instant::now();
         let stopping = stop.try_recv().is_ok();
@@ -786,9 +791,20 @@ fn capture_loop(
     }
 }
 
+/// Panics where a test asks for it (`STRATA_PANIC_AT=<name>`), to show what a bug in that
+/// place does to the process. Debug builds only.
+fn fault_point(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("STRATA_PANIC_AT").is_ok_and(|at| at == name) {
+        panic!("fault point {name}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 /// A capture, or one waiting to reopen its database.
 enum Db {
-    Open(Capture),
+    Open(Box<Capture>),
     Closed(Closed),
 }
 
@@ -803,10 +819,11 @@ fn step(
     let mut capture = match state {
         Db::Open(capture) => capture,
         Db::Closed(closed) => match closed.reopen() {
-            Ok(capture) => capture,
+            Ok(capture) => Box::new(capture),
             Err(e) => return (Db::Closed(closed), Err(e)),
         },
     };
+    fault_point("tick");
     let result = if stopping {
         capture.sync_all(report).map(drop)
     } else {
@@ -815,7 +832,7 @@ fn step(
     match result {
         Err(e @ CaptureError::Replaced { .. }) => {
             tracing::warn!(error = %e, "following the file now at the path with a full copy");
-            let closed = Db::Closed(capture.close());
+            let closed = Db::Closed((*capture).close());
             if follow {
                 step(closed, stopping, false, report)
             } else {

@@ -1,5 +1,6 @@
 //! `strata replicate`.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -67,25 +68,26 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     }
     // One database has one capture: two entries naming the same file (by any spelling) are
     // a mistake to report, not two captures to race each other.
-    let mut seen: Vec<(PathBuf, usize)> = Vec::new();
+    // The same file is the same device and inode, whatever the spelling, symlink or hard link.
+    let mut seen: Vec<((u64, u64), usize)> = Vec::new();
     for (i, db) in dbs.iter().enumerate() {
-        let canonical = match std::fs::canonicalize(&db.path) {
-            Ok(p) => p,
+        let meta = match std::fs::metadata(&db.path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("cannot replicate {}: no database here", db.path.display())
             }
             Err(e) => bail!("cannot replicate {}: {e}", db.path.display()),
         };
-        if let Some((_, first)) = seen.iter().find(|(p, _)| *p == canonical) {
+        let id = (meta.dev(), meta.ino());
+        if let Some((_, first)) = seen.iter().find(|(seen, _)| *seen == id) {
             bail!(
-                "database {} is listed twice (entries {} and {}, both {}): a database has one capture and one replica",
+                "database {} is listed twice (entries {} and {} are the same file): a database has one capture and one replica",
                 db.path.display(),
                 first + 1,
                 i + 1,
-                canonical.display()
             );
         }
-        seen.push((canonical, i));
+        seen.push((id, i));
     }
     let mut running = Vec::new();
     for db in &dbs {

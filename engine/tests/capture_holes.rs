@@ -240,3 +240,29 @@ fn terminate(strata: std::process::Child) -> std::process::ExitStatus {
     let mut strata = strata;
     strata.wait().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_replica_wiped_while_running_gets_a_full_copy() {
+    use strata::capture::{CaptureOptions, Replication};
+    let setup = Setup::new(None);
+    let replica = strata::storage::Replica::create(
+        &strata::storage::ReplicaUrl::parse(&setup.replica_url).unwrap(),
+    )
+    .unwrap();
+    let options = CaptureOptions {
+        sync_interval: Duration::from_millis(100),
+        replica_check_interval: Duration::from_millis(300),
+        ..CaptureOptions::default()
+    };
+    let running = Replication::start(&setup.db, replica, options)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.0)));
+    sleep_ms(500);
+    std::fs::remove_dir_all(setup.dir.join("replica/ltx")).unwrap();
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.5)));
+    sleep_ms(500);
+    running.stop().await.unwrap();
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+}

@@ -71,6 +71,9 @@ pub struct CaptureOptions {
     pub shutdown_timeout: Duration,
     /// Page encoding of the L0 files.
     pub encoding: PageEncoding,
+    /// How often, while uploading, the replica is checked to still hold the last file
+    /// uploaded (one small LIST); a replica that lost it gets a full copy.
+    pub replica_check_interval: Duration,
 }
 
 impl Default for CaptureOptions {
@@ -82,6 +85,7 @@ impl Default for CaptureOptions {
             busy_timeout: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             encoding: PageEncoding::default(),
+            replica_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -271,6 +275,7 @@ impl Capture {
             live: false,
             next_txid: known.next(),
             rebase: position.is_none() && known > Txid::ZERO,
+            replica_lost: Arc::default(),
             max_wal_bytes: options.max_wal_bytes,
             encoding: options.encoding,
         };
@@ -295,6 +300,7 @@ impl Capture {
         let closed = Closed {
             db: syncer.db.path.clone(),
             staging: syncer.staging.clone(),
+            replica_lost: syncer.replica_lost.clone(),
             last: syncer.next_txid.prev(),
             options,
         };
@@ -443,6 +449,7 @@ impl Capture {
 struct Closed {
     db: PathBuf,
     staging: Staging,
+    replica_lost: Arc<std::sync::atomic::AtomicBool>,
     /// The last TXID used.
     last: Txid,
     options: CaptureOptions,
@@ -461,6 +468,7 @@ impl Closed {
         )?;
         capture.syncer.position = None;
         capture.syncer.rebase = true;
+        capture.syncer.replica_lost = self.replica_lost.clone();
         Ok(capture)
     }
 }
@@ -615,6 +623,7 @@ impl Replication {
         let (staged_tx, staged_rx) = watch::channel(opened.syncer.next_txid.prev());
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         let (fatal_tx, fatal_rx) = watch::channel(None);
+        let replica_lost = opened.syncer.replica_lost.clone();
         let capture = {
             let status = status.clone();
             let alarm = PanicAlarm {
@@ -632,9 +641,15 @@ impl Replication {
                     source,
                 })?
         };
-        let upload = tokio::spawn(upload_loop(
+        let uploader = upload::Uploader::new(
             staging.clone(),
             replica.clone(),
+            replica_max,
+            replica_lost,
+            options.replica_check_interval,
+        );
+        let upload = tokio::spawn(upload_loop(
+            uploader,
             staged_rx.clone(),
             status.clone(),
             options.sync_interval,
@@ -705,7 +720,7 @@ impl Replication {
         let staged = *self.staged.borrow();
         let mut last = None;
         while uploaded < staged && Instant::now() < deadline {
-            match upload::upload(&self.staging, &self.replica, &mut uploaded).await {
+            match upload::upload(&self.staging, &self.replica, &mut uploaded, &mut None).await {
                 // Nothing left to upload, yet short of what was staged: nothing will change.
                 Ok(0) if uploaded < staged => break,
                 Ok(_) => last = None,
@@ -846,35 +861,27 @@ fn step(
 /// The upload task: uploads when something is staged, and retries on an interval with
 /// growing backoff after errors.
 async fn upload_loop(
-    staging: Staging,
-    replica: Replica,
+    mut uploader: upload::Uploader,
     mut staged: watch::Receiver<Txid>,
     status: Arc<Mutex<Status>>,
     interval: Duration,
     _alarm: PanicAlarm,
 ) {
-    let mut uploaded = status.lock().unwrap().uploaded;
     let mut backoff = interval;
     loop {
-        match upload::upload(&staging, &replica, &mut uploaded).await {
-            Ok(_) => {
-                backoff = interval;
-                let mut s = status.lock().unwrap();
-                s.uploaded = uploaded;
-                s.upload_error = None;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "upload failed; retrying");
-                {
-                    let mut s = status.lock().unwrap();
-                    s.uploaded = uploaded;
-                    s.upload_error = Some(e.to_string());
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
+        let result = uploader.upload().await;
+        {
+            let mut s = status.lock().unwrap();
+            s.uploaded = uploader.uploaded;
+            s.upload_error = result.as_ref().err().map(ToString::to_string);
         }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "upload failed; retrying");
+            backoff = (backoff * 2).min(Duration::from_secs(300));
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = interval;
         tokio::select! {
             _ = staged.changed() => {}
             _ = tokio::time::sleep(interval) => {}

@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ltx::{
     Checksum, Encoder, Header, HeaderFlags, PageEncoding, PageNum, PageSize, Txid, TxidRange,
@@ -208,6 +210,9 @@ pub struct Syncer {
     /// The next full copy is named as a snapshot (`1-<txid>`): the replica does not hold
     /// the history it would continue.
     pub rebase: bool,
+    /// Set by the uploader when the replica lost files it had: the next file is a full
+    /// copy named as a snapshot.
+    pub replica_lost: Arc<AtomicBool>,
     /// Bytes of WAL one L0 file takes at most (cut at a commit boundary).
     pub max_wal_bytes: u64,
     pub encoding: PageEncoding,
@@ -250,14 +255,21 @@ impl Syncer {
             });
         }
         let wal = open_if_exists(&self.wal_path).map_err(|e| self.io(e))?;
-        let source = decide(
-            &index,
-            wal.as_ref(),
-            self.position.as_ref(),
-            self.live,
-            self.page_size.get(),
-        )
-        .map_err(|e| self.io(e))?;
+        let source = if self.replica_lost.load(Ordering::SeqCst) {
+            Source::Full {
+                reason: "the replica lost files already uploaded",
+                base: true,
+            }
+        } else {
+            decide(
+                &index,
+                wal.as_ref(),
+                self.position.as_ref(),
+                self.live,
+                self.page_size.get(),
+            )
+            .map_err(|e| self.io(e))?
+        };
         match source {
             Source::Nothing => Ok(Synced::Nothing),
             Source::Restarted => {
@@ -307,7 +319,7 @@ impl Syncer {
         let range = TxidRange::single(self.next_txid);
         let header = self.l0_header(range, scan.commit, Some((generation, from, scan.end)));
         let grown = (prev.commit + 1)..=scan.commit;
-        self.staging.write(range, |out| {
+        let written = self.staging.write(range, |out| {
             let pages = incremental_pages(&scan, grown, self.page_size);
             write_l0(
                 out,
@@ -318,9 +330,10 @@ impl Syncer {
                 &self.db.file,
                 self.page_size,
             )
-        })?;
+        });
         self.staged(
             range,
+            written,
             scan.commit,
             Some(WalPosition {
                 generation,
@@ -369,7 +382,7 @@ impl Syncer {
         let wal_range = generation.map(|g| (g, wal::HEADER_SIZE, scan.end));
         let ltx_header = self.l0_header(range, commit, wal_range);
         let lock = self.page_size.lock_page().get();
-        self.staging.write(range, |out| {
+        let written = self.staging.write(range, |out| {
             let pages = (1..=commit).filter(|&p| p != lock).map(|p| {
                 let pgno = PageNum::new(p).expect("page numbers start at 1");
                 (pgno, scan.pages.get(&p).copied())
@@ -383,9 +396,10 @@ impl Syncer {
                 db,
                 self.page_size,
             )
-        })?;
+        });
         self.staged(
             range,
+            written,
             commit,
             generation.map(|generation| WalPosition {
                 generation,
@@ -394,6 +408,7 @@ impl Syncer {
             }),
         )?;
         self.rebase = false;
+        self.replica_lost.store(false, Ordering::SeqCst);
         Ok(Synced::Staged {
             range,
             more: false,
@@ -419,28 +434,38 @@ impl Syncer {
         h
     }
 
+    /// Records the file for `range` as staged, whatever `written` says, if it is in place:
+    /// a file that reached its name (say, syncing its directory failed after the rename)
+    /// may be uploaded, so its TXID is used and the position moves past it in memory even
+    /// if saving the position fails. Staging the same TXID again with more frames would
+    /// lose those frames from the replica. Returns the first error.
     fn staged(
         &mut self,
         range: TxidRange,
+        written: io::Result<()>,
         commit: u32,
         wal: Option<WalPosition>,
     ) -> io::Result<()> {
-        self.set_position(Position {
+        if written.is_err() && !self.staging.path(range).exists() {
+            return written;
+        }
+        self.next_txid = range.max.next();
+        let saved = self.set_position(Position {
             txid: range.max,
             commit,
             page_size: self.page_size.get(),
             db: self.db.id,
             wal,
-        })?;
-        self.next_txid = range.max.next();
-        Ok(())
+        });
+        written.and(saved)
     }
 
+    /// Moves the position, in memory first: a failure to save it (a full disk) only means a
+    /// restarted capture starts with a full copy.
     fn set_position(&mut self, position: Position) -> io::Result<()> {
-        position.save(self.staging.dir())?;
         self.position = Some(position);
         self.live = true;
-        Ok(())
+        position.save(self.staging.dir())
     }
 }
 

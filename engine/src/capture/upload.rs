@@ -1,6 +1,9 @@
 //! Shipping staged L0 files to the replica, in TXID order, never overwriting.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
@@ -10,24 +13,126 @@ use super::CaptureError;
 use super::staging::Staging;
 use crate::storage::{Level, Replica};
 
+/// Ships staged files to one replica and watches that the replica keeps them.
+#[derive(Debug)]
+pub struct Uploader {
+    staging: Staging,
+    replica: Replica,
+    /// The highest TXID known to be in the replica.
+    pub uploaded: Txid,
+    /// The last file uploaded (or found uploaded) by this uploader.
+    last: Option<TxidRange>,
+    checked: Instant,
+    /// How often to check the replica still holds the last file uploaded.
+    check_every: Duration,
+    /// Set when the replica lost the history: the capture's next file is a full copy named
+    /// as a snapshot.
+    rebase: Arc<AtomicBool>,
+}
+
+impl Uploader {
+    /// An uploader for a replica that holds TXIDs through `uploaded`.
+    pub fn new(
+        staging: Staging,
+        replica: Replica,
+        uploaded: Txid,
+        rebase: Arc<AtomicBool>,
+        check_every: Duration,
+    ) -> Uploader {
+        Uploader {
+            staging,
+            replica,
+            uploaded,
+            last: None,
+            checked: Instant::now(),
+            check_every,
+            rebase,
+        }
+    }
+
+    /// Uploads what is staged (see [`upload`]), first checking, now and then, that the
+    /// replica still holds the last file uploaded. A replica wiped or put back from an
+    /// older copy while strata runs would otherwise receive files it cannot be restored from:
+    /// then the capture is asked for a full copy, and files until it are not sent.
+    pub async fn upload(&mut self) -> Result<usize, CaptureError> {
+        if self.checked.elapsed() >= self.check_every {
+            self.check_replica().await?;
+        }
+        let count = upload(
+            &self.staging,
+            &self.replica,
+            &mut self.uploaded,
+            &mut self.last,
+        )
+        .await?;
+        Ok(count)
+    }
+
+    async fn check_replica(&mut self) -> Result<(), CaptureError> {
+        let Some(last) = self.last else {
+            self.checked = Instant::now();
+            return Ok(());
+        };
+        let listed = self.replica.list(Level::L0, last.min).await?;
+        if !listed.iter().any(|f| f.range == last) {
+            let max = self
+                .replica
+                .list_all()
+                .await?
+                .iter()
+                .map(|f| f.range.max)
+                .max()
+                .unwrap_or(Txid::ZERO);
+            if max < last.max {
+                tracing::warn!(
+                    replica = self.replica.name(),
+                    holds_through = %max,
+                    uploaded = %last.max,
+                    "the replica lost files already uploaded: the next file is a full copy"
+                );
+                self.uploaded = max;
+                self.last = None;
+                self.rebase.store(true, Ordering::SeqCst);
+            }
+        }
+        self.checked = Instant::now();
+        Ok(())
+    }
+}
+
 /// Uploads staged files above `uploaded` (the highest TXID known to be in the replica) in
 /// TXID order, then removes the uploaded ones except the newest. Returns how many were
 /// uploaded. Each file must continue the replica (start at `uploaded + 1`, or at 1 for a
-/// full copy named as a snapshot): a file that would leave a gap is an error, never sent.
+/// full copy named as a snapshot): a file that would leave a gap is never sent. It is
+/// dropped if a full copy staged after it supersedes it, and is an error otherwise.
 /// A file already in the replica counts as uploaded if it holds the same bytes (an upload
 /// retried after a crash); different bytes mean another writer: a conflict.
 pub async fn upload(
     staging: &Staging,
     replica: &Replica,
     uploaded: &mut Txid,
+    last: &mut Option<TxidRange>,
 ) -> Result<usize, CaptureError> {
     let io = |path: PathBuf| move |source| CaptureError::Io { path, source };
     let staged = staging.staged().map_err(io(staging.dir().to_owned()))?;
     let already = *uploaded;
     let mut count = 0;
-    for range in staged.iter().copied().filter(|r| r.max > already) {
+    for (i, range) in staged
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, r)| r.max > already)
+    {
         let txid = range.max;
         if range.min != Txid::ONE && range.min != uploaded.next() {
+            if staged[i + 1..].iter().any(|r| r.min == Txid::ONE) {
+                tracing::debug!(
+                    file = range.file_name(),
+                    "dropping a file a later full copy supersedes"
+                );
+                staging.remove(range).map_err(io(staging.path(range)))?;
+                continue;
+            }
             return Err(CaptureError::Gap {
                 range,
                 uploaded: *uploaded,
@@ -50,6 +155,7 @@ pub async fn upload(
         }
         tracing::debug!(%txid, "uploaded");
         *uploaded = txid;
+        *last = Some(range);
         count += 1;
     }
     for range in staged.iter().copied().filter(|r| r.max < *uploaded) {
@@ -150,14 +256,24 @@ mod tests {
             stage(&staging, txid, txid as u8);
         }
         let mut uploaded = Txid::ZERO;
-        assert_eq!(upload(&staging, &replica, &mut uploaded).await.unwrap(), 3);
+        assert_eq!(
+            upload(&staging, &replica, &mut uploaded, &mut None)
+                .await
+                .unwrap(),
+            3
+        );
         assert_eq!(uploaded, Txid::new(3));
         // Uploaded files leave the staging directory, but for the newest.
         assert_eq!(staging.staged().unwrap(), [range(3)]);
 
         // A crash lost the record of uploading 3: uploading it again finds the same bytes.
         let mut uploaded = Txid::new(2);
-        assert_eq!(upload(&staging, &replica, &mut uploaded).await.unwrap(), 1);
+        assert_eq!(
+            upload(&staging, &replica, &mut uploaded, &mut None)
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(uploaded, Txid::new(3));
 
         // Someone else wrote 4 first, with other contents: refused, never overwritten.
@@ -168,7 +284,9 @@ mod tests {
             .await
             .unwrap();
         stage(&staging, 4, 4);
-        let err = upload(&staging, &replica, &mut uploaded).await.unwrap_err();
+        let err = upload(&staging, &replica, &mut uploaded, &mut None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, CaptureError::Conflict { txid, .. } if txid == Txid::new(4)),
             "{err}"

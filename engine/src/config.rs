@@ -265,12 +265,54 @@ fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
         ],
     )?;
     if let Some(url) = string(m, key, "url")? {
-        return ReplicaUrl::parse(&url).map_err(|e| error(&format!("{key}.url"), e.to_string()));
+        let mut parsed =
+            ReplicaUrl::parse(&url).map_err(|e| error(&format!("{key}.url"), e.to_string()))?;
+        match &mut parsed {
+            // Settings beside an S3 URL complete it, as in Litestream (an endpoint or region
+            // in the URL itself wins).
+            ReplicaUrl::S3 {
+                endpoint,
+                region,
+                force_path_style,
+                skip_verify,
+                ..
+            } => {
+                check_keys(
+                    m,
+                    key,
+                    &[
+                        "url",
+                        "endpoint",
+                        "region",
+                        "force-path-style",
+                        "skip-verify",
+                        "sync-interval",
+                    ],
+                )?;
+                if endpoint.is_none() {
+                    *endpoint = string(m, key, "endpoint")?;
+                }
+                if region.is_none() {
+                    *region = string(m, key, "region")?;
+                }
+                if let Some(b) = boolean(m, key, "force-path-style")? {
+                    *force_path_style = b;
+                }
+                if let Some(b) = boolean(m, key, "skip-verify")? {
+                    *skip_verify = b;
+                }
+            }
+            // Anything else beside another URL would be silently ignored: an error.
+            _ => check_keys(m, key, &["url", "sync-interval"])?,
+        }
+        return Ok(parsed);
     }
     let kind = string(m, key, "type")?.unwrap_or_else(|| "file".into());
     let path = string(m, key, "path")?;
     match kind.as_str() {
         "file" => {
+            // An S3 setting on a file replica is a mistake, not something to ignore.
+            check_keys(m, key, &["type", "path", "sync-interval"])?;
             let path =
                 path.ok_or_else(|| error(&format!("{key}.path"), "required for a file replica"))?;
             Ok(ReplicaUrl::File {
@@ -522,6 +564,14 @@ dbs:
                 "levels[0].interval",
             ),
             ("dbs: []", "dbs"),
+            (
+                "dbs: [{path: a, replica: {type: file, path: /x, bucket: b}}]",
+                "dbs[0].replica.bucket",
+            ),
+            (
+                "dbs: [{path: a, replica: {url: /x, bucket: r}}]",
+                "dbs[0].replica.bucket",
+            ),
             (
                 "dbs: [{path: a, replica: {url: /x}, monitor-interval: 0s}]",
                 "dbs[0].monitor-interval",

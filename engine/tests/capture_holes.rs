@@ -266,3 +266,61 @@ async fn a_replica_wiped_while_running_gets_a_full_copy() {
     check_history(&setup).await;
     assert_litestream_restores_the_source(&setup);
 }
+
+#[test]
+fn a_staging_directory_deleted_under_a_capture_stops_it() {
+    let setup = Setup::new(None);
+    let mut strata = setup.strata();
+    wait_all(setup.writers(1, 0.5));
+    std::fs::remove_dir_all(setup.dir.join(".app.db-strata")).unwrap();
+    wait_all(setup.writers(1, 0.5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = strata.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "strata kept running");
+        sleep_ms(100);
+    };
+    let log = setup.log();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("deleted or replaced while in use"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn two_databases_writing_one_replica_is_an_error_not_a_mix() {
+    use strata::capture::{CaptureOptions, Replication};
+    let a = Setup::new(None);
+    let b = Setup::new(Some(a.replica_url.clone()));
+    let replica = || {
+        strata::storage::Replica::create(
+            &strata::storage::ReplicaUrl::parse(&a.replica_url).unwrap(),
+        )
+        .unwrap()
+    };
+    let options = CaptureOptions {
+        sync_interval: Duration::from_millis(100),
+        replica_check_interval: Duration::from_millis(300),
+        shutdown_timeout: Duration::from_secs(2),
+        ..CaptureOptions::default()
+    };
+    let ra = Replication::start(&a.db, replica(), options.clone())
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_all(a.writers(1, 0.5)));
+    sleep_ms(300);
+    let rb = Replication::start(&b.db, replica(), options).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let mut writers = a.writers(1, 2.0);
+        writers.extend(b.writers(1, 2.0));
+        wait_all(writers);
+    });
+    sleep_ms(500);
+    let (sa, sb) = (ra.stop().await, rb.stop().await);
+    assert!(
+        sa.is_err() || sb.is_err(),
+        "both claimed success: {sa:?} {sb:?}"
+    );
+    let err = sa.err().or(sb.err()).unwrap().to_string();
+    assert!(err.contains("another process"), "{err}");
+}

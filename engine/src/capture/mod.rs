@@ -7,12 +7,21 @@
 //! strata after the log changed under it). It owns checkpointing. An upload task ships
 //! staged files to the replica in TXID order with conditional creates.
 //!
+//! What is committed is what the wal-index header (`-shm`, see `wal_index`) says, never
+//! what merely checksums: frames past its `mxFrame` may be a killed writer's.
+//!
 //! Why no transaction is lost: strata always holds a read transaction (see the `sqlite`
 //! module), so the log can only restart once everything in it has been copied; its own
-//! checkpoints run under the write lock, after a final sync. The position (TXID, WAL generation and offset,
-//! chain checksum) is saved after every staged file, so a restarted strata resumes where it
-//! stopped, or writes a full copy with the next TXID if the log moved on in a way it cannot
-//! follow. TXIDs never repeat: the next one is above everything staged or in the replica.
+//! checkpoints run under the write lock, after a final sync. The position (TXID, WAL
+//! generation and offset, chain checksum, page size, the database file's inode) is saved
+//! after every staged file. A restarted strata resumes from it only if the log is still that
+//! generation and still holds the last frame captured, the replica and the staged files
+//! continue it, and the file is the same; otherwise it writes a full copy with the next
+//! TXID, named as a snapshot (`1-<n>`) when the replica's history cannot be built on. TXIDs
+//! never repeat: the next one is above everything staged or in the replica.
+//!
+//! One capture per database: the staging directory is locked (see `staging`). A database
+//! file replaced under its path is noticed on the next sync and followed.
 
 mod position;
 mod sqlite;
@@ -129,6 +138,27 @@ pub enum CaptureError {
         /// What changed.
         detail: String,
     },
+    /// The staging directory was deleted or replaced under the capture: it can no longer
+    /// tell its files from another capture's.
+    #[error("{}: {source}", path.display())]
+    StagingLost {
+        /// The staging directory.
+        path: PathBuf,
+        /// What was found.
+        source: std::io::Error,
+    },
+    /// The replica lost files already uploaded (wiped, or put back from an older copy).
+    #[error(
+        "{replica} no longer holds TXIDs through {uploaded}, only through {holds_through}: it was wiped or put back from an older copy"
+    )]
+    ReplicaLost {
+        /// The replica.
+        replica: String,
+        /// How far it held.
+        uploaded: Txid,
+        /// How far it holds now.
+        holds_through: Txid,
+    },
     /// A staged file does not continue the replica: uploading it would leave a gap.
     #[error(
         "staged file {} does not continue {replica}, which holds through TXID {uploaded}: not uploaded",
@@ -204,6 +234,16 @@ impl Capture {
             PathBuf::from(p)
         };
         let db_file = Held::open(db.to_owned()).map_err(io_err(db))?;
+        if db_file
+            .file
+            .metadata()
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1)
+        {
+            tracing::warn!(
+                db = %db.display(),
+                "the database file has more than one hard link: a capture or an application using another name would not be seen (SQLite advises against hard links)"
+            );
+        }
         let shm_path = with_suffix("-shm");
         let shm_before = Held::open(shm_path.clone()).ok();
         let sqlite = Sqlite::open(db, options.busy_timeout).map_err(sql_err)?;
@@ -488,6 +528,17 @@ pub struct Status {
     pub upload_error: Option<String>,
 }
 
+impl CaptureError {
+    /// Whether retrying cannot help and the replication must stop: another writer in the
+    /// replica, or the staging directory lost.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::Conflict { .. } | CaptureError::StagingLost { .. }
+        )
+    }
+}
+
 /// Why a replication stopped short: what a final sync or upload left undone.
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
@@ -533,8 +584,7 @@ pub struct Replication {
     staged: watch::Receiver<Txid>,
     status: Arc<Mutex<Status>>,
     fatal: watch::Receiver<Option<String>>,
-    staging: Staging,
-    replica: Replica,
+    uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     timeout: Duration,
 }
 
@@ -588,13 +638,17 @@ impl Replication {
             ),
             Err(e) => tracing::warn!(error = %e, "could not clean up stale upload scratch objects"),
         }
-        let replica_max = replica
-            .list_all()
-            .await?
+        let listed = replica.list_all().await?;
+        let replica_max = listed
             .iter()
             .map(|f| f.range.max)
             .max()
             .unwrap_or(Txid::ZERO);
+        let base = listed
+            .iter()
+            .filter(|f| f.range.min == Txid::ONE)
+            .max_by_key(|f| f.range.max)
+            .map(|f| (f.level, f.range));
         let opened = {
             let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
             tokio::task::spawn_blocking(move || {
@@ -633,8 +687,9 @@ impl Replication {
             std::thread::Builder::new()
                 .name("strata-capture".into())
                 .spawn(move || {
+                    let fatal = alarm.fatal.clone();
                     let _alarm = alarm;
-                    capture_loop(opened, stop_rx, staged_tx, status)
+                    capture_loop(opened, stop_rx, staged_tx, status, fatal)
                 })
                 .map_err(|source| CaptureError::Io {
                     path: db.clone(),
@@ -645,11 +700,13 @@ impl Replication {
             staging.clone(),
             replica.clone(),
             replica_max,
+            base,
             replica_lost,
             options.replica_check_interval,
         );
+        let uploader = Arc::new(tokio::sync::Mutex::new(uploader));
         let upload = tokio::spawn(upload_loop(
-            uploader,
+            uploader.clone(),
             staged_rx.clone(),
             status.clone(),
             options.sync_interval,
@@ -666,8 +723,7 @@ impl Replication {
             staged: staged_rx,
             status,
             fatal: fatal_rx,
-            staging,
-            replica,
+            uploader,
             timeout: options.shutdown_timeout,
         })
     }
@@ -700,7 +756,6 @@ impl Replication {
         let joined = tokio::task::spawn_blocking(move || capture.join()).await;
         self.upload.abort();
         let _ = self.upload.await;
-        let mut uploaded = self.status.lock().unwrap().uploaded;
         let final_sync = match joined {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => {
@@ -718,11 +773,12 @@ impl Replication {
         };
         let deadline = Instant::now() + self.timeout;
         let staged = *self.staged.borrow();
+        let mut uploader = self.uploader.lock().await;
         let mut last = None;
-        while uploaded < staged && Instant::now() < deadline {
-            match upload::upload(&self.staging, &self.replica, &mut uploaded, &mut None).await {
+        while uploader.uploaded < staged && Instant::now() < deadline {
+            match uploader.upload().await {
                 // Nothing left to upload, yet short of what was staged: nothing will change.
-                Ok(0) if uploaded < staged => break,
+                Ok(0) if uploader.uploaded < staged => break,
                 Ok(_) => last = None,
                 Err(e) => {
                     last = Some(e);
@@ -730,9 +786,16 @@ impl Replication {
                 }
             }
         }
+        // What is claimed must be in the replica now, not only when it was uploaded.
+        if uploader.uploaded >= staged
+            && let Err(e) = uploader.verify().await
+        {
+            last = Some(e);
+        }
+        let uploaded = uploader.uploaded;
         let mut status = self.status.lock().unwrap().clone();
         status.uploaded = uploaded;
-        if uploaded < staged {
+        if uploaded < staged || last.is_some() {
             return Err(StopError::Upload {
                 staged,
                 uploaded,
@@ -760,6 +823,7 @@ fn capture_loop(
     mut stop: mpsc::UnboundedReceiver<()>,
     staged: watch::Sender<Txid>,
     status: Arc<Mutex<Status>>,
+    fatal: watch::Sender<Option<String>>,
 ) -> Result<(), CaptureError> {
     let interval = capture.options.sync_interval;
     let mut backoff = interval;
@@ -784,6 +848,12 @@ fn capture_loop(
                 backoff = interval;
                 status.lock().unwrap().sync_error = None;
                 interval
+            }
+            Err(e) if e.is_fatal() => {
+                tracing::error!(error = %e, "sync failed; stopping");
+                status.lock().unwrap().sync_error = Some(e.to_string());
+                fatal.send_replace(Some(e.to_string()));
+                return result;
             }
             Err(e) => {
                 tracing::error!(error = %e, "sync failed; retrying");
@@ -861,21 +931,29 @@ fn step(
 /// The upload task: uploads when something is staged, and retries on an interval with
 /// growing backoff after errors.
 async fn upload_loop(
-    mut uploader: upload::Uploader,
+    uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     mut staged: watch::Receiver<Txid>,
     status: Arc<Mutex<Status>>,
     interval: Duration,
-    _alarm: PanicAlarm,
+    alarm: PanicAlarm,
 ) {
     let mut backoff = interval;
     loop {
-        let result = uploader.upload().await;
+        let (result, uploaded) = {
+            let mut uploader = uploader.lock().await;
+            (uploader.upload().await, uploader.uploaded)
+        };
         {
             let mut s = status.lock().unwrap();
-            s.uploaded = uploader.uploaded;
+            s.uploaded = uploaded;
             s.upload_error = result.as_ref().err().map(ToString::to_string);
         }
         if let Err(e) = result {
+            if e.is_fatal() {
+                tracing::error!(error = %e, "upload failed; stopping");
+                alarm.fatal.send_replace(Some(e.to_string()));
+                return;
+            }
             tracing::warn!(error = %e, "upload failed; retrying");
             backoff = (backoff * 2).min(Duration::from_secs(300));
             tokio::time::sleep(backoff).await;

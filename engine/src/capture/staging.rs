@@ -16,7 +16,7 @@ pub struct Staging {
     dir: PathBuf,
     l0: PathBuf,
     /// The locked file; the lock goes with the last clone.
-    _lock: Arc<File>,
+    lock: Arc<File>,
 }
 
 impl Staging {
@@ -69,8 +69,22 @@ impl Staging {
         Ok(Staging {
             dir,
             l0,
-            _lock: Arc::new(lock),
+            lock: Arc::new(lock),
         })
+    }
+
+    /// Fails if the lock file at the path is no longer the one locked: the staging
+    /// directory was deleted or replaced, and another capture may have locked a new one.
+    pub fn check_lock(&self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self.lock.metadata()?;
+        match std::fs::metadata(self.dir.join("lock")) {
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => Ok(()),
+            _ => Err(io::Error::other(format!(
+                "the staging directory {} was deleted or replaced while in use; another capture may own it now",
+                self.dir.display()
+            ))),
+        }
     }
 
     /// The directory (where the position file lives).
@@ -92,7 +106,9 @@ impl Staging {
     ) -> io::Result<T> {
         let path = self.path(range);
         let tmp = path.with_extension("ltx.tmp");
-        let out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let named =
+            |e: io::Error| io::Error::new(e.kind(), format!("staging {}: {e}", path.display()));
+        let out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(named)?);
         let result = write(out).and_then(|(out, value)| {
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
@@ -100,13 +116,15 @@ impl Staging {
         });
         match result {
             Ok(value) => {
-                std::fs::rename(&tmp, &path)?;
-                File::open(&self.l0)?.sync_all()?;
+                std::fs::rename(&tmp, &path).map_err(named)?;
+                File::open(&self.l0)
+                    .and_then(|d| d.sync_all())
+                    .map_err(named)?;
                 Ok(value)
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                Err(e)
+                Err(named(e))
             }
         }
     }

@@ -234,6 +234,12 @@ impl Syncer {
     /// Syncs once: stages an L0 file for what was committed since the last position, or a
     /// full copy when continuity cannot be shown.
     pub fn sync(&mut self) -> Result<Synced, CaptureError> {
+        self.staging
+            .check_lock()
+            .map_err(|source| CaptureError::StagingLost {
+                path: self.staging.dir().to_owned(),
+                source,
+            })?;
         self.db.check("database file")?;
         self.shm.check("wal-index file (-shm)")?;
         let index = IndexHeader::read(&self.shm.file)

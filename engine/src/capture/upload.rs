@@ -20,10 +20,15 @@ pub struct Uploader {
     replica: Replica,
     /// The highest TXID known to be in the replica.
     pub uploaded: Txid,
-    /// The last file uploaded (or found uploaded) by this uploader.
+    /// The newest file starting at TXID 1 known to be in the replica: what restores start
+    /// from.
+    base: Option<(Level, TxidRange)>,
+    /// The last file uploaded by this uploader.
     last: Option<TxidRange>,
+    /// `uploaded` when the replica was last found holding `base` and `last`.
+    verified: Txid,
     checked: Instant,
-    /// How often to check the replica still holds the last file uploaded.
+    /// How often to check the replica still holds them.
     check_every: Duration,
     /// Set when the replica lost the history: the capture's next file is a full copy named
     /// as a snapshot.
@@ -31,11 +36,13 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// An uploader for a replica that holds TXIDs through `uploaded`.
+    /// An uploader for a replica that holds TXIDs through `uploaded`, restorable from
+    /// `base`.
     pub fn new(
         staging: Staging,
         replica: Replica,
         uploaded: Txid,
+        base: Option<(Level, TxidRange)>,
         rebase: Arc<AtomicBool>,
         check_every: Duration,
     ) -> Uploader {
@@ -43,7 +50,9 @@ impl Uploader {
             staging,
             replica,
             uploaded,
+            base,
             last: None,
+            verified: uploaded,
             checked: Instant::now(),
             check_every,
             rebase,
@@ -51,51 +60,110 @@ impl Uploader {
     }
 
     /// Uploads what is staged (see [`upload`]), first checking, now and then, that the
-    /// replica still holds the last file uploaded. A replica wiped or put back from an
-    /// older copy while strata runs would otherwise receive files it cannot be restored from:
-    /// then the capture is asked for a full copy, and files until it are not sent.
+    /// replica still holds the file restores start from and the last file uploaded (a HEAD
+    /// request each). A replica wiped or put back from an older copy while strata runs
+    /// would otherwise receive files it cannot be restored from: then the capture is asked
+    /// for a full copy, files staged before it are not sent, and files sent since the last
+    /// good check are deleted, being of no use.
     pub async fn upload(&mut self) -> Result<usize, CaptureError> {
         if self.checked.elapsed() >= self.check_every {
             self.check_replica().await?;
         }
-        let count = upload(
-            &self.staging,
-            &self.replica,
-            &mut self.uploaded,
-            &mut self.last,
-        )
-        .await?;
+        let mut last = self.last;
+        let count = upload(&self.staging, &self.replica, &mut self.uploaded, &mut last).await?;
+        if let Some(r) = last.filter(|r| r.min == Txid::ONE) {
+            self.base = Some((Level::L0, r));
+        }
+        self.last = last;
         Ok(count)
     }
 
-    async fn check_replica(&mut self) -> Result<(), CaptureError> {
-        let Some(last) = self.last else {
-            self.checked = Instant::now();
-            return Ok(());
-        };
-        let listed = self.replica.list(Level::L0, last.min).await?;
-        if !listed.iter().any(|f| f.range == last) {
-            let max = self
-                .replica
-                .list_all()
-                .await?
-                .iter()
-                .map(|f| f.range.max)
-                .max()
-                .unwrap_or(Txid::ZERO);
-            if max < last.max {
-                tracing::warn!(
-                    replica = self.replica.name(),
-                    holds_through = %max,
-                    uploaded = %last.max,
-                    "the replica lost files already uploaded: the next file is a full copy"
-                );
-                self.uploaded = max;
-                self.last = None;
-                self.rebase.store(true, Ordering::SeqCst);
-            }
+    /// Checks now that the replica holds the base and the last file uploaded, and nothing
+    /// after it from another writer: an error if not (the replica lost files this uploader
+    /// counts as uploaded, and `uploaded` now says how far it holds).
+    pub async fn verify(&mut self) -> Result<(), CaptureError> {
+        let before = self.uploaded;
+        self.check_replica().await?;
+        if self.uploaded < before {
+            return Err(CaptureError::ReplicaLost {
+                replica: self.replica.name().to_owned(),
+                uploaded: before,
+                holds_through: self.uploaded,
+            });
         }
+        Ok(())
+    }
+
+    async fn check_replica(&mut self) -> Result<(), CaptureError> {
+        // Files beyond what this uploader sent are another writer's.
+        if let Some(theirs) = self
+            .replica
+            .list(Level::L0, self.uploaded.next())
+            .await?
+            .first()
+        {
+            return Err(CaptureError::Conflict {
+                txid: theirs.range.max,
+                replica: self.replica.name().to_owned(),
+            });
+        }
+        let replica = &self.replica;
+        let holds = |held: Option<(Level, TxidRange)>| async move {
+            match held {
+                Some((level, range)) => replica.exists(level, range).await,
+                None => Ok(true),
+            }
+        };
+        let intact = holds(self.base).await? && holds(self.last.map(|r| (Level::L0, r))).await?;
         self.checked = Instant::now();
+        if intact {
+            self.verified = self.uploaded;
+            return Ok(());
+        }
+        let files = self.replica.list_all().await?;
+        let has_base = files.iter().any(|f| f.range.min == Txid::ONE);
+        let max = files
+            .iter()
+            .map(|f| f.range.max)
+            .max()
+            .unwrap_or(Txid::ZERO);
+        if has_base && max >= self.uploaded {
+            // Moved, not lost (a newer base, or files compacted elsewhere).
+            self.base = files
+                .iter()
+                .filter(|f| f.range.min == Txid::ONE)
+                .max_by_key(|f| f.range.max)
+                .map(|f| (f.level, f.range));
+            self.verified = self.uploaded;
+            return Ok(());
+        }
+        // What this uploader sent since its last good check does not continue what the
+        // replica holds now: of no use, and in the way of a clean chain.
+        let useless: Vec<_> = files
+            .iter()
+            .filter(|f| {
+                f.level == Level::L0 && f.range.max > self.verified && f.range.min != Txid::ONE
+            })
+            .cloned()
+            .collect();
+        self.replica.delete(&useless).await?;
+        let holds_through = files
+            .iter()
+            .filter(|f| !useless.contains(f))
+            .map(|f| f.range.max)
+            .max()
+            .unwrap_or(Txid::ZERO);
+        tracing::warn!(
+            replica = self.replica.name(),
+            holds_through = %holds_through,
+            uploaded = %self.uploaded,
+            "the replica lost files already uploaded: the next file is a full copy"
+        );
+        self.uploaded = holds_through;
+        self.verified = holds_through;
+        self.base = None;
+        self.last = None;
+        self.rebase.store(true, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -126,10 +126,21 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             true
         }
     };
-    eprintln!("stopping: final sync and upload");
-    for r in running {
+    eprintln!("stopping: final sync and upload (a second signal stops at once)");
+    // Every database stops at once, each within the shutdown timeout.
+    let stops = futures::future::join_all(running.into_iter().map(|r| async move {
         let db = r.db().display().to_string();
-        match r.stop().await {
+        (db, r.stop().await)
+    }));
+    let stopped = tokio::select! {
+        stopped = stops => stopped,
+        () = shutdown.wait() => {
+            eprintln!("second signal: exiting now; staged files not yet uploaded go up at the next start");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for (db, result) in stopped {
+        match result {
             Ok(s) => eprintln!(
                 "{db}: replicated through TXID {} ({} full {})",
                 s.uploaded,

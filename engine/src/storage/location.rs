@@ -99,6 +99,12 @@ impl ReplicaUrl {
             });
         };
         let url = url::Url::parse(s).map_err(|e| url_error(s, e.to_string()))?;
+        if url.fragment().is_some() {
+            return Err(url_error(
+                s,
+                "a replica URL takes no fragment: percent-encode '#' in a path as %23",
+            ));
+        }
         let key_prefix = || url.path().trim_matches('/').to_owned();
         let bucket = || match url.host_str() {
             Some(h) if !h.is_empty() => Ok(h.to_owned()),
@@ -582,6 +588,7 @@ mod tests {
             ("s3://bucket/p?forcePathStyle=yes", "must be true or false"),
             ("ftp://host/x", "unsupported scheme \"ftp\""),
             ("file://host/x", "take no host"),
+            ("file:///tmp/a#b", "no fragment"),
             ("", "empty"),
         ] {
             let e = ReplicaUrl::parse(url).unwrap_err().to_string();

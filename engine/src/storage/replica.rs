@@ -12,8 +12,8 @@ use ltx::{FileTail, Header, TailParse, Txid, TxidRange};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetResultPayload, ObjectStore, PutMode, PutOptions,
-    PutPayload,
+    Attribute, Attributes, GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload,
 };
 
 use super::counting::{CountingStore, RequestCounter, RequestCounts};
@@ -631,6 +631,16 @@ impl Replica {
             size,
             modified: timestamp,
         })
+    }
+
+    /// Whether the file for `range` is in `level` (one HEAD request).
+    pub async fn exists(&self, level: Level, range: TxidRange) -> Result<bool, StorageError> {
+        let path = self.path(level, range);
+        match self.inner.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(Operation::Get, &path, e)),
+        }
     }
 
     /// Deletes scratch objects of large uploads (see `multipart`) older than `age`: what a

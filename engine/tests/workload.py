@@ -149,6 +149,14 @@ def write(db, states, seconds, seed, orphans=False):
             record(states, content_hash(conn))
             conn.execute("COMMIT")
         time.sleep(rng.random() * 0.02)
+    if orphans:
+        # A last real commit overwrites any orphan frames: left in place, SQLite's recovery
+        # would take them as committed once every connection has closed (a killed writer's
+        # frames are then durable), and these hold garbage no real writer would.
+        conn.execute("BEGIN IMMEDIATE")
+        transaction(conn, rng)
+        record(states, content_hash(conn))
+        conn.execute("COMMIT")
 
 
 def main():

@@ -660,41 +660,33 @@ impl Replica {
         let stale: Vec<_> = metas
             .into_iter()
             .filter(|m| m.last_modified.timestamp_millis() < cutoff)
-            .map(|m| Ok(m.location))
+            .map(|m| m.location)
             .collect();
         let count = stale.len();
-        let results: Vec<_> = self
-            .inner
-            .store
-            .delete_stream(futures::stream::iter(stale).boxed())
-            .collect()
-            .await;
-        for r in results {
-            match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.error(Operation::Delete, &dir, e)),
-            }
-        }
+        self.delete_paths(stale, &dir.to_string()).await?;
         Ok(count)
     }
 
     /// Deletes files, batched (S3 DeleteObjects takes 1000 keys a request). Files already
     /// gone are not an error.
     pub async fn delete(&self, files: &[FileInfo]) -> Result<(), StorageError> {
-        let paths: Vec<_> = files
-            .iter()
-            .map(|f| Ok(self.path(f.level, f.range)))
-            .collect();
+        let paths = files.iter().map(|f| self.path(f.level, f.range)).collect();
+        self.delete_paths(paths, "(batch)").await
+    }
+
+    /// Deletes objects, batched; ones already gone are not an error. `what` names them in
+    /// an error.
+    async fn delete_paths(&self, paths: Vec<Path>, what: &str) -> Result<(), StorageError> {
         let results: Vec<_> = self
             .inner
             .store
-            .delete_stream(futures::stream::iter(paths).boxed())
+            .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed())
             .collect()
             .await;
         for r in results {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.error(Operation::Delete, "(batch)", e)),
+                Err(e) => return Err(self.error(Operation::Delete, what, e)),
             }
         }
         Ok(())

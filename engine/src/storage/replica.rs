@@ -663,7 +663,7 @@ impl Replica {
             .map(|m| m.location)
             .collect();
         let count = stale.len();
-        self.delete_paths(stale, &dir.to_string()).await?;
+        self.delete_paths(stale, dir.as_ref()).await?;
         Ok(count)
     }
 

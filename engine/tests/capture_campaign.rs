@@ -2,9 +2,9 @@
 //! (bursts of writes from Python's SQLite with its own checkpoints and VACUUMs, writers
 //! killed between writing frames and publishing them, `kill -9` of strata at random
 //! moments, strata stopped while the application writes and empties its log, the database
-//! file replaced under strata), then a check that every restore point in the replica is a
-//! state the writers committed and the latest equals the source, and that Litestream
-//! 0.5.17 restores it too.
+//! file replaced under strata). After every step, each new restore point in the replica must
+//! restore to a state the writers committed; at the end, the latest must equal the source,
+//! and Litestream 0.5.17 must restore it too.
 //!
 //! The same campaign runs in-process against S3 on `moto_server`, through the storage fault
 //! wrapper injecting failed and slow requests and broken reads, with the replication stopped
@@ -72,6 +72,7 @@ async fn run(seed: u64, steps: usize) {
     let setup = Setup::new(None);
     let mut strata: Option<Child> = Some(setup.strata());
     let mut log = Vec::new();
+    let mut checked = 0;
     for step in 0..steps {
         let seconds = 0.3 + rng.below(12) as f64 / 10.0;
         let action = rng.below(6);
@@ -128,6 +129,7 @@ async fn run(seed: u64, steps: usize) {
             // Idle: strata syncs and checkpoints on its own.
             _ => std::thread::sleep(Duration::from_secs_f64(seconds)),
         }
+        checked = check_new_restore_points(&setup, checked).await;
     }
     std::thread::sleep(Duration::from_millis(500));
     if let Some(s) = strata.take() {
@@ -168,6 +170,7 @@ async fn run_s3(seed: u64, steps: usize) {
     let mut running = Some(start().await.unwrap());
     let blocking = |f: &dyn Fn()| tokio::task::block_in_place(f);
     let mut log = Vec::new();
+    let mut checked = 0;
     for step in 0..steps {
         let seconds = 0.3 + rng.below(10) as f64 / 10.0;
         let action = rng.below(5);
@@ -214,6 +217,7 @@ async fn run_s3(seed: u64, steps: usize) {
             3 => blocking(&|| wait_all(setup.writers_with(2, seconds, &["--orphans", "1"]))),
             _ => tokio::time::sleep(Duration::from_secs_f64(seconds)).await,
         }
+        checked = check_new_restore_points(&setup, checked).await;
     }
     faults.clear();
     tokio::time::sleep(Duration::from_millis(500)).await;

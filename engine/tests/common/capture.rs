@@ -277,6 +277,34 @@ pub async fn check_history(setup: &Setup) {
     }
 }
 
+/// Restores every restore point above `checked` now in the replica (it may be being
+/// written) and checks each is a state the source passed through and a sound database;
+/// returns the highest checked. For checking after every step of a campaign.
+pub async fn check_new_restore_points(setup: &Setup, checked: u64) -> u64 {
+    let replica = setup.replica();
+    let l0 = replica.list(Level::L0, Txid::ZERO).await.unwrap();
+    let states = setup.states();
+    let mut highest = checked;
+    for txid in l0
+        .iter()
+        .map(|f| f.range.max.get())
+        .filter(|t| *t > checked)
+    {
+        let out = setup.dir.join(format!("step-{txid}.db"));
+        let _ = std::fs::remove_file(&out);
+        restore_at(&replica, Target::Txid(Txid::new(txid)), &out).await;
+        let hash = python(&["hash", out.to_str().unwrap()]);
+        assert!(
+            states.contains(hash.trim()),
+            "TXID {txid} restores to a state the source never had; log:\n{}",
+            setup.log()
+        );
+        std::fs::remove_file(&out).unwrap();
+        highest = highest.max(txid);
+    }
+    highest
+}
+
 /// Litestream 0.5.17 restores the replica strata wrote to the source's content.
 pub fn assert_litestream_restores_the_source(setup: &Setup) {
     let out = setup.dir.join("litestream.db");

@@ -175,7 +175,7 @@ pub enum CaptureError {
     /// The replica already holds a different file for a TXID strata wrote: another process
     /// replicates the same database to the same place.
     #[error(
-        "TXID {txid} already exists in {replica} with different contents: is another process replicating this database there?"
+        "TXID {txid} in {replica} was not written by this capture: is another process replicating (this or another database) there?"
     )]
     Conflict {
         /// The TXID.

@@ -324,3 +324,88 @@ async fn two_databases_writing_one_replica_is_an_error_not_a_mix() {
     let err = sa.err().or(sb.err()).unwrap().to_string();
     assert!(err.contains("another process"), "{err}");
 }
+
+/// The latest restore of the replica equals the source, and Litestream agrees.
+async fn latest_equals_source(setup: &Setup) {
+    let out = setup.dir.join("latest-only.db");
+    let _ = std::fs::remove_file(&out);
+    restore_at(&setup.replica(), strata::restore::Target::Latest, &out).await;
+    assert_eq!(
+        sqlite3_dump(out.to_str().unwrap()),
+        sqlite3_dump(setup.db.to_str().unwrap()),
+        "{}",
+        setup.log()
+    );
+    assert_litestream_restores_the_source(setup);
+}
+
+fn l0_files(setup: &Setup) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(setup.dir.join("replica/ltx/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so() {
+    use strata::capture::{CaptureOptions, Replication};
+    let setup = Setup::new(None);
+    let replica = || {
+        strata::storage::Replica::create(
+            &strata::storage::ReplicaUrl::parse(&setup.replica_url).unwrap(),
+        )
+        .unwrap()
+    };
+    let options = CaptureOptions {
+        sync_interval: Duration::from_millis(100),
+        replica_check_interval: Duration::from_millis(300),
+        shutdown_timeout: Duration::from_secs(3),
+        ..CaptureOptions::default()
+    };
+    let running = Replication::start(&setup.db, replica(), options.clone())
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.0)));
+    sleep_ms(400);
+    let older = setup.dir.join("older");
+    copy_dir(&setup.dir.join("replica"), &older);
+    // A file from the middle of the chain goes missing, with writes going on.
+    std::fs::remove_file(&l0_files(&setup)[2]).unwrap();
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.5)));
+    sleep_ms(500);
+    running.stop().await.unwrap();
+    latest_equals_source(&setup).await;
+
+    // Put back from an older copy while it runs, with writes going on.
+    let running = Replication::start(&setup.db, replica(), options.clone())
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 0.5)));
+    std::fs::remove_dir_all(setup.dir.join("replica")).unwrap();
+    copy_dir(&older, &setup.dir.join("replica"));
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.5)));
+    sleep_ms(500);
+    running.stop().await.unwrap();
+    latest_equals_source(&setup).await;
+
+    // A file goes missing and the replication stops at once: it must not claim success.
+    let running = Replication::start(&setup.db, replica(), options.clone())
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 0.5)));
+    sleep_ms(300);
+    let files = l0_files(&setup);
+    std::fs::remove_file(&files[files.len() - 2]).unwrap();
+    let err = running.stop().await.unwrap_err().to_string();
+    assert!(err.contains("no longer holds"), "{err}");
+
+    // Missing files found at start: the first file is a full copy.
+    let running = Replication::start(&setup.db, replica(), options)
+        .await
+        .unwrap();
+    sleep_ms(500);
+    running.stop().await.unwrap();
+    latest_equals_source(&setup).await;
+}

@@ -201,14 +201,16 @@ struct Capture {
 }
 
 impl Capture {
-    /// Opens the database and the capture state. `replica_max` is the highest TXID already in
-    /// the replica: capture continues above it, and resumes from its saved position only if
-    /// the replica, the staged files and the position form one unbroken history of this
-    /// very database file. Otherwise the next file is a full copy.
+    /// Opens the database and the capture state. `replica_max` is the TXID the replica
+    /// restores to and `replica_newest` the newest any of its files reaches: capture
+    /// continues above every TXID used, and resumes from its saved position only if the
+    /// replica, the staged files and the position form one unbroken history of this very
+    /// database file. Otherwise the next file is a full copy.
     fn open(
         db: &Path,
         staging: Staging,
         replica_max: Txid,
+        replica_newest: Txid,
         options: CaptureOptions,
     ) -> Result<Capture, CaptureError> {
         let sql_err = |error| CaptureError::Sqlite {
@@ -285,7 +287,7 @@ impl Capture {
         let known = [
             saved.map_or(Txid::ZERO, |p| p.txid),
             staged.last().map_or(Txid::ZERO, |r| r.max),
-            replica_max,
+            replica_newest,
         ]
         .into_iter()
         .max()
@@ -504,6 +506,7 @@ impl Closed {
             &self.db,
             self.staging.clone(),
             self.last,
+            self.last,
             self.options.clone(),
         )?;
         capture.syncer.position = None;
@@ -555,6 +558,12 @@ pub enum StopError {
     Sync {
         /// The newest TXID in the replica.
         uploaded: Txid,
+        /// Why.
+        error: CaptureError,
+    },
+    /// The replica does not hold what was uploaded to it (or could not be checked).
+    #[error("the replica check at stop failed: {error}")]
+    Replica {
         /// Why.
         error: CaptureError,
     },
@@ -638,24 +647,31 @@ impl Replication {
             ),
             Err(e) => tracing::warn!(error = %e, "could not clean up stale upload scratch objects"),
         }
+        // A replica that does not restore to its newest TXID (files missing in the middle)
+        // cannot be continued: only what it restores to counts.
         let listed = replica.list_all().await?;
-        let replica_max = listed
+        let replica_max = upload::latest_restorable(&listed);
+        if listed.iter().any(|f| f.range.max > replica_max) {
+            tracing::warn!(replica = replica.name(), restores_to = %replica_max, "the replica does not restore to its newest file: the next file is a full copy");
+        }
+        let newest = listed
             .iter()
             .map(|f| f.range.max)
             .max()
             .unwrap_or(Txid::ZERO);
-        let base = listed
-            .iter()
-            .filter(|f| f.range.min == Txid::ONE)
-            .max_by_key(|f| f.range.max)
-            .map(|f| (f.level, f.range));
         let opened = {
             let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
             tokio::task::spawn_blocking(move || {
                 // A file replaced while it was being opened is opened again.
                 let mut attempt = 0;
                 loop {
-                    match Capture::open(&path, staging.clone(), replica_max, options.clone()) {
+                    match Capture::open(
+                        &path,
+                        staging.clone(),
+                        replica_max,
+                        newest,
+                        options.clone(),
+                    ) {
                         Err(CaptureError::Replaced { .. }) if attempt < 3 => attempt += 1,
                         result => break result,
                     }
@@ -700,7 +716,7 @@ impl Replication {
             staging.clone(),
             replica.clone(),
             replica_max,
-            base,
+            newest,
             replica_lost,
             options.replica_check_interval,
         );
@@ -775,34 +791,50 @@ impl Replication {
         let staged = *self.staged.borrow();
         let mut uploader = self.uploader.lock().await;
         let mut last = None;
-        while uploader.uploaded < staged && Instant::now() < deadline {
-            match uploader.upload().await {
+        // Each request is bounded by what is left of the timeout: a server that hangs does
+        // not hold the stop past it.
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let timed_out = || CaptureError::Io {
+            path: self.db.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the shutdown timeout passed with the replica not answering",
+            ),
+        };
+        while uploader.uploaded < staged && !left().is_zero() {
+            match tokio::time::timeout(left(), uploader.upload()).await {
                 // Nothing left to upload, yet short of what was staged: nothing will change.
-                Ok(0) if uploader.uploaded < staged => break,
-                Ok(_) => last = None,
-                Err(e) => {
+                Ok(Ok(0)) if uploader.uploaded < staged => break,
+                Ok(Ok(_)) => last = None,
+                Ok(Err(e)) => {
                     last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(500).min(left())).await;
                 }
+                Err(_) => last = Some(timed_out()),
             }
         }
-        // What is claimed must be in the replica now, not only when it was uploaded.
-        if uploader.uploaded >= staged
-            && let Err(e) = uploader.verify().await
-        {
-            last = Some(e);
-        }
         let uploaded = uploader.uploaded;
-        let mut status = self.status.lock().unwrap().clone();
-        status.uploaded = uploaded;
-        if uploaded < staged || last.is_some() {
+        if uploaded < staged {
             return Err(StopError::Upload {
                 staged,
                 uploaded,
                 error: last,
             });
         }
-        final_sync.map_err(|error| StopError::Sync { uploaded, error })?;
+        // What is claimed must be in the replica now, not only when it was uploaded.
+        let verified =
+            match tokio::time::timeout(left().max(Duration::from_secs(5)), uploader.verify()).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(timed_out()),
+            };
+        verified.map_err(|error| StopError::Replica { error })?;
+        let mut status = self.status.lock().unwrap().clone();
+        status.uploaded = uploader.uploaded;
+        final_sync.map_err(|error| StopError::Sync {
+            uploaded: status.uploaded,
+            error,
+        })?;
         Ok(status)
     }
 }
@@ -890,7 +922,7 @@ fn fault_point(name: &str) {
 /// A capture, or one waiting to reopen its database.
 enum Db {
     Open(Box<Capture>),
-    Closed(Closed),
+    Closed(Box<Closed>),
 }
 
 /// One tick (or, when `stopping`, the final sync). A database replaced under its path is
@@ -917,7 +949,7 @@ fn step(
     match result {
         Err(e @ CaptureError::Replaced { .. }) => {
             tracing::warn!(error = %e, "following the file now at the path with a full copy");
-            let closed = Db::Closed((*capture).close());
+            let closed = Db::Closed(Box::new((*capture).close()));
             if follow {
                 step(closed, stopping, false, report)
             } else {

@@ -15,6 +15,8 @@ use ltx::TxidRange;
 pub struct Staging {
     dir: PathBuf,
     l0: PathBuf,
+    /// Device and inode of `l0`: removing it loses staged files.
+    l0_id: (u64, u64),
     /// The locked file; the lock goes with the last clone.
     lock: Arc<File>,
 }
@@ -28,7 +30,8 @@ impl Staging {
         })?;
         let dir = db.with_file_name(format!(".{}-strata", name.to_string_lossy()));
         let l0 = dir.join("ltx").join("0");
-        std::fs::create_dir_all(&l0)?;
+        // Only the directory itself before the lock: what is inside is the holder's.
+        std::fs::create_dir_all(&dir)?;
         let lock_path = dir.join("lock");
         let mut lock = std::fs::OpenOptions::new()
             .read(true)
@@ -57,6 +60,12 @@ impl Staging {
                 ),
             ));
         }
+        std::fs::create_dir_all(&l0)?;
+        let l0_id = {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(&l0)?;
+            (m.dev(), m.ino())
+        };
         lock.set_len(0)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         write!(
@@ -69,17 +78,20 @@ impl Staging {
         Ok(Staging {
             dir,
             l0,
+            l0_id,
             lock: Arc::new(lock),
         })
     }
 
-    /// Fails if the lock file at the path is no longer the one locked: the staging
-    /// directory was deleted or replaced, and another capture may have locked a new one.
+    /// Fails if the lock file at the path is no longer the one locked, or the directory of
+    /// staged files is not the one made: the staging directory was deleted or replaced
+    /// (staged files may be lost), and another capture may have locked a new one.
     pub fn check_lock(&self) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let held = self.lock.metadata()?;
+        let l0_intact = std::fs::metadata(&self.l0).is_ok_and(|m| (m.dev(), m.ino()) == self.l0_id);
         match std::fs::metadata(self.dir.join("lock")) {
-            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => Ok(()),
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() && l0_intact => Ok(()),
             _ => Err(io::Error::other(format!(
                 "the staging directory {} was deleted or replaced while in use; another capture may own it now",
                 self.dir.display()

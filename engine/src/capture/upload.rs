@@ -11,7 +11,8 @@ use ltx::{Txid, TxidRange};
 
 use super::CaptureError;
 use super::staging::Staging;
-use crate::storage::{Level, Replica};
+use crate::restore::{PlanError, plan_files};
+use crate::storage::{FileInfo, Level, Replica};
 
 /// Ships staged files to one replica and watches that the replica keeps them.
 #[derive(Debug)]
@@ -20,15 +21,13 @@ pub struct Uploader {
     replica: Replica,
     /// The highest TXID known to be in the replica.
     pub uploaded: Txid,
-    /// The newest file starting at TXID 1 known to be in the replica: what restores start
-    /// from.
-    base: Option<(Level, TxidRange)>,
-    /// The last file uploaded by this uploader.
-    last: Option<TxidRange>,
-    /// `uploaded` when the replica was last found holding `base` and `last`.
-    verified: Txid,
+    /// The newest TXID of any file in the replica when it was last checked (or opened):
+    /// files above it are this uploader's (`recent`) or another writer's.
+    known: Txid,
+    /// Files uploaded since the last check.
+    recent: Vec<TxidRange>,
     checked: Instant,
-    /// How often to check the replica still holds them.
+    /// How often to check the replica while uploading.
     check_every: Duration,
     /// Set when the replica lost the history: the capture's next file is a full copy named
     /// as a snapshot.
@@ -36,13 +35,13 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// An uploader for a replica that holds TXIDs through `uploaded`, restorable from
-    /// `base`.
+    /// An uploader for a replica that restores to `uploaded` and whose newest file ends at
+    /// `known`.
     pub fn new(
         staging: Staging,
         replica: Replica,
         uploaded: Txid,
-        base: Option<(Level, TxidRange)>,
+        known: Txid,
         rebase: Arc<AtomicBool>,
         check_every: Duration,
     ) -> Uploader {
@@ -50,9 +49,8 @@ impl Uploader {
             staging,
             replica,
             uploaded,
-            base,
-            last: None,
-            verified: uploaded,
+            known,
+            recent: Vec::new(),
             checked: Instant::now(),
             check_every,
             rebase,
@@ -60,27 +58,31 @@ impl Uploader {
     }
 
     /// Uploads what is staged (see [`upload`]), first checking, now and then, that the
-    /// replica still holds the file restores start from and the last file uploaded (a HEAD
-    /// request each). A replica wiped or put back from an older copy while strata runs
-    /// would otherwise receive files it cannot be restored from: then the capture is asked
-    /// for a full copy, files staged before it are not sent, and files sent since the last
-    /// good check are deleted, being of no use.
+    /// replica still restores to what it holds (see [`Uploader::verify`]). While a full copy
+    /// is awaited after a loss, files that cannot continue the replica wait quietly.
     pub async fn upload(&mut self) -> Result<usize, CaptureError> {
         if self.checked.elapsed() >= self.check_every {
             self.check_replica().await?;
         }
-        let mut last = self.last;
-        let count = upload(&self.staging, &self.replica, &mut self.uploaded, &mut last).await?;
-        if let Some(r) = last.filter(|r| r.min == Txid::ONE) {
-            self.base = Some((Level::L0, r));
+        let result = upload(
+            &self.staging,
+            &self.replica,
+            &mut self.uploaded,
+            &mut self.recent,
+        )
+        .await;
+        match result {
+            Err(CaptureError::Gap { .. }) if self.rebase.load(Ordering::SeqCst) => Ok(0),
+            other => other,
         }
-        self.last = last;
-        Ok(count)
     }
 
-    /// Checks now that the replica holds the base and the last file uploaded, and nothing
-    /// after it from another writer: an error if not (the replica lost files this uploader
-    /// counts as uploaded, and `uploaded` now says how far it holds).
+    /// Checks now that the replica restores to `uploaded` and holds nothing this uploader
+    /// did not send since it was last checked: an error if not. A replica wiped, put back
+    /// from an older copy, or missing files in the middle restores no further than some
+    /// earlier TXID: then the capture is asked for a full copy, and files this uploader sent
+    /// since the last good check that no longer restore are deleted, being of no use.
+    /// Files from another writer stop the replication.
     pub async fn verify(&mut self) -> Result<(), CaptureError> {
         let before = self.uploaded;
         self.check_replica().await?;
@@ -95,82 +97,73 @@ impl Uploader {
     }
 
     async fn check_replica(&mut self) -> Result<(), CaptureError> {
-        // Files beyond what this uploader sent are another writer's.
-        if let Some(theirs) = self
-            .replica
-            .list(Level::L0, self.uploaded.next())
-            .await?
-            .first()
+        let files = self.replica.list_all().await?;
+        self.checked = Instant::now();
+        // Anything newer than the last check that this uploader did not send is another
+        // writer's.
+        if let Some(theirs) = files
+            .iter()
+            .find(|f| f.range.max > self.known && !self.recent.contains(&f.range))
         {
             return Err(CaptureError::Conflict {
                 txid: theirs.range.max,
                 replica: self.replica.name().to_owned(),
             });
         }
-        let replica = &self.replica;
-        let holds = |held: Option<(Level, TxidRange)>| async move {
-            match held {
-                Some((level, range)) => replica.exists(level, range).await,
-                None => Ok(true),
-            }
-        };
-        let intact = holds(self.base).await? && holds(self.last.map(|r| (Level::L0, r))).await?;
-        self.checked = Instant::now();
-        if intact {
-            self.verified = self.uploaded;
-            return Ok(());
-        }
-        let files = self.replica.list_all().await?;
-        let has_base = files.iter().any(|f| f.range.min == Txid::ONE);
-        let max = files
-            .iter()
-            .map(|f| f.range.max)
-            .max()
-            .unwrap_or(Txid::ZERO);
-        if has_base && max >= self.uploaded {
-            // Moved, not lost (a newer base, or files compacted elsewhere).
-            self.base = files
+        let newest = |files: &[FileInfo]| {
+            files
                 .iter()
-                .filter(|f| f.range.min == Txid::ONE)
-                .max_by_key(|f| f.range.max)
-                .map(|f| (f.level, f.range));
-            self.verified = self.uploaded;
+                .map(|f| f.range.max)
+                .max()
+                .unwrap_or(Txid::ZERO)
+        };
+        if self.uploaded == Txid::ZERO || restores_to(&files, self.uploaded) {
+            self.known = newest(&files);
+            self.recent.clear();
             return Ok(());
         }
-        // What this uploader sent since its last good check does not continue what the
-        // replica holds now: of no use, and in the way of a clean chain.
+        // Lost: what this uploader sent since the last good check and no longer restores is
+        // of no use, and in the way of a clean chain. Nothing else is touched.
         let useless: Vec<_> = files
             .iter()
-            .filter(|f| {
-                f.level == Level::L0 && f.range.max > self.verified && f.range.min != Txid::ONE
-            })
+            .filter(|f| self.recent.contains(&f.range) && !restores_to(&files, f.range.max))
             .cloned()
             .collect();
         self.replica.delete(&useless).await?;
-        let holds_through = files
-            .iter()
-            .filter(|f| !useless.contains(f))
-            .map(|f| f.range.max)
-            .max()
-            .unwrap_or(Txid::ZERO);
+        let kept: Vec<_> = files.into_iter().filter(|f| !useless.contains(f)).collect();
+        let holds_through = latest_restorable(&kept);
         tracing::warn!(
             replica = self.replica.name(),
-            holds_through = %holds_through,
+            restores_to = %holds_through,
             uploaded = %self.uploaded,
+            deleted = useless.len(),
             "the replica lost files already uploaded: the next file is a full copy"
         );
         self.uploaded = holds_through;
-        self.verified = holds_through;
-        self.base = None;
-        self.last = None;
+        self.known = newest(&kept);
+        self.recent.clear();
         self.rebase.store(true, Ordering::SeqCst);
         Ok(())
     }
 }
 
+/// Whether `files` restore to exactly `txid`.
+fn restores_to(files: &[FileInfo], txid: Txid) -> bool {
+    plan_files(files, Txid::ZERO, Some(txid), &[]).is_ok()
+}
+
+/// The newest TXID `files` restore to from nothing (0 if none).
+pub fn latest_restorable(files: &[FileInfo]) -> Txid {
+    match plan_files(files, Txid::ZERO, None, &[]) {
+        Ok(plan) => plan.txid,
+        Err(PlanError::Gap { reached, .. }) => reached,
+        Err(_) => Txid::ZERO,
+    }
+}
+
 /// Uploads staged files above `uploaded` (the highest TXID known to be in the replica) in
 /// TXID order, then removes the uploaded ones except the newest. Returns how many were
-/// uploaded. Each file must continue the replica (start at `uploaded + 1`, or at 1 for a
+/// uploaded, and adds each file sent to `sent`. Each file must continue the replica (start at `uploaded + 1`, or at 1 for a
 /// full copy named as a snapshot): a file that would leave a gap is never sent. It is
 /// dropped if a full copy staged after it supersedes it, and is an error otherwise.
 /// A file already in the replica counts as uploaded if it holds the same bytes (an upload
@@ -179,7 +172,7 @@ pub async fn upload(
     staging: &Staging,
     replica: &Replica,
     uploaded: &mut Txid,
-    last: &mut Option<TxidRange>,
+    sent: &mut Vec<TxidRange>,
 ) -> Result<usize, CaptureError> {
     let io = |path: PathBuf| move |source| CaptureError::Io { path, source };
     let staged = staging.staged().map_err(io(staging.dir().to_owned()))?;
@@ -223,7 +216,7 @@ pub async fn upload(
         }
         tracing::debug!(%txid, "uploaded");
         *uploaded = txid;
-        *last = Some(range);
+        sent.push(range);
         count += 1;
     }
     for range in staged.iter().copied().filter(|r| r.max < *uploaded) {
@@ -325,7 +318,7 @@ mod tests {
         }
         let mut uploaded = Txid::ZERO;
         assert_eq!(
-            upload(&staging, &replica, &mut uploaded, &mut None)
+            upload(&staging, &replica, &mut uploaded, &mut Vec::new())
                 .await
                 .unwrap(),
             3
@@ -337,7 +330,7 @@ mod tests {
         // A crash lost the record of uploading 3: uploading it again finds the same bytes.
         let mut uploaded = Txid::new(2);
         assert_eq!(
-            upload(&staging, &replica, &mut uploaded, &mut None)
+            upload(&staging, &replica, &mut uploaded, &mut Vec::new())
                 .await
                 .unwrap(),
             1
@@ -352,7 +345,7 @@ mod tests {
             .await
             .unwrap();
         stage(&staging, 4, 4);
-        let err = upload(&staging, &replica, &mut uploaded, &mut None)
+        let err = upload(&staging, &replica, &mut uploaded, &mut Vec::new())
             .await
             .unwrap_err();
         assert!(

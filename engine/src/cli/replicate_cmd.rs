@@ -126,7 +126,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             true
         }
     };
-    eprintln!("stopping: final sync and upload (a second signal stops at once)");
+    eprintln!("stopping: final sync and upload (another signal stops at once)");
     // Every database stops at once, each within the shutdown timeout.
     let stops = futures::future::join_all(running.into_iter().map(|r| async move {
         let db = r.db().display().to_string();
@@ -135,7 +135,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let stopped = tokio::select! {
         stopped = stops => stopped,
         () = shutdown.wait() => {
-            eprintln!("second signal: exiting now; staged files not yet uploaded go up at the next start");
+            eprintln!("signal during shutdown: exiting now; files not yet uploaded stay staged");
             return Ok(ExitCode::FAILURE);
         }
     };

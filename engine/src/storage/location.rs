@@ -94,6 +94,9 @@ impl ReplicaUrl {
             if s.is_empty() {
                 return Err(url_error(s, "empty"));
             }
+            if s.starts_with("file:") {
+                return Err(url_error(s, "a file URL is file:///absolute/path"));
+            }
             return Ok(ReplicaUrl::File {
                 root: PathBuf::from(s),
             });
@@ -589,6 +592,7 @@ mod tests {
             ("ftp://host/x", "unsupported scheme \"ftp\""),
             ("file://host/x", "take no host"),
             ("file:///tmp/a#b", "no fragment"),
+            ("file:/tmp/a", "file:///absolute/path"),
             ("", "empty"),
         ] {
             let e = ReplicaUrl::parse(url).unwrap_err().to_string();

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::capture::*;
 use common::s3_url;
-use strata::capture::{CaptureOptions, CheckpointOptions, Replication};
+use strata::capture::Replication;
 use strata::storage::faults::Fault;
 use strata::storage::{Replica, ReplicaUrl};
 
@@ -148,25 +148,12 @@ async fn the_fault_campaign_against_s3_with_storage_faults() {
     }
 }
 
-fn capture_options() -> CaptureOptions {
-    CaptureOptions {
-        sync_interval: Duration::from_millis(100),
-        checkpoint: CheckpointOptions {
-            min_pages: 64,
-            interval: Duration::from_secs(1),
-            truncate_pages: 400,
-        },
-        shutdown_timeout: Duration::from_secs(5),
-        ..CaptureOptions::default()
-    }
-}
-
 async fn run_s3(seed: u64, steps: usize) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let setup = Setup::new(Some(s3_url(&format!("campaign-{seed}"))));
     let base = Replica::create(&ReplicaUrl::parse(&setup.replica_url).unwrap()).unwrap();
     let (replica, faults) = base.with_faults();
-    let start = || Replication::start(&setup.db, replica.clone(), capture_options());
+    let start = || Replication::start(&setup.db, replica.clone(), quick_capture_options());
     let mut running = Some(start().await.unwrap());
     let blocking = |f: &dyn Fn()| tokio::task::block_in_place(f);
     let mut log = Vec::new();

@@ -243,20 +243,8 @@ fn terminate(strata: std::process::Child) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_replica_wiped_while_running_gets_a_full_copy() {
-    use strata::capture::{CaptureOptions, Replication};
     let setup = Setup::new(None);
-    let replica = strata::storage::Replica::create(
-        &strata::storage::ReplicaUrl::parse(&setup.replica_url).unwrap(),
-    )
-    .unwrap();
-    let options = CaptureOptions {
-        sync_interval: Duration::from_millis(100),
-        replica_check_interval: Duration::from_millis(300),
-        ..CaptureOptions::default()
-    };
-    let running = Replication::start(&setup.db, replica, options)
-        .await
-        .unwrap();
+    let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.0)));
     sleep_ms(500);
     std::fs::remove_dir_all(setup.dir.join("replica/ltx")).unwrap();
@@ -289,27 +277,12 @@ fn a_staging_directory_deleted_under_a_capture_stops_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn two_databases_writing_one_replica_is_an_error_not_a_mix() {
-    use strata::capture::{CaptureOptions, Replication};
     let a = Setup::new(None);
     let b = Setup::new(Some(a.replica_url.clone()));
-    let replica = || {
-        strata::storage::Replica::create(
-            &strata::storage::ReplicaUrl::parse(&a.replica_url).unwrap(),
-        )
-        .unwrap()
-    };
-    let options = CaptureOptions {
-        sync_interval: Duration::from_millis(100),
-        replica_check_interval: Duration::from_millis(300),
-        shutdown_timeout: Duration::from_secs(2),
-        ..CaptureOptions::default()
-    };
-    let ra = Replication::start(&a.db, replica(), options.clone())
-        .await
-        .unwrap();
+    let ra = start_in_process(&a, &a.replica_url).await;
     tokio::task::block_in_place(|| wait_all(a.writers(1, 0.5)));
     sleep_ms(300);
-    let rb = Replication::start(&b.db, replica(), options).await.unwrap();
+    let rb = start_in_process(&b, &a.replica_url).await;
     tokio::task::block_in_place(|| {
         let mut writers = a.writers(1, 2.0);
         writers.extend(b.writers(1, 2.0));
@@ -350,23 +323,8 @@ fn l0_files(setup: &Setup) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so() {
-    use strata::capture::{CaptureOptions, Replication};
     let setup = Setup::new(None);
-    let replica = || {
-        strata::storage::Replica::create(
-            &strata::storage::ReplicaUrl::parse(&setup.replica_url).unwrap(),
-        )
-        .unwrap()
-    };
-    let options = CaptureOptions {
-        sync_interval: Duration::from_millis(100),
-        replica_check_interval: Duration::from_millis(300),
-        shutdown_timeout: Duration::from_secs(3),
-        ..CaptureOptions::default()
-    };
-    let running = Replication::start(&setup.db, replica(), options.clone())
-        .await
-        .unwrap();
+    let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.0)));
     sleep_ms(400);
     let older = setup.dir.join("older");
@@ -379,9 +337,7 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     latest_equals_source(&setup).await;
 
     // Put back from an older copy while it runs, with writes going on.
-    let running = Replication::start(&setup.db, replica(), options.clone())
-        .await
-        .unwrap();
+    let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 0.5)));
     std::fs::remove_dir_all(setup.dir.join("replica")).unwrap();
     copy_dir(&older, &setup.dir.join("replica"));
@@ -391,9 +347,7 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     latest_equals_source(&setup).await;
 
     // A file goes missing and the replication stops at once: it must not claim success.
-    let running = Replication::start(&setup.db, replica(), options.clone())
-        .await
-        .unwrap();
+    let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 0.5)));
     sleep_ms(300);
     let files = l0_files(&setup);
@@ -402,9 +356,7 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     assert!(err.contains("no longer holds"), "{err}");
 
     // Missing files found at start: the first file is a full copy.
-    let running = Replication::start(&setup.db, replica(), options)
-        .await
-        .unwrap();
+    let running = start_in_process(&setup, &setup.replica_url).await;
     sleep_ms(500);
     running.stop().await.unwrap();
     latest_equals_source(&setup).await;

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use ltx::Txid;
+use std::time::Duration;
+
+use strata::capture::{CaptureOptions, CheckpointOptions, Replication};
 use strata::restore::Target;
 use strata::storage::{Level, Replica, ReplicaUrl};
 
@@ -151,6 +154,30 @@ impl Setup {
     }
 }
 
+/// Capture options for in-process runs: the same tight intervals as [`Setup::config`], and
+/// replica checks every 300 ms.
+pub fn quick_capture_options() -> CaptureOptions {
+    CaptureOptions {
+        sync_interval: Duration::from_millis(100),
+        checkpoint: CheckpointOptions {
+            min_pages: 64,
+            interval: Duration::from_secs(1),
+            truncate_pages: 400,
+        },
+        shutdown_timeout: Duration::from_secs(5),
+        replica_check_interval: Duration::from_millis(300),
+        ..CaptureOptions::default()
+    }
+}
+
+/// Starts replicating `setup`'s database to `url` in this process.
+pub async fn start_in_process(setup: &Setup, url: &str) -> Replication {
+    let replica = Replica::create(&ReplicaUrl::parse(url).unwrap()).unwrap();
+    Replication::start(&setup.db, replica, quick_capture_options())
+        .await
+        .unwrap()
+}
+
 /// Runs `workload.py` and returns its output.
 pub fn python(args: &[&str]) -> String {
     let out = Command::new("python3")
@@ -265,16 +292,27 @@ pub async fn check_history(setup: &Setup) {
     );
     let states = setup.states();
     for txid in txids {
-        let out = setup.dir.join(format!("at-{txid}.db"));
-        restore_at(&replica, Target::Txid(Txid::new(txid)), &out).await;
-        let hash = python(&["hash", out.to_str().unwrap()]);
-        assert!(
-            states.contains(hash.trim()),
-            "TXID {txid} restores to a state the source never had; log:\n{}",
-            setup.log()
-        );
-        std::fs::remove_file(&out).unwrap();
+        assert_restores_a_recorded_state(setup, &replica, &states, txid).await;
     }
+}
+
+/// Restores `txid` and checks it is a sound database in a state the source passed through.
+async fn assert_restores_a_recorded_state(
+    setup: &Setup,
+    replica: &Replica,
+    states: &HashSet<String>,
+    txid: u64,
+) {
+    let out = setup.dir.join(format!("at-{txid}.db"));
+    let _ = std::fs::remove_file(&out);
+    restore_at(replica, Target::Txid(Txid::new(txid)), &out).await;
+    let hash = python(&["hash", out.to_str().unwrap()]);
+    assert!(
+        states.contains(hash.trim()),
+        "TXID {txid} restores to a state the source never had; log:\n{}",
+        setup.log()
+    );
+    std::fs::remove_file(&out).unwrap();
 }
 
 /// Restores every restore point above `checked` now in the replica (it may be being
@@ -290,16 +328,7 @@ pub async fn check_new_restore_points(setup: &Setup, checked: u64) -> u64 {
         .map(|f| f.range.max.get())
         .filter(|t| *t > checked)
     {
-        let out = setup.dir.join(format!("step-{txid}.db"));
-        let _ = std::fs::remove_file(&out);
-        restore_at(&replica, Target::Txid(Txid::new(txid)), &out).await;
-        let hash = python(&["hash", out.to_str().unwrap()]);
-        assert!(
-            states.contains(hash.trim()),
-            "TXID {txid} restores to a state the source never had; log:\n{}",
-            setup.log()
-        );
-        std::fs::remove_file(&out).unwrap();
+        assert_restores_a_recorded_state(setup, &replica, &states, txid).await;
         highest = highest.max(txid);
     }
     highest

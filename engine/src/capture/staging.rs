@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 use ltx::TxidRange;
 
+use super::position::FileId;
+
 /// A database's staging directory, locked for this process.
 #[derive(Clone, Debug)]
 pub struct Staging {
     dir: PathBuf,
     l0: PathBuf,
     /// Device and inode of `l0`: removing it loses staged files.
-    l0_id: (u64, u64),
+    l0_id: FileId,
     /// The locked file; the lock goes with the last clone.
     lock: Arc<File>,
 }
@@ -50,8 +52,7 @@ impl Staging {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!(
-                    "{} is already being captured ({}): one database has one capture",
-                    db.display(),
+                    "already being captured ({}): one database has one capture",
                     if holder.is_empty() {
                         "by another capture"
                     } else {
@@ -61,11 +62,7 @@ impl Staging {
             ));
         }
         std::fs::create_dir_all(&l0)?;
-        let l0_id = {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(&l0)?;
-            (m.dev(), m.ino())
-        };
+        let l0_id = FileId::of(&std::fs::metadata(&l0)?);
         lock.set_len(0)?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         write!(
@@ -87,16 +84,16 @@ impl Staging {
     /// staged files is not the one made: the staging directory was deleted or replaced
     /// (staged files may be lost), and another capture may have locked a new one.
     pub fn check_lock(&self) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let held = self.lock.metadata()?;
-        let l0_intact = std::fs::metadata(&self.l0).is_ok_and(|m| (m.dev(), m.ino()) == self.l0_id);
-        match std::fs::metadata(self.dir.join("lock")) {
-            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() && l0_intact => Ok(()),
-            _ => Err(io::Error::other(format!(
-                "the staging directory {} was deleted or replaced while in use; another capture may own it now",
-                self.dir.display()
-            ))),
+        let held = FileId::of(&self.lock.metadata()?);
+        let names =
+            |path: &Path, id: FileId| std::fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id);
+        if names(&self.dir.join("lock"), held) && names(&self.l0, self.l0_id) {
+            return Ok(());
         }
+        Err(io::Error::other(format!(
+            "the staging directory {} was deleted or replaced while in use; another capture may own it now",
+            self.dir.display()
+        )))
     }
 
     /// The directory (where the position file lives).

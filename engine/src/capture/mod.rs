@@ -111,12 +111,14 @@ pub enum CaptureError {
         error: rusqlite::Error,
     },
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    // `error`, not `source`: the message includes it, so it is not also the error's source
+    // (a chain printer would print it twice).
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A staged file does not decode.
     #[error("{} is corrupt: {error}", path.display())]
@@ -140,12 +142,12 @@ pub enum CaptureError {
     },
     /// The staging directory was deleted or replaced under the capture: it can no longer
     /// tell its files from another capture's.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     StagingLost {
         /// The staging directory.
         path: PathBuf,
         /// What was found.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The replica lost files already uploaded (wiped, or put back from an older copy).
     #[error(
@@ -219,12 +221,15 @@ impl Capture {
         };
         let io_err = |path: &Path| {
             let path = path.to_owned();
-            move |source| CaptureError::Io { path, source }
+            move |source| CaptureError::Io {
+                path,
+                error: source,
+            }
         };
         if !db.is_file() {
             return Err(CaptureError::Io {
                 path: db.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
             });
         }
         // The database file is held open from before SQLite opens it until after SQLite
@@ -252,7 +257,7 @@ impl Capture {
         let page_size = sqlite.page_size().map_err(sql_err)?;
         let page_size = PageSize::new(page_size).ok_or_else(|| CaptureError::Io {
             path: db.to_owned(),
-            source: std::io::Error::other(format!("unsupported page size {page_size}")),
+            error: std::io::Error::other(format!("unsupported page size {page_size}")),
         })?;
         // The -shm file likewise, if it existed before (else SQLite created it just now);
         // both are closed only after SQLite's connections.
@@ -623,7 +628,7 @@ impl Replication {
     ) -> Result<Replication, CaptureError> {
         let db = std::fs::canonicalize(db).map_err(|source| CaptureError::Io {
             path: db.to_owned(),
-            source: if source.kind() == std::io::ErrorKind::NotFound {
+            error: if source.kind() == std::io::ErrorKind::NotFound {
                 std::io::Error::new(source.kind(), "no database here")
             } else {
                 source
@@ -631,7 +636,7 @@ impl Replication {
         })?;
         let staging = Staging::open(&db).map_err(|source| CaptureError::Io {
             path: db.clone(),
-            source,
+            error: source,
         })?;
         // Scratch objects of large uploads a killed process left; an hour is far longer than
         // any upload in progress takes to finish.
@@ -680,7 +685,7 @@ impl Replication {
             .await
             .map_err(|e| CaptureError::Io {
                 path: db.clone(),
-                source: std::io::Error::other(format!("capture setup panicked: {e}")),
+                error: std::io::Error::other(format!("capture setup panicked: {e}")),
             })??
         };
         let status = Arc::new(Mutex::new(Status {
@@ -709,7 +714,7 @@ impl Replication {
                 })
                 .map_err(|source| CaptureError::Io {
                     path: db.clone(),
-                    source,
+                    error: source,
                 })?
         };
         let uploader = upload::Uploader::new(
@@ -796,7 +801,7 @@ impl Replication {
         let left = || deadline.saturating_duration_since(Instant::now());
         let timed_out = || CaptureError::Io {
             path: self.db.clone(),
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the shutdown timeout passed with the replica not answering",
             ),

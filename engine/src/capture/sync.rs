@@ -181,7 +181,7 @@ impl Held {
             }),
             Err(source) => Err(CaptureError::Io {
                 path: self.path.clone(),
-                source: io::Error::new(
+                error: io::Error::new(
                     source.kind(),
                     format!("the {what} is gone from its path: {source}"),
                 ),
@@ -227,7 +227,7 @@ impl Syncer {
     fn io(&self, source: io::Error) -> CaptureError {
         CaptureError::Io {
             path: self.db.path.clone(),
-            source,
+            error: source,
         }
     }
 
@@ -238,7 +238,7 @@ impl Syncer {
             .check_lock()
             .map_err(|source| CaptureError::StagingLost {
                 path: self.staging.dir().to_owned(),
-                source,
+                error: source,
             })?;
         self.db.check("database file")?;
         self.shm.check("wal-index file (-shm)")?;

@@ -174,7 +174,12 @@ pub async fn upload(
     uploaded: &mut Txid,
     sent: &mut Vec<TxidRange>,
 ) -> Result<usize, CaptureError> {
-    let io = |path: PathBuf| move |source| CaptureError::Io { path, source };
+    let io = |path: PathBuf| {
+        move |source| CaptureError::Io {
+            path,
+            error: source,
+        }
+    };
     let staged = staging.staged().map_err(io(staging.dir().to_owned()))?;
     let already = *uploaded;
     let mut count = 0;
@@ -243,7 +248,7 @@ async fn same_as_replica(
     const CHUNK: u64 = 8 << 20;
     let io = |source| CaptureError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     if file.metadata().await.map_err(io)?.len() != existing.size {

@@ -112,6 +112,11 @@ pub struct Config {
     pub snapshot_retention: Option<Duration>,
     /// L0 retention (`l0-retention`).
     pub l0_retention: Option<Duration>,
+    /// Whether retention deletes files (`retention.enabled`).
+    pub retention_enabled: Option<bool>,
+    /// How long a file that makes others unnecessary must have been in the replica before
+    /// they are deleted (`retention.grace`, strata's own key).
+    pub retention_grace: Option<Duration>,
     /// How long a shutdown may spend on the final sync and upload (`shutdown-sync-timeout`).
     pub shutdown_sync_timeout: Option<Duration>,
 }
@@ -145,6 +150,7 @@ impl Config {
                 "levels",
                 "snapshot",
                 "l0-retention",
+                "retention",
                 "shutdown-sync-timeout",
             ],
         )?;
@@ -154,6 +160,8 @@ impl Config {
             snapshot_interval: None,
             snapshot_retention: None,
             l0_retention: duration(map, "", "l0-retention")?,
+            retention_enabled: None,
+            retention_grace: None,
             shutdown_sync_timeout: duration(map, "", "shutdown-sync-timeout")?,
         };
         if let Some(levels) = get(map, "levels") {
@@ -165,6 +173,21 @@ impl Config {
                     .ok_or_else(|| error(&format!("{key}.interval"), "required"))?;
                 config.levels.push(LevelConfig { interval });
             }
+        }
+        if config.levels.len() > 8 {
+            return Err(error(
+                "levels",
+                format!(
+                    "{} levels listed; at most 8 (levels 1 to 8; 9 holds snapshots)",
+                    config.levels.len()
+                ),
+            ));
+        }
+        if let Some(retention) = get(map, "retention") {
+            let m = as_map(retention, "retention")?;
+            check_keys(m, "retention", &["enabled", "grace"])?;
+            config.retention_enabled = boolean(m, "retention", "enabled")?;
+            config.retention_grace = duration(m, "retention", "grace")?;
         }
         if let Some(snapshot) = get(map, "snapshot") {
             let m = as_map(snapshot, "snapshot")?;
@@ -182,6 +205,32 @@ impl Config {
             return Err(error("dbs", "at least one database is required"));
         }
         Ok(config)
+    }
+
+    /// Compaction, snapshots and retention as configured, Litestream's defaults for what is
+    /// not.
+    pub fn compaction_options(&self) -> crate::compact::CompactionOptions {
+        let mut options = crate::compact::CompactionOptions::default();
+        if !self.levels.is_empty() {
+            options.levels = self.levels.iter().map(|l| l.interval).collect();
+        }
+        if let Some(i) = self.snapshot_interval {
+            options.snapshot_interval = i;
+        }
+        let r = &mut options.retention;
+        if let Some(d) = self.snapshot_retention {
+            r.snapshots = d;
+        }
+        if let Some(d) = self.l0_retention {
+            r.l0 = d;
+        }
+        if let Some(enabled) = self.retention_enabled {
+            r.enabled = enabled;
+        }
+        if let Some(grace) = self.retention_grace {
+            r.grace = grace;
+        }
+        options
     }
 
     /// Reads and parses a file.

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use ltx::{PageEncoding, PageSize, Txid};
 use tokio::sync::{mpsc, watch};
 
-use crate::storage::{Replica, StorageError};
+use crate::compact::{Clock, CompactionStatus, Compactor, Monitor};
+use crate::storage::{LevelIndex, Replica, SharedIndex, StorageError};
 use position::Position;
 use sqlite::{Mode, Sqlite};
 use staging::Staging;
@@ -83,6 +84,8 @@ pub struct CaptureOptions {
     /// How often, while uploading, the replica is checked to still hold the last file
     /// uploaded (one small LIST); a replica that lost it gets a full copy.
     pub replica_check_interval: Duration,
+    /// Compaction, snapshots and retention in the replica (`None`: L0 files only).
+    pub compaction: Option<crate::compact::CompactionOptions>,
 }
 
 impl Default for CaptureOptions {
@@ -95,6 +98,7 @@ impl Default for CaptureOptions {
             shutdown_timeout: Duration::from_secs(30),
             encoding: PageEncoding::default(),
             replica_check_interval: Duration::from_secs(60),
+            compaction: Some(crate::compact::CompactionOptions::default()),
         }
     }
 }
@@ -599,6 +603,7 @@ pub struct Replication {
     status: Arc<Mutex<Status>>,
     fatal: watch::Receiver<Option<String>>,
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
+    monitor: Option<crate::compact::Monitor>,
     timeout: Duration,
 }
 
@@ -717,6 +722,7 @@ impl Replication {
                     error: source,
                 })?
         };
+        let index = SharedIndex::new(LevelIndex::from_files(listed, jiff::Timestamp::now()));
         let uploader = upload::Uploader::new(
             staging.clone(),
             replica.clone(),
@@ -724,7 +730,17 @@ impl Replication {
             newest,
             replica_lost,
             options.replica_check_interval,
+            index.clone(),
         );
+        let monitor = options.compaction.clone().map(|compaction| {
+            let compactor = Compactor::new(
+                replica.clone(),
+                index,
+                compaction,
+                staging.dir().join("compact"),
+            );
+            Monitor::start(compactor, Clock::System)
+        });
         let uploader = Arc::new(tokio::sync::Mutex::new(uploader));
         let upload = tokio::spawn(upload_loop(
             uploader.clone(),
@@ -745,6 +761,7 @@ impl Replication {
             status,
             fatal: fatal_rx,
             uploader,
+            monitor,
             timeout: options.shutdown_timeout,
         })
     }
@@ -757,6 +774,11 @@ impl Replication {
     /// The current state.
     pub fn status(&self) -> Status {
         self.status.lock().unwrap().clone()
+    }
+
+    /// What compaction and retention have done (`None` if they are off).
+    pub fn compaction_status(&self) -> Option<CompactionStatus> {
+        self.monitor.as_ref().map(Monitor::status)
     }
 
     /// Resolves when the capture thread or the upload task has died (a bug): the
@@ -772,6 +794,9 @@ impl Replication {
     /// Stops: a final sync, then uploads what is staged, within the shutdown timeout. Fails
     /// unless everything committed before the call is in the replica.
     pub async fn stop(self) -> Result<Status, StopError> {
+        if let Some(monitor) = self.monitor {
+            monitor.stop().await;
+        }
         let _ = self.stop.send(());
         let capture = self.capture;
         let joined = tokio::task::spawn_blocking(move || capture.join()).await;

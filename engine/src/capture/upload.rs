@@ -12,7 +12,7 @@ use ltx::{Txid, TxidRange};
 use super::CaptureError;
 use super::staging::Staging;
 use crate::restore::{PlanError, plan_files};
-use crate::storage::{FileInfo, Level, Replica};
+use crate::storage::{FileInfo, Level, Replica, SharedIndex};
 
 /// Ships staged files to one replica and watches that the replica keeps them.
 #[derive(Debug)]
@@ -32,6 +32,9 @@ pub struct Uploader {
     /// Set when the replica lost the history: the capture's next file is a full copy named
     /// as a snapshot.
     rebase: Arc<AtomicBool>,
+    /// What the replica holds, shared with compaction: files uploaded are added, and each
+    /// check's listing replaces it.
+    index: SharedIndex,
 }
 
 impl Uploader {
@@ -44,6 +47,7 @@ impl Uploader {
         known: Txid,
         rebase: Arc<AtomicBool>,
         check_every: Duration,
+        index: SharedIndex,
     ) -> Uploader {
         Uploader {
             staging,
@@ -54,6 +58,7 @@ impl Uploader {
             checked: Instant::now(),
             check_every,
             rebase,
+            index,
         }
     }
 
@@ -64,6 +69,7 @@ impl Uploader {
         if self.checked.elapsed() >= self.check_every {
             self.check_replica().await?;
         }
+        let sent = self.recent.len();
         let result = upload(
             &self.staging,
             &self.replica,
@@ -71,6 +77,21 @@ impl Uploader {
             &mut self.recent,
         )
         .await;
+        // What was uploaded is in the replica whether or not a later file failed.
+        let mut index = self.index.lock();
+        for &range in &self.recent[sent..] {
+            let size = std::fs::metadata(self.staging.path(range)).map_or(0, |m| m.len());
+            index.insert(
+                FileInfo {
+                    level: Level::L0,
+                    range,
+                    size,
+                    modified: jiff::Timestamp::now(),
+                },
+                jiff::Timestamp::now(),
+            );
+        }
+        drop(index);
         match result {
             Err(CaptureError::Gap { .. }) if self.rebase.load(Ordering::SeqCst) => Ok(0),
             other => other,
@@ -99,12 +120,17 @@ impl Uploader {
     async fn check_replica(&mut self) -> Result<(), CaptureError> {
         let files = self.replica.list_all().await?;
         self.checked = Instant::now();
-        // Anything newer than the last check that this uploader did not send is another
-        // writer's.
-        if let Some(theirs) = files
-            .iter()
-            .find(|f| f.range.max > self.known && !self.recent.contains(&f.range))
-        {
+        self.index
+            .lock()
+            .replace(files.clone(), jiff::Timestamp::now());
+        // Anything in L0 newer than the last check that this uploader did not send is
+        // another writer's. Above L0, compaction merges what is already in the replica, so
+        // only a file beyond what was uploaded is another writer's.
+        if let Some(theirs) = files.iter().find(|f| {
+            let foreign_l0 =
+                f.level == Level::L0 && f.range.max > self.known && !self.recent.contains(&f.range);
+            foreign_l0 || f.range.max > self.uploaded.max(self.known)
+        }) {
             return Err(CaptureError::Conflict {
                 txid: theirs.range.max,
                 replica: self.replica.name().to_owned(),

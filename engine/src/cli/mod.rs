@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod compact_cmd;
 mod ltx_cmd;
 mod replicate_cmd;
 mod restore_cmd;
@@ -29,6 +30,9 @@ enum Command {
     /// Capture every committed transaction of live databases into replicas, until stopped
     /// with Ctrl-C or SIGTERM.
     Replicate(replicate_cmd::ReplicateArgs),
+    /// Run every compaction level that is due once, then retention, against a replica with
+    /// no live database.
+    Compact(compact_cmd::CompactArgs),
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
@@ -50,6 +54,7 @@ pub fn run() -> ExitCode {
         Command::Ltx(cmd) => ltx_cmd::run(cmd),
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(restore_cmd::run(args))),
         Command::Replicate(args) => runtime().and_then(|rt| rt.block_on(replicate_cmd::run(args))),
+        Command::Compact(args) => runtime().and_then(|rt| rt.block_on(compact_cmd::run(args))),
     };
     match result {
         Ok(code) => code,

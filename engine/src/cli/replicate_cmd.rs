@@ -39,18 +39,12 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // opened stops them cleanly once they are, instead of killing the process midway.
     let mut shutdown = Shutdown::new()?;
     let mut shutdown_timeout = None;
+    let mut compaction = strata::compact::CompactionOptions::default();
     let dbs = match (&args.config, &args.db, &args.replica) {
         (Some(path), _, _) => {
             let config = Config::load(path, !args.no_expand_env)?;
             shutdown_timeout = config.shutdown_sync_timeout;
-            if !config.levels.is_empty()
-                || config.snapshot_interval.is_some()
-                || config.l0_retention.is_some()
-            {
-                tracing::warn!(
-                    "levels, snapshot and l0-retention are read but not applied yet: this version captures L0 only"
-                );
-            }
+            compaction = config.compaction_options();
             config.dbs
         }
         (None, Some(db), Some(url)) => vec![DbConfig {
@@ -110,6 +104,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         if args.legacy_frames {
             options.encoding = PageEncoding::Frame;
         }
+        let mut compaction = compaction.clone();
+        compaction.encoding = options.encoding;
+        options.compaction = Some(compaction);
         let replica = Replica::create(&db.replica)?;
         let replication = Replication::start(&db.path, replica, options)
             .await

@@ -11,6 +11,7 @@ mod error;
 pub mod faults;
 #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 mod http;
+mod index;
 mod layout;
 mod location;
 mod multipart;
@@ -18,6 +19,7 @@ mod replica;
 
 pub use counting::{CountingStore, RequestCounter, RequestCounts};
 pub use error::{ErrorKind, Operation, StorageError};
+pub use index::{Indexed, LevelIndex, SharedIndex};
 pub use layout::{Layout, Level};
 pub use location::{ReplicaUrl, UrlError};
 pub use multipart::UploadLimits;

@@ -594,6 +594,38 @@ impl Replica {
         }
     }
 
+    /// Writes the complete LTX file at `source` to `level`, named and dated by its own
+    /// header, so a file's name and content cannot disagree. See [`Replica::write_file`].
+    pub async fn write_ltx_file(
+        &self,
+        level: Level,
+        source: &std::path::Path,
+    ) -> Result<FileInfo, StorageError> {
+        let mut head = [0u8; ltx::HEADER_SIZE];
+        let header = async {
+            use tokio::io::AsyncReadExt;
+            tokio::fs::File::open(source)
+                .await?
+                .read_exact(&mut head)
+                .await?;
+            Header::from_bytes(&head).map_err(std::io::Error::other)
+        }
+        .await
+        .map_err(|e| {
+            StorageError::new(
+                &self.inner.name,
+                Operation::Put,
+                source.display(),
+                ErrorKind::Other,
+                format!("cannot read the LTX header: {e}"),
+            )
+        })?;
+        let timestamp = jiff::Timestamp::from_millisecond(header.timestamp)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        self.write_file(level, header.txid_range(), source, timestamp)
+            .await
+    }
+
     async fn write_remote_file(
         &self,
         level: Level,

@@ -1,0 +1,225 @@
+//! One compaction: input files streamed from the replica through the k-way merge into a
+//! local scratch file, which is then written to the replica whole.
+//!
+//! Memory is one read buffer per input (at most [`MAX_CHUNK`], less when there are many
+//! inputs) plus one page per input and the output's page index: never a file's size.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use ltx::{CompactOptions, Decoder, Header, PageEncoding};
+use tokio::runtime::Handle;
+
+use super::CompactError;
+use crate::storage::{FileInfo, Replica};
+
+/// The largest read one input makes at a time.
+const MAX_CHUNK: u64 = 1 << 20;
+/// The smallest, however many inputs there are.
+const MIN_CHUNK: u64 = 64 << 10;
+/// The read buffers of all inputs together stay under this (above MIN_CHUNK x inputs).
+const BUFFER_BUDGET: u64 = 32 << 20;
+/// First reads issued at once.
+const PREFETCH: usize = 8;
+
+/// A merged file in the scratch directory, ready to write to the replica.
+#[derive(Debug)]
+pub struct Merged {
+    /// Where it is; removed when this is dropped.
+    pub path: PathBuf,
+    /// Its header.
+    pub header: Header,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Merges `inputs` (in TXID order) into a new file in `scratch`. `read` counts the bytes
+/// fetched, for progress.
+pub async fn merge(
+    replica: &Replica,
+    inputs: &[FileInfo],
+    scratch: &Path,
+    encoding: PageEncoding,
+    read: Arc<AtomicU64>,
+) -> Result<Merged, CompactError> {
+    let chunk = (BUFFER_BUDGET / inputs.len().max(1) as u64).clamp(MIN_CHUNK, MAX_CHUNK);
+    // Each input's first read, a few at a time: with many small inputs (L0 files fit in one
+    // read) this is where the time goes, and the merge needs them all before its first page.
+    let reads: Vec<_> = inputs
+        .iter()
+        .map(|f| {
+            let (replica, f) = (replica.clone(), f.clone());
+            async move {
+                replica
+                    .read_range_into(&f, 0..f.size.min(chunk), Vec::new())
+                    .await
+            }
+        })
+        .collect();
+    let firsts: Vec<Result<Vec<u8>, _>> = futures::stream::iter(reads)
+        .buffered(PREFETCH)
+        .collect()
+        .await;
+    let mut readers = Vec::with_capacity(inputs.len());
+    for (file, first) in inputs.iter().zip(firsts) {
+        let first = first?;
+        read.fetch_add(first.len() as u64, Ordering::Relaxed);
+        readers.push(RemoteInput {
+            replica: replica.clone(),
+            file: file.clone(),
+            handle: Handle::current(),
+            offset: first.len() as u64,
+            buf: first,
+            pos: 0,
+            chunk,
+            read: read.clone(),
+        });
+    }
+    std::fs::create_dir_all(scratch).map_err(|error| CompactError::Scratch {
+        path: scratch.to_owned(),
+        error,
+    })?;
+    let path = scratch.join(format!(
+        "compact-{}-{}.ltx.tmp",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    let merged = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || merge_blocking(readers, &path, encoding))
+            .await
+            .map_err(|e| CompactError::Panicked(e.to_string()))?
+    };
+    match merged {
+        Ok((header, size)) => Ok(Merged { path, header, size }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+fn merge_blocking(
+    readers: Vec<RemoteInput>,
+    path: &Path,
+    encoding: PageEncoding,
+) -> Result<(Header, u64), CompactError> {
+    let mut decoders = Vec::with_capacity(readers.len());
+    for r in readers {
+        let file = r.file.clone();
+        let replica = r.replica.clone();
+        let decoder = Decoder::from_buf_read(r).map_err(|e| ltx_error(&replica, &file, e))?;
+        // The name and the header must agree, or the merge would mislabel what it writes.
+        if decoder.header().txid_range() != file.range {
+            return Err(CompactError::Storage(replica.invalid(
+                &file,
+                ltx::Error::Compaction {
+                    reason: format!(
+                        "the header says {}, the name says {}",
+                        decoder.header().txid_range(),
+                        file.range
+                    ),
+                },
+            )));
+        }
+        decoders.push(decoder);
+    }
+    let scratch_error = |error| CompactError::Scratch {
+        path: path.to_owned(),
+        error,
+    };
+    let out = File::create(path).map_err(scratch_error)?;
+    let options = CompactOptions {
+        encoding,
+        allow_gaps: false,
+    };
+    let encoded = ltx::compact(decoders, BufWriter::new(out), options).map_err(|e| match e {
+        // A failed read carries the storage error that names the file; any other I/O
+        // error is the scratch file's (a full disk).
+        ltx::Error::Io { source, .. } => match source.downcast::<crate::storage::StorageError>() {
+            Ok(storage) => CompactError::Storage(storage),
+            Err(io) => scratch_error(io),
+        },
+        other => CompactError::Ltx(other),
+    })?;
+    let file = encoded
+        .writer
+        .into_inner()
+        .map_err(|e| scratch_error(e.into_error()))?;
+    file.sync_all().map_err(scratch_error)?;
+    let mut head = [0u8; ltx::HEADER_SIZE];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(scratch_error)?;
+    let header = Header::from_bytes(&head).map_err(CompactError::Ltx)?;
+    Ok((header, encoded.file_size))
+}
+
+fn ltx_error(replica: &Replica, file: &FileInfo, e: ltx::Error) -> CompactError {
+    match e {
+        ltx::Error::Io { offset, source } => {
+            match source.downcast::<crate::storage::StorageError>() {
+                Ok(storage) => CompactError::Storage(storage),
+                Err(source) => {
+                    CompactError::Storage(replica.invalid(file, ltx::Error::Io { offset, source }))
+                }
+            }
+        }
+        other => CompactError::Storage(replica.invalid(file, other)),
+    }
+}
+
+/// One input file read in chunks with ranged reads (each resumed if its body breaks, see
+/// [`Replica::read_range`]), from a blocking thread.
+struct RemoteInput {
+    replica: Replica,
+    file: FileInfo,
+    handle: Handle,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Where the next read starts.
+    offset: u64,
+    chunk: u64,
+    read: Arc<AtomicU64>,
+}
+
+impl BufRead for RemoteInput {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.buf.len() && self.offset < self.file.size {
+            let end = (self.offset + self.chunk).min(self.file.size);
+            let buf = std::mem::take(&mut self.buf);
+            let fetch = self
+                .replica
+                .read_range_into(&self.file, self.offset..end, buf);
+            self.buf = self.handle.block_on(fetch).map_err(io::Error::other)?;
+            self.read.fetch_add(end - self.offset, Ordering::Relaxed);
+            self.pos = 0;
+            self.offset = end;
+        }
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
+impl Read for RemoteInput {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}

@@ -1,0 +1,535 @@
+//! Compaction: L0 files merged into levels 1 to 8 and snapshots on wall-clock intervals,
+//! and retention deleting, by TXID, what no kept restore point needs.
+//!
+//! A [`Compactor`] does one pass of one level, or one retention pass, against a replica and
+//! its [`SharedIndex`] (no listing of its own: the index is kept current by whoever writes
+//! through this process and refreshed by the uploader's periodic check). A [`Monitor`] runs
+//! the passes on the [`Schedule`]: every level once at start, then at each UTC-aligned
+//! multiple of its interval, retention after every pass.
+//!
+//! Crash safety: an output is merged into a local scratch file, then written to the replica
+//! in one conditional create (never overwriting); inputs are never deleted by compaction,
+//! only later by retention, and only when what remains restores to the same newest TXID. A
+//! pass killed at any point leaves the level as it was or with one more file, and the next
+//! pass continues from the level's newest file.
+
+mod merge;
+pub mod retention;
+pub mod schedule;
+pub mod select;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use ltx::{PageEncoding, Txid};
+use tokio::sync::watch;
+
+use crate::restore::{PlanError, plan_files};
+use crate::storage::{FileInfo, Level, LevelIndex, Replica, SharedIndex, StorageError};
+pub use retention::RetentionOptions;
+pub use schedule::Schedule;
+pub use select::{Gap, Selection};
+
+/// Levels, snapshots and retention, with Litestream's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactionOptions {
+    /// The intervals of levels 1, 2, ... (`levels:`; at most 8).
+    pub levels: Vec<Duration>,
+    /// How often a snapshot is made (`snapshot.interval`).
+    pub snapshot_interval: Duration,
+    /// What retention keeps.
+    pub retention: RetentionOptions,
+    /// How the outputs' pages are compressed.
+    pub encoding: PageEncoding,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> CompactionOptions {
+        CompactionOptions {
+            levels: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(5 * 60),
+                Duration::from_secs(3600),
+            ],
+            snapshot_interval: Duration::from_secs(24 * 3600),
+            retention: RetentionOptions::default(),
+            encoding: PageEncoding::default(),
+        }
+    }
+}
+
+impl CompactionOptions {
+    /// Every scheduled level and its interval, snapshots last.
+    pub fn schedule(&self) -> Vec<(Level, Duration)> {
+        let mut levels: Vec<_> = self
+            .levels
+            .iter()
+            .take(8)
+            .enumerate()
+            .map(|(i, &d)| (Level::new(i as u8 + 1).expect("at most 8 levels"), d))
+            .collect();
+        levels.push((Level::SNAPSHOT, self.snapshot_interval));
+        levels
+    }
+}
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// Reading inputs or writing the output failed, or an input is not valid LTX.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The merge refused its inputs.
+    #[error("merge failed: {0}")]
+    Ltx(ltx::Error),
+    /// The local scratch file could not be written.
+    #[error("{}: {error}", path.display())]
+    Scratch {
+        /// The scratch file or directory.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The replica's files do not chain into a restorable state.
+    #[error("cannot build a snapshot: {0}")]
+    Plan(#[from] PlanError),
+    /// The merge thread panicked: a bug.
+    #[error("the merge panicked: {0}")]
+    Panicked(String),
+}
+
+/// What one pass of a level did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// One file written from `inputs` files (`read` bytes fetched).
+    Compacted {
+        /// The new file.
+        file: FileInfo,
+        /// How many files were merged.
+        inputs: usize,
+        /// Bytes read.
+        read: u64,
+    },
+    /// The level already has a file from after its most recent boundary.
+    TooEarly,
+    /// Nothing new to merge.
+    Nothing,
+}
+
+/// What one level has done since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LevelStatus {
+    /// Files written.
+    pub files_written: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Bytes read to write them.
+    pub bytes_read: u64,
+    /// When the last pass ran.
+    pub last_run: Option<Timestamp>,
+    /// Gaps found in the level and not repaired.
+    pub gaps: Vec<Gap>,
+    /// Why the last pass failed (cleared by one that succeeds).
+    pub error: Option<String>,
+}
+
+/// What compaction and retention have done since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStatus {
+    /// Per level.
+    pub levels: BTreeMap<Level, LevelStatus>,
+    /// Files retention deleted.
+    pub deleted: u64,
+    /// Why the last retention pass failed (cleared by one that succeeds).
+    pub retention_error: Option<String>,
+}
+
+/// Runs passes against one replica.
+#[derive(Debug)]
+pub struct Compactor {
+    replica: Replica,
+    index: SharedIndex,
+    options: CompactionOptions,
+    scratch: PathBuf,
+    status: Mutex<CompactionStatus>,
+    /// Bytes fetched by merges, for progress.
+    read: Arc<AtomicU64>,
+}
+
+impl Compactor {
+    /// A compactor for `replica` as `index` describes it, merging through files in
+    /// `scratch` (a directory only this compactor uses; leftovers are removed).
+    pub fn new(
+        replica: Replica,
+        index: SharedIndex,
+        options: CompactionOptions,
+        scratch: PathBuf,
+    ) -> Compactor {
+        if let Ok(entries) = std::fs::read_dir(&scratch) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Compactor {
+            replica,
+            index,
+            options,
+            scratch,
+            status: Mutex::new(CompactionStatus::default()),
+            read: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &CompactionOptions {
+        &self.options
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// What has been done so far.
+    pub fn status(&self) -> CompactionStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Bytes fetched by merges so far.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.read.clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut CompactionStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// One pass of `level` at `now`: repair gaps in it from the level below, then merge
+    /// what is new below it into one file (a snapshot for level 9).
+    pub async fn run_level(&self, level: Level, now: Timestamp) -> Result<Outcome, CompactError> {
+        let result = self.pass(level, now).await;
+        if let Err(CompactError::Storage(e)) = &result
+            && e.is_not_found()
+        {
+            // A file the index holds is gone (retention elsewhere, a wiped replica): the
+            // index is stale, so list again before the next pass.
+            self.refresh().await?;
+        }
+        self.update(|s| {
+            let l = s.levels.entry(level).or_default();
+            l.last_run = Some(now);
+            match &result {
+                Ok(Outcome::Compacted { file, read, .. }) => {
+                    l.files_written += 1;
+                    l.bytes_written += file.size;
+                    l.bytes_read += read;
+                    l.error = None;
+                }
+                Ok(_) => l.error = None,
+                Err(e) => l.error = Some(e.to_string()),
+            }
+        });
+        result
+    }
+
+    /// Lists the whole replica into the index again.
+    pub async fn refresh(&self) -> Result<(), CompactError> {
+        let files = self.replica.list_all().await?;
+        self.index.lock().replace(files, Timestamp::now());
+        Ok(())
+    }
+
+    async fn pass(&self, level: Level, now: Timestamp) -> Result<Outcome, CompactError> {
+        if let Some(interval) = self.interval(level) {
+            let boundary = schedule::prev_boundary(now, interval);
+            let index = self.index.lock();
+            if index.newest(level).is_some_and(|f| f.modified > boundary) {
+                return Ok(Outcome::TooEarly);
+            }
+        }
+        if level == Level::SNAPSHOT {
+            return self.snapshot().await;
+        }
+        let src = Level::new(level.get() - 1).expect("levels 1 to 9");
+        self.repair_gaps(src, level).await?;
+        let selection = select::select(&self.index.lock(), src, level);
+        match selection {
+            Selection::Merge(inputs) => self.write(level, &inputs).await,
+            Selection::Nothing => Ok(Outcome::Nothing),
+        }
+    }
+
+    fn interval(&self, level: Level) -> Option<Duration> {
+        self.options
+            .schedule()
+            .into_iter()
+            .find(|(l, _)| *l == level)
+            .map(|(_, i)| i)
+    }
+
+    /// Fills each gap of `level` from `src` while `src` still holds the files; a gap that
+    /// cannot be filled is logged as an error and kept in the status.
+    async fn repair_gaps(&self, src: Level, level: Level) -> Result<(), CompactError> {
+        let found = select::gaps(&self.index.lock(), level);
+        let mut unrepaired = Vec::new();
+        for gap in found {
+            let inputs = select::repair(&self.index.lock(), src, gap);
+            match inputs {
+                Some(inputs) => {
+                    tracing::warn!(replica = self.replica.name(), %gap, "repairing from {src}");
+                    self.write(level, &inputs).await?;
+                }
+                None => {
+                    tracing::error!(replica = self.replica.name(), %gap, "{src} no longer holds the files to repair it");
+                    unrepaired.push(gap);
+                }
+            }
+        }
+        self.update(|s| s.levels.entry(level).or_default().gaps = unrepaired);
+        Ok(())
+    }
+
+    /// A snapshot from the newest snapshot and the levels above it: the files a restore of
+    /// the newest TXID would apply, merged.
+    async fn snapshot(&self) -> Result<Outcome, CompactError> {
+        let inputs = {
+            let index = self.index.lock();
+            let newest_snapshot = index
+                .newest(Level::SNAPSHOT)
+                .map_or(Txid::ZERO, |s| s.range.max);
+            if index.max_txid() <= newest_snapshot {
+                return Ok(Outcome::Nothing);
+            }
+            snapshot_inputs(&index)?
+        };
+        match inputs {
+            Some(inputs) => self.write(Level::SNAPSHOT, &inputs).await,
+            None => Ok(Outcome::Nothing),
+        }
+    }
+
+    async fn write(&self, level: Level, inputs: &[FileInfo]) -> Result<Outcome, CompactError> {
+        let before = self.read.load(std::sync::atomic::Ordering::Relaxed);
+        let merged = merge::merge(
+            &self.replica,
+            inputs,
+            &self.scratch,
+            self.options.encoding,
+            self.read.clone(),
+        )
+        .await?;
+        let file = match self.replica.write_ltx_file(level, &merged.path).await {
+            Ok(file) => file,
+            // A pass killed after its upload, or another compactor, wrote it already.
+            Err(e) if e.is_already_exists() => {
+                tracing::debug!(replica = self.replica.name(), %level, range = %merged.header.txid_range(), "already in the replica");
+                FileInfo {
+                    level,
+                    range: merged.header.txid_range(),
+                    size: merged.size,
+                    modified: Timestamp::from_millisecond(merged.header.timestamp)
+                        .unwrap_or(Timestamp::UNIX_EPOCH),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.index.lock().insert(file.clone(), Timestamp::now());
+        let read = self.read.load(std::sync::atomic::Ordering::Relaxed) - before;
+        tracing::info!(replica = self.replica.name(), file = %file, inputs = inputs.len(), bytes = file.size, read, "compacted");
+        Ok(Outcome::Compacted {
+            file,
+            inputs: inputs.len(),
+            read,
+        })
+    }
+
+    /// One retention pass at `now`: deletes what [`retention::expired`] names. Returns how
+    /// many files went.
+    pub async fn run_retention(&self, now: Timestamp) -> Result<usize, CompactError> {
+        let expired = retention::expired(&self.index.lock(), &self.options.retention, now);
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let result = self.replica.delete(&expired).await;
+        match &result {
+            Ok(()) => {
+                let mut index = self.index.lock();
+                for f in &expired {
+                    index.remove(f);
+                }
+                tracing::debug!(
+                    replica = self.replica.name(),
+                    files = expired.len(),
+                    "retention deleted files"
+                );
+                self.update(|s| {
+                    s.deleted += expired.len() as u64;
+                    s.retention_error = None;
+                });
+            }
+            Err(e) => self.update(|s| s.retention_error = Some(e.to_string())),
+        }
+        result?;
+        Ok(expired.len())
+    }
+}
+
+/// The files a snapshot of the newest restorable TXID merges, or `None` if that is only the
+/// newest snapshot itself.
+fn snapshot_inputs(index: &LevelIndex) -> Result<Option<Vec<FileInfo>>, PlanError> {
+    let all = index.all();
+    let plan = match plan_files(&all, Txid::ZERO, None, &[]) {
+        Ok(plan) => plan,
+        Err(PlanError::Gap { reached, .. }) if reached > Txid::ZERO => {
+            plan_files(&all, Txid::ZERO, Some(reached), &[])?
+        }
+        Err(e) => return Err(e),
+    };
+    let only_a_snapshot = plan.files.len() == 1 && plan.files[0].level == Level::SNAPSHOT;
+    Ok((!plan.files.is_empty() && !only_a_snapshot).then_some(plan.files))
+}
+
+/// Where the monitor's clock comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    /// The system's wall clock.
+    System,
+    /// `base` plus the time tokio has counted since `start`: under a paused tokio clock,
+    /// a schedule can be driven through hours in a test.
+    Tokio {
+        /// The wall time at `start`.
+        base: Timestamp,
+        /// When counting began.
+        start: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock starting at `base` that follows tokio's (possibly paused) time.
+    pub fn tokio(base: Timestamp) -> Clock {
+        Clock::Tokio {
+            base,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now.
+    pub fn now(&self) -> Timestamp {
+        match self {
+            Clock::System => Timestamp::now(),
+            Clock::Tokio { base, start } => {
+                let elapsed = jiff::SignedDuration::try_from(start.elapsed()).unwrap_or_default();
+                base.checked_add(elapsed).unwrap_or(Timestamp::MAX)
+            }
+        }
+    }
+
+    async fn sleep_until(&self, t: Timestamp) {
+        let wait = t.duration_since(self.now());
+        if let Ok(wait) = Duration::try_from(wait) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One pass the monitor ran, for observers (tests, status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassReport {
+    /// When it ran.
+    pub at: Timestamp,
+    /// The level.
+    pub level: Level,
+    /// What it did (or why it failed).
+    pub outcome: Result<Outcome, String>,
+}
+
+/// Runs a [`Compactor`] on its schedule in a task until stopped.
+#[derive(Debug)]
+pub struct Monitor {
+    compactor: Arc<Compactor>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    passes: watch::Receiver<Option<PassReport>>,
+}
+
+impl Monitor {
+    /// Starts running `compactor`'s levels on `clock`.
+    pub fn start(compactor: Compactor, clock: Clock) -> Monitor {
+        let compactor = Arc::new(compactor);
+        let (stop, stopped) = watch::channel(false);
+        let (report, passes) = watch::channel(None);
+        let task = tokio::spawn(run(compactor.clone(), clock, stopped, report));
+        Monitor {
+            compactor,
+            stop,
+            task,
+            passes,
+        }
+    }
+
+    /// What has been done so far.
+    pub fn status(&self) -> CompactionStatus {
+        self.compactor.status()
+    }
+
+    /// The most recent pass, as a channel to watch.
+    pub fn passes(&self) -> watch::Receiver<Option<PassReport>> {
+        self.passes.clone()
+    }
+
+    /// Stops, abandoning a pass in progress (its output is either complete in the replica
+    /// or absent; the next start continues).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    compactor: Arc<Compactor>,
+    clock: Clock,
+    mut stopped: watch::Receiver<bool>,
+    report: watch::Sender<Option<PassReport>>,
+) {
+    let mut schedule = Schedule::new(compactor.options.schedule());
+    loop {
+        let now = clock.now();
+        for level in schedule.take_due(now) {
+            let outcome = compactor.run_level(level, now).await;
+            match &outcome {
+                Ok(Outcome::Compacted { .. }) => {}
+                Ok(o) => {
+                    tracing::debug!(replica = compactor.replica.name(), %level, outcome = ?o, "compaction")
+                }
+                Err(e) => {
+                    tracing::warn!(replica = compactor.replica.name(), %level, error = %e, "compaction failed")
+                }
+            }
+            report.send_replace(Some(PassReport {
+                at: now,
+                level,
+                outcome: outcome.map_err(|e| e.to_string()),
+            }));
+        }
+        if let Err(e) = compactor.run_retention(clock.now()).await {
+            tracing::warn!(replica = compactor.replica.name(), error = %e, "retention failed");
+        }
+        let Some(wake) = schedule.next_due() else {
+            return;
+        };
+        tokio::select! {
+            () = clock.sleep_until(wake) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}

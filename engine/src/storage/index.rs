@@ -1,0 +1,167 @@
+//! What a replica holds, level by level, as this process last saw it: the per-replica state
+//! compaction and retention work from, so a pass needs no listing of its own.
+//!
+//! The index is filled by one listing of every level, kept current by whoever writes or
+//! deletes through this process (the uploader adds L0 files, compaction its outputs,
+//! retention removes what it deletes), and replaced whenever the replica is listed again
+//! (the uploader's periodic check), which is how files written by another process arrive.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ltx::Txid;
+
+use super::layout::Level;
+use super::replica::FileInfo;
+
+/// One file in the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Indexed {
+    /// The file.
+    pub file: FileInfo,
+    /// When this process first saw it (wrote or listed it): retention's grace period counts
+    /// from here, never from a timestamp the file carries.
+    pub seen: jiff::Timestamp,
+}
+
+/// The files of every level, each level ordered by (max TXID, min TXID).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LevelIndex {
+    levels: [Vec<Indexed>; 10],
+}
+
+impl LevelIndex {
+    /// An index of `files`, seen at `now`.
+    pub fn from_files(files: impl IntoIterator<Item = FileInfo>, now: jiff::Timestamp) -> Self {
+        let mut index = LevelIndex::default();
+        for file in files {
+            index.insert(file, now);
+        }
+        index
+    }
+
+    /// The files of `level`, by max TXID.
+    pub fn level(&self, level: Level) -> &[Indexed] {
+        &self.levels[level.get() as usize]
+    }
+
+    /// The files of `level` as plain file descriptions.
+    pub fn files(&self, level: Level) -> Vec<FileInfo> {
+        self.level(level).iter().map(|i| i.file.clone()).collect()
+    }
+
+    /// Every file of every level.
+    pub fn all(&self) -> Vec<FileInfo> {
+        self.levels
+            .iter()
+            .flatten()
+            .map(|i| i.file.clone())
+            .collect()
+    }
+
+    /// The file of `level` reaching the highest TXID.
+    pub fn newest(&self, level: Level) -> Option<&FileInfo> {
+        self.level(level).last().map(|i| &i.file)
+    }
+
+    /// The highest TXID any file reaches.
+    pub fn max_txid(&self) -> Txid {
+        self.levels
+            .iter()
+            .filter_map(|l| l.last())
+            .map(|i| i.file.range.max)
+            .max()
+            .unwrap_or(Txid::ZERO)
+    }
+
+    /// Adds (or refreshes) a file; one already indexed keeps its `seen` time.
+    pub fn insert(&mut self, file: FileInfo, now: jiff::Timestamp) {
+        let level = &mut self.levels[file.level.get() as usize];
+        let key = |i: &Indexed| (i.file.range.max, i.file.range.min);
+        let k = (file.range.max, file.range.min);
+        match level.binary_search_by_key(&k, key) {
+            Ok(at) => level[at].file = file,
+            Err(at) => level.insert(at, Indexed { file, seen: now }),
+        }
+    }
+
+    /// Forgets a file (deleted, or found missing).
+    pub fn remove(&mut self, file: &FileInfo) {
+        self.levels[file.level.get() as usize].retain(|i| i.file.range != file.range);
+    }
+
+    /// Replaces the whole index with a fresh listing taken at `now`; files already known
+    /// keep their `seen` time.
+    pub fn replace(&mut self, files: impl IntoIterator<Item = FileInfo>, now: jiff::Timestamp) {
+        let old = std::mem::take(self);
+        for file in files {
+            let seen = old
+                .level(file.level)
+                .iter()
+                .find(|i| i.file.range == file.range)
+                .map_or(now, |i| i.seen);
+            self.insert(file, seen);
+        }
+    }
+}
+
+/// A [`LevelIndex`] shared by the tasks of one replica.
+#[derive(Clone, Debug, Default)]
+pub struct SharedIndex(Arc<Mutex<LevelIndex>>);
+
+impl SharedIndex {
+    /// A shared index starting from `index`.
+    pub fn new(index: LevelIndex) -> SharedIndex {
+        SharedIndex(Arc::new(Mutex::new(index)))
+    }
+
+    /// The index, locked. Hold it briefly: never across an await.
+    pub fn lock(&self) -> MutexGuard<'_, LevelIndex> {
+        // A panic while holding the lock leaves a consistent index (every method finishes
+        // its one change before it could panic), so a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the index as it is now.
+    pub fn snapshot(&self) -> LevelIndex {
+        self.lock().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ltx::TxidRange;
+
+    fn file(level: u8, min: u64, max: u64) -> FileInfo {
+        FileInfo {
+            level: Level::new(level).unwrap(),
+            range: TxidRange::new(Txid::new(min), Txid::new(max)),
+            size: 100,
+            modified: jiff::Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn levels_are_ordered_by_max_and_keep_first_sight() {
+        let t0 = jiff::Timestamp::from_second(10).unwrap();
+        let t1 = jiff::Timestamp::from_second(20).unwrap();
+        let mut index = LevelIndex::from_files([file(0, 6, 8), file(0, 1, 5)], t0);
+        index.insert(file(0, 1, 20), t1);
+        index.insert(file(0, 6, 8), t1);
+        let ranges: Vec<_> = index
+            .level(Level::L0)
+            .iter()
+            .map(|i| (i.file.range.to_string(), i.seen))
+            .collect();
+        assert_eq!(ranges[0].1, t0);
+        assert_eq!(ranges[1].1, t0, "re-inserting keeps the first sight");
+        assert_eq!(ranges[2].1, t1);
+        assert_eq!(index.newest(Level::L0).unwrap().range.max, Txid::new(20));
+        index.replace([file(0, 6, 8), file(1, 1, 8)], t1);
+        assert_eq!(index.level(Level::L0).len(), 1);
+        assert_eq!(index.level(Level::L0)[0].seen, t0);
+        assert_eq!(index.max_txid(), Txid::new(8));
+        index.remove(&file(0, 6, 8));
+        assert!(index.level(Level::L0).is_empty());
+    }
+}

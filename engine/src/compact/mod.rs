@@ -383,8 +383,7 @@ impl Compactor {
     }
 }
 
-/// The files a snapshot of the newest restorable TXID merges, or `None` if that is only the
-/// newest snapshot itself.
+/// The files a snapshot of the newest restorable TXID merges, or `None` if that is one file.
 fn snapshot_inputs(index: &LevelIndex) -> Result<Option<Vec<FileInfo>>, PlanError> {
     let all = index.all();
     let plan = match plan_files(&all, Txid::ZERO, None, &[]) {
@@ -394,8 +393,9 @@ fn snapshot_inputs(index: &LevelIndex) -> Result<Option<Vec<FileInfo>>, PlanErro
         }
         Err(e) => return Err(e),
     };
-    let only_a_snapshot = plan.files.len() == 1 && plan.files[0].level == Level::SNAPSHOT;
-    Ok((!plan.files.is_empty() && !only_a_snapshot).then_some(plan.files))
+    // One file is a snapshot already (the newest, or a full copy in a lower level that
+    // restores as well where it is): copying it would only duplicate it.
+    Ok((plan.files.len() > 1).then_some(plan.files))
 }
 
 /// Where the monitor's clock comes from.

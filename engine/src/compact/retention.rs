@@ -2,7 +2,9 @@
 //!
 //! - L0: from the oldest file up, while a file is older than the L0 retention and covered
 //!   by L1 (its max TXID at or below L1's newest); the first file that is not stops the
-//!   walk, so the level never gets a hole in the middle. The newest L0 file stays.
+//!   walk, so the level never gets a hole in the middle. The deleted run ends where an L1
+//!   file ends, so every L0 file left still restores to its own TXID. The newest L0 file
+//!   stays.
 //! - Snapshots older than the snapshot retention, except the newest.
 //! - L1 to L8: files ending at or below the oldest kept snapshot (no restore point that
 //!   remains needs them), except each level's newest.
@@ -64,13 +66,24 @@ pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -
     let covered_to = settled_max(index, l1, settled);
     let l0_cutoff = ago(now, options.l0);
     let l0 = index.level(Level::L0);
+    let mut l0_delete = Vec::new();
     for (i, entry) in l0.iter().enumerate() {
         let f = &entry.file;
         if i + 1 == l0.len() || f.range.max > covered_to || f.modified > l0_cutoff {
             break;
         }
-        delete.push(f.clone());
+        l0_delete.push(f.clone());
     }
+    // The files left must continue from a restore point L1 has (the end of one of its
+    // files), or the first of them would no longer restore to its own TXID.
+    let l1_ends: Vec<Txid> = index.level(l1).iter().map(|f| f.file.range.max).collect();
+    while l0_delete
+        .last()
+        .is_some_and(|f| !l1_ends.contains(&f.range.max))
+    {
+        l0_delete.pop();
+    }
+    delete.extend(l0_delete);
 
     // Snapshots past retention, keeping the newest; the oldest kept one (once settled)
     // sets the floor below which L1 and up are not needed.
@@ -193,20 +206,39 @@ mod tests {
             (0, 3, 3, 400), // young: stops the walk
             (0, 4, 4, 2),
             (0, 5, 5, 3),
-            (1, 1, 5, 10),
+            (1, 1, 2, 10),
+            (1, 3, 5, 10),
         ]);
         let d = expired(&i, &opts(), at(600));
         assert_eq!(names(&d).len(), 2);
         assert!(names(&d)[1].starts_with("L0:0000000000000002"));
         // Not covered by L1: nothing.
-        let i = index(&[(0, 1, 1, 0), (0, 2, 2, 1), (1, 1, 1, 10)]);
+        let i = index(&[(0, 1, 1, 0), (0, 2, 2, 1), (0, 3, 3, 2), (1, 1, 1, 10)]);
         assert_eq!(expired(&i, &opts(), at(600)).len(), 1);
         // The covering L1 file is too new (grace): nothing.
         let i = index(&[(0, 1, 1, 0), (0, 2, 2, 1), (0, 3, 3, 2), (1, 1, 3, 590)]);
         assert!(expired(&i, &opts(), at(600)).is_empty());
+        // The run deleted ends at an L1 file's end: 3-3 is old and covered, but L1 ends at 2
+        // and 5, so deleting it would leave 4-4 unrestorable at TXID 4.
+        let i = index(&[
+            (0, 1, 1, 0),
+            (0, 2, 2, 1),
+            (0, 3, 3, 2),
+            (0, 4, 4, 400),
+            (0, 5, 5, 401),
+            (1, 1, 2, 10),
+            (1, 3, 5, 11),
+        ]);
+        assert_eq!(expired(&i, &opts(), at(600)).len(), 2);
         // The newest L0 file stays even when covered.
-        let i = index(&[(0, 1, 1, 0), (0, 2, 2, 1), (1, 1, 2, 10)]);
-        assert_eq!(expired(&i, &opts(), at(600)).len(), 1);
+        let i = index(&[
+            (0, 1, 1, 0),
+            (0, 2, 2, 1),
+            (0, 3, 3, 2),
+            (1, 1, 2, 10),
+            (1, 3, 3, 10),
+        ]);
+        assert_eq!(expired(&i, &opts(), at(600)).len(), 2);
     }
 
     #[test]

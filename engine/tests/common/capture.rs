@@ -10,6 +10,7 @@ use ltx::Txid;
 use std::time::Duration;
 
 use strata::capture::{CaptureOptions, CheckpointOptions, Replication};
+use strata::compact::{CompactionOptions, RetentionOptions};
 use strata::restore::Target;
 use strata::storage::{Level, Replica, ReplicaUrl};
 
@@ -63,7 +64,14 @@ impl Setup {
         let shutdown = if std::env::var_os("STRATA_BIN").is_some() {
             ""
         } else {
-            "shutdown-sync-timeout: 3s\n"
+            concat!(
+                "shutdown-sync-timeout: 3s\n",
+                // Compaction, snapshots and retention all run within a few seconds.
+                "levels: [{interval: 1s}, {interval: 3s}]\n",
+                "snapshot: {interval: 5s, retention: 10s}\n",
+                "l0-retention: 2s\n",
+                "retention: {grace: 1s}\n",
+            )
         };
         std::fs::write(
             &path,
@@ -166,7 +174,24 @@ pub fn quick_capture_options() -> CaptureOptions {
         },
         shutdown_timeout: Duration::from_secs(5),
         replica_check_interval: Duration::from_millis(300),
+        compaction: Some(quick_compaction_options()),
         ..CaptureOptions::default()
+    }
+}
+
+/// Compaction for in-process runs, matching [`Setup::config`]: L1 every second, L2 every
+/// 3 s, snapshots every 5 s kept 10 s, L0 kept 2 s, a 1 s grace period.
+pub fn quick_compaction_options() -> CompactionOptions {
+    CompactionOptions {
+        levels: vec![Duration::from_secs(1), Duration::from_secs(3)],
+        snapshot_interval: Duration::from_secs(5),
+        retention: RetentionOptions {
+            enabled: true,
+            l0: Duration::from_secs(2),
+            snapshots: Duration::from_secs(10),
+            grace: Duration::from_secs(1),
+        },
+        ..CompactionOptions::default()
     }
 }
 
@@ -244,13 +269,13 @@ pub async fn restore_at(replica: &Replica, target: Target, out: &Path) {
 }
 
 /// The restore points of L0: the max TXID of each file, strictly increasing, each file
-/// continuing the one before or starting at 1 (a full copy named as a snapshot). The first
-/// file starts at 1.
+/// continuing the one before or starting at 1 (a full copy named as a snapshot). Files
+/// below the first that retention deleted are not asked for.
 pub async fn l0_txids(replica: &Replica) -> Vec<u64> {
     let mut l0 = replica.list(Level::L0, Txid::ZERO).await.unwrap();
     l0.sort_by_key(|f| (f.range.max, f.range.min));
     assert!(!l0.is_empty(), "L0 is empty");
-    let mut reached = Txid::ZERO;
+    let mut reached = l0[0].range.min.prev();
     for f in &l0 {
         assert!(
             f.range.min == Txid::ONE || f.range.min == reached.next(),
@@ -263,11 +288,33 @@ pub async fn l0_txids(replica: &Replica) -> Vec<u64> {
     l0.iter().map(|f| f.range.max.get()).collect()
 }
 
+/// Every TXID some file of any level ends at, ascending, starting from the oldest snapshot
+/// (below it retention may have left single files that no longer restore).
+pub async fn restore_points(replica: &Replica) -> Vec<u64> {
+    let files = replica.list_all().await.unwrap();
+    let floor = files
+        .iter()
+        .filter(|f| f.range.min == Txid::ONE)
+        .map(|f| f.range.max)
+        .min()
+        .unwrap_or(Txid::ZERO);
+    let mut txids: Vec<u64> = files
+        .iter()
+        .map(|f| f.range.max)
+        .filter(|&t| t >= floor)
+        .map(Txid::get)
+        .collect();
+    txids.sort_unstable();
+    txids.dedup();
+    txids
+}
+
 /// The latest restore equals the source (dump, integrity) and is the last state it
 /// recorded, and every restore point restores to a state the source passed through.
 pub async fn check_history(setup: &Setup) {
     let replica = setup.replica();
-    let txids = l0_txids(&replica).await;
+    l0_txids(&replica).await;
+    let txids = restore_points(&replica).await;
     let out = setup.dir.join("latest.db");
     let _ = std::fs::remove_file(&out);
     restore_at(&replica, Target::Latest, &out).await;
@@ -320,12 +367,11 @@ async fn assert_restores_a_recorded_state(
 /// returns the highest checked. For checking after every step of a campaign.
 pub async fn check_new_restore_points(setup: &Setup, checked: u64) -> u64 {
     let replica = setup.replica();
-    let l0 = replica.list(Level::L0, Txid::ZERO).await.unwrap();
     let states = setup.states();
     let mut highest = checked;
-    for txid in l0
-        .iter()
-        .map(|f| f.range.max.get())
+    for txid in restore_points(&replica)
+        .await
+        .into_iter()
         .filter(|t| *t > checked)
     {
         assert_restores_a_recorded_state(setup, &replica, &states, txid).await;

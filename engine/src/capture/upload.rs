@@ -83,7 +83,7 @@ impl Uploader {
             let size = std::fs::metadata(self.staging.path(range)).map_or(0, |m| m.len());
             index.insert(
                 FileInfo {
-                    level: Level::L0,
+                    level: level_of(range),
                     range,
                     size,
                     modified: jiff::Timestamp::now(),
@@ -120,17 +120,25 @@ impl Uploader {
     async fn check_replica(&mut self) -> Result<(), CaptureError> {
         let files = self.replica.list_all().await?;
         self.checked = Instant::now();
-        self.index
-            .lock()
-            .replace(files.clone(), jiff::Timestamp::now());
-        // Anything in L0 newer than the last check that this uploader did not send is
-        // another writer's. Above L0, compaction merges what is already in the replica, so
-        // only a file beyond what was uploaded is another writer's.
-        if let Some(theirs) = files.iter().find(|f| {
-            let foreign_l0 =
-                f.level == Level::L0 && f.range.max > self.known && !self.recent.contains(&f.range);
-            foreign_l0 || f.range.max > self.uploaded.max(self.known)
-        }) {
+        // Another writer's files: in L0, anything newer than the last check this uploader
+        // did not send; in L9, a snapshot this process neither sent nor is writing (another
+        // database's full copy); anywhere, a file beyond what was uploaded. (Compaction in
+        // L1 to L8 only merges what the replica holds.)
+        let theirs = {
+            let mut index = self.index.lock();
+            let theirs = files
+                .iter()
+                .find(|f| {
+                    let ours = self.recent.contains(&f.range) || index.knows(f.level, f.range);
+                    let new_l0 = f.level == Level::L0 && f.range.max > self.known;
+                    let new_snapshot = f.level == Level::SNAPSHOT;
+                    !ours && (new_l0 || new_snapshot || f.range.max > self.uploaded.max(self.known))
+                })
+                .cloned();
+            index.replace(files.clone(), jiff::Timestamp::now());
+            theirs
+        };
+        if let Some(theirs) = theirs {
             return Err(CaptureError::Conflict {
                 txid: theirs.range.max,
                 replica: self.replica.name().to_owned(),
@@ -232,11 +240,20 @@ pub async fn upload(
             });
         }
         let path = staging.path(range);
-        let timestamp = header_timestamp(&path).await.map_err(io(path.clone()))?;
-        match replica.write_file(Level::L0, range, &path, timestamp).await {
+        let level = level_of(range);
+        match replica.write_ltx_file(level, &path).await {
+            Ok(written) if written.range != range => {
+                return Err(CaptureError::Io {
+                    path,
+                    error: std::io::Error::other(format!(
+                        "the staged file's header says {}, its name {range}",
+                        written.range
+                    )),
+                });
+            }
             Ok(_) => {}
             Err(e) if e.is_already_exists() => {
-                if !same_as_replica(replica, range, &path).await? {
+                if !same_as_replica(replica, level, range, &path).await? {
                     return Err(CaptureError::Conflict {
                         txid,
                         replica: replica.name().to_owned(),
@@ -260,11 +277,12 @@ pub async fn upload(
 /// a chunk at a time (a full copy can be as large as the database).
 async fn same_as_replica(
     replica: &Replica,
+    level: Level,
     range: TxidRange,
     path: &Path,
 ) -> Result<bool, CaptureError> {
     let Some(existing) = replica
-        .list(Level::L0, range.min)
+        .list(level, range.min)
         .await?
         .into_iter()
         .find(|f| f.range == range)
@@ -295,15 +313,16 @@ async fn same_as_replica(
     Ok(true)
 }
 
-/// The header timestamp of a staged file (its first 100 bytes).
-async fn header_timestamp(path: &Path) -> std::io::Result<jiff::Timestamp> {
-    let mut head = [0u8; ltx::HEADER_SIZE];
-    tokio::fs::File::open(path)
-        .await?
-        .read_exact(&mut head)
-        .await?;
-    let header = ltx::Header::from_bytes(&head).map_err(std::io::Error::other)?;
-    Ok(jiff::Timestamp::from_millisecond(header.timestamp).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+/// Where a staged file goes: L0, except a full copy that restarts the history (`1-<n>`,
+/// after a page-size change, a replaced database or a lost replica), which is a snapshot.
+/// In L9 it is what every reader starts from, Litestream's included: its planner takes the
+/// newest snapshot and the files above it, and would pass over a full copy in L0.
+pub fn level_of(range: TxidRange) -> Level {
+    if range.min == Txid::ONE && range.max > Txid::ONE {
+        Level::SNAPSHOT
+    } else {
+        Level::L0
+    }
 }
 
 #[cfg(test)]

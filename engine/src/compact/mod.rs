@@ -18,7 +18,7 @@ pub mod retention;
 pub mod schedule;
 pub mod select;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -327,7 +327,13 @@ impl Compactor {
             self.read.clone(),
         )
         .await?;
-        let file = match self.replica.write_ltx_file(level, &merged.path).await {
+        let range = merged.header.txid_range();
+        self.index.lock().begin_write(level, range);
+        let written = self.replica.write_ltx_file(level, &merged.path).await;
+        if written.is_err() {
+            self.index.lock().abandon(level, range);
+        }
+        let file = match written {
             Ok(file) => file,
             // A pass killed after its upload, or another compactor, wrote it already.
             Err(e) if e.is_already_exists() => {
@@ -458,16 +464,19 @@ pub struct Monitor {
     compactor: Arc<Compactor>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    passes: watch::Receiver<Option<PassReport>>,
+    passes: Arc<Mutex<VecDeque<PassReport>>>,
 }
+
+/// How many passes a monitor remembers.
+const PASS_HISTORY: usize = 64;
 
 impl Monitor {
     /// Starts running `compactor`'s levels on `clock`.
     pub fn start(compactor: Compactor, clock: Clock) -> Monitor {
         let compactor = Arc::new(compactor);
         let (stop, stopped) = watch::channel(false);
-        let (report, passes) = watch::channel(None);
-        let task = tokio::spawn(run(compactor.clone(), clock, stopped, report));
+        let passes = Arc::new(Mutex::new(VecDeque::new()));
+        let task = tokio::spawn(run(compactor.clone(), clock, stopped, passes.clone()));
         Monitor {
             compactor,
             stop,
@@ -481,9 +490,10 @@ impl Monitor {
         self.compactor.status()
     }
 
-    /// The most recent pass, as a channel to watch.
-    pub fn passes(&self) -> watch::Receiver<Option<PassReport>> {
-        self.passes.clone()
+    /// The most recent passes, oldest first.
+    pub fn passes(&self) -> Vec<PassReport> {
+        let passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        passes.iter().cloned().collect()
     }
 
     /// Stops, abandoning a pass in progress (its output is either complete in the replica
@@ -499,7 +509,7 @@ async fn run(
     compactor: Arc<Compactor>,
     clock: Clock,
     mut stopped: watch::Receiver<bool>,
-    report: watch::Sender<Option<PassReport>>,
+    passes: Arc<Mutex<VecDeque<PassReport>>>,
 ) {
     let mut schedule = Schedule::new(compactor.options.schedule());
     loop {
@@ -515,11 +525,15 @@ async fn run(
                     tracing::warn!(replica = compactor.replica.name(), %level, error = %e, "compaction failed")
                 }
             }
-            report.send_replace(Some(PassReport {
+            let mut passes = passes.lock().unwrap_or_else(|e| e.into_inner());
+            if passes.len() == PASS_HISTORY {
+                passes.pop_front();
+            }
+            passes.push_back(PassReport {
                 at: now,
                 level,
                 outcome: outcome.map_err(|e| e.to_string()),
-            }));
+            });
         }
         if let Err(e) = compactor.run_retention(clock.now()).await {
             tracing::warn!(replica = compactor.replica.name(), error = %e, "retention failed");
@@ -531,5 +545,162 @@ async fn run(
             () = clock.sleep_until(wake) => {}
             _ = stopped.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, TxidRange};
+
+    fn at(s: &str) -> Timestamp {
+        format!("2026-12-01T{s}Z").parse().unwrap()
+    }
+
+    /// A one-page file for `min..=max` written at `time`.
+    async fn put(replica: &Replica, level: u8, min: u64, max: u64, time: &str) {
+        let range = TxidRange::new(Txid::new(min), Txid::new(max));
+        let mut header = Header::new(PageSize::new(512).unwrap(), 1, range);
+        header.flags = HeaderFlags::NO_CHECKSUM;
+        header.timestamp = at(time).as_millisecond();
+        let mut enc = Encoder::new(Vec::new(), &header).unwrap();
+        enc.encode_page(PageNum::ONE, &[max as u8; 512]).unwrap();
+        let bytes = enc.finish(Checksum::ZERO).unwrap().writer;
+        let level = Level::new(level).unwrap();
+        replica
+            .write(level, range, bytes.into(), at(time))
+            .await
+            .unwrap();
+    }
+
+    fn compacted(p: &PassReport) -> Option<String> {
+        match &p.outcome {
+            Ok(Outcome::Compacted { file, .. }) => Some(file.range.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Drives the monitor through a few minutes of virtual time: the start-up pass, each
+    /// level at its own boundaries, nothing to compact, the first compaction into an empty
+    /// level seeded from the snapshot, and a pass that comes too early.
+    #[tokio::test(start_paused = true)]
+    async fn the_schedule_under_a_paused_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::storage::ReplicaUrl::parse(dir.path().to_str().unwrap()).unwrap();
+        let replica = Replica::create(&url).unwrap();
+        put(&replica, 9, 1, 3, "10:00:00").await;
+        for t in 1..=3 {
+            put(&replica, 0, t, t, "10:00:00").await;
+        }
+        put(&replica, 0, 4, 4, "10:07:00").await;
+        put(&replica, 0, 5, 5, "10:07:20").await;
+        let options = CompactionOptions {
+            levels: vec![Duration::from_secs(30), Duration::from_secs(300)],
+            snapshot_interval: Duration::from_secs(3600),
+            retention: RetentionOptions {
+                enabled: false,
+                ..RetentionOptions::default()
+            },
+            ..CompactionOptions::default()
+        };
+        let index = SharedIndex::new(LevelIndex::from_files(
+            replica.list_all().await.unwrap(),
+            at("10:07:43"),
+        ));
+        let scratch = dir.path().join("scratch");
+        let compactor = Compactor::new(replica.clone(), index.clone(), options.clone(), scratch);
+        let start = tokio::time::Instant::now();
+        let monitor = Monitor::start(compactor, Clock::tokio(at("10:07:43")));
+        let (l1, l2) = (Level::new(1).unwrap(), Level::new(2).unwrap());
+        let wait_until = |t: &str| {
+            let offset = Duration::try_from(at(t).duration_since(at("10:07:43"))).unwrap();
+            tokio::time::sleep_until(start + offset)
+        };
+
+        // Start-up: every level once. L1 starts from the snapshot (4-5, not 1-5); L2 has
+        // one L1 file to take, which it leaves where it is; the snapshot level merges the
+        // snapshot with L1.
+        wait_until("10:07:44").await;
+        let p = monitor.passes();
+        assert_eq!(
+            p.iter().map(|p| p.level).collect::<Vec<_>>(),
+            vec![l1, l2, Level::SNAPSHOT]
+        );
+        assert!(p.iter().all(|p| p.at == at("10:07:43")));
+        let made: Vec<_> = p.iter().map(compacted).collect();
+        assert_eq!(
+            made,
+            vec![
+                Some("0000000000000004-0000000000000005".to_owned()),
+                None,
+                Some("0000000000000001-0000000000000005".to_owned()),
+            ]
+        );
+        assert_eq!(p[1].outcome, Ok(Outcome::Nothing));
+
+        // Two new L0 files; L1 takes them at its next boundary, then finds nothing.
+        for t in [6, 7] {
+            put(&replica, 0, t, t, "10:07:50").await;
+            index.lock().insert(
+                replica.list(Level::L0, Txid::new(t)).await.unwrap()[0].clone(),
+                at("10:07:50"),
+            );
+        }
+        wait_until("10:08:31").await;
+        let p = monitor.passes();
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert_eq!((p[3].level, p[3].at), (l1, at("10:08:00")));
+        assert_eq!(
+            compacted(&p[3]).as_deref(),
+            Some("0000000000000006-0000000000000007")
+        );
+        assert_eq!(
+            (p[4].level, p[4].at, &p[4].outcome),
+            (l1, at("10:08:30"), &Ok(Outcome::Nothing))
+        );
+
+        // 8 and 9 arrive after the 10:09:30 pass; at 10:10:00 L1 runs first, then L2
+        // merges from the snapshot on.
+        wait_until("10:09:31").await;
+        for t in [8, 9] {
+            put(&replica, 0, t, t, "10:09:40").await;
+            index.lock().insert(
+                replica.list(Level::L0, Txid::new(t)).await.unwrap()[0].clone(),
+                at("10:09:40"),
+            );
+        }
+        wait_until("10:10:01").await;
+        let p = monitor.passes();
+        let at_ten: Vec<_> = p.iter().filter(|p| p.at == at("10:10:00")).collect();
+        assert_eq!(
+            at_ten.iter().map(|p| p.level).collect::<Vec<_>>(),
+            vec![l1, l2]
+        );
+        let l1_at_950 = p.iter().find(|p| p.at == at("10:09:30") && p.level == l1);
+        assert_eq!(
+            l1_at_950.and_then(compacted),
+            None,
+            "9-9 was not there yet at 10:09:30"
+        );
+        assert_eq!(
+            compacted(at_ten[0]).as_deref(),
+            Some("0000000000000008-0000000000000009")
+        );
+        assert_eq!(
+            compacted(at_ten[1]).as_deref(),
+            Some("0000000000000006-0000000000000009")
+        );
+        monitor.stop().await;
+
+        // A restart within the window of a file already written: too early.
+        let again = Compactor::new(replica.clone(), index, options, dir.path().join("s2"));
+        assert_eq!(
+            again.run_level(l1, at("10:09:59")).await.unwrap(),
+            Outcome::TooEarly
+        );
+        assert_eq!(
+            again.run_level(l1, at("10:10:10")).await.unwrap(),
+            Outcome::Nothing
+        );
     }
 }

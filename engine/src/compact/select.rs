@@ -46,20 +46,26 @@ impl std::fmt::Display for Gap {
 /// starting at 1) in `src` that reaches further than the incremental files supersedes
 /// them, as in a restore plan.
 pub fn select(index: &LevelIndex, src: Level, dst: Level) -> Selection {
-    let floor = match index.newest(dst) {
-        Some(newest) => newest.range.max,
-        None => index
-            .newest(Level::SNAPSHOT)
-            .map_or(Txid::ZERO, |s| s.range.max),
-    };
+    let snapshot = index
+        .newest(Level::SNAPSHOT)
+        .map_or(Txid::ZERO, |s| s.range.max);
     let files = index.files(src);
-    let inputs = chain_from(&files, floor).or_else(|| {
-        // An empty level with a snapshot the source cannot continue (its files start
-        // later): start where the source's history starts.
-        (index.newest(dst).is_none() && floor > Txid::ZERO)
-            .then(|| chain_from(&files, Txid::ZERO))
-            .flatten()
-    });
+    let inputs = match index.newest(dst) {
+        // The level continues from its newest file, or, once the source does not (a full
+        // copy restarted the history as a snapshot), from the newest snapshot.
+        Some(newest) => chain_from(&files, newest.range.max).or_else(|| {
+            (snapshot > newest.range.max)
+                .then(|| chain_from(&files, snapshot))
+                .flatten()
+        }),
+        // An empty level starts from the newest snapshot, or where the source's history
+        // starts if it cannot continue the snapshot.
+        None => chain_from(&files, snapshot).or_else(|| {
+            (snapshot > Txid::ZERO)
+                .then(|| chain_from(&files, Txid::ZERO))
+                .flatten()
+        }),
+    };
     match inputs {
         Some(inputs) if inputs.len() > 1 => Selection::Merge(inputs),
         _ => Selection::Nothing,
@@ -88,14 +94,20 @@ pub fn repair(index: &LevelIndex, src: Level, gap: Gap) -> Option<Vec<FileInfo>>
 
 /// The gaps in `level`: consecutive files (by max TXID) where the next starts more than one
 /// TXID after the previous ends. A file starting at TXID 1 (a full copy) restarts the
-/// chain and is never a gap.
+/// chain, and so does one continuing a snapshot: neither is a gap.
 pub fn gaps(index: &LevelIndex, level: Level) -> Vec<Gap> {
+    let snapshot_ends: Vec<Txid> = index
+        .level(Level::SNAPSHOT)
+        .iter()
+        .map(|s| s.file.range.max)
+        .collect();
     index
         .level(level)
         .windows(2)
         .filter_map(|pair| {
             let (prev, next) = (&pair[0].file.range, &pair[1].file.range);
-            (next.min != Txid::ONE && next.min > prev.max.next()).then_some(Gap {
+            let restarts = next.min == Txid::ONE || snapshot_ends.contains(&next.min.prev());
+            (!restarts && next.min > prev.max.next()).then_some(Gap {
                 level,
                 after: prev.max,
                 before: next.min,
@@ -189,6 +201,22 @@ mod tests {
         // A page-size change or a replaced database: the incremental chain breaks at 12.
         let i = index(&[(0, 9, 9), (0, 10, 12), (0, 1, 13), (0, 14, 14), (1, 1, 8)]);
         assert_eq!(ranges(select(&i, L0, L1)), vec![(1, 13), (14, 14)]);
+    }
+
+    #[test]
+    fn a_full_copy_as_snapshot_restarts_the_levels() {
+        // The capture's full copy 1-12 went to L9; L0 goes on from 13.
+        let i = index(&[
+            (0, 9, 9),
+            (0, 10, 10),
+            (9, 1, 12),
+            (0, 13, 13),
+            (0, 14, 14),
+            (1, 1, 10),
+        ]);
+        assert_eq!(ranges(select(&i, L0, L1)), vec![(13, 13), (14, 14)]);
+        let i = index(&[(9, 1, 12), (1, 1, 10), (1, 13, 14)]);
+        assert!(gaps(&i, L1).is_empty());
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Indexed {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LevelIndex {
     levels: [Vec<Indexed>; 10],
+    /// Files being written by this process and not yet indexed: a listing that finds one
+    /// has found this process's file, not another writer's.
+    pending: Vec<(Level, ltx::TxidRange)>,
 }
 
 impl LevelIndex {
@@ -75,6 +78,7 @@ impl LevelIndex {
 
     /// Adds (or refreshes) a file; one already indexed keeps its `seen` time.
     pub fn insert(&mut self, file: FileInfo, now: jiff::Timestamp) {
+        self.pending.retain(|p| *p != (file.level, file.range));
         let level = &mut self.levels[file.level.get() as usize];
         let key = |i: &Indexed| (i.file.range.max, i.file.range.min);
         let k = (file.range.max, file.range.min);
@@ -82,6 +86,23 @@ impl LevelIndex {
             Ok(at) => level[at].file = file,
             Err(at) => level.insert(at, Indexed { file, seen: now }),
         }
+    }
+
+    /// Notes that this process is writing `range` to `level` (until [`LevelIndex::insert`]
+    /// or [`LevelIndex::abandon`]).
+    pub fn begin_write(&mut self, level: Level, range: ltx::TxidRange) {
+        self.pending.push((level, range));
+    }
+
+    /// Forgets a write that failed.
+    pub fn abandon(&mut self, level: Level, range: ltx::TxidRange) {
+        self.pending.retain(|p| *p != (level, range));
+    }
+
+    /// Whether the file is indexed or being written by this process.
+    pub fn knows(&self, level: Level, range: ltx::TxidRange) -> bool {
+        self.pending.contains(&(level, range))
+            || self.level(level).iter().any(|i| i.file.range == range)
     }
 
     /// Forgets a file (deleted, or found missing).
@@ -93,6 +114,7 @@ impl LevelIndex {
     /// keep their `seen` time.
     pub fn replace(&mut self, files: impl IntoIterator<Item = FileInfo>, now: jiff::Timestamp) {
         let old = std::mem::take(self);
+        self.pending = old.pending.clone();
         for file in files {
             let seen = old
                 .level(file.level)

@@ -327,13 +327,13 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     let setup = Setup::new(None);
     // L0 only: with compaction, a deleted L0 file that L1 covers is no loss (tested in
     // `compaction.rs`), and this test is about the losses the uploader must notice.
-    let start_in_process = |setup: &Setup, url: &str| {
+    async fn start_in_process(setup: &Setup, url: &str) -> strata::capture::Replication {
         let options = CaptureOptions {
             compaction: None,
             ..quick_capture_options()
         };
-        start_in_process_with(setup, url, options)
-    };
+        start_in_process_with(setup, url, options).await
+    }
     let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.0)));
     sleep_ms(400);

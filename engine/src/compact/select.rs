@@ -53,11 +53,22 @@ pub fn select(index: &LevelIndex, src: Level, dst: Level) -> Selection {
     let inputs = match index.newest(dst) {
         // The level continues from its newest file, or, once the source does not (a full
         // copy restarted the history as a snapshot), from the newest snapshot.
-        Some(newest) => chain_from(&files, newest.range.max).or_else(|| {
-            (snapshot > newest.range.max)
+        Some(newest) => {
+            let from_level = chain_from(&files, newest.range.max);
+            let from_snapshot = (snapshot > newest.range.max)
                 .then(|| chain_from(&files, snapshot))
-                .flatten()
-        }),
+                .flatten();
+            let reach = |c: &Option<Vec<FileInfo>>| {
+                c.as_ref()
+                    .and_then(|c| c.last())
+                    .map_or(Txid::ZERO, |f| f.range.max)
+            };
+            if reach(&from_snapshot) > reach(&from_level) {
+                from_snapshot
+            } else {
+                from_level
+            }
+        }
         // An empty level starts from the newest snapshot, or where the source's history
         // starts if it cannot continue the snapshot.
         None => chain_from(&files, snapshot).or_else(|| {
@@ -217,6 +228,16 @@ mod tests {
         assert_eq!(ranges(select(&i, L0, L1)), vec![(13, 13), (14, 14)]);
         let i = index(&[(9, 1, 12), (1, 1, 10), (1, 13, 14)]);
         assert!(gaps(&i, L1).is_empty());
+        // One old file still continues the level (11), but the files after the snapshot
+        // reach further: those are taken, or the level would wait on 12 forever.
+        let i = index(&[
+            (0, 11, 11),
+            (9, 1, 12),
+            (0, 13, 13),
+            (0, 14, 14),
+            (1, 1, 10),
+        ]);
+        assert_eq!(ranges(select(&i, L0, L1)), vec![(13, 13), (14, 14)]);
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Takeover, both ways, with Litestream 0.5.17: Litestream replicates and compacts a live
+//! database (L0 to L2 and snapshots), `strata replicate` continues the same database and
+//! replica, then Litestream continues what strata compacted. Afterwards every restore point
+//! restores to the same bytes with both tools, and the latest equals the source. On a
+//! directory and on S3 (moto).
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::capture::*;
+use common::{litestream, s3_url, sha256_file};
+use ltx::Txid;
+use strata::restore::Target;
+
+/// Litestream's config for the setup's database: L1 every 2 s, L2 every 6 s, snapshots
+/// every 12 s, L0 kept 3 s.
+fn litestream_config(setup: &Setup) -> std::path::PathBuf {
+    let path = setup.dir.join("litestream.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "levels:\n  - interval: 2s\n  - interval: 6s\nsnapshot:\n  interval: 12s\n  retention: 1m\nl0-retention: 3s\ndbs:\n  - path: {}\n    replica:\n      url: {}\n",
+            setup.db.display(),
+            setup.replica_url
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn litestream_replicate(setup: &Setup) -> Child {
+    litestream()
+        .args(["replicate", "-config"])
+        .arg(litestream_config(setup))
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(setup.dir.join("litestream.log"))
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(mut child: Child) {
+    signal(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status}");
+}
+
+fn litestream_restore(setup: &Setup, txid: u64, out: &std::path::Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(out);
+    let result = litestream()
+        .args(["restore", "-txid", &format!("{txid:016x}"), "-o"])
+        .arg(out)
+        .arg(&setup.replica_url)
+        .output()
+        .unwrap();
+    if result.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&result.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn takeover_in_a_directory() {
+    takeover(Setup::new(None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn takeover_in_s3() {
+    takeover(Setup::new(Some(s3_url("takeover")))).await;
+}
+
+async fn takeover(setup: Setup) {
+    let blocking = |f: &dyn Fn()| tokio::task::block_in_place(f);
+    // Litestream first, long enough for L1, L2 and a snapshot.
+    let ls = litestream_replicate(&setup);
+    std::thread::sleep(Duration::from_millis(500));
+    blocking(&|| wait_all(setup.writers(1, 14.0)));
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(ls);
+    let by_litestream = setup.replica().list_all().await.unwrap();
+    for level in [0, 1, 2, 9] {
+        assert!(
+            by_litestream.iter().any(|f| f.level.get() == level),
+            "Litestream wrote nothing to L{level}: {by_litestream:?}\n{}",
+            std::fs::read_to_string(setup.dir.join("litestream.log")).unwrap_or_default()
+        );
+    }
+    let litestream_max = by_litestream.iter().map(|f| f.range.max).max().unwrap();
+
+    // strata continues, compacting above what Litestream left.
+    let strata = setup.strata();
+    blocking(&|| wait_all(setup.writers(1, 8.0)));
+    std::thread::sleep(Duration::from_secs(1));
+    stop(&setup, strata);
+    let by_strata = setup.replica().list_all().await.unwrap();
+    for level in [1, 2] {
+        assert!(
+            by_strata
+                .iter()
+                .any(|f| f.level.get() == level && f.range.max > litestream_max),
+            "strata compacted nothing into L{level} above Litestream's {litestream_max}: {by_strata:?}\n{}",
+            setup.log()
+        );
+    }
+
+    // And Litestream continues what strata compacted.
+    let ls = litestream_replicate(&setup);
+    std::thread::sleep(Duration::from_millis(500));
+    blocking(&|| wait_all(setup.writers(1, 8.0)));
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(ls);
+
+    check_history(&setup).await;
+    assert_litestream_restores_the_source(&setup);
+    let replica = setup.replica();
+    let mut differ = Vec::new();
+    let mut refused = Vec::new();
+    let points = restore_points(&replica).await;
+    for &txid in &points {
+        let ours = setup.dir.join("ours.db");
+        let _ = std::fs::remove_file(&ours);
+        restore_at(&replica, Target::Txid(Txid::new(txid)), &ours).await;
+        let theirs = setup.dir.join("theirs.db");
+        match litestream_restore(&setup, txid, &theirs) {
+            Ok(()) if sha256_file(&ours) == sha256_file(&theirs) => {}
+            Ok(()) => differ.push(txid),
+            Err(e) => refused.push(format!("{txid:x}: {}", e.trim())),
+        }
+    }
+    assert!(differ.is_empty(), "restores differ at TXIDs {differ:x?}");
+    assert!(
+        refused.is_empty(),
+        "Litestream refuses restore points strata restores: {refused:?} of {}",
+        points.len()
+    );
+}

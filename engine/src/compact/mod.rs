@@ -318,6 +318,7 @@ impl Compactor {
     }
 
     async fn write(&self, level: Level, inputs: &[FileInfo]) -> Result<Outcome, CompactError> {
+        let _pinned = Pinned::new(&self.index, inputs);
         let before = self.read.load(std::sync::atomic::Ordering::Relaxed);
         let merged = merge::merge(
             &self.replica,
@@ -386,6 +387,29 @@ impl Compactor {
         }
         result?;
         Ok(expired.len())
+    }
+}
+
+/// Files pinned in the index against retention while a merge reads them; unpinned when
+/// dropped, however the merge ends (finished, failed, or its task aborted).
+struct Pinned {
+    index: SharedIndex,
+    files: Vec<FileInfo>,
+}
+
+impl Pinned {
+    fn new(index: &SharedIndex, files: &[FileInfo]) -> Pinned {
+        index.lock().pin(files);
+        Pinned {
+            index: index.clone(),
+            files: files.to_vec(),
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.index.lock().unpin(&self.files);
     }
 }
 
@@ -463,7 +487,7 @@ pub struct PassReport {
 pub struct Monitor {
     compactor: Arc<Compactor>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     passes: Arc<Mutex<VecDeque<PassReport>>>,
 }
 
@@ -471,16 +495,58 @@ pub struct Monitor {
 const PASS_HISTORY: usize = 64;
 
 impl Monitor {
-    /// Starts running `compactor`'s levels on `clock`.
+    /// Starts running `compactor`'s levels on `clock`, in three lanes so a long pass never
+    /// holds up a short one: L1 with retention after each pass; L2 to L8; snapshots. The
+    /// last two wait, at each boundary, for L1's pass at that boundary.
     pub fn start(compactor: Compactor, clock: Clock) -> Monitor {
         let compactor = Arc::new(compactor);
         let (stop, stopped) = watch::channel(false);
         let passes = Arc::new(Mutex::new(VecDeque::new()));
-        let task = tokio::spawn(run(compactor.clone(), clock, stopped, passes.clone()));
+        let schedule = compactor.options.schedule();
+        let (first, rest): (Vec<_>, Vec<_>) = schedule
+            .iter()
+            .partition(|(l, _)| *l == Level::new(1).expect("level 1"));
+        let (snapshots, middle): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|(l, _)| *l == Level::SNAPSHOT);
+        let (l1_done, l1_passes) = watch::channel(None);
+        let after = (!first.is_empty()).then_some(l1_passes);
+        let lanes = [
+            Lane {
+                levels: first,
+                after: None,
+                done: Some(l1_done),
+                retention: true,
+            },
+            Lane {
+                levels: middle,
+                after: after.clone(),
+                done: None,
+                retention: false,
+            },
+            Lane {
+                levels: snapshots,
+                after,
+                done: None,
+                retention: false,
+            },
+        ];
+        let tasks = lanes
+            .into_iter()
+            .filter(|lane| !lane.levels.is_empty() || lane.retention)
+            .map(|lane| {
+                tokio::spawn(run(
+                    compactor.clone(),
+                    clock,
+                    lane,
+                    stopped.clone(),
+                    passes.clone(),
+                ))
+            })
+            .collect();
         Monitor {
             compactor,
             stop,
-            task,
+            tasks,
             passes,
         }
     }
@@ -500,21 +566,41 @@ impl Monitor {
     /// or absent; the next start continues).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        self.task.abort();
-        let _ = self.task.await;
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
     }
+}
+
+/// One lane of the monitor: `levels` run in order on their schedule; `after`, if given, is
+/// the lane whose pass at the same boundary must finish first (so L2 sees the L1 file just
+/// written); `done` announces each finished pass; `retention` runs retention after each.
+struct Lane {
+    levels: Vec<(Level, Duration)>,
+    after: Option<watch::Receiver<Option<Timestamp>>>,
+    done: Option<watch::Sender<Option<Timestamp>>>,
+    retention: bool,
 }
 
 async fn run(
     compactor: Arc<Compactor>,
     clock: Clock,
+    mut lane: Lane,
     mut stopped: watch::Receiver<bool>,
     passes: Arc<Mutex<VecDeque<PassReport>>>,
 ) {
-    let mut schedule = Schedule::new(compactor.options.schedule());
+    let mut schedule = Schedule::new(lane.levels.clone());
     loop {
         let now = clock.now();
-        for level in schedule.take_due(now) {
+        let due = schedule.take_due(now);
+        if !due.is_empty()
+            && let Some(after) = &mut lane.after
+        {
+            // If the lane below is gone, go on alone.
+            let _ = after.wait_for(|t| t.is_some_and(|t| t >= now)).await;
+        }
+        for level in due {
             let outcome = compactor.run_level(level, now).await;
             match &outcome {
                 Ok(Outcome::Compacted { .. }) => {}
@@ -535,8 +621,13 @@ async fn run(
                 outcome: outcome.map_err(|e| e.to_string()),
             });
         }
-        if let Err(e) = compactor.run_retention(clock.now()).await {
+        if lane.retention
+            && let Err(e) = compactor.run_retention(clock.now()).await
+        {
             tracing::warn!(replica = compactor.replica.name(), error = %e, "retention failed");
+        }
+        if let Some(done) = &lane.done {
+            done.send_replace(Some(now));
         }
         let Some(wake) = schedule.next_due() else {
             return;

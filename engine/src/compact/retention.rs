@@ -6,8 +6,8 @@
 //!   file ends, so every L0 file left still restores to its own TXID. The newest L0 file
 //!   stays.
 //! - Snapshots older than the snapshot retention, except the newest.
-//! - L1 to L8: files ending at or below the oldest kept snapshot (no restore point that
-//!   remains needs them), except each level's newest.
+//! - L0 to L8: files ending at or below the oldest kept snapshot (restore points from there
+//!   on start from a snapshot), except each level's newest.
 //!
 //! No file is deleted until whatever makes it unnecessary (the covering L1 file, the kept
 //! snapshot) has been in the replica for the grace period, so a reader that listed before
@@ -69,7 +69,11 @@ pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -
     let mut l0_delete = Vec::new();
     for (i, entry) in l0.iter().enumerate() {
         let f = &entry.file;
-        if i + 1 == l0.len() || f.range.max > covered_to || f.modified > l0_cutoff {
+        if i + 1 == l0.len()
+            || f.range.max > covered_to
+            || f.modified > l0_cutoff
+            || index.is_pinned(f)
+        {
             break;
         }
         l0_delete.push(f.clone());
@@ -98,6 +102,14 @@ pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -
             delete.extend(expired.iter().map(|s| s.file.clone()));
         }
     }
+    // L0 files ending at or below the floor lie outside the retention window whatever
+    // their age: the levels they chained from are going.
+    let l0_kept = &l0[..l0.len().saturating_sub(1)];
+    for f in l0_kept.iter().filter(|f| f.file.range.max <= floor) {
+        if !delete.contains(&f.file) {
+            delete.push(f.file.clone());
+        }
+    }
     for n in 1..=8 {
         let level = Level::new(n).expect("levels 1 to 8");
         if let Some((_, older)) = index.level(level).split_last() {
@@ -110,6 +122,8 @@ pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -
         }
     }
 
+    // A merge in progress is reading these: they go on a later pass.
+    delete.retain(|f| !index.is_pinned(f));
     if delete.is_empty() || !still_restores(index, &delete) {
         return Vec::new();
     }
@@ -230,6 +244,19 @@ mod tests {
             (1, 3, 5, 11),
         ]);
         assert_eq!(expired(&i, &opts(), at(600)).len(), 2);
+        // A file a merge is reading stops the walk (and is never deleted).
+        let mut i = index(&[
+            (0, 1, 1, 0),
+            (0, 2, 2, 1),
+            (0, 3, 3, 2),
+            (1, 1, 1, 10),
+            (1, 2, 3, 10),
+        ]);
+        let two = i.files(Level::L0)[1].clone();
+        i.pin(std::slice::from_ref(&two));
+        assert!(expired(&i, &opts(), at(600)).is_empty());
+        i.unpin(&[two]);
+        assert_eq!(expired(&i, &opts(), at(600)).len(), 1);
         // The newest L0 file stays even when covered.
         let i = index(&[
             (0, 1, 1, 0),

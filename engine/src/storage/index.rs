@@ -30,6 +30,8 @@ pub struct LevelIndex {
     /// Files being written by this process and not yet indexed: a listing that finds one
     /// has found this process's file, not another writer's.
     pending: Vec<(Level, ltx::TxidRange)>,
+    /// Files a merge in progress is reading (once per merge): retention leaves them alone.
+    pinned: Vec<(Level, ltx::TxidRange)>,
 }
 
 impl LevelIndex {
@@ -99,6 +101,25 @@ impl LevelIndex {
         self.pending.retain(|p| *p != (level, range));
     }
 
+    /// Marks files as being read, until [`LevelIndex::unpin`].
+    pub fn pin(&mut self, files: &[FileInfo]) {
+        self.pinned.extend(files.iter().map(|f| (f.level, f.range)));
+    }
+
+    /// Ends one [`LevelIndex::pin`] of each file.
+    pub fn unpin(&mut self, files: &[FileInfo]) {
+        for f in files {
+            if let Some(at) = self.pinned.iter().position(|p| *p == (f.level, f.range)) {
+                self.pinned.swap_remove(at);
+            }
+        }
+    }
+
+    /// Whether a merge in progress is reading the file.
+    pub fn is_pinned(&self, file: &FileInfo) -> bool {
+        self.pinned.contains(&(file.level, file.range))
+    }
+
     /// Whether the file is indexed or being written by this process.
     pub fn knows(&self, level: Level, range: ltx::TxidRange) -> bool {
         self.pending.contains(&(level, range))
@@ -115,6 +136,7 @@ impl LevelIndex {
     pub fn replace(&mut self, files: impl IntoIterator<Item = FileInfo>, now: jiff::Timestamp) {
         let old = std::mem::take(self);
         self.pending = old.pending.clone();
+        self.pinned = old.pinned.clone();
         for file in files {
             let seen = old
                 .level(file.level)

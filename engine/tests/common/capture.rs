@@ -283,7 +283,6 @@ pub async fn restore_at(replica: &Replica, target: Target, out: &Path) {
 pub async fn l0_txids(replica: &Replica) -> Vec<u64> {
     let mut l0 = replica.list(Level::L0, Txid::ZERO).await.unwrap();
     l0.sort_by_key(|f| (f.range.max, f.range.min));
-    assert!(!l0.is_empty(), "L0 is empty");
     // A full copy that restarts the history is a snapshot in L9: L0 goes on after it.
     let snapshot_ends: Vec<Txid> = replica
         .list(Level::SNAPSHOT, Txid::ZERO)
@@ -292,6 +291,13 @@ pub async fn l0_txids(replica: &Replica) -> Vec<u64> {
         .iter()
         .map(|f| f.range.max)
         .collect();
+    assert!(
+        !l0.is_empty() || !snapshot_ends.is_empty(),
+        "L0 and L9 are empty"
+    );
+    if l0.is_empty() {
+        return snapshot_ends.iter().map(|t| t.get()).collect();
+    }
     let mut reached = l0[0].range.min.prev();
     for f in &l0 {
         assert!(
@@ -307,15 +313,21 @@ pub async fn l0_txids(replica: &Replica) -> Vec<u64> {
     l0.iter().map(|f| f.range.max.get()).collect()
 }
 
-/// Every TXID some file of any level ends at, ascending, starting from the oldest snapshot
-/// (below it retention may have left single files that no longer restore).
+/// Every TXID some file of any level ends at, ascending, from the oldest snapshot on (below
+/// it, retention keeps each level's newest file, which need not restore).
 pub async fn restore_points(replica: &Replica) -> Vec<u64> {
     let files = replica.list_all().await.unwrap();
-    let floor = files
-        .iter()
-        .filter(|f| f.range.min == Txid::ONE)
-        .map(|f| f.range.max)
-        .min()
+    // The retention window starts at the oldest snapshot; with none, at the oldest file
+    // starting at TXID 1.
+    let starts = |level: Option<Level>| {
+        files
+            .iter()
+            .filter(|f| f.range.min == Txid::ONE && level.is_none_or(|l| f.level == l))
+            .map(|f| f.range.max)
+            .min()
+    };
+    let floor = starts(Some(Level::SNAPSHOT))
+        .or(starts(None))
         .unwrap_or(Txid::ZERO);
     let mut txids: Vec<u64> = files
         .iter()

@@ -249,14 +249,14 @@ mod tests {
             (0, 1, 1, 0),
             (0, 2, 2, 1),
             (0, 3, 3, 2),
-            (1, 1, 1, 10),
-            (1, 2, 3, 10),
+            (1, 1, 2, 10),
+            (1, 3, 3, 10),
         ]);
         let two = i.files(Level::L0)[1].clone();
         i.pin(std::slice::from_ref(&two));
         assert!(expired(&i, &opts(), at(600)).is_empty());
         i.unpin(&[two]);
-        assert_eq!(expired(&i, &opts(), at(600)).len(), 1);
+        assert_eq!(expired(&i, &opts(), at(600)).len(), 2);
         // The newest L0 file stays even when covered.
         let i = index(&[
             (0, 1, 1, 0),

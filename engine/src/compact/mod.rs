@@ -605,10 +605,10 @@ async fn run(
             match &outcome {
                 Ok(Outcome::Compacted { .. }) => {}
                 Ok(o) => {
-                    tracing::debug!(replica = compactor.replica.name(), %level, outcome = ?o, "compaction")
+                    tracing::debug!(replica = compactor.replica.name(), %level, outcome = ?o, "compaction");
                 }
                 Err(e) => {
-                    tracing::warn!(replica = compactor.replica.name(), %level, error = %e, "compaction failed")
+                    tracing::warn!(replica = compactor.replica.name(), %level, error = %e, "compaction failed");
                 }
             }
             let mut passes = passes.lock().unwrap_or_else(|e| e.into_inner());
@@ -732,10 +732,8 @@ mod tests {
         // Two new L0 files; L1 takes them at its next boundary, then finds nothing.
         for t in [6, 7] {
             put(&replica, 0, t, t, "10:07:50").await;
-            index.lock().insert(
-                replica.list(Level::L0, Txid::new(t)).await.unwrap()[0].clone(),
-                at("10:07:50"),
-            );
+            let file = replica.list(Level::L0, Txid::new(t)).await.unwrap()[0].clone();
+            index.lock().insert(file, at("10:07:50"));
         }
         wait_until("10:08:31").await;
         let p = monitor.passes();
@@ -755,10 +753,8 @@ mod tests {
         wait_until("10:09:31").await;
         for t in [8, 9] {
             put(&replica, 0, t, t, "10:09:40").await;
-            index.lock().insert(
-                replica.list(Level::L0, Txid::new(t)).await.unwrap()[0].clone(),
-                at("10:09:40"),
-            );
+            let file = replica.list(Level::L0, Txid::new(t)).await.unwrap()[0].clone();
+            index.lock().insert(file, at("10:09:40"));
         }
         wait_until("10:10:01").await;
         let p = monitor.passes();

@@ -5,6 +5,7 @@
 //! ```text
 //! compaction_bench prepare DIR DB_MB INPUTS   # a directory replica: a snapshot, INPUTS L0 files
 //! compaction_bench run DIR                    # one L1 pass; prints MB/s and peak RSS
+//! compaction_bench snapshot DIR               # one snapshot pass (the snapshot and L0)
 //! compaction_bench lz4 DB_MB                  # the same pages through lz4_flex alone
 //! ```
 //!
@@ -56,7 +57,7 @@ fn encode(
 ) -> Vec<u8> {
     let mut header = Header::new(PageSize::new(PAGE as u32).unwrap(), commit, range);
     header.flags = HeaderFlags::NO_CHECKSUM;
-    header.timestamp = jiff::Timestamp::now().as_millisecond();
+    header.timestamp = written().as_millisecond();
     let mut enc = Encoder::new(Vec::new(), &header).unwrap();
     let mut buf = Vec::with_capacity(PAGE);
     for pgno in pages.filter(|&p| !lock_page(p)) {
@@ -74,6 +75,11 @@ fn peak_rss_mib() -> f64 {
         usage.assume_init()
     };
     usage.ru_maxrss as f64 / 1024.0
+}
+
+/// The files' time: two days ago, so no pass is "too early" for its level.
+fn written() -> jiff::Timestamp {
+    jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48)
 }
 
 fn replica(dir: &str) -> Replica {
@@ -101,46 +107,55 @@ async fn prepare(dir: &str, db_mb: u32, inputs: u32) {
         let range = TxidRange::single(txid);
         let bytes = encode(range, n, lo..=hi, u64::from(i) + 1);
         replica
-            .write(Level::L0, range, bytes.into(), jiff::Timestamp::now())
+            .write(Level::L0, range, bytes.into(), written())
             .await
             .unwrap();
     }
 }
 
-async fn run(dir: &str) {
+async fn run(dir: &str, level: Level) {
     let replica = replica(dir);
     let files = replica.list_all().await.unwrap();
     let inputs = files.iter().filter(|f| f.level == Level::L0).count();
+    let levels = if level == Level::SNAPSHOT {
+        vec![]
+    } else {
+        vec![Duration::from_secs(30)]
+    };
     let l0_bytes: u64 = files
         .iter()
         .filter(|f| f.level == Level::L0)
         .map(|f| f.size)
         .sum();
     let options = CompactionOptions {
-        levels: vec![Duration::from_secs(30)],
+        levels,
         retention: RetentionOptions {
             enabled: false,
             ..RetentionOptions::default()
         },
         ..CompactionOptions::default()
     };
+    // Page data merged: every page of every input.
+    let inputs_pages: u64 = files
+        .iter()
+        .filter(|f| f.level == Level::L0 || level == Level::SNAPSHOT)
+        .map(|f| file_pages(dir, f))
+        .sum();
     let index = SharedIndex::new(LevelIndex::from_files(files, jiff::Timestamp::now()));
     let scratch = std::path::Path::new(dir).join("scratch");
     let compactor = Compactor::new(replica, index, options, scratch);
     let start = Instant::now();
     let outcome = compactor
-        .run_level(Level::new(1).unwrap(), jiff::Timestamp::now())
+        .run_level(level, jiff::Timestamp::now())
         .await
         .unwrap();
     let secs = start.elapsed().as_secs_f64();
     let Outcome::Compacted { file, .. } = outcome else {
         panic!("nothing compacted: {outcome:?}");
     };
-    // Page data merged: every input page, uncompressed.
-    let pages = file_pages(dir, &file);
-    let mb = (pages * PAGE as u64) as f64 / 1e6;
+    let mb = (inputs_pages * PAGE as u64) as f64 / 1e6;
     println!(
-        "inputs {inputs}: {mb:.0} MB of pages ({:.1} MB of L0 files) in {secs:.2} s = {:.0} MB/s; output {:.1} MB; peak RSS {:.0} MiB",
+        "{level}, {inputs} L0 inputs: {mb:.0} MB of pages ({:.1} MB of L0 files) in {secs:.2} s = {:.0} MB/s; output {:.1} MB; peak RSS {:.0} MiB",
         l0_bytes as f64 / 1e6,
         mb / secs,
         file.size as f64 / 1e6,
@@ -195,7 +210,8 @@ async fn main() {
         ["prepare", dir, mb, inputs] => {
             prepare(dir, mb.parse().unwrap(), inputs.parse().unwrap()).await;
         }
-        ["run", dir] => run(dir).await,
+        ["run", dir] => run(dir, Level::new(1).unwrap()).await,
+        ["snapshot", dir] => run(dir, Level::SNAPSHOT).await,
         ["lz4", mb] => lz4(mb.parse().unwrap()),
         _ => eprintln!("usage: compaction_bench prepare DIR DB_MB INPUTS | run DIR | lz4 DB_MB"),
     }

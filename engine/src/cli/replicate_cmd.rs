@@ -127,7 +127,8 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // Every database stops at once, each within the shutdown timeout.
     let stops = futures::future::join_all(running.into_iter().map(|r| async move {
         let db = r.db().display().to_string();
-        (db, r.stop().await)
+        let compaction = r.compaction_status();
+        (db, compaction, r.stop().await)
     }));
     let stopped = tokio::select! {
         stopped = stops => stopped,
@@ -136,7 +137,32 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    for (db, result) in stopped {
+    for (db, compaction, result) in stopped {
+        if let Some(c) = compaction {
+            let levels: Vec<String> = c
+                .levels
+                .iter()
+                .filter(|(_, l)| l.files_written > 0)
+                .map(|(level, l)| {
+                    format!(
+                        "{level} {} files, {}",
+                        l.files_written,
+                        super::format_bytes(l.bytes_written)
+                    )
+                })
+                .collect();
+            if !levels.is_empty() || c.deleted > 0 {
+                eprintln!(
+                    "{db}: compacted {}; retention deleted {} files",
+                    if levels.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        levels.join(", ")
+                    },
+                    c.deleted
+                );
+            }
+        }
         match result {
             Ok(s) => eprintln!(
                 "{db}: replicated through TXID {} ({} full {})",

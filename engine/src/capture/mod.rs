@@ -82,8 +82,12 @@ pub struct CaptureOptions {
     /// Page encoding of the L0 files.
     pub encoding: PageEncoding,
     /// How often, while uploading, the replica is checked to still hold the last file
-    /// uploaded (one small LIST); a replica that lost it gets a full copy.
+    /// uploaded (one HEAD; every `replica_list_every`-th lists every level and plans a restore); a
+    /// replica that lost files gets a full copy. Nothing is checked while nothing is
+    /// uploaded: the first upload after a quiet spell checks first.
     pub replica_check_interval: Duration,
+    /// One replica check in this many is the full listing (the others are one HEAD).
+    pub replica_list_every: u32,
     /// Compaction, snapshots and retention in the replica (`None`: L0 files only).
     pub compaction: Option<crate::compact::CompactionOptions>,
 }
@@ -98,6 +102,7 @@ impl Default for CaptureOptions {
             shutdown_timeout: Duration::from_secs(30),
             encoding: PageEncoding::default(),
             replica_check_interval: Duration::from_secs(60),
+            replica_list_every: 10,
             compaction: Some(crate::compact::CompactionOptions::default()),
         }
     }
@@ -729,8 +734,9 @@ impl Replication {
             replica_max,
             newest,
             replica_lost,
-            options.replica_check_interval,
+            (options.replica_check_interval, options.replica_list_every),
             index.clone(),
+            options.compaction.is_some(),
         );
         let monitor = options.compaction.clone().map(|compaction| {
             let compactor = Compactor::new(
@@ -739,7 +745,7 @@ impl Replication {
                 compaction,
                 staging.dir().join("compact"),
             );
-            Monitor::start(compactor, Clock::System)
+            Monitor::start(compactor.with_local_l0(staging.l0_dir()), Clock::System)
         });
         let uploader = Arc::new(tokio::sync::Mutex::new(uploader));
         let upload = tokio::spawn(upload_loop(
@@ -1022,9 +1028,9 @@ async fn upload_loop(
             continue;
         }
         backoff = interval;
-        tokio::select! {
-            _ = staged.changed() => {}
-            _ = tokio::time::sleep(interval) => {}
+        // Nothing to do until the capture stages a file: no request is made while idle.
+        if staged.changed().await.is_err() {
+            tokio::time::sleep(interval).await;
         }
     }
 }

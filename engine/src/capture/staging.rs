@@ -96,6 +96,11 @@ impl Staging {
         )))
     }
 
+    /// Where staged L0 files are, named as in the replica.
+    pub fn l0_dir(&self) -> PathBuf {
+        self.l0.clone()
+    }
+
     /// The directory (where the position file lives).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -27,6 +27,10 @@ pub struct Uploader {
     /// Files uploaded since the last check.
     recent: Vec<TxidRange>,
     checked: Instant,
+    /// When the replica was last listed whole.
+    listed: Instant,
+    /// One check in this many lists the replica whole.
+    list_every: u32,
     /// How often to check the replica while uploading.
     check_every: Duration,
     /// Set when the replica lost the history: the capture's next file is a full copy named
@@ -35,6 +39,8 @@ pub struct Uploader {
     /// What the replica holds, shared with compaction: files uploaded are added, and each
     /// check's listing replaces it.
     index: SharedIndex,
+    /// Whether uploaded staged files wait for L1 to cover them (compaction reads them).
+    keep_staged_for_compaction: bool,
 }
 
 impl Uploader {
@@ -46,8 +52,9 @@ impl Uploader {
         uploaded: Txid,
         known: Txid,
         rebase: Arc<AtomicBool>,
-        check_every: Duration,
+        (check_every, list_every): (Duration, u32),
         index: SharedIndex,
+        keep_staged_for_compaction: bool,
     ) -> Uploader {
         Uploader {
             staging,
@@ -56,9 +63,12 @@ impl Uploader {
             known,
             recent: Vec::new(),
             checked: Instant::now(),
+            listed: Instant::now(),
+            list_every: list_every.max(1),
             check_every,
             rebase,
             index,
+            keep_staged_for_compaction,
         }
     }
 
@@ -67,14 +77,34 @@ impl Uploader {
     /// is awaited after a loss, files that cannot continue the replica wait quietly.
     pub async fn upload(&mut self) -> Result<usize, CaptureError> {
         if self.checked.elapsed() >= self.check_every {
-            self.check_replica().await?;
+            // The cheap check (one HEAD: is the newest file still there?) catches a wiped or
+            // replaced replica; every `list_every`-th is a full listing, which also
+            // catches files missing in the middle and another writer's files.
+            let full = self.listed.elapsed() >= self.check_every * self.list_every
+                || !self.newest_is_there().await?;
+            if full {
+                self.check_replica().await?;
+            } else {
+                self.checked = Instant::now();
+            }
         }
         let sent = self.recent.len();
+        // With compaction on, L1 reads uploaded L0 files from the staging directory (no GET
+        // each): they stay until L1 covers them.
+        let removable = if self.keep_staged_for_compaction {
+            self.index
+                .lock()
+                .newest(Level::new(1).expect("level 1"))
+                .map_or(Txid::ZERO, |f| f.range.max)
+        } else {
+            Txid::MAX
+        };
         let result = upload(
             &self.staging,
             &self.replica,
             &mut self.uploaded,
             &mut self.recent,
+            removable,
         )
         .await;
         // What was uploaded is in the replica whether or not a later file failed.
@@ -117,9 +147,39 @@ impl Uploader {
         Ok(())
     }
 
+    /// Every level, listed while this process deletes nothing.
+    async fn list_whole(&self) -> Result<Vec<FileInfo>, CaptureError> {
+        let _no_deletions = self.index.exclusive().await;
+        Ok(self.replica.list_all().await?)
+    }
+
+    /// Whether the newest file uploaded is still in the replica (one HEAD); false if it is
+    /// not known which file that is.
+    async fn newest_is_there(&self) -> Result<bool, CaptureError> {
+        let newest = match self.recent.last() {
+            Some(&range) => Some((level_of(range), range)),
+            None => {
+                let index = self.index.lock();
+                [Level::L0, Level::SNAPSHOT].into_iter().find_map(|level| {
+                    index
+                        .level(level)
+                        .iter()
+                        .rev()
+                        .find(|i| i.file.range.max == self.uploaded)
+                        .map(|i| (level, i.file.range))
+                })
+            }
+        };
+        match newest {
+            Some((level, range)) => Ok(self.replica.exists(level, range).await?),
+            None => Ok(false),
+        }
+    }
+
     async fn check_replica(&mut self) -> Result<(), CaptureError> {
-        let files = self.replica.list_all().await?;
+        let files = self.list_whole().await?;
         self.checked = Instant::now();
+        self.listed = self.checked;
         // Another writer's files: in L0, anything newer than the last check this uploader
         // did not send; in L9, a snapshot this process neither sent nor is writing (another
         // database's full copy); anywhere, a file beyond what was uploaded. (Compaction in
@@ -135,7 +195,10 @@ impl Uploader {
                     !ours && (new_l0 || new_snapshot || f.range.max > self.uploaded.max(self.known))
                 })
                 .cloned();
-            index.replace(files.clone(), jiff::Timestamp::now());
+            // Another writer's files are never taken as known: every later check finds them.
+            if theirs.is_none() {
+                index.replace(files.clone(), jiff::Timestamp::now());
+            }
             theirs
         };
         if let Some(theirs) = theirs {
@@ -152,6 +215,14 @@ impl Uploader {
                 .unwrap_or(Txid::ZERO)
         };
         if self.uploaded == Txid::ZERO || restores_to(&files, self.uploaded) {
+            self.known = newest(&files);
+            self.recent.clear();
+            return Ok(());
+        }
+        // Before acting on a loss, look again: another process's retention may have deleted
+        // between the listings of two levels.
+        let files = self.list_whole().await?;
+        if restores_to(&files, self.uploaded) {
             self.known = newest(&files);
             self.recent.clear();
             return Ok(());
@@ -207,6 +278,7 @@ pub async fn upload(
     replica: &Replica,
     uploaded: &mut Txid,
     sent: &mut Vec<TxidRange>,
+    removable: Txid,
 ) -> Result<usize, CaptureError> {
     let io = |path: PathBuf| {
         move |source| CaptureError::Io {
@@ -268,9 +340,24 @@ pub async fn upload(
         count += 1;
     }
     for range in staged.iter().copied().filter(|r| r.max < *uploaded) {
-        staging.remove(range).map_err(io(staging.path(range)))?;
+        if r_covered(staging, range, removable) {
+            staging.remove(range).map_err(io(staging.path(range)))?;
+        }
     }
     Ok(count)
+}
+
+/// How long an uploaded staged file waits for L1 to cover it before it goes anyway, so a
+/// compaction that keeps failing cannot make the staging directory grow without bound.
+const STAGED_KEEP_MAX: Duration = Duration::from_secs(600);
+
+/// Whether an uploaded staged file may go: compaction no longer needs to read it locally
+/// (its TXIDs are at or below `removable`), or it has waited long enough.
+fn r_covered(staging: &Staging, range: TxidRange, removable: Txid) -> bool {
+    range.max <= removable
+        || std::fs::metadata(staging.path(range))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STAGED_KEEP_MAX))
 }
 
 /// Whether the replica's file for `range` holds exactly the staged file's bytes, compared
@@ -368,9 +455,15 @@ mod tests {
         }
         let mut uploaded = Txid::ZERO;
         assert_eq!(
-            upload(&staging, &replica, &mut uploaded, &mut Vec::new())
-                .await
-                .unwrap(),
+            upload(
+                &staging,
+                &replica,
+                &mut uploaded,
+                &mut Vec::new(),
+                Txid::MAX
+            )
+            .await
+            .unwrap(),
             3
         );
         assert_eq!(uploaded, Txid::new(3));
@@ -380,9 +473,15 @@ mod tests {
         // A crash lost the record of uploading 3: uploading it again finds the same bytes.
         let mut uploaded = Txid::new(2);
         assert_eq!(
-            upload(&staging, &replica, &mut uploaded, &mut Vec::new())
-                .await
-                .unwrap(),
+            upload(
+                &staging,
+                &replica,
+                &mut uploaded,
+                &mut Vec::new(),
+                Txid::MAX
+            )
+            .await
+            .unwrap(),
             1
         );
         assert_eq!(uploaded, Txid::new(3));
@@ -395,9 +494,15 @@ mod tests {
             .await
             .unwrap();
         stage(&staging, 4, 4);
-        let err = upload(&staging, &replica, &mut uploaded, &mut Vec::new())
-            .await
-            .unwrap_err();
+        let err = upload(
+            &staging,
+            &replica,
+            &mut uploaded,
+            &mut Vec::new(),
+            Txid::MAX,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, CaptureError::Conflict { txid, .. } if txid == Txid::new(4)),
             "{err}"

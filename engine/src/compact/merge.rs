@@ -48,18 +48,32 @@ impl Drop for Merged {
 pub async fn merge(
     replica: &Replica,
     inputs: &[FileInfo],
+    local_l0: Option<&Path>,
     scratch: &Path,
     encoding: PageEncoding,
     read: Arc<AtomicU64>,
 ) -> Result<Merged, CompactError> {
     let chunk = (BUFFER_BUDGET / inputs.len().max(1) as u64).clamp(MIN_CHUNK, MAX_CHUNK);
+    // L0 files still staged locally (the same bytes as uploaded) are read from disk: no GET.
+    let local: Vec<Option<File>> = inputs
+        .iter()
+        .map(|f| {
+            let dir = local_l0.filter(|_| f.level == crate::storage::Level::L0)?;
+            let file = File::open(dir.join(f.range.file_name())).ok()?;
+            (file.metadata().ok()?.len() == f.size).then_some(file)
+        })
+        .collect();
     // Each input's first read, a few at a time: with many small inputs (L0 files fit in one
     // read) this is where the time goes, and the merge needs them all before its first page.
     let reads: Vec<_> = inputs
         .iter()
-        .map(|f| {
-            let (replica, f) = (replica.clone(), f.clone());
+        .zip(&local)
+        .map(|(f, local)| {
+            let (replica, f, remote) = (replica.clone(), f.clone(), local.is_none());
             async move {
+                if !remote {
+                    return Ok(Vec::new());
+                }
                 replica
                     .read_range_into(&f, 0..f.size.min(chunk), Vec::new())
                     .await
@@ -71,10 +85,17 @@ pub async fn merge(
         .collect()
         .await;
     let mut readers = Vec::with_capacity(inputs.len());
-    for (file, first) in inputs.iter().zip(firsts) {
+    for ((file, first), local) in inputs.iter().zip(firsts).zip(local) {
+        if let Some(local) = local {
+            readers.push(Input::Local {
+                file: file.clone(),
+                reader: std::io::BufReader::with_capacity(chunk as usize, local),
+            });
+            continue;
+        }
         let first = first?;
         read.fetch_add(first.len() as u64, Ordering::Relaxed);
-        readers.push(RemoteInput {
+        readers.push(Input::Remote(RemoteInput {
             replica: replica.clone(),
             file: file.clone(),
             handle: Handle::current(),
@@ -83,7 +104,7 @@ pub async fn merge(
             pos: 0,
             chunk,
             read: read.clone(),
-        });
+        }));
     }
     std::fs::create_dir_all(scratch).map_err(|error| CompactError::Scratch {
         path: scratch.to_owned(),
@@ -96,7 +117,8 @@ pub async fn merge(
     ));
     let merged = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || merge_blocking(readers, &path, encoding))
+        let replica = replica.clone();
+        tokio::task::spawn_blocking(move || merge_blocking(&replica, readers, &path, encoding))
             .await
             .map_err(|e| CompactError::Panicked(e.to_string()))?
     };
@@ -110,14 +132,15 @@ pub async fn merge(
 }
 
 fn merge_blocking(
-    readers: Vec<RemoteInput>,
+    replica: &Replica,
+    readers: Vec<Input>,
     path: &Path,
     encoding: PageEncoding,
 ) -> Result<(Header, u64), CompactError> {
     let mut decoders = Vec::with_capacity(readers.len());
     for r in readers {
-        let file = r.file.clone();
-        let replica = r.replica.clone();
+        let file = r.file().clone();
+        let replica = replica.clone();
         let decoder = Decoder::from_buf_read(r).map_err(|e| ltx_error(&replica, &file, e))?;
         // The name and the header must agree, or the merge would mislabel what it writes.
         if decoder.header().txid_range() != file.range {
@@ -176,6 +199,49 @@ fn ltx_error(replica: &Replica, file: &FileInfo, e: ltx::Error) -> CompactError 
             }
         }
         other => CompactError::Storage(replica.invalid(file, other)),
+    }
+}
+
+/// One input of a merge: a staged local copy, or the replica's file.
+enum Input {
+    Local {
+        file: FileInfo,
+        reader: std::io::BufReader<File>,
+    },
+    Remote(RemoteInput),
+}
+
+impl Input {
+    fn file(&self) -> &FileInfo {
+        match self {
+            Input::Local { file, .. } => file,
+            Input::Remote(r) => &r.file,
+        }
+    }
+}
+
+impl BufRead for Input {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Input::Local { reader, .. } => reader.fill_buf(),
+            Input::Remote(r) => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match self {
+            Input::Local { reader, .. } => reader.consume(n),
+            Input::Remote(r) => r.consume(n),
+        }
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Input::Local { reader, .. } => reader.read(out),
+            Input::Remote(r) => r.read(out),
+        }
     }
 }
 

@@ -155,6 +155,8 @@ pub struct Compactor {
     index: SharedIndex,
     options: CompactionOptions,
     scratch: PathBuf,
+    /// Where staged copies of L0 files may be read from.
+    local_l0: Option<PathBuf>,
     status: Mutex<CompactionStatus>,
     /// Bytes fetched by merges, for progress.
     read: Arc<AtomicU64>,
@@ -181,9 +183,17 @@ impl Compactor {
             index,
             options,
             scratch,
+            local_l0: None,
             status: Mutex::new(CompactionStatus::default()),
             read: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Reads L0 inputs from `dir` (the capture's staging directory) where a file of the
+    /// same name and size is still there, instead of fetching them.
+    pub fn with_local_l0(mut self, dir: PathBuf) -> Compactor {
+        self.local_l0 = Some(dir);
+        self
     }
 
     /// The options in use.
@@ -323,6 +333,7 @@ impl Compactor {
         let merged = merge::merge(
             &self.replica,
             inputs,
+            self.local_l0.as_deref(),
             &self.scratch,
             self.options.encoding,
             self.read.clone(),
@@ -366,6 +377,7 @@ impl Compactor {
         if expired.is_empty() {
             return Ok(0);
         }
+        let _no_listing = self.index.exclusive().await;
         let result = self.replica.delete(&expired).await;
         match &result {
             Ok(()) => {

@@ -209,8 +209,32 @@ impl From<PlanError> for RestoreError {
 /// Works out the plan for `target` without fetching any file content (listings, and for a
 /// timestamp a few 100-byte header reads).
 pub async fn plan(replica: &Replica, target: Target) -> Result<Plan, RestoreError> {
-    let files = replica.list_all().await?;
-    plan_for(replica, &files, target, Txid::ZERO, &[]).await
+    list_and_plan(replica, target, Txid::ZERO, &[]).await
+}
+
+/// Lists the replica and plans. A plan that finds a gap or misses its target is tried again
+/// on a fresh listing (twice, 100 ms apart): the levels are listed one request each, and a
+/// listing that raced retention elsewhere (one level listed before a deletion, the next
+/// after) can see a gap that is not there.
+async fn list_and_plan(
+    replica: &Replica,
+    target: Target,
+    start: Txid,
+    exclude: &[FileInfo],
+) -> Result<Plan, RestoreError> {
+    let mut attempt = 0;
+    loop {
+        let files = replica.list_all().await?;
+        match plan_for(replica, &files, target, start, exclude).await {
+            Err(RestoreError::Plan(PlanError::Gap { .. } | PlanError::Unavailable { .. }))
+                if attempt < 2 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 async fn plan_for(
@@ -242,8 +266,7 @@ pub async fn restore(
     let started = Instant::now();
     let out = Output::create(output, options.force)?;
     let replica = replica.clone().detect_layout().await?;
-    let files = replica.list_all().await?;
-    let mut plan = plan_for(&replica, &files, target, Txid::ZERO, &[]).await?;
+    let mut plan = list_and_plan(&replica, target, Txid::ZERO, &[]).await?;
     let target_txid = plan.txid;
     progress.planned(&plan);
 
@@ -308,15 +331,7 @@ pub async fn restore(
             out.reset()?;
             applied = applied.restart();
         }
-        let files = replica.list_all().await?;
-        plan = plan_for(
-            &replica,
-            &files,
-            Target::Txid(target_txid),
-            start,
-            &excluded,
-        )
-        .await?;
+        plan = list_and_plan(&replica, Target::Txid(target_txid), start, &excluded).await?;
         progress.planned(&plan);
     }
 

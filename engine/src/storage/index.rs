@@ -123,7 +123,12 @@ impl LevelIndex {
     /// Whether the file is indexed or being written by this process.
     pub fn knows(&self, level: Level, range: ltx::TxidRange) -> bool {
         self.pending.contains(&(level, range))
-            || self.level(level).iter().any(|i| i.file.range == range)
+            || self
+                .level(level)
+                .binary_search_by_key(&(range.max, range.min), |i| {
+                    (i.file.range.max, i.file.range.min)
+                })
+                .is_ok()
     }
 
     /// Forgets a file (deleted, or found missing).
@@ -140,9 +145,10 @@ impl LevelIndex {
         for file in files {
             let seen = old
                 .level(file.level)
-                .iter()
-                .find(|i| i.file.range == file.range)
-                .map_or(now, |i| i.seen);
+                .binary_search_by_key(&(file.range.max, file.range.min), |i| {
+                    (i.file.range.max, i.file.range.min)
+                })
+                .map_or(now, |at| old.level(file.level)[at].seen);
             self.insert(file, seen);
         }
     }
@@ -150,19 +156,33 @@ impl LevelIndex {
 
 /// A [`LevelIndex`] shared by the tasks of one replica.
 #[derive(Clone, Debug, Default)]
-pub struct SharedIndex(Arc<Mutex<LevelIndex>>);
+pub struct SharedIndex {
+    index: Arc<Mutex<LevelIndex>>,
+    /// Held while listing the replica whole and while deleting from it, so a listing of
+    /// several levels never sees this process's deletions half done (one level listed
+    /// before a deletion, the next after).
+    listing: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl SharedIndex {
     /// A shared index starting from `index`.
     pub fn new(index: LevelIndex) -> SharedIndex {
-        SharedIndex(Arc::new(Mutex::new(index)))
+        SharedIndex {
+            index: Arc::new(Mutex::new(index)),
+            listing: Arc::default(),
+        }
+    }
+
+    /// Excludes this process's deletions (or, for a deleter, listings) while held.
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.listing.lock().await
     }
 
     /// The index, locked. Hold it briefly: never across an await.
     pub fn lock(&self) -> MutexGuard<'_, LevelIndex> {
         // A panic while holding the lock leaves a consistent index (every method finishes
         // its one change before it could panic), so a poisoned lock is still usable.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A copy of the index as it is now.

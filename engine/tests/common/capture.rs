@@ -163,7 +163,7 @@ impl Setup {
 }
 
 /// Capture options for in-process runs: the same tight intervals as [`Setup::config`], and
-/// replica checks every 300 ms.
+/// replica checks every 300 ms (a full listing every third).
 pub fn quick_capture_options() -> CaptureOptions {
     CaptureOptions {
         sync_interval: Duration::from_millis(100),
@@ -174,6 +174,7 @@ pub fn quick_capture_options() -> CaptureOptions {
         },
         shutdown_timeout: Duration::from_secs(5),
         replica_check_interval: Duration::from_millis(300),
+        replica_list_every: 3,
         compaction: Some(quick_compaction_options()),
         ..CaptureOptions::default()
     }
@@ -272,9 +273,16 @@ pub fn stop(setup: &Setup, mut strata: Child) {
 }
 
 pub async fn restore_at(replica: &Replica, target: Target, out: &Path) {
-    restore_to(replica, target, out)
-        .await
-        .unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
+    if let Err(e) = restore_to(replica, target, out).await {
+        let files: Vec<String> = replica
+            .list_all()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|f| format!("{f} ({})", f.modified))
+            .collect();
+        panic!("restore {target:?}: {e}\nreplica: {files:#?}");
+    }
 }
 
 /// The restore points of L0: the max TXID of each file, strictly increasing, each file

@@ -69,13 +69,28 @@ pub fn select(index: &LevelIndex, src: Level, dst: Level) -> Selection {
                 from_level
             }
         }
-        // An empty level starts from the newest snapshot, or where the source's history
-        // starts if it cannot continue the snapshot.
-        None => chain_from(&files, snapshot).or_else(|| {
-            (snapshot > Txid::ZERO)
-                .then(|| chain_from(&files, Txid::ZERO))
-                .flatten()
-        }),
+        // An empty level starts after the newest whole database it can build on: the newest
+        // snapshot, or a full copy in the level below other than L0 (where retention would
+        // not keep it): the first L2 file starts after L1's full copy instead of merging it
+        // again. Failing that, where the source's history starts.
+        None => {
+            let base = if src == Level::L0 {
+                Txid::ZERO
+            } else {
+                files
+                    .iter()
+                    .filter(|f| f.range.min == Txid::ONE)
+                    .map(|f| f.range.max)
+                    .max()
+                    .unwrap_or(Txid::ZERO)
+            };
+            let seeds = [base.max(snapshot), snapshot, Txid::ZERO];
+            seeds
+                .iter()
+                .enumerate()
+                .filter(|&(i, seed)| i == 0 || *seed < seeds[i - 1])
+                .find_map(|(_, &seed)| chain_from(&files, seed))
+        }
     };
     match inputs {
         Some(inputs) if inputs.len() > 1 => Selection::Merge(inputs),
@@ -194,9 +209,12 @@ mod tests {
             (9, 1, 100),
         ]);
         assert_eq!(ranges(select(&i, L1, L2)), vec![(101, 110), (111, 120)]);
-        // No snapshot: from TXID 1.
-        let i = index(&[(1, 1, 50), (1, 51, 100)]);
-        assert_eq!(ranges(select(&i, L1, L2)), vec![(1, 50), (51, 100)]);
+        // No snapshot: after L1's full copy, not merging it again.
+        let i = index(&[(1, 1, 50), (1, 51, 100), (1, 101, 120)]);
+        assert_eq!(ranges(select(&i, L1, L2)), vec![(51, 100), (101, 120)]);
+        // From L0 (whose full copies retention may delete), from TXID 1.
+        let i = index(&[(0, 1, 1), (0, 2, 2)]);
+        assert_eq!(ranges(select(&i, L0, L1)), vec![(1, 1), (2, 2)]);
     }
 
     #[test]

@@ -131,6 +131,20 @@ impl Config {
     /// Parses YAML text, expanding environment variables only if `expand` (Litestream's
     /// `-no-expand-env` turns it off).
     pub fn parse_with(text: &str, expand: bool) -> Result<Config, ConfigError> {
+        Config::parse_inner(text, expand, true)
+    }
+
+    /// Reads the settings of a file that need not list databases (`strata compact`).
+    pub fn load_settings(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error(&path.display().to_string(), e.to_string()))?;
+        Config::parse_inner(&text, true, false).map_err(|e| ConfigError {
+            key: format!("{}: {}", path.display(), e.key),
+            reason: e.reason,
+        })
+    }
+
+    fn parse_inner(text: &str, expand: bool, require_dbs: bool) -> Result<Config, ConfigError> {
         let text = if expand {
             expand_env(text)
         } else {
@@ -195,13 +209,12 @@ impl Config {
             config.snapshot_interval = interval(m, "snapshot", "interval")?;
             config.snapshot_retention = duration(m, "snapshot", "retention")?;
         }
-        let Some(dbs) = get(map, "dbs") else {
-            return Err(error("dbs", "at least one database is required"));
-        };
-        for (i, db) in as_list(dbs, "dbs")?.iter().enumerate() {
-            config.dbs.push(db_config(db, &format!("dbs[{i}]"))?);
+        if let Some(dbs) = get(map, "dbs") {
+            for (i, db) in as_list(dbs, "dbs")?.iter().enumerate() {
+                config.dbs.push(db_config(db, &format!("dbs[{i}]"))?);
+            }
         }
-        if config.dbs.is_empty() {
+        if require_dbs && config.dbs.is_empty() {
             return Err(error("dbs", "at least one database is required"));
         }
         Ok(config)

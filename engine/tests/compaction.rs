@@ -198,3 +198,36 @@ async fn check_no_copies(replica: &Replica) {
         assert!(same.is_empty(), "{f} is also in {same:?}");
     }
 }
+
+/// An operator's `strata compact` beside a live replication of the same replica: its
+/// snapshots are of the same history, so the replication carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn strata_compact_beside_a_live_replication_does_not_stop_it() {
+    let setup = Setup::new(None);
+    let running = start_in_process(&setup, &setup.replica_url).await;
+    tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.5)));
+    let settings = setup.dir.join("compact.yml");
+    std::fs::write(
+        &settings,
+        "levels: [{interval: 1s}]\nsnapshot: {interval: 1s}\n",
+    )
+    .unwrap();
+    let writers = setup.writers(1, 3.0);
+    let mut wrote = false;
+    for _ in 0..5 {
+        let out = std::process::Command::new(strata_bin())
+            .args(["compact", &setup.replica_url, "--no-retention", "--config"])
+            .arg(&settings)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{said}");
+        wrote |= said.contains("L9: wrote");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    tokio::task::block_in_place(|| wait_all(writers));
+    assert!(wrote, "strata compact wrote no snapshot");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.stop().await.unwrap();
+    check_history(&setup).await;
+}

@@ -731,8 +731,7 @@ impl Replication {
         let uploader = upload::Uploader::new(
             staging.clone(),
             replica.clone(),
-            replica_max,
-            newest,
+            (replica_max, newest),
             replica_lost,
             (options.replica_check_interval, options.replica_list_every),
             index.clone(),

@@ -49,8 +49,7 @@ impl Uploader {
     pub fn new(
         staging: Staging,
         replica: Replica,
-        uploaded: Txid,
-        known: Txid,
+        (uploaded, known): (Txid, Txid),
         rebase: Arc<AtomicBool>,
         (check_every, list_every): (Duration, u32),
         index: SharedIndex,
@@ -147,6 +146,24 @@ impl Uploader {
         Ok(())
     }
 
+    /// Whether `snapshot` (not written by this process) is a merge of this capture's own
+    /// files: a compaction takes its last input's header timestamp (to the millisecond),
+    /// database size and page size, so it matches this process's file ending at the same
+    /// TXID. (Capture files carry no database checksum to compare.)
+    async fn same_history(&self, snapshot: &FileInfo, trusted: &[FileInfo]) -> bool {
+        let Some(ours) = trusted.iter().find(|f| f.range.max == snapshot.range.max) else {
+            return false;
+        };
+        let (Ok(theirs), Ok(ours)) = (
+            self.replica.read_header(snapshot).await,
+            self.replica.read_header(ours).await,
+        ) else {
+            return false;
+        };
+        (theirs.timestamp, theirs.commit, theirs.page_size)
+            == (ours.timestamp, ours.commit, ours.page_size)
+    }
+
     /// Every level, listed while this process deletes nothing.
     async fn list_whole(&self) -> Result<Vec<FileInfo>, CaptureError> {
         let _no_deletions = self.index.exclusive().await;
@@ -184,29 +201,41 @@ impl Uploader {
         // did not send; in L9, a snapshot this process neither sent nor is writing (another
         // database's full copy); anywhere, a file beyond what was uploaded. (Compaction in
         // L1 to L8 only merges what the replica holds.)
-        let theirs = {
-            let mut index = self.index.lock();
-            let theirs = files
+        let (suspects, trusted): (Vec<FileInfo>, Vec<FileInfo>) = {
+            let index = self.index.lock();
+            let ours =
+                |f: &FileInfo| self.recent.contains(&f.range) || index.knows(f.level, f.range);
+            let suspects = files
                 .iter()
-                .find(|f| {
-                    let ours = self.recent.contains(&f.range) || index.knows(f.level, f.range);
+                .filter(|f| {
                     let new_l0 = f.level == Level::L0 && f.range.max > self.known;
                     let new_snapshot = f.level == Level::SNAPSHOT;
-                    !ours && (new_l0 || new_snapshot || f.range.max > self.uploaded.max(self.known))
+                    !ours(f)
+                        && (new_l0 || new_snapshot || f.range.max > self.uploaded.max(self.known))
                 })
-                .cloned();
-            // Another writer's files are never taken as known: every later check finds them.
-            if theirs.is_none() {
-                index.replace(files.clone(), jiff::Timestamp::now());
-            }
-            theirs
+                .cloned()
+                .collect();
+            let trusted = files.iter().filter(|f| ours(f)).cloned().collect();
+            (suspects, trusted)
         };
-        if let Some(theirs) = theirs {
+        for theirs in &suspects {
+            // A snapshot of this history made by another strata (`strata compact`) ends in
+            // the same database checksum as this capture's file ending at its TXID.
+            if theirs.level == Level::SNAPSHOT
+                && theirs.range.max <= self.uploaded
+                && self.same_history(theirs, &trusted).await
+            {
+                continue;
+            }
+            // Another writer's files are never taken as known: every later check finds them.
             return Err(CaptureError::Conflict {
                 txid: theirs.range.max,
                 replica: self.replica.name().to_owned(),
             });
         }
+        self.index
+            .lock()
+            .replace(files.clone(), jiff::Timestamp::now());
         let newest = |files: &[FileInfo]| {
             files
                 .iter()

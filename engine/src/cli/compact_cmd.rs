@@ -31,7 +31,7 @@ pub struct CompactArgs {
 
 pub async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
     let mut options = match &args.config {
-        Some(path) => Config::load(path, true)?.compaction_options(),
+        Some(path) => Config::load_settings(path)?.compaction_options(),
         None => CompactionOptions::default(),
     };
     if args.no_retention {

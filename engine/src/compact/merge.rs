@@ -131,6 +131,56 @@ pub async fn merge(
     }
 }
 
+/// The first of `inputs` that does not decode (header, every page, trailer checksum), and
+/// why: after a merge fails on bad data, to name the file and keep it out of later work.
+pub async fn find_corrupt(
+    replica: &Replica,
+    inputs: &[FileInfo],
+    local_l0: Option<&Path>,
+) -> Option<(FileInfo, String)> {
+    for file in inputs {
+        let local = local_l0
+            .filter(|_| file.level == crate::storage::Level::L0)
+            .and_then(|dir| File::open(dir.join(file.range.file_name())).ok())
+            .filter(|f| f.metadata().is_ok_and(|m| m.len() == file.size));
+        let input = match local {
+            Some(f) => Input::Local {
+                file: file.clone(),
+                reader: std::io::BufReader::new(f),
+            },
+            None => Input::Remote(RemoteInput {
+                replica: replica.clone(),
+                file: file.clone(),
+                handle: Handle::current(),
+                buf: Vec::new(),
+                pos: 0,
+                offset: 0,
+                chunk: MAX_CHUNK,
+                read: Arc::new(AtomicU64::new(0)),
+            }),
+        };
+        let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let mut decoder = Decoder::from_buf_read(input).map_err(|e| e.to_string())?;
+            let mut page = vec![0u8; decoder.header().page_size.bytes()];
+            while decoder
+                .decode_page(&mut page)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {}
+            decoder.finish().map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => {}
+            // A storage failure while checking says nothing about the bytes.
+            Ok(Err(e)) if e.contains("I/O error") => {}
+            Ok(Err(e)) => return Some((file.clone(), e)),
+            Err(_) => {}
+        }
+    }
+    None
+}
+
 fn merge_blocking(
     replica: &Replica,
     readers: Vec<Input>,

@@ -97,9 +97,29 @@ pub enum CompactError {
     /// The replica's files do not chain into a restorable state.
     #[error("cannot build a snapshot: {0}")]
     Plan(#[from] PlanError),
+    /// An input is not valid LTX (a bad checksum, a truncated file): it is left out of
+    /// later passes and retention.
+    #[error("{file} is corrupt: {error}")]
+    Corrupt {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        error: String,
+    },
     /// The merge thread panicked: a bug.
     #[error("the merge panicked: {0}")]
     Panicked(String),
+}
+
+impl CompactError {
+    /// Whether the inputs' bytes are at fault (not the storage or the scratch disk).
+    fn is_bad_data(&self) -> bool {
+        match self {
+            CompactError::Ltx(_) => true,
+            CompactError::Storage(e) => e.kind == crate::storage::ErrorKind::InvalidData,
+            _ => false,
+        }
+    }
 }
 
 /// What one pass of a level did.
@@ -313,8 +333,10 @@ impl Compactor {
     async fn snapshot(&self) -> Result<Outcome, CompactError> {
         let inputs = {
             let index = self.index.lock();
+            // The newest snapshot that is not corrupt: a corrupt one is built again.
             let newest_snapshot = index
-                .newest(Level::SNAPSHOT)
+                .files(Level::SNAPSHOT)
+                .last()
                 .map_or(Txid::ZERO, |s| s.range.max);
             if index.max_txid() <= newest_snapshot {
                 return Ok(Outcome::Nothing);
@@ -330,7 +352,7 @@ impl Compactor {
     async fn write(&self, level: Level, inputs: &[FileInfo]) -> Result<Outcome, CompactError> {
         let _pinned = Pinned::new(&self.index, inputs);
         let before = self.read.load(std::sync::atomic::Ordering::Relaxed);
-        let merged = merge::merge(
+        let merged = match merge::merge(
             &self.replica,
             inputs,
             self.local_l0.as_deref(),
@@ -338,7 +360,26 @@ impl Compactor {
             self.options.encoding,
             self.read.clone(),
         )
-        .await?;
+        .await
+        {
+            Ok(merged) => merged,
+            Err(e) if e.is_bad_data() => {
+                // Find the input at fault, name it, and keep it out of every later merge,
+                // plan and retention decision of this process.
+                let corrupt =
+                    merge::find_corrupt(&self.replica, inputs, self.local_l0.as_deref()).await;
+                let Some((file, error)) = corrupt else {
+                    return Err(e);
+                };
+                tracing::error!(replica = self.replica.name(), %file, %error, "corrupt file: left out of compaction and retention");
+                self.index.lock().mark_suspect(&file);
+                return Err(CompactError::Corrupt {
+                    file: file.to_string(),
+                    error,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let range = merged.header.txid_range();
         self.index.lock().begin_write(level, range);
         let written = self.replica.write_ltx_file(level, &merged.path).await;
@@ -801,5 +842,82 @@ mod tests {
             again.run_level(l1, at("10:10:10")).await.unwrap(),
             Outcome::Nothing
         );
+    }
+
+    /// A corrupt snapshot is named, left out, and never becomes the floor that retention
+    /// deletes the alternatives by; the next snapshot is built around it.
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_left_out_not_built_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::storage::ReplicaUrl::parse(dir.path().to_str().unwrap()).unwrap();
+        let replica = Replica::create(&url).unwrap();
+        put(&replica, 9, 1, 3, "09:00:00").await;
+        put(&replica, 1, 4, 5, "09:30:00").await;
+        put(&replica, 9, 1, 5, "10:00:00").await;
+        put(&replica, 0, 6, 6, "10:30:00").await;
+        put(&replica, 0, 7, 7, "10:30:01").await;
+        let bad = dir
+            .path()
+            .join("ltx/9/0000000000000001-0000000000000005.ltx");
+        let mut bytes = std::fs::read(&bad).unwrap();
+        bytes[ltx::HEADER_SIZE + 10] ^= 0xff;
+        std::fs::write(&bad, bytes).unwrap();
+        let f = std::fs::File::options().write(true).open(&bad).unwrap();
+        f.set_modified(at("10:00:00").into()).unwrap();
+        let options = CompactionOptions {
+            levels: vec![Duration::from_secs(30)],
+            snapshot_interval: Duration::from_secs(3600),
+            retention: RetentionOptions {
+                enabled: true,
+                l0: Duration::ZERO,
+                snapshots: Duration::from_secs(1),
+                grace: Duration::ZERO,
+            },
+            ..CompactionOptions::default()
+        };
+        let files = replica.list_all().await.unwrap();
+        let index = SharedIndex::new(LevelIndex::from_files(files, at("09:00:00")));
+        let c = Compactor::new(replica.clone(), index, options, dir.path().join("s"));
+        let err = c
+            .run_level(Level::SNAPSHOT, at("11:00:00"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CompactError::Corrupt { file, .. } if file.contains("0000000000000001-0000000000000005")),
+            "{err}"
+        );
+        c.run_retention(at("11:00:00")).await.unwrap();
+        let left = |l: u8| {
+            let replica = replica.clone();
+            async move {
+                replica
+                    .list(Level::new(l).unwrap(), Txid::ZERO)
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        };
+        assert_eq!(
+            (left(9).await, left(1).await),
+            (2, 1),
+            "retention built on the corrupt snapshot"
+        );
+        // Around it: the older snapshot, L1 and L0.
+        let made = c.run_level(Level::SNAPSHOT, at("11:00:00")).await.unwrap();
+        assert!(
+            matches!(&made, Outcome::Compacted { file, inputs: 4, .. } if file.range.max == Txid::new(7)),
+            "{made:?}"
+        );
+        let out = dir.path().join("restored.db");
+        crate::restore::restore(
+            &replica,
+            crate::restore::Target::Latest,
+            &out,
+            &crate::restore::RestoreOptions::default(),
+            Arc::new(crate::restore::NoProgress),
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), vec![7u8; 512]);
     }
 }

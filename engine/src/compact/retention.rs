@@ -95,8 +95,14 @@ pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -
     let cutoff = ago(now, options.snapshots);
     let mut floor = Txid::ZERO;
     if let Some((_, older)) = snapshots.split_last() {
-        let expired: Vec<_> = older.iter().filter(|s| s.file.modified < cutoff).collect();
-        let oldest_kept = snapshots.iter().find(|s| !expired.contains(s));
+        let expired: Vec<_> = older
+            .iter()
+            .filter(|s| s.file.modified < cutoff && !index.is_suspect(&s.file))
+            .collect();
+        // A snapshot found corrupt is never the floor: what it would replace stays.
+        let oldest_kept = snapshots
+            .iter()
+            .find(|s| !expired.contains(s) && !index.is_suspect(&s.file));
         if let Some(kept) = oldest_kept.filter(|k| k.seen <= settled) {
             floor = kept.file.range.max;
             delete.extend(expired.iter().map(|s| s.file.clone()));
@@ -122,8 +128,9 @@ pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -
         }
     }
 
-    // A merge in progress is reading these: they go on a later pass.
-    delete.retain(|f| !index.is_pinned(f));
+    // A merge in progress is reading these: they go on a later pass. Corrupt files stay
+    // for a person to look at.
+    delete.retain(|f| !index.is_pinned(f) && !index.is_suspect(f));
     if delete.is_empty() || !still_restores(index, &delete) {
         return Vec::new();
     }
@@ -150,7 +157,8 @@ fn settled_max(index: &LevelIndex, level: Level, settled: Timestamp) -> Txid {
         .unwrap_or(Txid::ZERO)
 }
 
-/// Whether the index without `delete` restores to the same newest TXID as with it.
+/// Whether the index without `delete` restores to the same newest TXID as with it (files
+/// found corrupt count as absent either way).
 fn still_restores(index: &LevelIndex, delete: &[FileInfo]) -> bool {
     let all = index.all();
     let latest = |exclude: &[FileInfo]| plan_files(&all, Txid::ZERO, None, exclude).map(|p| p.txid);

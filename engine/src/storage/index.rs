@@ -32,6 +32,9 @@ pub struct LevelIndex {
     pending: Vec<(Level, ltx::TxidRange)>,
     /// Files a merge in progress is reading (once per merge): retention leaves them alone.
     pinned: Vec<(Level, ltx::TxidRange)>,
+    /// Files found corrupt: no merge or plan uses them, and retention keeps what restores
+    /// without them.
+    suspect: Vec<(Level, ltx::TxidRange)>,
 }
 
 impl LevelIndex {
@@ -49,18 +52,35 @@ impl LevelIndex {
         &self.levels[level.get() as usize]
     }
 
-    /// The files of `level` as plain file descriptions.
+    /// The usable files of `level` (not found corrupt) as plain file descriptions.
     pub fn files(&self, level: Level) -> Vec<FileInfo> {
-        self.level(level).iter().map(|i| i.file.clone()).collect()
+        self.level(level)
+            .iter()
+            .filter(|i| !self.is_suspect(&i.file))
+            .map(|i| i.file.clone())
+            .collect()
     }
 
-    /// Every file of every level.
+    /// Every usable file of every level.
     pub fn all(&self) -> Vec<FileInfo> {
         self.levels
             .iter()
             .flatten()
+            .filter(|i| !self.is_suspect(&i.file))
             .map(|i| i.file.clone())
             .collect()
+    }
+
+    /// Marks a file found corrupt.
+    pub fn mark_suspect(&mut self, file: &FileInfo) {
+        if !self.is_suspect(file) {
+            self.suspect.push((file.level, file.range));
+        }
+    }
+
+    /// Whether the file was found corrupt.
+    pub fn is_suspect(&self, file: &FileInfo) -> bool {
+        self.suspect.contains(&(file.level, file.range))
     }
 
     /// The file of `level` reaching the highest TXID.
@@ -142,6 +162,7 @@ impl LevelIndex {
         let old = std::mem::take(self);
         self.pending = old.pending.clone();
         self.pinned = old.pinned.clone();
+        self.suspect = old.suspect.clone();
         for file in files {
             let seen = old
                 .level(file.level)

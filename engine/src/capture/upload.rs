@@ -26,6 +26,9 @@ pub struct Uploader {
     known: Txid,
     /// Files uploaded since the last check.
     recent: Vec<TxidRange>,
+    /// Header fields of files staged for upload, by max TXID (the newest
+    /// [`HEADERS_KEPT`]): what a merge of this history ending there carries.
+    headers: std::collections::BTreeMap<Txid, (i64, u32, ltx::PageSize)>,
     checked: Instant,
     /// When the replica was last listed whole.
     listed: Instant,
@@ -61,6 +64,7 @@ impl Uploader {
             uploaded,
             known,
             recent: Vec::new(),
+            headers: std::collections::BTreeMap::new(),
             checked: Instant::now(),
             listed: Instant::now(),
             list_every: list_every.max(1),
@@ -87,6 +91,7 @@ impl Uploader {
                 self.checked = Instant::now();
             }
         }
+        self.note_headers();
         let sent = self.recent.len();
         // With compaction on, L1 reads uploaded L0 files from the staging directory (no GET
         // each): they stay until L1 covers them.
@@ -109,16 +114,19 @@ impl Uploader {
         // What was uploaded is in the replica whether or not a later file failed.
         let mut index = self.index.lock();
         for &range in &self.recent[sent..] {
-            let size = std::fs::metadata(self.staging.path(range)).map_or(0, |m| m.len());
-            index.insert(
-                FileInfo {
-                    level: level_of(range),
-                    range,
-                    size,
-                    modified: jiff::Timestamp::now(),
-                },
-                jiff::Timestamp::now(),
-            );
+            // A staged file already removed is indexed by the next listing instead.
+            let Ok(meta) = std::fs::metadata(self.staging.path(range)) else {
+                continue;
+            };
+            let size = meta.len();
+            let file = FileInfo {
+                level: level_of(range),
+                range,
+                size,
+                modified: jiff::Timestamp::now(),
+            };
+            index.insert(file.clone(), jiff::Timestamp::now());
+            index.mark_verified(&file);
         }
         drop(index);
         match result {
@@ -146,11 +154,40 @@ impl Uploader {
         Ok(())
     }
 
+    /// Records the header fields of the files about to be uploaded (one local 100-byte
+    /// read each), for [`Uploader::same_history`] after L0 retention deleted them.
+    fn note_headers(&mut self) {
+        let Ok(staged) = self.staging.staged() else {
+            return;
+        };
+        for range in staged.into_iter().filter(|r| r.max > self.uploaded) {
+            if self.headers.contains_key(&range.max) {
+                continue;
+            }
+            let mut head = [0u8; ltx::HEADER_SIZE];
+            let read = std::fs::File::open(self.staging.path(range))
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+            if let (Ok(()), Ok(h)) = (read, ltx::Header::from_bytes(&head)) {
+                self.headers
+                    .insert(range.max, (h.timestamp, h.commit, h.page_size));
+            }
+        }
+        while self.headers.len() > HEADERS_KEPT {
+            self.headers.pop_first();
+        }
+    }
+
     /// Whether `snapshot` (not written by this process) is a merge of this capture's own
     /// files: a compaction takes its last input's header timestamp (to the millisecond),
     /// database size and page size, so it matches this process's file ending at the same
     /// TXID. (Capture files carry no database checksum to compare.)
     async fn same_history(&self, snapshot: &FileInfo, trusted: &[FileInfo]) -> bool {
+        if let Some(&ours) = self.headers.get(&snapshot.range.max) {
+            return match self.replica.read_header(snapshot).await {
+                Ok(h) => (h.timestamp, h.commit, h.page_size) == ours,
+                Err(_) => false,
+            };
+        }
         let Some(ours) = trusted.iter().find(|f| f.range.max == snapshot.range.max) else {
             return false;
         };
@@ -375,6 +412,9 @@ pub async fn upload(
     }
     Ok(count)
 }
+
+/// How many uploaded files' header fields the uploader remembers (about 3 MB).
+const HEADERS_KEPT: usize = 100_000;
 
 /// How long an uploaded staged file waits for L1 to cover it before it goes anyway, so a
 /// compaction that keeps failing cannot make the staging directory grow without bound.

@@ -139,46 +139,73 @@ pub async fn find_corrupt(
     local_l0: Option<&Path>,
 ) -> Option<(FileInfo, String)> {
     for file in inputs {
-        let local = local_l0
+        let local_path = local_l0
             .filter(|_| file.level == crate::storage::Level::L0)
-            .and_then(|dir| File::open(dir.join(file.range.file_name())).ok())
+            .map(|dir| dir.join(file.range.file_name()));
+        let local = local_path
+            .as_ref()
+            .and_then(|p| File::open(p).ok())
             .filter(|f| f.metadata().is_ok_and(|m| m.len() == file.size));
-        let input = match local {
-            Some(f) => Input::Local {
+        if let (Some(local), Some(path)) = (local, &local_path) {
+            let input = Input::Local {
                 file: file.clone(),
-                reader: std::io::BufReader::new(f),
-            },
-            None => Input::Remote(RemoteInput {
-                replica: replica.clone(),
-                file: file.clone(),
-                handle: Handle::current(),
-                buf: Vec::new(),
-                pos: 0,
-                offset: 0,
-                chunk: MAX_CHUNK,
-                read: Arc::new(AtomicU64::new(0)),
-            }),
-        };
-        let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut decoder = Decoder::from_buf_read(input).map_err(|e| e.to_string())?;
-            let mut page = vec![0u8; decoder.header().page_size.bytes()];
-            while decoder
-                .decode_page(&mut page)
-                .map_err(|e| e.to_string())?
-                .is_some()
-            {}
-            decoder.finish().map(|_| ()).map_err(|e| e.to_string())
-        })
-        .await;
-        match checked {
-            Ok(Ok(())) => {}
-            // A storage failure while checking says nothing about the bytes.
-            Ok(Err(e)) if e.contains("I/O error") => {}
-            Ok(Err(e)) => return Some((file.clone(), e)),
-            Err(_) => {}
+                reader: std::io::BufReader::new(local),
+            };
+            if let Some(error) = check_input(input).await {
+                // The staged copy is bad: the replica's may be fine. Drop the local copy so
+                // the next merge fetches it, and judge the replica's on its own.
+                tracing::warn!(path = %path.display(), %error, "staged copy is corrupt; using the replica's");
+                let _ = std::fs::remove_file(path);
+            } else {
+                continue;
+            }
+        }
+        let input = Input::Remote(RemoteInput {
+            replica: replica.clone(),
+            file: file.clone(),
+            handle: Handle::current(),
+            buf: Vec::new(),
+            pos: 0,
+            offset: 0,
+            chunk: MAX_CHUNK,
+            read: Arc::new(AtomicU64::new(0)),
+        });
+        if let Some(error) = check_input(input).await {
+            return Some((file.clone(), error));
         }
     }
     None
+}
+
+/// Why `input` does not decode to its end (header, every page, checksum), if it does not;
+/// a storage failure while reading says nothing about the bytes and counts as no finding.
+async fn check_input(input: Input) -> Option<String> {
+    let checked = tokio::task::spawn_blocking(move || -> Result<(), ltx::Error> {
+        let mut decoder = Decoder::from_buf_read(input)?;
+        let mut page = vec![0u8; decoder.header().page_size.bytes()];
+        while decoder.decode_page(&mut page)?.is_some() {}
+        decoder.finish().map(|_| ())
+    })
+    .await;
+    match checked {
+        Ok(Err(ltx::Error::Io { .. })) | Ok(Ok(())) | Err(_) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+    }
+}
+
+/// Whether `file` in the replica decodes to its end; `None` if it does or could not be read.
+pub async fn verify_file(replica: &Replica, file: &FileInfo) -> Option<String> {
+    check_input(Input::Remote(RemoteInput {
+        replica: replica.clone(),
+        file: file.clone(),
+        handle: Handle::current(),
+        buf: Vec::new(),
+        pos: 0,
+        offset: 0,
+        chunk: MAX_CHUNK,
+        read: Arc::new(AtomicU64::new(0)),
+    }))
+    .await
 }
 
 fn merge_blocking(

@@ -401,7 +401,11 @@ impl Compactor {
             }
             Err(e) => return Err(e.into()),
         };
-        self.index.lock().insert(file.clone(), Timestamp::now());
+        {
+            let mut index = self.index.lock();
+            index.insert(file.clone(), Timestamp::now());
+            index.mark_verified(&file);
+        }
         let read = self.read.load(std::sync::atomic::Ordering::Relaxed) - before;
         tracing::info!(replica = self.replica.name(), file = %file, inputs = inputs.len(), bytes = file.size, read, "compacted");
         Ok(Outcome::Compacted {
@@ -417,6 +421,33 @@ impl Compactor {
         let expired = retention::expired(&self.index.lock(), &self.options.retention, now);
         if expired.is_empty() {
             return Ok(0);
+        }
+        // What the newest state restores from once they are gone must decode: a file this
+        // process did not write is read through once before anything is deleted on its
+        // strength, and a corrupt one is left out (and nothing deleted this pass).
+        let plan = {
+            let index = self.index.lock();
+            let remaining: Vec<FileInfo> = index
+                .all()
+                .into_iter()
+                .filter(|f| !expired.contains(f))
+                .collect();
+            plan_files(&remaining, Txid::ZERO, None, &[])
+                .map(|p| p.files)
+                .unwrap_or_default()
+        };
+        for file in plan {
+            if self.index.lock().is_verified(&file) {
+                continue;
+            }
+            match merge::verify_file(&self.replica, &file).await {
+                None => self.index.lock().mark_verified(&file),
+                Some(error) => {
+                    tracing::error!(replica = self.replica.name(), %file, %error, "corrupt file: left out of compaction and retention");
+                    self.index.lock().mark_suspect(&file);
+                    return Ok(0);
+                }
+            }
         }
         let _no_listing = self.index.exclusive().await;
         let result = self.replica.delete(&expired).await;
@@ -876,17 +907,7 @@ mod tests {
             ..CompactionOptions::default()
         };
         let files = replica.list_all().await.unwrap();
-        let index = SharedIndex::new(LevelIndex::from_files(files, at("09:00:00")));
-        let c = Compactor::new(replica.clone(), index, options, dir.path().join("s"));
-        let err = c
-            .run_level(Level::SNAPSHOT, at("11:00:00"))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, CompactError::Corrupt { file, .. } if file.contains("0000000000000001-0000000000000005")),
-            "{err}"
-        );
-        c.run_retention(at("11:00:00")).await.unwrap();
+        let fresh = || SharedIndex::new(LevelIndex::from_files(files.clone(), at("09:00:00")));
         let left = |l: u8| {
             let replica = replica.clone();
             async move {
@@ -897,6 +918,30 @@ mod tests {
                     .len()
             }
         };
+        // Retention before any merge read the corrupt snapshot: it reads through what the
+        // newest state would restore from before deleting on its strength.
+        let first = Compactor::new(
+            replica.clone(),
+            fresh(),
+            options.clone(),
+            dir.path().join("s"),
+        );
+        first.run_retention(at("11:00:00")).await.unwrap();
+        assert_eq!(
+            (left(9).await, left(1).await),
+            (2, 1),
+            "retention trusted an unread snapshot"
+        );
+        let c = Compactor::new(replica.clone(), fresh(), options, dir.path().join("s"));
+        let err = c
+            .run_level(Level::SNAPSHOT, at("11:00:00"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CompactError::Corrupt { file, .. } if file.contains("0000000000000001-0000000000000005")),
+            "{err}"
+        );
+        c.run_retention(at("11:00:00")).await.unwrap();
         assert_eq!(
             (left(9).await, left(1).await),
             (2, 1),

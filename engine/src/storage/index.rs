@@ -35,6 +35,8 @@ pub struct LevelIndex {
     /// Files found corrupt: no merge or plan uses them, and retention keeps what restores
     /// without them.
     suspect: Vec<(Level, ltx::TxidRange)>,
+    /// Files known to decode: written by this process, or read through once.
+    verified: Vec<(Level, ltx::TxidRange)>,
 }
 
 impl LevelIndex {
@@ -76,6 +78,18 @@ impl LevelIndex {
         if !self.is_suspect(file) {
             self.suspect.push((file.level, file.range));
         }
+    }
+
+    /// Marks a file as known to decode.
+    pub fn mark_verified(&mut self, file: &FileInfo) {
+        if !self.is_verified(file) {
+            self.verified.push((file.level, file.range));
+        }
+    }
+
+    /// Whether the file is known to decode.
+    pub fn is_verified(&self, file: &FileInfo) -> bool {
+        self.verified.contains(&(file.level, file.range))
     }
 
     /// Whether the file was found corrupt.
@@ -153,6 +167,7 @@ impl LevelIndex {
 
     /// Forgets a file (deleted, or found missing).
     pub fn remove(&mut self, file: &FileInfo) {
+        self.verified.retain(|v| *v != (file.level, file.range));
         self.levels[file.level.get() as usize].retain(|i| i.file.range != file.range);
     }
 
@@ -163,6 +178,7 @@ impl LevelIndex {
         self.pending = old.pending.clone();
         self.pinned = old.pinned.clone();
         self.suspect = old.suspect.clone();
+        self.verified = old.verified.clone();
         for file in files {
             let seen = old
                 .level(file.level)

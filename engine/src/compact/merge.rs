@@ -160,17 +160,7 @@ pub async fn find_corrupt(
                 continue;
             }
         }
-        let input = Input::Remote(RemoteInput {
-            replica: replica.clone(),
-            file: file.clone(),
-            handle: Handle::current(),
-            buf: Vec::new(),
-            pos: 0,
-            offset: 0,
-            chunk: MAX_CHUNK,
-            read: Arc::new(AtomicU64::new(0)),
-        });
-        if let Some(error) = check_input(input).await {
+        if let Some(error) = verify_file(replica, file).await {
             return Some((file.clone(), error));
         }
     }

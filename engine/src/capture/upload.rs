@@ -26,7 +26,7 @@ pub struct Uploader {
     known: Txid,
     /// Files uploaded since the last check.
     recent: Vec<TxidRange>,
-    /// Header fields of files staged for upload, by max TXID (the newest
+    /// Header fields of files uploaded, by max TXID (the newest
     /// [`HEADERS_KEPT`]): what a merge of this history ending there carries.
     headers: std::collections::BTreeMap<Txid, (i64, u32, ltx::PageSize)>,
     checked: Instant,
@@ -91,7 +91,6 @@ impl Uploader {
                 self.checked = Instant::now();
             }
         }
-        self.note_headers();
         let sent = self.recent.len();
         // With compaction on, L1 reads uploaded L0 files from the staging directory (no GET
         // each): they stay until L1 covers them.
@@ -111,14 +110,14 @@ impl Uploader {
             removable,
         )
         .await;
-        // What was uploaded is in the replica whether or not a later file failed.
+        // What was uploaded is in the replica whether or not a later file failed. Its size
+        // goes to the index and its header fields to `headers` (one open of the staged file);
+        // a staged file already removed is indexed by the next listing instead.
         let mut index = self.index.lock();
         for &range in &self.recent[sent..] {
-            // A staged file already removed is indexed by the next listing instead.
-            let Ok(meta) = std::fs::metadata(self.staging.path(range)) else {
+            let Some((size, header)) = staged_header(&self.staging.path(range)) else {
                 continue;
             };
-            let size = meta.len();
             let file = FileInfo {
                 level: level_of(range),
                 range,
@@ -127,8 +126,15 @@ impl Uploader {
             };
             index.insert(file.clone(), jiff::Timestamp::now());
             index.mark_verified(&file);
+            self.headers.insert(
+                range.max,
+                (header.timestamp, header.commit, header.page_size),
+            );
         }
         drop(index);
+        while self.headers.len() > HEADERS_KEPT {
+            self.headers.pop_first();
+        }
         match result {
             Err(CaptureError::Gap { .. }) if self.rebase.load(Ordering::SeqCst) => Ok(0),
             other => other,
@@ -154,51 +160,28 @@ impl Uploader {
         Ok(())
     }
 
-    /// Records the header fields of the files about to be uploaded (one local 100-byte
-    /// read each), for [`Uploader::same_history`] after L0 retention deleted them.
-    fn note_headers(&mut self) {
-        let Ok(staged) = self.staging.staged() else {
-            return;
-        };
-        for range in staged.into_iter().filter(|r| r.max > self.uploaded) {
-            if self.headers.contains_key(&range.max) {
-                continue;
-            }
-            let mut head = [0u8; ltx::HEADER_SIZE];
-            let read = std::fs::File::open(self.staging.path(range))
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
-            if let (Ok(()), Ok(h)) = (read, ltx::Header::from_bytes(&head)) {
-                self.headers
-                    .insert(range.max, (h.timestamp, h.commit, h.page_size));
-            }
-        }
-        while self.headers.len() > HEADERS_KEPT {
-            self.headers.pop_first();
-        }
-    }
-
     /// Whether `snapshot` (not written by this process) is a merge of this capture's own
     /// files: a compaction takes its last input's header timestamp (to the millisecond),
     /// database size and page size, so it matches this process's file ending at the same
     /// TXID. (Capture files carry no database checksum to compare.)
     async fn same_history(&self, snapshot: &FileInfo, trusted: &[FileInfo]) -> bool {
-        if let Some(&ours) = self.headers.get(&snapshot.range.max) {
-            return match self.replica.read_header(snapshot).await {
-                Ok(h) => (h.timestamp, h.commit, h.page_size) == ours,
-                Err(_) => false,
-            };
-        }
-        let Some(ours) = trusted.iter().find(|f| f.range.max == snapshot.range.max) else {
-            return false;
+        let fields = |h: ltx::Header| (h.timestamp, h.commit, h.page_size);
+        let ours = match self.headers.get(&snapshot.range.max) {
+            Some(&ours) => ours,
+            None => {
+                let Some(ours) = trusted.iter().find(|f| f.range.max == snapshot.range.max) else {
+                    return false;
+                };
+                match self.replica.read_header(ours).await {
+                    Ok(h) => fields(h),
+                    Err(_) => return false,
+                }
+            }
         };
-        let (Ok(theirs), Ok(ours)) = (
-            self.replica.read_header(snapshot).await,
-            self.replica.read_header(ours).await,
-        ) else {
-            return false;
-        };
-        (theirs.timestamp, theirs.commit, theirs.page_size)
-            == (ours.timestamp, ours.commit, ours.page_size)
+        self.replica
+            .read_header(snapshot)
+            .await
+            .is_ok_and(|h| fields(h) == ours)
     }
 
     /// Every level, listed while this process deletes nothing.
@@ -411,6 +394,15 @@ pub async fn upload(
         }
     }
     Ok(count)
+}
+
+/// A staged file's size and header, from one open.
+fn staged_header(path: &Path) -> Option<(u64, ltx::Header)> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = [0u8; ltx::HEADER_SIZE];
+    std::io::Read::read_exact(&mut file, &mut head).ok()?;
+    Some((size, ltx::Header::from_bytes(&head).ok()?))
 }
 
 /// How many uploaded files' header fields the uploader remembers (about 3 MB).

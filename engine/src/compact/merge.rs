@@ -57,11 +57,7 @@ pub async fn merge(
     // L0 files still staged locally (the same bytes as uploaded) are read from disk: no GET.
     let local: Vec<Option<File>> = inputs
         .iter()
-        .map(|f| {
-            let dir = local_l0.filter(|_| f.level == crate::storage::Level::L0)?;
-            let file = File::open(dir.join(f.range.file_name())).ok()?;
-            (file.metadata().ok()?.len() == f.size).then_some(file)
-        })
+        .map(|f| staged_copy(local_l0, f).map(|(_, file)| file))
         .collect();
     // Each input's first read, a few at a time: with many small inputs (L0 files fit in one
     // read) this is where the time goes, and the merge needs them all before its first page.
@@ -131,6 +127,14 @@ pub async fn merge(
     }
 }
 
+/// The staged copy of an L0 input in `local_l0`, opened, if there is one of the listed size.
+fn staged_copy(local_l0: Option<&Path>, file: &FileInfo) -> Option<(PathBuf, File)> {
+    let dir = local_l0.filter(|_| file.level == crate::storage::Level::L0)?;
+    let path = dir.join(file.range.file_name());
+    let opened = File::open(&path).ok()?;
+    (opened.metadata().ok()?.len() == file.size).then_some((path, opened))
+}
+
 /// The first of `inputs` that does not decode (header, every page, trailer checksum), and
 /// why: after a merge fails on bad data, to name the file and keep it out of later work.
 pub async fn find_corrupt(
@@ -139,14 +143,7 @@ pub async fn find_corrupt(
     local_l0: Option<&Path>,
 ) -> Option<(FileInfo, String)> {
     for file in inputs {
-        let local_path = local_l0
-            .filter(|_| file.level == crate::storage::Level::L0)
-            .map(|dir| dir.join(file.range.file_name()));
-        let local = local_path
-            .as_ref()
-            .and_then(|p| File::open(p).ok())
-            .filter(|f| f.metadata().is_ok_and(|m| m.len() == file.size));
-        if let (Some(local), Some(path)) = (local, &local_path) {
+        if let Some((path, local)) = staged_copy(local_l0, file) {
             let input = Input::Local {
                 file: file.clone(),
                 reader: std::io::BufReader::new(local),
@@ -155,7 +152,7 @@ pub async fn find_corrupt(
                 // The staged copy is bad: the replica's may be fine. Drop the local copy so
                 // the next merge fetches it, and judge the replica's on its own.
                 tracing::warn!(path = %path.display(), %error, "staged copy is corrupt; using the replica's");
-                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&path);
             } else {
                 continue;
             }

@@ -216,16 +216,6 @@ impl Compactor {
         self
     }
 
-    /// The options in use.
-    pub fn options(&self) -> &CompactionOptions {
-        &self.options
-    }
-
-    /// The replica.
-    pub fn replica(&self) -> &Replica {
-        &self.replica
-    }
-
     /// What has been done so far.
     pub fn status(&self) -> CompactionStatus {
         self.status

@@ -58,14 +58,6 @@ impl Schedule {
             .map(|(_, _, next)| next.unwrap_or(Timestamp::MIN))
             .min()
     }
-
-    /// The interval of `level`, if it is scheduled.
-    pub fn interval(&self, level: Level) -> Option<Duration> {
-        self.levels
-            .iter()
-            .find(|(l, _, _)| *l == level)
-            .map(|(_, i, _)| *i)
-    }
 }
 
 #[cfg(test)]

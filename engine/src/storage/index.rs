@@ -112,13 +112,20 @@ impl LevelIndex {
             .unwrap_or(Txid::ZERO)
     }
 
+    /// Where `range` is in `level` (`Err`: where it would go), by the level's order.
+    fn find(&self, level: Level, range: ltx::TxidRange) -> Result<usize, usize> {
+        self.level(level)
+            .binary_search_by_key(&(range.max, range.min), |i| {
+                (i.file.range.max, i.file.range.min)
+            })
+    }
+
     /// Adds (or refreshes) a file; one already indexed keeps its `seen` time.
     pub fn insert(&mut self, file: FileInfo, now: jiff::Timestamp) {
         self.pending.retain(|p| *p != (file.level, file.range));
+        let found = self.find(file.level, file.range);
         let level = &mut self.levels[file.level.get() as usize];
-        let key = |i: &Indexed| (i.file.range.max, i.file.range.min);
-        let k = (file.range.max, file.range.min);
-        match level.binary_search_by_key(&k, key) {
+        match found {
             Ok(at) => level[at].file = file,
             Err(at) => level.insert(at, Indexed { file, seen: now }),
         }
@@ -156,13 +163,7 @@ impl LevelIndex {
 
     /// Whether the file is indexed or being written by this process.
     pub fn knows(&self, level: Level, range: ltx::TxidRange) -> bool {
-        self.pending.contains(&(level, range))
-            || self
-                .level(level)
-                .binary_search_by_key(&(range.max, range.min), |i| {
-                    (i.file.range.max, i.file.range.min)
-                })
-                .is_ok()
+        self.pending.contains(&(level, range)) || self.find(level, range).is_ok()
     }
 
     /// Forgets a file (deleted, or found missing).
@@ -174,17 +175,14 @@ impl LevelIndex {
     /// Replaces the whole index with a fresh listing taken at `now`; files already known
     /// keep their `seen` time.
     pub fn replace(&mut self, files: impl IntoIterator<Item = FileInfo>, now: jiff::Timestamp) {
-        let old = std::mem::take(self);
-        self.pending = old.pending.clone();
-        self.pinned = old.pinned.clone();
-        self.suspect = old.suspect.clone();
-        self.verified = old.verified.clone();
+        // Only the levels are replaced: what is pending, pinned, suspect or verified stays.
+        let old = LevelIndex {
+            levels: std::mem::take(&mut self.levels),
+            ..LevelIndex::default()
+        };
         for file in files {
             let seen = old
-                .level(file.level)
-                .binary_search_by_key(&(file.range.max, file.range.min), |i| {
-                    (i.file.range.max, i.file.range.min)
-                })
+                .find(file.level, file.range)
                 .map_or(now, |at| old.level(file.level)[at].seen);
             self.insert(file, seen);
         }

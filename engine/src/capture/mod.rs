@@ -27,6 +27,7 @@ mod position;
 mod sqlite;
 mod staging;
 mod sync;
+mod ticker;
 mod upload;
 pub mod wal;
 pub mod wal_index;
@@ -36,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ltx::{PageEncoding, PageSize, Txid};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::compact::{Clock, CompactionStatus, Compactor, Monitor};
 use crate::storage::{LevelIndex, Replica, SharedIndex, StorageError};
@@ -44,6 +45,7 @@ use position::Position;
 use sqlite::{Mode, Sqlite};
 use staging::Staging;
 use sync::{Held, Synced, Syncer};
+use ticker::Ticker;
 
 /// When strata checkpoints the databases it captures.
 #[derive(Clone, Debug)]
@@ -334,6 +336,7 @@ impl Capture {
             replica_lost: Arc::default(),
             max_wal_bytes: options.max_wal_bytes,
             encoding: options.encoding,
+            last_index: None,
         };
         Ok(Capture {
             sqlite,
@@ -364,6 +367,14 @@ impl Capture {
         drop(sqlite);
         drop(syncer);
         closed
+    }
+
+    /// Whether a tick now would do nothing: nothing committed, no checkpoint due, the read
+    /// transaction held. Cheap (see [`Syncer::unchanged`]).
+    fn idle(&self) -> bool {
+        let checkpoint_due = self.synced_since_checkpoint
+            && self.last_checkpoint.elapsed() >= self.options.checkpoint.interval;
+        self.sqlite.is_holding() && !checkpoint_due && self.syncer.unchanged()
     }
 
     /// Syncs everything committed, moves the read transaction forward, and checkpoints when
@@ -597,19 +608,39 @@ pub enum StopError {
     },
 }
 
-/// A database being replicated: a capture thread and an upload task.
+/// A database being replicated: a capture run by a [`Ticker`] and an upload task.
 #[derive(Debug)]
 pub struct Replication {
     db: PathBuf,
-    stop: mpsc::UnboundedSender<()>,
-    capture: std::thread::JoinHandle<Result<(), CaptureError>>,
+    job: Arc<CaptureJob>,
+    ticker: Ticker,
+    job_id: ticker::JobId,
+    finished: tokio::sync::oneshot::Receiver<Finished>,
     upload: tokio::task::JoinHandle<()>,
     staged: watch::Receiver<Txid>,
+    uploaded: watch::Receiver<Txid>,
     status: Arc<Mutex<Status>>,
     fatal: watch::Receiver<Option<String>>,
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     monitor: Option<crate::compact::Monitor>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for CaptureJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureJob").finish_non_exhaustive()
+    }
+}
+
+/// Why [`Replication::sync`] could not confirm everything committed is in the replica.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The sync of the database failed (the replication keeps retrying).
+    #[error("sync failed: {0}")]
+    Sync(String),
+    /// The replication stopped (a fatal error or a bug): nothing more will be uploaded.
+    #[error("the replication has stopped: {0}")]
+    Stopped(String),
 }
 
 /// Reports a panic of the thread or task it lives in when dropped while unwinding.
@@ -632,6 +663,17 @@ impl Replication {
     /// canonicalised, so two spellings of one database are one capture; a second capture of
     /// a database (in this process or another) is refused, naming the holder.
     pub async fn start(
+        db: &Path,
+        replica: Replica,
+        options: CaptureOptions,
+    ) -> Result<Replication, CaptureError> {
+        Replication::start_on(None, db, replica, options).await
+    }
+
+    /// [`Replication::start`], with the capture run by `ticker` (shared by the databases of
+    /// a [`Store`](crate::store::Store)) or, if `None`, a ticker of its own.
+    pub(crate) async fn start_on(
+        ticker: Option<Ticker>,
         db: &Path,
         replica: Replica,
         options: CaptureOptions,
@@ -706,27 +748,27 @@ impl Replication {
         // Files staged by an earlier run and not yet uploaded count as staged: a stop waits
         // for them too.
         let (staged_tx, staged_rx) = watch::channel(opened.syncer.next_txid.prev());
-        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        let (uploaded_tx, uploaded_rx) = watch::channel(replica_max);
         let (fatal_tx, fatal_rx) = watch::channel(None);
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
         let replica_lost = opened.syncer.replica_lost.clone();
-        let capture = {
-            let status = status.clone();
-            let alarm = PanicAlarm {
-                what: "capture thread",
-                fatal: fatal_tx.clone(),
-            };
-            std::thread::Builder::new()
-                .name("strata-capture".into())
-                .spawn(move || {
-                    let fatal = alarm.fatal.clone();
-                    let _alarm = alarm;
-                    capture_loop(opened, stop_rx, staged_tx, status, fatal)
-                })
-                .map_err(|source| CaptureError::Io {
-                    path: db.clone(),
-                    error: source,
-                })?
-        };
+        let job = Arc::new(CaptureJob {
+            state: Mutex::new(JobState {
+                db: Some(Db::Open(Box::new(opened))),
+                backoff: options.sync_interval,
+                failing: false,
+            }),
+            stopping: Default::default(),
+            asked: Default::default(),
+            served: watch::channel((0, None)).0,
+            staged: staged_tx,
+            status: status.clone(),
+            fatal: fatal_tx.clone(),
+            finished: Mutex::new(Some(finished_tx)),
+            interval: options.sync_interval,
+        });
+        let ticker = ticker.unwrap_or_else(|| Ticker::new(1));
+        let job_id = ticker.add(job.clone());
         let index = SharedIndex::new(LevelIndex::from_files(listed, jiff::Timestamp::now()));
         let uploader = upload::Uploader::new(
             staging.clone(),
@@ -750,6 +792,7 @@ impl Replication {
         let upload = tokio::spawn(upload_loop(
             uploader.clone(),
             staged_rx.clone(),
+            uploaded_tx,
             status.clone(),
             options.sync_interval,
             PanicAlarm {
@@ -759,10 +802,13 @@ impl Replication {
         ));
         Ok(Replication {
             db,
-            stop: stop_tx,
-            capture,
+            job,
+            ticker,
+            job_id,
+            finished: finished_rx,
             upload,
             staged: staged_rx,
+            uploaded: uploaded_rx,
             status,
             fatal: fatal_rx,
             uploader,
@@ -786,6 +832,38 @@ impl Replication {
         self.monitor.as_ref().map(Monitor::status)
     }
 
+    /// Returns once everything committed to the database before the call is in the
+    /// replica, with the newest TXID there: a sync is run at once (not at the next
+    /// interval), then its files are uploaded. An application can wait for this before
+    /// acknowledging a write. Waits through upload retries: bound it with a timeout.
+    pub async fn sync(&self) -> Result<Txid, SyncError> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.job.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut served = self.job.served.subscribe();
+        self.ticker.wake(self.job_id);
+        let mut fatal = self.fatal.clone();
+        let stopped = || SyncError::Stopped(self.fatal.borrow().clone().unwrap_or_default());
+        let error = tokio::select! {
+            r = served.wait_for(|(n, _)| *n >= ticket) => match r {
+                Ok(r) => r.1.clone(),
+                Err(_) => return Err(stopped()),
+            },
+            _ = fatal.wait_for(Option::is_some) => return Err(stopped()),
+        };
+        if let Some(error) = error {
+            return Err(SyncError::Sync(error));
+        }
+        let target = *self.staged.borrow();
+        let mut uploaded = self.uploaded.clone();
+        tokio::select! {
+            r = uploaded.wait_for(|t| *t >= target) => match r {
+                Ok(t) => Ok(*t),
+                Err(_) => Err(stopped()),
+            },
+            _ = fatal.wait_for(Option::is_some) => Err(stopped()),
+        }
+    }
+
     /// Resolves when the capture thread or the upload task has died (a bug): the
     /// replication no longer makes progress and should be stopped.
     pub async fn failed(&self) -> String {
@@ -802,23 +880,25 @@ impl Replication {
         if let Some(monitor) = self.monitor {
             monitor.stop().await;
         }
-        let _ = self.stop.send(());
-        let capture = self.capture;
-        let joined = tokio::task::spawn_blocking(move || capture.join()).await;
+        self.job
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.ticker.wake(self.job_id);
+        let finished = self.finished.await;
         self.upload.abort();
         let _ = self.upload.await;
-        let final_sync = match joined {
+        let final_sync = match finished {
             Ok(Ok(result)) => result,
-            Ok(Err(panic)) => {
+            Ok(Err(message)) => {
                 return Err(StopError::Panicked {
                     db: self.db,
-                    message: panic_message(&*panic),
+                    message,
                 });
             }
-            Err(e) => {
+            Err(_) => {
                 return Err(StopError::Panicked {
                     db: self.db,
-                    message: e.to_string(),
+                    message: "the capture ended without a final sync".to_owned(),
                 });
             }
         };
@@ -882,64 +962,110 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "no message".to_owned())
 }
 
-/// The capture thread: a tick every sync interval until told to stop, then a final sync,
-/// whose outcome it returns. A database replaced under its path is followed: the capture
-/// closes the old file and opens the new one (retrying each tick until it can).
-fn capture_loop(
-    capture: Capture,
-    mut stop: mpsc::UnboundedReceiver<()>,
+/// How a capture's work ended: its final sync's outcome, or the panic message of a bug.
+type Finished = Result<Result<(), CaptureError>, String>;
+
+/// A capture as the [`Ticker`] runs it: a tick whenever the database changed (or a
+/// checkpoint is due, or the last tick failed), until told to stop, then a final sync. A
+/// database replaced under its path is followed: the capture closes the old file and opens
+/// the new one (retrying each tick until it can).
+struct CaptureJob {
+    state: Mutex<JobState>,
+    stopping: std::sync::atomic::AtomicBool,
+    /// Syncs asked for ([`Replication::sync`]), numbered; `served` is the number the last
+    /// finished tick had seen when it started, with its error if it failed.
+    asked: std::sync::atomic::AtomicU64,
+    served: watch::Sender<(u64, Option<String>)>,
     staged: watch::Sender<Txid>,
     status: Arc<Mutex<Status>>,
     fatal: watch::Sender<Option<String>>,
-) -> Result<(), CaptureError> {
-    let interval = capture.options.sync_interval;
-    let mut backoff = interval;
-    let mut report = |file: &Synced| {
-        if let Synced::Staged { range, full, .. } = file {
-            let mut s = status.lock().unwrap();
-            s.staged = range.max;
-            s.full_copies += u64::from(*full);
-            staged.send_replace(range.max);
+    finished: Mutex<Option<tokio::sync::oneshot::Sender<Finished>>>,
+    interval: Duration,
+}
+
+struct JobState {
+    db: Option<Db>,
+    backoff: Duration,
+    /// The last tick failed: the next one runs without a probe.
+    failing: bool,
+}
+
+impl CaptureJob {
+    fn finish(&self, result: Finished) {
+        if let Some(tx) = self.finished.lock().unwrap().take() {
+            let _ = tx.send(result);
         }
-    };
-    let mut state = Db::Open(Box::new(capture));
-    loop {
+    }
+}
+
+impl ticker::Job for CaptureJob {
+    fn probe(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        match &state.db {
+            Some(Db::Open(capture)) => state.failing || !capture.idle(),
+            _ => true,
+        }
+    }
+
+    fn idle_interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn work(&self) -> Option<Duration> {
         let started = Instant::now();
-        let stopping = stop.try_recv().is_ok();
-        let result;
-        (state, result) = step(state, stopping, true, &mut report);
+        let mut state = self.state.lock().unwrap();
+        let stopping = self.stopping.load(std::sync::atomic::Ordering::SeqCst);
+        let asked = self.asked.load(std::sync::atomic::Ordering::SeqCst);
+        let mut report = |file: &Synced| {
+            if let Synced::Staged { range, full, .. } = file {
+                let mut s = self.status.lock().unwrap();
+                s.staged = range.max;
+                s.full_copies += u64::from(*full);
+                self.staged.send_replace(range.max);
+            }
+        };
+        let db = state.db.take()?;
+        let (db, result) = step(db, stopping, true, &mut report);
+        self.served
+            .send_replace((asked, result.as_ref().err().map(ToString::to_string)));
         // Ticks keep to the interval (a slow tick does not push the next one back), and
         // back off after errors.
         let wait = match &result {
             Ok(()) => {
-                backoff = interval;
-                status.lock().unwrap().sync_error = None;
-                interval
+                state.backoff = self.interval;
+                state.failing = false;
+                self.status.lock().unwrap().sync_error = None;
+                self.interval.saturating_sub(started.elapsed())
             }
             Err(e) if e.is_fatal() => {
                 tracing::error!(error = %e, "sync failed; stopping");
-                status.lock().unwrap().sync_error = Some(e.to_string());
-                fatal.send_replace(Some(e.to_string()));
-                return result;
+                self.status.lock().unwrap().sync_error = Some(e.to_string());
+                self.fatal.send_replace(Some(e.to_string()));
+                drop(db);
+                self.finish(Ok(result));
+                return None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "sync failed; retrying");
-                status.lock().unwrap().sync_error = Some(e.to_string());
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-                backoff
+                self.status.lock().unwrap().sync_error = Some(e.to_string());
+                state.failing = true;
+                state.backoff = (state.backoff * 2).min(Duration::from_secs(300));
+                state.backoff
             }
         };
         if stopping {
-            return result;
+            drop(db);
+            self.finish(Ok(result));
+            return None;
         }
-        // Sleep until the next tick, waking early to stop.
-        let deadline = started + wait;
-        while Instant::now() < deadline {
-            if !stop.is_empty() {
-                break;
-            }
-            std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(50)));
-        }
+        state.db = Some(db);
+        Some(wait)
+    }
+
+    fn panicked(&self, message: String) {
+        self.fatal
+            .send_replace(Some(format!("the capture panicked: {message}")));
+        self.finish(Err(message));
     }
 }
 
@@ -1000,6 +1126,7 @@ fn step(
 async fn upload_loop(
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     mut staged: watch::Receiver<Txid>,
+    uploaded_tx: watch::Sender<Txid>,
     status: Arc<Mutex<Status>>,
     interval: Duration,
     alarm: PanicAlarm,
@@ -1015,6 +1142,7 @@ async fn upload_loop(
             s.uploaded = uploaded;
             s.upload_error = result.as_ref().err().map(ToString::to_string);
         }
+        uploaded_tx.send_replace(uploaded);
         if let Err(e) = result {
             if e.is_fatal() {
                 tracing::error!(error = %e, "upload failed; stopping");

@@ -216,6 +216,9 @@ pub struct Syncer {
     /// Bytes of WAL one L0 file takes at most (cut at a commit boundary).
     pub max_wal_bytes: u64,
     pub encoding: PageEncoding,
+    /// The wal-index header the last sync read: while the header reads the same, nothing
+    /// was committed and the log did not restart (see [`Syncer::unchanged`]).
+    pub last_index: Option<IndexHeader>,
 }
 
 impl Syncer {
@@ -249,6 +252,7 @@ impl Syncer {
                     "no consistent wal-index header could be read (a writer may have died mid-update)",
                 ))
             })?;
+        self.last_index = Some(index);
         // An index that has seen no frame yet gives no page size.
         if index.page_size != 0 && index.page_size != self.page_size.get() {
             return Err(CaptureError::Replaced {
@@ -302,6 +306,17 @@ impl Syncer {
                     .map_err(|e| self.io(e))
             }
         }
+    }
+
+    /// Whether a sync now would surely find nothing: the files are the ones held, the
+    /// staging directory is intact and the wal-index header is the one the last sync read
+    /// (every commit and every restart of the log rewrites it). A few system calls.
+    pub fn unchanged(&self) -> bool {
+        self.last_index.is_some()
+            && self.staging.check_lock().is_ok()
+            && self.db.check("database file").is_ok()
+            && self.shm.check("wal-index file (-shm)").is_ok()
+            && IndexHeader::read(&self.shm.file).is_ok_and(|h| h.is_some() && h == self.last_index)
     }
 
     fn incremental(

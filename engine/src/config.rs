@@ -90,6 +90,47 @@ pub struct DbConfig {
     pub min_checkpoint_pages: Option<u32>,
     /// `truncate-page-n`.
     pub truncate_pages: Option<u32>,
+    /// Directory mode (`dir`, `pattern`, `recursive`, `watch`): `path` is then the directory
+    /// and `replica` the root under which each database found gets its own.
+    pub dir: Option<DirSource>,
+}
+
+/// A directory of databases (Litestream's `dir`, `pattern`, `recursive`, `watch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DirSource {
+    /// Glob matched against file names (`*` and `?`, as in `*.db`).
+    pub pattern: String,
+    /// Look in subdirectories too.
+    pub recursive: bool,
+    /// Keep looking: databases created later are added, deleted ones removed.
+    pub watch: bool,
+}
+
+impl DirSource {
+    /// Files matching `pattern`, not recursive, not watched.
+    pub fn new(pattern: impl Into<String>) -> DirSource {
+        DirSource {
+            pattern: pattern.into(),
+            recursive: false,
+            watch: false,
+        }
+    }
+}
+
+impl DbConfig {
+    /// `path` replicated to `replica`, with the defaults for everything else.
+    pub fn new(path: impl Into<PathBuf>, replica: ReplicaUrl) -> DbConfig {
+        DbConfig {
+            path: path.into(),
+            replica,
+            sync_interval: None,
+            checkpoint_interval: None,
+            min_checkpoint_pages: None,
+            truncate_pages: None,
+            dir: None,
+        }
+    }
 }
 
 /// A compaction level's interval (levels 1 and up).
@@ -100,7 +141,7 @@ pub struct LevelConfig {
 }
 
 /// The whole file.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     /// Databases.
     pub dbs: Vec<DbConfig>,
@@ -264,6 +305,10 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
         key,
         &[
             "path",
+            "dir",
+            "pattern",
+            "recursive",
+            "watch",
             "replica",
             "replicas",
             "monitor-interval",
@@ -272,7 +317,28 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
             "truncate-page-n",
         ],
     )?;
-    let path = string(m, key, "path")?.ok_or_else(|| error(&format!("{key}.path"), "required"))?;
+    let (path, dir) = match (string(m, key, "path")?, string(m, key, "dir")?) {
+        (Some(path), None) => {
+            for k in ["pattern", "recursive", "watch"] {
+                if get(m, k).is_some() {
+                    return Err(error(&format!("{key}.{k}"), "only with dir"));
+                }
+            }
+            (path, None)
+        }
+        (None, Some(dir)) => {
+            let pattern = string(m, key, "pattern")?
+                .ok_or_else(|| error(&format!("{key}.pattern"), "required with dir"))?;
+            let source = DirSource {
+                pattern,
+                recursive: boolean(m, key, "recursive")?.unwrap_or(false),
+                watch: boolean(m, key, "watch")?.unwrap_or(false),
+            };
+            (dir, Some(source))
+        }
+        (Some(_), Some(_)) => return Err(error(key, "give either path or dir, not both")),
+        (None, None) => return Err(error(&format!("{key}.path"), "required (or dir)")),
+    };
     let (replica, replica_key) = match (get(m, "replica"), get(m, "replicas")) {
         (Some(r), None) => (r, format!("{key}.replica")),
         (None, Some(list)) => {
@@ -304,6 +370,7 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
         checkpoint_interval: interval(m, key, "checkpoint-interval")?,
         min_checkpoint_pages: number(m, key, "min-checkpoint-page-count")?,
         truncate_pages: number(m, key, "truncate-page-n")?,
+        dir,
     })
 }
 

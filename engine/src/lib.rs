@@ -12,5 +12,7 @@ pub mod compact;
 pub mod config;
 pub mod restore;
 pub mod storage;
+#[cfg(feature = "sqlite")]
+pub mod store;
 
 pub use ltx;

@@ -232,7 +232,7 @@ fn a_capture_that_panics_stops_the_process_with_an_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("the capture thread panicked"), "{stderr}");
+    assert!(stderr.contains("the capture panicked"), "{stderr}");
     assert!(!stderr.contains("replicated through"), "{stderr}");
 }
 

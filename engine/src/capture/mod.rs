@@ -27,7 +27,7 @@ mod position;
 mod sqlite;
 mod staging;
 mod sync;
-mod ticker;
+pub(crate) mod ticker;
 mod upload;
 pub mod wal;
 pub mod wal_index;
@@ -48,7 +48,7 @@ use sync::{Held, Synced, Syncer};
 use ticker::Ticker;
 
 /// When strata checkpoints the databases it captures.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointOptions {
     /// A PASSIVE checkpoint once the WAL holds this many pages.
     pub min_pages: u32,
@@ -69,7 +69,7 @@ impl Default for CheckpointOptions {
 }
 
 /// How a database is captured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaptureOptions {
     /// How often committed frames are turned into an L0 file.
     pub sync_interval: Duration,
@@ -837,31 +837,55 @@ impl Replication {
     /// interval), then its files are uploaded. An application can wait for this before
     /// acknowledging a write. Waits through upload retries: bound it with a timeout.
     pub async fn sync(&self) -> Result<Txid, SyncError> {
+        self.sync_handle().await
+    }
+
+    /// [`Replication::sync`] as a future that does not borrow the replication.
+    pub(crate) fn sync_handle(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Txid, SyncError>> + Send + 'static {
         use std::sync::atomic::Ordering;
         let ticket = self.job.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let mut served = self.job.served.subscribe();
         self.ticker.wake(self.job_id);
         let mut fatal = self.fatal.clone();
-        let stopped = || SyncError::Stopped(self.fatal.borrow().clone().unwrap_or_default());
-        let error = tokio::select! {
-            r = served.wait_for(|(n, _)| *n >= ticket) => match r {
-                Ok(r) => r.1.clone(),
-                Err(_) => return Err(stopped()),
-            },
-            _ = fatal.wait_for(Option::is_some) => return Err(stopped()),
-        };
-        if let Some(error) = error {
-            return Err(SyncError::Sync(error));
-        }
-        let target = *self.staged.borrow();
+        let staged = self.staged.clone();
         let mut uploaded = self.uploaded.clone();
-        tokio::select! {
-            r = uploaded.wait_for(|t| *t >= target) => match r {
-                Ok(t) => Ok(*t),
-                Err(_) => Err(stopped()),
-            },
-            _ = fatal.wait_for(Option::is_some) => Err(stopped()),
+        async move {
+            let stopped =
+                |fatal: &watch::Receiver<Option<String>>| SyncError::Stopped(fatal.borrow().clone().unwrap_or_default());
+            let error = tokio::select! {
+                r = served.wait_for(|(n, _)| *n >= ticket) => r.map(|r| r.1.clone()).ok(),
+                _ = fatal.wait_for(Option::is_some) => None,
+            };
+            let error = match error {
+                Some(error) => error,
+                None => return Err(stopped(&fatal)),
+            };
+            if let Some(error) = error {
+                return Err(SyncError::Sync(error));
+            }
+            let target = *staged.borrow();
+            let reached = tokio::select! {
+                r = uploaded.wait_for(|t| *t >= target) => r.map(|t| *t).ok(),
+                _ = fatal.wait_for(Option::is_some) => None,
+            };
+            reached.ok_or_else(|| stopped(&fatal))
         }
+    }
+
+    /// Why the replication stopped on its own, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Resolves with the reason if the replication stops on its own (a fatal error or a
+    /// bug); with `None` once it has been stopped normally.
+    pub(crate) fn failed_handle(
+        &self,
+    ) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let mut fatal = self.fatal.clone();
+        async move { fatal.wait_for(Option::is_some).await.ok().and_then(|m| m.clone()) }
     }
 
     /// Resolves when the capture thread or the upload task has died (a bug): the

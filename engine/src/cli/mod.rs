@@ -41,6 +41,9 @@ pub fn run() -> ExitCode {
     let args = std::env::args_os().map(|a| match a.to_str() {
         Some("-no-expand-env") => "--no-expand-env".into(),
         Some("-config") => "--config".into(),
+        Some("-exec") => "--exec".into(),
+        Some("-if-replica-exists") => "--if-replica-exists".into(),
+        Some("-if-db-not-exists") => "--if-db-not-exists".into(),
         _ => a,
     });
     let cli = Cli::parse_from(args);

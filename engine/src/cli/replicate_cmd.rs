@@ -1,5 +1,6 @@
 //! `strata replicate`.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use ltx::PageEncoding;
-use strata::capture::{CaptureOptions, Replication};
 use strata::config::{Config, DbConfig, parse_interval};
-use strata::storage::{Replica, ReplicaUrl};
+use strata::storage::ReplicaUrl;
+use strata::store::{Database, DbStatus, Store, StoreOptions, config_databases};
 
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
@@ -18,8 +19,9 @@ pub struct ReplicateArgs {
     db: Option<PathBuf>,
     /// Where to replicate it: a directory, file:///path, or s3://bucket/prefix?endpoint=...
     replica: Option<String>,
-    /// A YAML file listing databases; Litestream's keys (dbs, path, replica with url or
-    /// type/path, levels, snapshot, l0-retention) are accepted, so litestream.yml works.
+    /// A YAML file listing databases; Litestream's keys (dbs, path or dir/pattern/recursive/
+    /// watch, replica with url or type/path, levels, snapshot, l0-retention) are accepted,
+    /// so litestream.yml works. SIGHUP re-reads it and applies what changed.
     #[arg(short, long, conflicts_with_all = ["db", "replica"])]
     config: Option<PathBuf>,
     /// How often committed transactions become an L0 file [default: 1s].
@@ -32,37 +34,61 @@ pub struct ReplicateArgs {
     /// (newer ones read both).
     #[arg(long)]
     legacy_frames: bool,
+    /// Run this command (split as a shell would, but not run by one) while replicating:
+    /// SIGINT and SIGTERM are passed on to it, and when it exits strata syncs a last time and
+    /// exits with its exit code (Litestream's -exec).
+    #[arg(long)]
+    exec: Option<String>,
 }
 
-pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
-    // Signals are caught from here on: one that arrives while databases are still being
-    // opened stops them cleanly once they are, instead of killing the process midway.
-    let mut shutdown = Shutdown::new()?;
-    let mut shutdown_timeout = None;
-    let mut compaction = strata::compact::CompactionOptions::default();
-    let dbs = match (&args.config, &args.db, &args.replica) {
-        (Some(path), _, _) => {
-            let config = Config::load(path, !args.no_expand_env)?;
-            shutdown_timeout = config.shutdown_sync_timeout;
-            compaction = config.compaction_options();
-            config.dbs
-        }
-        (None, Some(db), Some(url)) => vec![DbConfig {
-            path: db.clone(),
-            replica: ReplicaUrl::parse(url)?,
-            sync_interval: None,
-            checkpoint_interval: None,
-            min_checkpoint_pages: None,
-            truncate_pages: None,
-        }],
-        _ => bail!("give a database and a replica URL (strata replicate DB URL), or --config FILE"),
-    };
-    if dbs.is_empty() {
-        bail!("the config lists no databases");
+/// Where the list of databases comes from.
+struct Source<'a> {
+    args: &'a ReplicateArgs,
+}
+
+impl Source<'_> {
+    /// Reads the config (or takes the command line's database) and lists its databases.
+    fn load(&self) -> anyhow::Result<(Config, Vec<Database>)> {
+        let args = self.args;
+        let config = match (&args.config, &args.db, &args.replica) {
+            (Some(path), _, _) => Config::load(path, !args.no_expand_env)?,
+            (None, Some(db), Some(url)) => Config {
+                dbs: vec![DbConfig::new(db.clone(), ReplicaUrl::parse(url)?)],
+                ..Config::default()
+            },
+            _ => bail!(
+                "give a database and a replica URL (strata replicate DB URL), or --config FILE"
+            ),
+        };
+        let dbs = self.databases(&config)?;
+        Ok((config, dbs))
     }
-    // One database has one capture: two entries naming the same file (by any spelling) are
-    // a mistake to report, not two captures to race each other.
-    // The same file is the same device and inode, whatever the spelling, symlink or hard link.
+
+    /// The databases `config` lists now (directories listed again), with the command
+    /// line's overrides.
+    fn databases(&self, config: &Config) -> anyhow::Result<Vec<Database>> {
+        let args = self.args;
+        let mut dbs = config_databases(config)?;
+        for db in &mut dbs {
+            if let Some(i) = args.sync_interval {
+                db.options.sync_interval = i;
+            }
+            if args.legacy_frames {
+                db.options.encoding = PageEncoding::Frame;
+                if let Some(c) = &mut db.options.compaction {
+                    c.encoding = PageEncoding::Frame;
+                }
+            }
+        }
+        check_distinct(&dbs)?;
+        Ok(dbs)
+    }
+}
+
+/// One database has one capture: two entries naming the same file (by any spelling,
+/// symlink or hard link: the same device and inode) are a mistake to report, not two
+/// captures to race each other.
+fn check_distinct(dbs: &[Database]) -> anyhow::Result<()> {
     let mut seen: Vec<((u64, u64), usize)> = Vec::new();
     for (i, db) in dbs.iter().enumerate() {
         let meta = match std::fs::metadata(&db.path) {
@@ -83,125 +109,318 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         }
         seen.push((id, i));
     }
-    let mut running = Vec::new();
-    for db in &dbs {
-        let mut options = CaptureOptions::default();
-        if let Some(i) = args.sync_interval.or(db.sync_interval) {
-            options.sync_interval = i;
-        }
-        if let Some(i) = db.checkpoint_interval {
-            options.checkpoint.interval = i;
-        }
-        if let Some(n) = db.min_checkpoint_pages {
-            options.checkpoint.min_pages = n;
-        }
-        if let Some(n) = db.truncate_pages {
-            options.checkpoint.truncate_pages = n;
-        }
-        if let Some(t) = shutdown_timeout {
-            options.shutdown_timeout = t;
-        }
-        if args.legacy_frames {
-            options.encoding = PageEncoding::Frame;
-        }
-        let mut compaction = compaction.clone();
-        compaction.encoding = options.encoding;
-        options.compaction = Some(compaction);
-        let replica = Replica::create(&db.replica)?;
-        let replication = Replication::start(&db.path, replica, options)
-            .await
-            .with_context(|| format!("cannot replicate {}", db.path.display()))?;
-        eprintln!("replicating {} to {}", db.path.display(), db.replica);
-        running.push(replication);
-    }
+    Ok(())
+}
 
-    let failure = futures::future::select_all(running.iter().map(|r| Box::pin(r.failed())));
-    let mut failed = tokio::select! {
-        () = shutdown.wait() => false,
-        (message, i, _) = failure => {
-            eprintln!("{}: {message}; stopping", running[i].db().display());
-            true
-        }
+pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    // Signals are caught from here on: one that arrives while databases are still being
+    // opened stops them cleanly once they are, instead of killing the process midway.
+    let mut signals = Signals::new()?;
+    let source = Source { args: &args };
+    let (config, dbs) = source.load()?;
+    let watching = config
+        .dbs
+        .iter()
+        .any(|d| d.dir.as_ref().is_some_and(|s| s.watch));
+    if dbs.is_empty() && !watching {
+        bail!("the config lists no databases (and no directory is watched)");
+    }
+    let store = Store::new(StoreOptions::default());
+    for db in dbs {
+        let (path, replica) = (db.path.clone(), db.replica.to_string());
+        store
+            .add(db)
+            .await
+            .with_context(|| format!("cannot replicate {}", path.display()))?;
+        eprintln!("replicating {} to {replica}", path.display());
+    }
+    let mut child = match &args.exec {
+        Some(cmd) => Some(spawn(cmd)?),
+        None => None,
     };
+    // Directory mode with `watch`: the directories are listed again every second.
+    let mut rescan = tokio::time::interval(Duration::from_secs(1));
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut config = config;
+    let mut failed = false;
+    let mut exit_code = None;
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Reload => {
+                    match source.load() {
+                        Ok((reloaded, dbs)) => {
+                            config = reloaded;
+                            eprintln!("SIGHUP: config re-read");
+                            report_applied(store.apply(dbs).await, &mut reported);
+                        }
+                        Err(e) => eprintln!("SIGHUP: config not applied, running as before: {e:#}"),
+                    }
+                }
+                Signal::Stop(sig) => match &mut child {
+                    // The child decides when to stop; strata follows once it has exited.
+                    Some(c) if exit_code.is_none() => forward(c, sig),
+                    _ => break,
+                },
+            },
+            (db, message) = store.next_failure() => {
+                eprintln!("{}: {message}; its replication has stopped", db.display());
+                failed = true;
+                let all_failed = store.status().await.iter().all(|s| s.failed.is_some());
+                if all_failed && !watching && child.is_none() {
+                    break;
+                }
+            }
+            _ = rescan.tick(), if watching => {
+                if let Ok(dbs) = source.databases(&config) {
+                    report_applied(store.apply(dbs).await, &mut reported);
+                }
+            }
+            status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() && exit_code.is_none() => {
+                let code = match status {
+                    Ok(s) => exit_status_code(s),
+                    Err(e) => {
+                        eprintln!("cannot wait for the command: {e}");
+                        1
+                    }
+                };
+                eprintln!("the command exited with status {code}");
+                exit_code = Some(code);
+                break;
+            }
+        }
+    }
     eprintln!("stopping: final sync and upload (another signal stops at once)");
-    // Every database stops at once, each within the shutdown timeout.
-    let stops = futures::future::join_all(running.into_iter().map(|r| async move {
-        let db = r.db().display().to_string();
-        let compaction = r.compaction_status();
-        (db, compaction, r.stop().await)
-    }));
+    let before = store.status().await;
     let stopped = tokio::select! {
-        stopped = stops => stopped,
-        () = shutdown.wait() => {
+        stopped = store.shutdown() => stopped,
+        _ = signals.next() => {
             eprintln!("signal during shutdown: exiting now; files not yet uploaded stay staged");
             return Ok(ExitCode::FAILURE);
         }
     };
-    for (db, compaction, result) in stopped {
-        if let Some(c) = compaction {
-            let levels: Vec<String> = c
-                .levels
-                .iter()
-                .filter(|(_, l)| l.files_written > 0)
-                .map(|(level, l)| {
-                    format!(
-                        "{level} {} files, {}",
-                        l.files_written,
-                        super::format_bytes(l.bytes_written)
-                    )
-                })
-                .collect();
-            if !levels.is_empty() || c.deleted > 0 {
-                eprintln!(
-                    "{db}: compacted {}; retention deleted {} files",
-                    if levels.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        levels.join(", ")
-                    },
-                    c.deleted
-                );
-            }
+    for (db, result) in stopped {
+        let shown = db.display().to_string();
+        if let Some(s) = before.iter().find(|s| s.path == db) {
+            print_compaction(&shown, s);
         }
         match result {
             Ok(s) => eprintln!(
-                "{db}: replicated through TXID {} ({} full {})",
+                "{shown}: replicated through TXID {} ({} full {})",
                 s.uploaded,
                 s.full_copies,
                 if s.full_copies == 1 { "copy" } else { "copies" }
             ),
             Err(e) => {
                 failed = true;
-                eprintln!("{db}: {e}");
+                eprintln!("{e}");
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    Ok(match exit_code {
+        // The command's own failure is its exit code; a replica short of what it committed
+        // turns its success into a failure.
+        Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        _ if failed => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
     })
 }
 
-/// Ctrl-C or SIGTERM, caught from the moment this is made.
-struct Shutdown {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
+fn report_applied(applied: strata::store::Applied, reported: &mut BTreeSet<PathBuf>) {
+    for path in &applied.added {
+        reported.remove(path);
+        eprintln!("replicating {}", path.display());
+    }
+    for path in &applied.changed {
+        eprintln!("{}: settings changed; restarted", path.display());
+    }
+    for (path, result) in &applied.removed {
+        match result {
+            Ok(s) => eprintln!(
+                "{}: removed, replicated through TXID {}",
+                path.display(),
+                s.uploaded
+            ),
+            Err(e) if !path.exists() => {
+                eprintln!("{}: deleted; stopped ({e})", path.display());
+            }
+            Err(e) => eprintln!("{}: removed: {e}", path.display()),
+        }
+    }
+    for e in &applied.failed {
+        // A database that cannot start is retried at every rescan; said once.
+        let path = match e {
+            strata::store::StoreError::Start { path, .. }
+            | strata::store::StoreError::Io { path, .. }
+            | strata::store::StoreError::Replica { path, .. } => Some(path.clone()),
+            _ => None,
+        };
+        if path.is_none_or(|p| reported.insert(p)) {
+            eprintln!("{e}");
+        }
+    }
 }
 
-impl Shutdown {
-    fn new() -> anyhow::Result<Shutdown> {
+fn print_compaction(db: &str, status: &DbStatus) {
+    let Some(c) = &status.compaction else { return };
+    let levels: Vec<String> = c
+        .levels
+        .iter()
+        .filter(|(_, l)| l.files_written > 0)
+        .map(|(level, l)| {
+            format!(
+                "{level} {} files, {}",
+                l.files_written,
+                super::format_bytes(l.bytes_written)
+            )
+        })
+        .collect();
+    if !levels.is_empty() || c.deleted > 0 {
+        eprintln!(
+            "{db}: compacted {}; retention deleted {} files",
+            if levels.is_empty() {
+                "nothing".to_owned()
+            } else {
+                levels.join(", ")
+            },
+            c.deleted
+        );
+    }
+}
+
+/// Starts `-exec`'s command.
+fn spawn(cmd: &str) -> anyhow::Result<tokio::process::Child> {
+    let words =
+        split_words(cmd).map_err(|e| anyhow::anyhow!("cannot parse --exec {cmd:?}: {e}"))?;
+    let Some((program, rest)) = words.split_first() else {
+        bail!("--exec was given no command");
+    };
+    let child = tokio::process::Command::new(program)
+        .args(rest)
+        .kill_on_drop(false)
+        .spawn()
+        .with_context(|| format!("cannot run {program:?}"))?;
+    eprintln!("running {cmd}");
+    Ok(child)
+}
+
+fn forward(child: &tokio::process::Child, signal: libc::c_int) {
+    if let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+        // SAFETY: kill(2) on the child's pid with a valid signal number.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// The exit code a shell would report: the code, or 128 + the signal that killed it.
+fn exit_status_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Splits a command line into words as a POSIX shell would: blanks separate, single quotes
+/// keep everything, double quotes keep all but `\"` and `\\`, a backslash escapes the next
+/// character. No expansion of any kind.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("a trailing backslash".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// What a signal asks for.
+enum Signal {
+    /// SIGHUP: re-read the config.
+    Reload,
+    /// SIGINT or SIGTERM (the number): stop.
+    Stop(libc::c_int),
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught from the moment this is made.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Shutdown {
+        Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(&mut self) {
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => Signal::Stop(libc::SIGINT),
+            _ = self.terminate.recv() => Signal::Stop(libc::SIGTERM),
+            _ = self.hangup.recv() => Signal::Reload,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_words;
+
+    #[test]
+    fn commands_split_as_a_shell_splits_them() {
+        assert_eq!(
+            split_words(r#"python3 -c 'print("a b")' "x y" z\ w"#).unwrap(),
+            ["python3", "-c", r#"print("a b")"#, "x y", "z w"]
+        );
+        assert_eq!(split_words("  a   b ").unwrap(), ["a", "b"]);
+        assert_eq!(split_words(r#"a "" b"#).unwrap(), ["a", "", "b"]);
+        assert!(split_words("'open").is_err());
+        assert!(split_words("\"open").is_err());
     }
 }

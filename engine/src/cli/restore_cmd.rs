@@ -16,10 +16,23 @@ use super::{format_bytes, format_time, parse_size, parse_txid};
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Replica URL: a directory, file:///path, or s3://bucket/prefix?endpoint=...&region=...
+    /// With --config, the database's path instead: its replica is the config's.
     url: String,
-    /// Where to write the database (required unless --dry-run).
+    /// Where to write the database (required unless --dry-run or --config).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Find the replica of the database named in the config (Litestream's -config); the
+    /// output defaults to the database's own path.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Succeed without doing anything if the output database already exists (container
+    /// start-up scripts; Litestream's flag).
+    #[arg(long)]
+    if_db_not_exists: bool,
+    /// Succeed without doing anything if the replica holds nothing to restore (Litestream's
+    /// flag).
+    #[arg(long)]
+    if_replica_exists: bool,
     /// Restore exactly this TXID (hex, as in file names).
     #[arg(long, value_parser = parse_txid, conflicts_with = "timestamp")]
     txid: Option<ltx::Txid>,
@@ -54,14 +67,38 @@ enum CheckArg {
     Full,
 }
 
-pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let url = ReplicaUrl::parse(&args.url)?;
+pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let url = match &args.config {
+        Some(config) => {
+            let (url, db) = from_config(config, &args.url)?;
+            args.output.get_or_insert(db);
+            url
+        }
+        None => ReplicaUrl::parse(&args.url)?,
+    };
     let target = match (args.txid, args.timestamp) {
         (Some(t), _) => Target::Txid(t),
         (None, Some(ts)) => Target::Timestamp(ts),
         (None, None) => Target::Latest,
     };
-    let replica = Replica::open(&url)?;
+    if args.if_db_not_exists
+        && let Some(output) = &args.output
+        && std::fs::symlink_metadata(output).is_ok()
+    {
+        println!("{} already exists: nothing restored", output.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let replica = match Replica::open(&url) {
+        Err(e) if args.if_replica_exists && e.kind == strata::storage::ErrorKind::NotFound => {
+            println!("no replica at {url}: nothing restored");
+            return Ok(ExitCode::SUCCESS);
+        }
+        opened => opened?,
+    };
+    if args.if_replica_exists && replica.list_all().await?.is_empty() {
+        println!("the replica at {url} is empty: nothing restored");
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.dry_run {
         let replica = replica.detect_layout().await?;
         let plan = restore::plan(&replica, target).await?;
@@ -115,6 +152,29 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(requests = %s.requests, "restore requests");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The replica of the database `db` names in the config at `path`, and the database's path.
+fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, PathBuf)> {
+    let config = strata::config::Config::load(path, true)?;
+    let wanted = std::path::absolute(db)?;
+    let dbs = strata::store::config_databases(&config)?;
+    let found = dbs.into_iter().find(|d| {
+        std::path::absolute(&d.path).is_ok_and(|p| p == wanted)
+            || std::fs::canonicalize(&d.path).is_ok_and(|p| p == wanted)
+    });
+    if let Some(d) = found {
+        return Ok((d.replica, d.path));
+    }
+    // A database of a directory entry that does not exist yet has its replica all the same.
+    for entry in config.dbs.iter().filter(|d| d.dir.is_some()) {
+        if let Ok(rel) = wanted.strip_prefix(std::path::absolute(&entry.path)?)
+            && let Some(rel) = rel.to_str()
+        {
+            return Ok((entry.replica.join(rel), wanted));
+        }
+    }
+    bail!("{} lists no database {db}", path.display())
 }
 
 fn print_plan(plan: &Plan) -> anyhow::Result<()> {

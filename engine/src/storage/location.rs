@@ -189,6 +189,56 @@ impl ReplicaUrl {
         }
     }
 
+    /// The replica at `rel` (a relative path, `/`-separated) under this one: directory
+    /// mode's replica of one database.
+    pub fn join(&self, rel: &str) -> ReplicaUrl {
+        let under = |prefix: &str| {
+            let rel = rel.trim_matches('/');
+            if prefix.is_empty() {
+                rel.to_owned()
+            } else {
+                format!("{prefix}/{rel}")
+            }
+        };
+        let mut joined = self.clone();
+        match &mut joined {
+            ReplicaUrl::File { root } => *root = root.join(rel),
+            ReplicaUrl::S3 { prefix, .. } => *prefix = under(prefix),
+            #[cfg(feature = "gcs")]
+            ReplicaUrl::Gcs { prefix, .. } => *prefix = under(prefix),
+            #[cfg(feature = "azure")]
+            ReplicaUrl::Azure { prefix, .. } => *prefix = under(prefix),
+        }
+        joined
+    }
+
+    /// What identifies the client a remote replica needs (backend, endpoint, bucket and
+    /// options, not the prefix), and the prefix; `None` for a directory.
+    pub(crate) fn client_key(&self) -> Option<(String, &str)> {
+        match self {
+            ReplicaUrl::File { .. } => None,
+            ReplicaUrl::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                force_path_style,
+                skip_verify,
+            } => Some((
+                format!(
+                    "s3://{bucket} {endpoint:?} {region:?} {force_path_style} {skip_verify}"
+                ),
+                prefix,
+            )),
+            #[cfg(feature = "gcs")]
+            ReplicaUrl::Gcs { bucket, prefix } => Some((format!("gs://{bucket}"), prefix)),
+            #[cfg(feature = "azure")]
+            ReplicaUrl::Azure { container, prefix } => {
+                Some((format!("abs://{container}"), prefix))
+            }
+        }
+    }
+
     /// Opens the store. For a directory, `create` makes it if missing; otherwise a missing
     /// directory is an error (a restore from a mistyped path should not look empty).
     pub(crate) fn open_store(&self, create: bool) -> Result<OpenedStore, StorageError> {
@@ -356,6 +406,14 @@ fn supported_schemes() -> &'static str {
         "s3://, abs://"
     } else {
         "s3://"
+    }
+}
+
+impl std::str::FromStr for ReplicaUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<ReplicaUrl, UrlError> {
+        ReplicaUrl::parse(s)
     }
 }
 

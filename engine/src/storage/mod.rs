@@ -23,4 +23,4 @@ pub use index::{Indexed, LevelIndex, SharedIndex};
 pub use layout::{Layout, Level};
 pub use location::{ReplicaUrl, UrlError};
 pub use multipart::UploadLimits;
-pub use replica::{FileInfo, Replica};
+pub use replica::{Clients, FileInfo, Replica};

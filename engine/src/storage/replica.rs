@@ -63,6 +63,19 @@ struct Inner {
     upload_limits: UploadLimits,
 }
 
+/// Object-store clients by endpoint and bucket, for [`Replica::create_in`]. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Clients {
+    stores: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<dyn ObjectStore>>>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.stores.lock().map_or(0, |s| s.len());
+        f.debug_struct("Clients").field("clients", &n).finish()
+    }
+}
+
 /// A replica: LTX files by level in an object store, laid out as Litestream lays them out.
 /// Cheap to clone; every clone shares the store and the request counts.
 #[derive(Clone, Debug)]
@@ -80,6 +93,29 @@ impl Replica {
     /// Opens a replica for writing, creating its directory if needed.
     pub fn create(url: &ReplicaUrl) -> Result<Replica, StorageError> {
         Replica::from_url(url, true)
+    }
+
+    /// [`Replica::create`], through the client `clients` holds for the URL's endpoint and
+    /// bucket (made on first use): replicas in one bucket share one connection pool.
+    pub fn create_in(url: &ReplicaUrl, clients: &Clients) -> Result<Replica, StorageError> {
+        let Some((key, prefix)) = url.client_key() else {
+            return Replica::create(url);
+        };
+        let store = {
+            let mut stores = clients.stores.lock().unwrap_or_else(|e| e.into_inner());
+            match stores.get(&key) {
+                Some(store) => store.clone(),
+                None => {
+                    let store = url.open_store(true)?.store;
+                    stores.insert(key, store.clone());
+                    store
+                }
+            }
+        };
+        let mut replica = Replica::from_store(store, &url.to_string(), Path::from(prefix), url.layout());
+        let inner = Arc::get_mut(&mut replica.inner).expect("not shared yet");
+        inner.metadata = matches!(url, ReplicaUrl::S3 { .. });
+        Ok(replica)
     }
 
     fn from_url(url: &ReplicaUrl, create: bool) -> Result<Replica, StorageError> {

@@ -1,0 +1,492 @@
+//! The Store: many databases replicated by one process, on one runtime.
+//!
+//! Every database's capture is run by one shared ticker (no thread and no timer per
+//! database; an idle database costs a read of its wal-index header and a few `stat`s per
+//! sync interval), its syncs run on the blocking pool a bounded number at a time, and every
+//! replica in one bucket shares one object-store client. Databases are added, removed,
+//! disabled and enabled while the others run; [`Store::apply`] moves the store to a new list
+//! (a reloaded config) touching only what changed.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use strata::store::{Database, Store, StoreOptions};
+//!
+//! let store = Store::new(StoreOptions::default());
+//! let db = store
+//!     .add(Database::new("app.db", "s3://bucket/app.db".parse()?))
+//!     .await?;
+//! // ... the application writes to app.db ...
+//! let txid = store.sync(&db).await?; // everything committed so far is in the replica
+//! println!("durable through TXID {txid}");
+//! store.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod dir;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ltx::Txid;
+use tokio::sync::mpsc;
+
+use crate::capture::ticker::Ticker;
+use crate::capture::{CaptureError, CaptureOptions, Replication, Status, StopError, SyncError};
+use crate::compact::CompactionStatus;
+use crate::config::Config;
+use crate::storage::{Clients, Replica, ReplicaUrl, StorageError};
+
+pub use crate::config::DirSource;
+pub use dir::scan;
+
+/// How a [`Store`] runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Syncs (staging files from the WAL, checkpoints) running at once, across every
+    /// database. The rest wait their turn.
+    pub max_concurrent_syncs: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_concurrent_syncs: 8,
+        }
+    }
+}
+
+/// One database to replicate, and how.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Database {
+    /// The database file.
+    pub path: PathBuf,
+    /// Where it is replicated.
+    pub replica: ReplicaUrl,
+    /// Capture, compaction and retention settings.
+    pub options: CaptureOptions,
+}
+
+impl Database {
+    /// `path` replicated to `replica` with the default settings.
+    pub fn new(path: impl Into<PathBuf>, replica: ReplicaUrl) -> Database {
+        Database {
+            path: path.into(),
+            replica,
+            options: CaptureOptions::default(),
+        }
+    }
+
+    /// The same with other settings.
+    pub fn with_options(mut self, options: CaptureOptions) -> Database {
+        self.options = options;
+        self
+    }
+}
+
+/// The databases a config lists, with its settings: a `dir` entry is scanned now (see
+/// [`scan`]). `sync_interval` (a command-line override) replaces the configured one.
+pub fn config_databases(config: &Config) -> Result<Vec<Database>, StoreError> {
+    let mut compaction = config.compaction_options();
+    let mut dbs = Vec::new();
+    for db in &config.dbs {
+        let mut options = CaptureOptions::default();
+        if let Some(i) = db.sync_interval {
+            options.sync_interval = i;
+        }
+        if let Some(i) = db.checkpoint_interval {
+            options.checkpoint.interval = i;
+        }
+        if let Some(n) = db.min_checkpoint_pages {
+            options.checkpoint.min_pages = n;
+        }
+        if let Some(n) = db.truncate_pages {
+            options.checkpoint.truncate_pages = n;
+        }
+        if let Some(t) = config.shutdown_sync_timeout {
+            options.shutdown_timeout = t;
+        }
+        compaction.encoding = options.encoding;
+        options.compaction = Some(compaction.clone());
+        match &db.dir {
+            None => dbs.push(Database::new(db.path.clone(), db.replica.clone()).with_options(options)),
+            Some(source) => {
+                let found = scan(&db.path, source, &db.replica).map_err(|error| StoreError::Io {
+                    path: db.path.clone(),
+                    error,
+                })?;
+                dbs.extend(found.into_iter().map(|(path, replica)| {
+                    Database::new(path, replica).with_options(options.clone())
+                }));
+            }
+        }
+    }
+    Ok(dbs)
+}
+
+/// Why the store could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No database at that path is in the store.
+    #[error("{} is not in the store", .0.display())]
+    Unknown(PathBuf),
+    /// The database is in the store already.
+    #[error("{} is already in the store", .0.display())]
+    AlreadyAdded(PathBuf),
+    /// The database is in the store but disabled.
+    #[error("{} is disabled", .0.display())]
+    Disabled(PathBuf),
+    /// The database file is missing or unreadable.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The database.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The replica could not be opened.
+    #[error("{}: {source}", path.display())]
+    Replica {
+        /// The database.
+        path: PathBuf,
+        /// Why.
+        source: StorageError,
+    },
+    /// Replication could not start.
+    #[error("cannot replicate {}: {source}", path.display())]
+    Start {
+        /// The database.
+        path: PathBuf,
+        /// Why.
+        source: CaptureError,
+    },
+    /// The final sync at a stop fell short.
+    #[error("{}: {source}", path.display())]
+    Stop {
+        /// The database.
+        path: PathBuf,
+        /// What is not in the replica.
+        source: StopError,
+    },
+    /// A [`Store::sync`] could not confirm durability.
+    #[error("{}: {source}", path.display())]
+    Sync {
+        /// The database.
+        path: PathBuf,
+        /// Why.
+        source: SyncError,
+    },
+}
+
+/// What one database in the store is doing.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DbStatus {
+    /// The database (canonical path).
+    pub path: PathBuf,
+    /// Its replica.
+    pub replica: String,
+    /// Whether it is being replicated (a disabled one is kept but not captured).
+    pub enabled: bool,
+    /// Capture and upload state, while enabled.
+    pub capture: Option<Status>,
+    /// Compaction and retention, while enabled and on.
+    pub compaction: Option<CompactionStatus>,
+    /// Why the replication stopped on its own, if it did (it stays stopped until removed
+    /// or enabled again).
+    pub failed: Option<String>,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Applied {
+    /// Databases started.
+    pub added: Vec<PathBuf>,
+    /// Databases stopped and removed (with what their final sync left undone, if anything).
+    pub removed: Vec<(PathBuf, Result<Status, StoreError>)>,
+    /// Databases restarted because their settings or replica changed.
+    pub changed: Vec<PathBuf>,
+    /// Databases that could not be started (they are not in the store).
+    pub failed: Vec<StoreError>,
+}
+
+struct Entry {
+    spec: Database,
+    running: Option<Replication>,
+}
+
+/// Many databases replicated on one runtime. See the [module docs](self).
+pub struct Store {
+    ticker: Ticker,
+    clients: Clients,
+    dbs: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
+    failures: (
+        mpsc::UnboundedSender<(PathBuf, String)>,
+        tokio::sync::Mutex<mpsc::UnboundedReceiver<(PathBuf, String)>>,
+    ),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// An empty store. Call it inside a tokio runtime (the application's, or one made for
+    /// strata): its work runs there.
+    pub fn new(options: StoreOptions) -> Store {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Store {
+            ticker: Ticker::new(options.max_concurrent_syncs),
+            clients: Clients::default(),
+            dbs: tokio::sync::Mutex::new(BTreeMap::new()),
+            failures: (tx, tokio::sync::Mutex::new(rx)),
+        }
+    }
+
+    /// Starts replicating a database; returns its canonical path, the key for the other
+    /// calls. Fails if it is already in the store (under any spelling).
+    pub async fn add(&self, db: Database) -> Result<PathBuf, StoreError> {
+        let path = canonical(&db.path)?;
+        let mut dbs = self.dbs.lock().await;
+        if dbs.contains_key(&path) {
+            return Err(StoreError::AlreadyAdded(path));
+        }
+        let running = self.start(&path, &db).await?;
+        dbs.insert(
+            path.clone(),
+            Entry {
+                spec: db,
+                running: Some(running),
+            },
+        );
+        Ok(path)
+    }
+
+    async fn start(&self, path: &Path, db: &Database) -> Result<Replication, StoreError> {
+        let replica =
+            Replica::create_in(&db.replica, &self.clients).map_err(|source| StoreError::Replica {
+                path: path.to_owned(),
+                source,
+            })?;
+        let replication =
+            Replication::start_on(Some(self.ticker.clone()), path, replica, db.options.clone())
+                .await
+                .map_err(|source| StoreError::Start {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        tracing::info!(db = %path.display(), replica = %db.replica, "replicating");
+        let (failed, failures) = (replication.failed_handle(), self.failures.0.clone());
+        let path = path.to_owned();
+        tokio::spawn(async move {
+            if let Some(message) = failed.await {
+                tracing::error!(db = %path.display(), error = %message, "replication stopped");
+                let _ = failures.send((path, message));
+            }
+        });
+        Ok(replication)
+    }
+
+    /// Stops replicating a database (a final sync and upload first) and forgets it.
+    pub async fn remove(&self, db: &Path) -> Result<Status, StoreError> {
+        let path = self.key(db).await?;
+        let entry = self.dbs.lock().await.remove(&path);
+        let entry = entry.ok_or_else(|| StoreError::Unknown(path.clone()))?;
+        match entry.running {
+            Some(r) => stop(&path, r).await,
+            None => Ok(Status::default()),
+        }
+    }
+
+    /// Stops replicating a database but keeps it in the store, to [`Store::enable`] later.
+    pub async fn disable(&self, db: &Path) -> Result<Status, StoreError> {
+        let path = self.key(db).await?;
+        let running = {
+            let mut dbs = self.dbs.lock().await;
+            let entry = dbs
+                .get_mut(&path)
+                .ok_or_else(|| StoreError::Unknown(path.clone()))?;
+            entry.running.take()
+        };
+        match running {
+            Some(r) => stop(&path, r).await,
+            None => Ok(Status::default()),
+        }
+    }
+
+    /// Starts a disabled (or failed) database again.
+    pub async fn enable(&self, db: &Path) -> Result<(), StoreError> {
+        let path = self.key(db).await?;
+        let mut dbs = self.dbs.lock().await;
+        let entry = dbs
+            .get_mut(&path)
+            .ok_or_else(|| StoreError::Unknown(path.clone()))?;
+        if entry.running.as_ref().is_some_and(|r| r.fatal().is_none()) {
+            return Ok(());
+        }
+        if let Some(failed) = entry.running.take() {
+            let _ = failed.stop().await;
+        }
+        let spec = entry.spec.clone();
+        entry.running = Some(self.start(&path, &spec).await?);
+        Ok(())
+    }
+
+    /// Returns once everything committed to `db` before the call is in its replica, with
+    /// the newest TXID there. The sync runs at once, not at the next interval. Waits
+    /// through upload retries: bound it with `tokio::time::timeout`.
+    pub async fn sync(&self, db: &Path) -> Result<Txid, StoreError> {
+        let path = self.key(db).await?;
+        // The store is not locked while waiting: other calls go on meanwhile.
+        let waiting = {
+            let dbs = self.dbs.lock().await;
+            let entry = dbs
+                .get(&path)
+                .ok_or_else(|| StoreError::Unknown(path.clone()))?;
+            let running = entry
+                .running
+                .as_ref()
+                .ok_or_else(|| StoreError::Disabled(path.clone()))?;
+            running.sync_handle()
+        };
+        waiting
+            .await
+            .map_err(|source| StoreError::Sync { path, source })
+    }
+
+    /// Every database in the store, in path order.
+    pub async fn status(&self) -> Vec<DbStatus> {
+        let dbs = self.dbs.lock().await;
+        dbs.iter()
+            .map(|(path, e)| DbStatus {
+                path: path.clone(),
+                replica: e.spec.replica.to_string(),
+                enabled: e.running.is_some(),
+                capture: e.running.as_ref().map(Replication::status),
+                compaction: e.running.as_ref().and_then(Replication::compaction_status),
+                failed: e.running.as_ref().and_then(Replication::fatal),
+            })
+            .collect()
+    }
+
+    /// The databases in the store, in path order.
+    pub async fn databases(&self) -> Vec<PathBuf> {
+        self.dbs.lock().await.keys().cloned().collect()
+    }
+
+    /// Resolves with the next database whose replication stopped on its own (a fatal
+    /// error such as another writer in its replica, or a bug), and why. The others go on;
+    /// the failed one stays in the store, stopped, until removed or enabled again.
+    pub async fn next_failure(&self) -> (PathBuf, String) {
+        let mut rx = self.failures.1.lock().await;
+        match rx.recv().await {
+            Some(failure) => failure,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Moves the store to `dbs` (a reloaded config): starts the new ones, stops and removes
+    /// those no longer listed, restarts those whose replica or settings changed, and
+    /// leaves the rest running untouched.
+    pub async fn apply(&self, dbs: Vec<Database>) -> Applied {
+        let mut applied = Applied::default();
+        let mut wanted = BTreeMap::new();
+        for db in dbs {
+            match canonical(&db.path) {
+                Ok(path) => {
+                    wanted.insert(path, db);
+                }
+                Err(e) => applied.failed.push(e),
+            }
+        }
+        let current: Vec<(PathBuf, Database)> = {
+            let dbs = self.dbs.lock().await;
+            dbs.iter().map(|(p, e)| (p.clone(), e.spec.clone())).collect()
+        };
+        for (path, spec) in &current {
+            match wanted.get(path) {
+                None => {
+                    let result = self.remove(path).await;
+                    applied.removed.push((path.clone(), result));
+                }
+                Some(new) if new.replica != spec.replica || new.options != spec.options => {
+                    let _ = self.remove(path).await;
+                    match self.add(new.clone()).await {
+                        Ok(_) => applied.changed.push(path.clone()),
+                        Err(e) => applied.failed.push(e),
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (path, db) in wanted {
+            if current.iter().any(|(p, _)| *p == path) {
+                continue;
+            }
+            match self.add(db).await {
+                Ok(path) => applied.added.push(path),
+                Err(e) => applied.failed.push(e),
+            }
+        }
+        applied
+    }
+
+    /// Stops every database at once, each with a final sync and upload within its shutdown
+    /// timeout. Returns each database's outcome.
+    pub async fn shutdown(&self) -> Vec<(PathBuf, Result<Status, StoreError>)> {
+        let entries: Vec<(PathBuf, Entry)> =
+            std::mem::take(&mut *self.dbs.lock().await).into_iter().collect();
+        futures::future::join_all(entries.into_iter().map(|(path, entry)| async move {
+            let result = match entry.running {
+                Some(r) => stop(&path, r).await,
+                None => Ok(Status::default()),
+            };
+            (path, result)
+        }))
+        .await
+    }
+
+    async fn key(&self, db: &Path) -> Result<PathBuf, StoreError> {
+        if self.dbs.lock().await.contains_key(db) {
+            return Ok(db.to_owned());
+        }
+        // A database deleted since it was added no longer canonicalises: match by the
+        // canonical parent instead.
+        let path = canonical(db).or_else(|e| {
+            let parent = db.parent().filter(|p| !p.as_os_str().is_empty());
+            match (parent.map(std::fs::canonicalize), db.file_name()) {
+                (Some(Ok(dir)), Some(name)) => Ok(dir.join(name)),
+                (None, Some(name)) => std::env::current_dir()
+                    .and_then(std::fs::canonicalize)
+                    .map(|d| d.join(name))
+                    .map_err(|_| e),
+                _ => Err(e),
+            }
+        })?;
+        Ok(path)
+    }
+}
+
+async fn stop(path: &Path, replication: Replication) -> Result<Status, StoreError> {
+    replication.stop().await.map_err(|source| StoreError::Stop {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, StoreError> {
+    std::fs::canonicalize(path).map_err(|error| StoreError::Io {
+        path: path.to_owned(),
+        error: if error.kind() == std::io::ErrorKind::NotFound {
+            std::io::Error::new(error.kind(), "no database here")
+        } else {
+            error
+        },
+    })
+}

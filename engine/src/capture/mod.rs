@@ -23,6 +23,7 @@
 //! One capture per database: the staging directory is locked (see `staging`). A database
 //! file replaced under its path is noticed on the next sync and followed.
 
+mod notify;
 mod position;
 mod sqlite;
 mod staging;
@@ -370,11 +371,12 @@ impl Capture {
     }
 
     /// Whether a tick now would do nothing: nothing committed, no checkpoint due, the read
-    /// transaction held. Cheap (see [`Syncer::unchanged`]).
-    fn idle(&self) -> bool {
+    /// transaction held. Cheap (see [`Syncer::unchanged`]); unless `thorough`, only the
+    /// wal-index header is read (file-change notification watches the files).
+    fn idle(&self, thorough: bool) -> bool {
         let checkpoint_due = self.synced_since_checkpoint
             && self.last_checkpoint.elapsed() >= self.options.checkpoint.interval;
-        self.sqlite.is_holding() && !checkpoint_due && self.syncer.unchanged()
+        self.sqlite.is_holding() && !checkpoint_due && self.syncer.unchanged(thorough)
     }
 
     /// Syncs everything committed, moves the read transaction forward, and checkpoints when
@@ -500,6 +502,7 @@ impl Capture {
         }
         self.last_checkpoint = Instant::now();
         self.synced_since_checkpoint = false;
+        self.sqlite.close_spare();
         self.sync_all(report)?;
         Ok(())
     }
@@ -768,7 +771,7 @@ impl Replication {
             interval: options.sync_interval,
         });
         let ticker = ticker.unwrap_or_else(|| Ticker::new(1));
-        let job_id = ticker.add(job.clone());
+        let job_id = ticker.add(job.clone(), Some(&db));
         let index = SharedIndex::new(LevelIndex::from_files(listed, jiff::Timestamp::now()));
         let uploader = upload::Uploader::new(
             staging.clone(),
@@ -852,8 +855,9 @@ impl Replication {
         let staged = self.staged.clone();
         let mut uploaded = self.uploaded.clone();
         async move {
-            let stopped =
-                |fatal: &watch::Receiver<Option<String>>| SyncError::Stopped(fatal.borrow().clone().unwrap_or_default());
+            let stopped = |fatal: &watch::Receiver<Option<String>>| {
+                SyncError::Stopped(fatal.borrow().clone().unwrap_or_default())
+            };
             let error = tokio::select! {
                 r = served.wait_for(|(n, _)| *n >= ticket) => r.map(|r| r.1.clone()).ok(),
                 _ = fatal.wait_for(Option::is_some) => None,
@@ -885,7 +889,13 @@ impl Replication {
         &self,
     ) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
         let mut fatal = self.fatal.clone();
-        async move { fatal.wait_for(Option::is_some).await.ok().and_then(|m| m.clone()) }
+        async move {
+            fatal
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|m| m.clone())
+        }
     }
 
     /// Resolves when the capture thread or the upload task has died (a bug): the
@@ -1023,10 +1033,10 @@ impl CaptureJob {
 }
 
 impl ticker::Job for CaptureJob {
-    fn probe(&self) -> bool {
+    fn probe(&self, thorough: bool) -> bool {
         let state = self.state.lock().unwrap();
         match &state.db {
-            Some(Db::Open(capture)) => state.failing || !capture.idle(),
+            Some(Db::Open(capture)) => state.failing || !capture.idle(thorough),
             _ => true,
         }
     }

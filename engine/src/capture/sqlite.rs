@@ -39,14 +39,19 @@ pub enum Mode {
 
 /// strata's connections to one database.
 pub struct Sqlite {
+    path: std::path::PathBuf,
+    busy_timeout: Duration,
     /// Two readers take turns holding the read transaction, so one is always held.
     readers: [Connection; 2],
     /// Which reader holds it, if any.
     holding: Option<usize>,
     /// Takes the write lock (a write transaction it never commits) around checkpoints.
-    lock: Connection,
-    /// Runs checkpoints.
-    checkpointer: Connection,
+    /// Opened for a checkpoint and closed after it ([`Sqlite::close_spare`]): an idle
+    /// database keeps only its two readers. (SQLite keeps the file descriptor of a closed
+    /// connection open while its other connections hold locks, so closing one is safe.)
+    lock: Option<Connection>,
+    /// Runs checkpoints; opened and closed as `lock` is.
+    checkpointer: Option<Connection>,
 }
 
 impl std::fmt::Debug for Sqlite {
@@ -61,22 +66,8 @@ impl Sqlite {
     /// Opens the database (which must exist), switches it to WAL mode if needed, and takes
     /// the first read transaction.
     pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Sqlite> {
-        let open = || -> rusqlite::Result<Connection> {
-            let conn = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(busy_timeout)?;
-            // strata never writes, so it never checkpoints on its own; and closing its
-            // connections must not checkpoint or delete the WAL either.
-            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-            Ok(conn)
-        };
-        let mut lock = open()?;
-        // Writers that commit back to back leave only brief gaps; SQLite's default busy
-        // handler sleeps in growing steps and keeps missing them. Poll instead.
-        lock.busy_handler(Some(poll_for_lock))?;
+        let open = || connect(path, busy_timeout);
+        let lock = open_lock(path, busy_timeout)?;
         let mode: String = lock.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(rusqlite::Error::SqliteFailure(
@@ -87,19 +78,27 @@ impl Sqlite {
             ));
         }
         let mut sqlite = Sqlite {
+            path: path.to_owned(),
+            busy_timeout,
             readers: [open()?, open()?],
             holding: None,
-            lock,
-            checkpointer: open()?,
+            lock: None,
+            checkpointer: None,
         };
+        drop(lock);
         sqlite.hand_off()?;
         Ok(sqlite)
     }
 
     /// The database page size.
     pub fn page_size(&self) -> rusqlite::Result<u32> {
-        self.checkpointer
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
+        self.readers[0].query_row("PRAGMA page_size", [], |r| r.get(0))
+    }
+
+    /// Closes the connections only checkpoints use (they open again when needed).
+    pub fn close_spare(&mut self) {
+        self.lock = None;
+        self.checkpointer = None;
     }
 
     /// Starts a read transaction on the idle reader, then ends the one held before: at no
@@ -127,8 +126,12 @@ impl Sqlite {
     }
 
     /// Takes the write lock; `false` if writers kept it busy past the busy timeout.
-    pub fn lock_writes(&self) -> rusqlite::Result<bool> {
-        match self.lock.execute_batch("BEGIN IMMEDIATE") {
+    pub fn lock_writes(&mut self) -> rusqlite::Result<bool> {
+        if self.lock.is_none() {
+            self.lock = Some(open_lock(&self.path, self.busy_timeout)?);
+        }
+        let lock = self.lock.as_ref().expect("opened above");
+        match lock.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => Ok(true),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
@@ -141,16 +144,23 @@ impl Sqlite {
 
     /// Releases the write lock (the transaction wrote nothing).
     pub fn unlock_writes(&self) -> rusqlite::Result<()> {
-        self.lock.execute_batch("ROLLBACK")
+        match &self.lock {
+            Some(lock) => lock.execute_batch("ROLLBACK"),
+            None => Ok(()),
+        }
     }
 
     /// Runs a checkpoint on the checkpointing connection.
-    pub fn checkpoint(&self, mode: Mode) -> rusqlite::Result<CheckpointResult> {
+    pub fn checkpoint(&mut self, mode: Mode) -> rusqlite::Result<CheckpointResult> {
         let sql = match mode {
             Mode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
             Mode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
         };
-        self.checkpointer.query_row(sql, [], |r| {
+        if self.checkpointer.is_none() {
+            self.checkpointer = Some(connect(&self.path, self.busy_timeout)?);
+        }
+        let checkpointer = self.checkpointer.as_ref().expect("opened above");
+        checkpointer.query_row(sql, [], |r| {
             Ok(CheckpointResult {
                 busy: r.get::<_, i64>(0)? != 0,
                 log: r.get(1)?,
@@ -158,6 +168,42 @@ impl Sqlite {
             })
         })
     }
+}
+
+/// A connection as strata uses it.
+fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // strata's connections run a handful of statements: the lookaside allocator (about
+    // 48 KiB per connection) would be memory held for nothing, hundreds of databases over.
+    // SAFETY: a connection just opened, with no lookaside memory in use yet; a NULL buffer
+    // with size 0 and count 0 turns it off (sqlite3_db_config, SQLITE_DBCONFIG_LOOKASIDE).
+    unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        );
+    }
+    conn.busy_timeout(busy_timeout)?;
+    // strata never writes, so it never checkpoints on its own; and closing its
+    // connections must not checkpoint or delete the WAL either.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    Ok(conn)
+}
+
+/// The connection that takes the write lock.
+fn open_lock(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let mut lock = connect(path, busy_timeout)?;
+    // Writers that commit back to back leave only brief gaps; SQLite's default busy
+    // handler sleeps in growing steps and keeps missing them. Poll instead.
+    lock.busy_handler(Some(poll_for_lock))?;
+    Ok(lock)
 }
 
 /// Retries every 100 µs for about a second.

@@ -7,6 +7,11 @@
 //! and hands only the changed ones to the blocking pool, a bounded number at a time. There
 //! is no thread and no timer per database, and nothing runs between ticks.
 //!
+//! With file-change notification (see `notify`), a job whose database is watched is probed
+//! when its files change (not before its interval has passed since it last worked) and,
+//! once quiet for a few intervals, only every [`WATCHED_PROBE_FACTOR`] intervals besides:
+//! what no notification shows (a wal-index rewritten by recovery) is caught then.
+//!
 //! A job is never run twice at once: while it works it is out of the queue; a wake-up
 //! meanwhile (a sync asked for, a stop) makes it due again as soon as it finishes.
 
@@ -19,10 +24,23 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+/// How early a job may be probed so that it shares a wake-up with others.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// A watched job quiet for a few intervals is probed this many times less often.
+const WATCHED_PROBE_FACTOR: u32 = 30;
+
+/// How many intervals a job stays on its interval's probes after a change or its work: a
+/// file event may come before the commit it belongs to is published in the wal-index.
+const HOT_INTERVALS: u32 = 3;
+
 /// What the ticker runs.
 pub(crate) trait Job: Send + Sync + 'static {
     /// Whether the job has work now. Blocking, but brief: no SQLite, no large reads.
-    fn probe(&self) -> bool;
+    /// `thorough` asks for every check; otherwise file-change notification watches what
+    /// only a thorough probe would see (files replaced or deleted), and the probe may be
+    /// reduced to what notification misses.
+    fn probe(&self, thorough: bool) -> bool;
     /// Does the work. Returns when the job is next due, or `None` once it has finished
     /// (it is then forgotten).
     fn work(&self) -> Option<Duration>;
@@ -49,6 +67,8 @@ impl std::fmt::Debug for Ticker {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// File-change notification, if this system has it.
+    watch: Option<Arc<super::notify::DirWatch>>,
     /// Wakes the scheduling task: a job added, woken or finished, or the ticker dropped.
     changed: Arc<Notify>,
     /// Bounds the jobs working at once.
@@ -76,6 +96,27 @@ struct Entry {
     due: Option<Instant>,
     /// Woken while busy: due again the moment it is done, and worked without a probe.
     woken: bool,
+    /// The database file watched for changes, if it is.
+    watched: Option<std::path::PathBuf>,
+    /// A file event does not bring the job forward past this (its interval since it last
+    /// worked).
+    not_before: Instant,
+    /// Until then the job is probed every interval, watched or not.
+    hot_until: Instant,
+    /// A file event came since the last probe: the next one checks everything.
+    nudged: bool,
+}
+
+impl Entry {
+    /// When to probe again after a probe found nothing.
+    fn idle_wait(&self, now: Instant) -> Duration {
+        let interval = self.job.idle_interval();
+        if self.watched.is_some() && now >= self.hot_until {
+            interval * WATCHED_PROBE_FACTOR
+        } else {
+            interval
+        }
+    }
 }
 
 impl Queue {
@@ -86,8 +127,9 @@ impl Queue {
         }
     }
 
-    /// Takes every job due by `now` out of the queue.
-    fn take_due(&mut self, now: Instant) -> Vec<(JobId, Arc<dyn Job>, bool)> {
+    /// Takes every job due by `now` out of the queue: each with whether it was woken (to
+    /// work without a probe) and whether its probe must be thorough.
+    fn take_due(&mut self, now: Instant) -> Vec<(JobId, Arc<dyn Job>, bool, bool)> {
         let mut due = Vec::new();
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
             if at > now {
@@ -98,7 +140,13 @@ impl Queue {
                 && entry.due == Some(at)
             {
                 entry.due = None;
-                due.push((id, entry.job.clone(), std::mem::take(&mut entry.woken)));
+                let thorough = entry.watched.is_none() || std::mem::take(&mut entry.nudged);
+                due.push((
+                    id,
+                    entry.job.clone(),
+                    std::mem::take(&mut entry.woken),
+                    thorough,
+                ));
             }
         }
         due
@@ -120,29 +168,65 @@ impl Ticker {
     /// A ticker running at most `concurrency` jobs' work at once, scheduled from a task on
     /// the current tokio runtime. The task ends when the last handle is dropped.
     pub(crate) fn new(concurrency: usize) -> Ticker {
+        let watch = match super::notify::DirWatch::new() {
+            Ok(watch) => Some(Arc::new(watch)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no file-change notification: idle databases are probed every sync interval");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
+            watch,
             changed: Arc::new(Notify::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
         });
         tokio::spawn(schedule(Arc::downgrade(&shared)));
+        if let Some(watch) = shared.watch.clone() {
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                watch
+                    .run(|id| {
+                        if let Some(shared) = weak.upgrade() {
+                            nudge(&shared, id);
+                        }
+                    })
+                    .await;
+            });
+        }
         Ticker { shared }
     }
 
-    /// Adds a job, due at once.
-    pub(crate) fn add(&self, job: Arc<dyn Job>) -> JobId {
+    /// Adds a job, due at once. If `db` is given, changes to it and its WAL bring the job's
+    /// probe forward (file-change notification), and it is probed less often while quiet.
+    pub(crate) fn add(&self, job: Arc<dyn Job>, db: Option<&std::path::Path>) -> JobId {
+        let now = Instant::now();
         let mut queue = self.shared.queue.lock().unwrap();
         let id = queue.next_id;
         queue.next_id += 1;
+        let watched = db.and_then(|db| {
+            let watch = self.shared.watch.as_ref()?;
+            match watch.add(db, id) {
+                Ok(()) => Some(db.to_owned()),
+                Err(e) => {
+                    tracing::warn!(db = %db.display(), error = %e, "cannot watch for changes: probing every sync interval");
+                    None
+                }
+            }
+        });
         queue.jobs.insert(
             id,
             Entry {
                 job,
                 due: None,
                 woken: true,
+                watched,
+                not_before: now,
+                hot_until: now,
+                nudged: true,
             },
         );
-        queue.schedule(id, Instant::now());
+        queue.schedule(id, now);
         drop(queue);
         self.shared.changed.notify_one();
         id
@@ -170,10 +254,12 @@ async fn schedule(shared: Weak<Shared>) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
+        // Jobs due a little later are taken now too: one wake-up probes them all, so idle
+        // databases cost a few wake-ups a second, not one each.
         let now = Instant::now();
         let (due, next) = {
             let mut queue = strong.queue.lock().unwrap();
-            let due = queue.take_due(now);
+            let due = queue.take_due(now + BATCH_WINDOW);
             (due, queue.next_due())
         };
         if !due.is_empty() {
@@ -181,10 +267,12 @@ async fn schedule(shared: Weak<Shared>) {
             tokio::spawn(async move {
                 let probed = tokio::task::spawn_blocking(move || {
                     due.into_iter()
-                        .map(|(id, job, woken)| {
+                        .map(|(id, job, woken, thorough)| {
                             let busy = woken
-                                || std::panic::catch_unwind(AssertUnwindSafe(|| job.probe()))
-                                    .unwrap_or(true);
+                                || std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    job.probe(thorough)
+                                }))
+                                .unwrap_or(true);
                             (id, job, busy)
                         })
                         .collect::<Vec<_>>()
@@ -195,8 +283,12 @@ async fn schedule(shared: Weak<Shared>) {
                     if busy {
                         tokio::spawn(work(ticker.clone(), id, job));
                     } else {
-                        let at = Instant::now() + job.idle_interval();
-                        ticker.queue.lock().unwrap().schedule(id, at);
+                        let now = Instant::now();
+                        let mut queue = ticker.queue.lock().unwrap();
+                        if let Some(wait) = queue.jobs.get(&id).map(|e| e.idle_wait(now)) {
+                            queue.schedule(id, now + wait);
+                        }
+                        drop(queue);
                         ticker.changed.notify_one();
                     }
                 }
@@ -215,6 +307,24 @@ async fn schedule(shared: Weak<Shared>) {
             }
             None => changed.await,
         }
+    }
+}
+
+/// A file of the job's database changed: probe it now, or once its interval since it last
+/// worked has passed, and keep probing it every interval for a while.
+fn nudge(shared: &Shared, id: JobId) {
+    let now = Instant::now();
+    let mut queue = shared.queue.lock().unwrap();
+    let Some(entry) = queue.jobs.get_mut(&id) else {
+        return;
+    };
+    entry.hot_until = now + entry.job.idle_interval() * HOT_INTERVALS;
+    entry.nudged = true;
+    let at = entry.not_before.max(now);
+    if entry.due.is_some_and(|due| due > at) {
+        queue.schedule(id, at);
+        drop(queue);
+        shared.changed.notify_one();
     }
 }
 
@@ -245,15 +355,19 @@ async fn work(shared: Arc<Shared>, id: JobId, job: Arc<dyn Job>) {
     let mut queue = shared.queue.lock().unwrap();
     match next {
         None => {
-            queue.jobs.remove(&id);
+            let entry = queue.jobs.remove(&id);
+            if let (Some(watch), Some(db)) = (&shared.watch, entry.and_then(|e| e.watched)) {
+                watch.remove(&db, id);
+            }
         }
         Some(wait) => {
-            let woken = queue.jobs.get(&id).is_some_and(|e| e.woken);
-            let at = if woken {
-                Instant::now()
-            } else {
-                Instant::now() + wait
+            let now = Instant::now();
+            let Some(entry) = queue.jobs.get_mut(&id) else {
+                return;
             };
+            entry.not_before = now + wait;
+            entry.hot_until = now + entry.job.idle_interval() * HOT_INTERVALS;
+            let at = if entry.woken { now } else { now + wait };
             queue.schedule(id, at);
         }
     }
@@ -289,7 +403,7 @@ mod tests {
     }
 
     impl Job for Counter {
-        fn probe(&self) -> bool {
+        fn probe(&self, _: bool) -> bool {
             self.probes.fetch_add(1, Ordering::SeqCst);
             self.busy.load(Ordering::SeqCst)
         }
@@ -312,7 +426,7 @@ mod tests {
     async fn idle_jobs_are_probed_not_worked_and_a_wake_works_at_once() {
         let ticker = Ticker::new(2);
         let jobs: Vec<_> = (0..50).map(|_| Counter::new(u32::MAX)).collect();
-        let ids: Vec<_> = jobs.iter().map(|j| ticker.add(j.clone())).collect();
+        let ids: Vec<_> = jobs.iter().map(|j| ticker.add(j.clone(), None)).collect();
         tokio::time::sleep(Duration::from_millis(200)).await;
         for job in &jobs {
             // Added jobs work once (they start woken), then only probe.
@@ -333,7 +447,7 @@ mod tests {
         let ticker = Ticker::new(1);
         let job = Counter::new(3);
         job.busy.store(true, Ordering::SeqCst);
-        let id = ticker.add(job.clone());
+        let id = ticker.add(job.clone(), None);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(job.works.load(Ordering::SeqCst), 3);
         ticker.wake(id);

@@ -69,8 +69,12 @@ pub fn run() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Blocking work (SQLite, files, the directory backend) runs on a bounded pool: a burst
+    // (hundreds of databases starting at once) would otherwise leave hundreds of threads
+    // that every later task keeps alive by waking them in turn.
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(16)
         .build()?)
 }
 

@@ -225,17 +225,13 @@ impl ReplicaUrl {
                 force_path_style,
                 skip_verify,
             } => Some((
-                format!(
-                    "s3://{bucket} {endpoint:?} {region:?} {force_path_style} {skip_verify}"
-                ),
+                format!("s3://{bucket} {endpoint:?} {region:?} {force_path_style} {skip_verify}"),
                 prefix,
             )),
             #[cfg(feature = "gcs")]
             ReplicaUrl::Gcs { bucket, prefix } => Some((format!("gs://{bucket}"), prefix)),
             #[cfg(feature = "azure")]
-            ReplicaUrl::Azure { container, prefix } => {
-                Some((format!("abs://{container}"), prefix))
-            }
+            ReplicaUrl::Azure { container, prefix } => Some((format!("abs://{container}"), prefix)),
         }
     }
 

@@ -112,7 +112,8 @@ impl Replica {
                 }
             }
         };
-        let mut replica = Replica::from_store(store, &url.to_string(), Path::from(prefix), url.layout());
+        let mut replica =
+            Replica::from_store(store, &url.to_string(), Path::from(prefix), url.layout());
         let inner = Arc::get_mut(&mut replica.inner).expect("not shared yet");
         inner.metadata = matches!(url, ReplicaUrl::S3 { .. });
         Ok(replica)

@@ -31,7 +31,9 @@ pub fn scan(
 fn walk(dir: &Path, source: &DirSource, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -117,7 +119,10 @@ mod tests {
         let names = |found: Vec<(PathBuf, ReplicaUrl)>| -> Vec<String> {
             found.into_iter().map(|(_, r)| r.to_string()).collect()
         };
-        assert_eq!(names(scan(dir.path(), &source, &replica).unwrap()), ["s3://bucket/tenants/a.db"]);
+        assert_eq!(
+            names(scan(dir.path(), &source, &replica).unwrap()),
+            ["s3://bucket/tenants/a.db"]
+        );
         source.recursive = true;
         assert_eq!(
             names(scan(dir.path(), &source, &replica).unwrap()),

@@ -111,12 +111,15 @@ pub fn config_databases(config: &Config) -> Result<Vec<Database>, StoreError> {
         compaction.encoding = options.encoding;
         options.compaction = Some(compaction.clone());
         match &db.dir {
-            None => dbs.push(Database::new(db.path.clone(), db.replica.clone()).with_options(options)),
+            None => {
+                dbs.push(Database::new(db.path.clone(), db.replica.clone()).with_options(options))
+            }
             Some(source) => {
-                let found = scan(&db.path, source, &db.replica).map_err(|error| StoreError::Io {
-                    path: db.path.clone(),
-                    error,
-                })?;
+                let found =
+                    scan(&db.path, source, &db.replica).map_err(|error| StoreError::Io {
+                        path: db.path.clone(),
+                        error,
+                    })?;
                 dbs.extend(found.into_iter().map(|(path, replica)| {
                     Database::new(path, replica).with_options(options.clone())
                 }));
@@ -269,11 +272,12 @@ impl Store {
     }
 
     async fn start(&self, path: &Path, db: &Database) -> Result<Replication, StoreError> {
-        let replica =
-            Replica::create_in(&db.replica, &self.clients).map_err(|source| StoreError::Replica {
+        let replica = Replica::create_in(&db.replica, &self.clients).map_err(|source| {
+            StoreError::Replica {
                 path: path.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         let replication =
             Replication::start_on(Some(self.ticker.clone()), path, replica, db.options.clone())
                 .await
@@ -407,7 +411,9 @@ impl Store {
         }
         let current: Vec<(PathBuf, Database)> = {
             let dbs = self.dbs.lock().await;
-            dbs.iter().map(|(p, e)| (p.clone(), e.spec.clone())).collect()
+            dbs.iter()
+                .map(|(p, e)| (p.clone(), e.spec.clone()))
+                .collect()
         };
         for (path, spec) in &current {
             match wanted.get(path) {
@@ -440,8 +446,9 @@ impl Store {
     /// Stops every database at once, each with a final sync and upload within its shutdown
     /// timeout. Returns each database's outcome.
     pub async fn shutdown(&self) -> Vec<(PathBuf, Result<Status, StoreError>)> {
-        let entries: Vec<(PathBuf, Entry)> =
-            std::mem::take(&mut *self.dbs.lock().await).into_iter().collect();
+        let entries: Vec<(PathBuf, Entry)> = std::mem::take(&mut *self.dbs.lock().await)
+            .into_iter()
+            .collect();
         futures::future::join_all(entries.into_iter().map(|(path, entry)| async move {
             let result = match entry.running {
                 Some(r) => stop(&path, r).await,

@@ -611,7 +611,8 @@ pub enum StopError {
     },
 }
 
-/// A database being replicated: a capture run by a [`Ticker`] and an upload task.
+/// A database being replicated: a capture run by the process's ticker (shared by a
+/// [`Store`](crate::store::Store)'s databases) and an upload task.
 #[derive(Debug)]
 pub struct Replication {
     db: PathBuf,
@@ -862,9 +863,8 @@ impl Replication {
                 r = served.wait_for(|(n, _)| *n >= ticket) => r.map(|r| r.1.clone()).ok(),
                 _ = fatal.wait_for(Option::is_some) => None,
             };
-            let error = match error {
-                Some(error) => error,
-                None => return Err(stopped(&fatal)),
+            let Some(error) = error else {
+                return Err(stopped(&fatal));
             };
             if let Some(error) = error {
                 return Err(SyncError::Sync(error));

@@ -67,6 +67,8 @@ impl std::fmt::Debug for Ticker {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Where the probe grid starts.
+    origin: Instant,
     /// File-change notification, if this system has it.
     watch: Option<Arc<super::notify::DirWatch>>,
     /// Wakes the scheduling task: a job added, woken or finished, or the ticker dropped.
@@ -108,14 +110,22 @@ struct Entry {
 }
 
 impl Entry {
-    /// When to probe again after a probe found nothing.
-    fn idle_wait(&self, now: Instant) -> Duration {
+    /// When to probe again after a probe found nothing: an interval from now, or many if the
+    /// job is watched and quiet. The time is rounded up to a grid (a tenth of the wait, at
+    /// most a second) so that quiet jobs share wake-ups instead of spreading over the wait.
+    fn next_probe(&self, now: Instant, origin: Instant) -> Instant {
         let interval = self.job.idle_interval();
-        if self.watched.is_some() && now >= self.hot_until {
+        let wait = if self.watched.is_some() && now >= self.hot_until {
             interval * WATCHED_PROBE_FACTOR
         } else {
             interval
-        }
+        };
+        let grid = (wait / 10).min(Duration::from_secs(1));
+        let at = now + wait;
+        let grid_ns = grid.as_nanos().max(1);
+        let past = at.duration_since(origin).as_nanos();
+        let rounded = past.div_ceil(grid_ns) * grid_ns;
+        origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
     }
 }
 
@@ -177,6 +187,7 @@ impl Ticker {
         };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
+            origin: Instant::now(),
             watch,
             changed: Arc::new(Notify::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
@@ -285,8 +296,9 @@ async fn schedule(shared: Weak<Shared>) {
                     } else {
                         let now = Instant::now();
                         let mut queue = ticker.queue.lock().unwrap();
-                        if let Some(wait) = queue.jobs.get(&id).map(|e| e.idle_wait(now)) {
-                            queue.schedule(id, now + wait);
+                        let origin = ticker.origin;
+                        if let Some(at) = queue.jobs.get(&id).map(|e| e.next_probe(now, origin)) {
+                            queue.schedule(id, at);
                         }
                         drop(queue);
                         ticker.changed.notify_one();

@@ -7,18 +7,27 @@
 //! disabled and enabled while the others run; [`Store::apply`] moves the store to a new list
 //! (a reloaded config) touching only what changed.
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("app.db");
+//! # let replica_url = format!("file://{}", dir.path().join("replica").display());
 //! use strata::store::{Database, Store, StoreOptions};
 //!
+//! let app = rusqlite::Connection::open(&path)?;
+//! app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE orders(item TEXT)")?;
+//!
 //! let store = Store::new(StoreOptions::default());
-//! let db = store
-//!     .add(Database::new("app.db", "s3://bucket/app.db".parse()?))
-//!     .await?;
-//! // ... the application writes to app.db ...
-//! let txid = store.sync(&db).await?; // everything committed so far is in the replica
+//! let db = store.add(Database::new(&path, replica_url.parse()?)).await?;
+//!
+//! app.execute("INSERT INTO orders VALUES ('book')", [])?;
+//! let txid = store.sync(&db).await?; // the insert is in the replica now
 //! println!("durable through TXID {txid}");
-//! store.shutdown().await;
+//!
+//! for (_, stopped) in store.shutdown().await {
+//!     stopped?; // a final sync and upload, within the shutdown timeout
+//! }
 //! # Ok(())
 //! # }
 //! ```
@@ -112,7 +121,8 @@ pub fn config_databases(config: &Config) -> Result<Vec<Database>, StoreError> {
         options.compaction = Some(compaction.clone());
         match &db.dir {
             None => {
-                dbs.push(Database::new(db.path.clone(), db.replica.clone()).with_options(options))
+                let database = Database::new(db.path.clone(), db.replica.clone());
+                dbs.push(database.with_options(options));
             }
             Some(source) => {
                 let found =
@@ -172,7 +182,7 @@ pub enum StoreError {
         /// The database.
         path: PathBuf,
         /// What is not in the replica.
-        source: StopError,
+        source: Box<StopError>,
     },
     /// A [`Store::sync`] could not confirm durability.
     #[error("{}: {source}", path.display())]
@@ -222,14 +232,17 @@ struct Entry {
     running: Option<Replication>,
 }
 
+/// A database whose replication stopped on its own, and why.
+type Failure = (PathBuf, String);
+
 /// Many databases replicated on one runtime. See the [module docs](self).
 pub struct Store {
     ticker: Ticker,
     clients: Clients,
     dbs: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
     failures: (
-        mpsc::UnboundedSender<(PathBuf, String)>,
-        tokio::sync::Mutex<mpsc::UnboundedReceiver<(PathBuf, String)>>,
+        mpsc::UnboundedSender<Failure>,
+        tokio::sync::Mutex<mpsc::UnboundedReceiver<Failure>>,
     ),
 }
 
@@ -483,7 +496,7 @@ impl Store {
 async fn stop(path: &Path, replication: Replication) -> Result<Status, StoreError> {
     replication.stop().await.map_err(|source| StoreError::Stop {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 

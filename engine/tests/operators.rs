@@ -1,0 +1,292 @@
+//! What operators run strata with: directory mode, SIGHUP, `--exec`, and restore's
+//! start-up flags. The `strata` binary runs as a real process.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::capture::{signal, strata_bin};
+
+fn create(db: &Path, rows: usize) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .unwrap();
+    for i in 0..rows {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+    }
+}
+
+fn dump(db: &Path) -> Vec<(i64, String)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn restore(replica: &Path, out: &Path) -> std::process::Output {
+    Command::new(strata_bin())
+        .args(["restore", "-o"])
+        .arg(out)
+        .arg(format!("file://{}", replica.display()))
+        .output()
+        .unwrap()
+}
+
+fn replicate(config: &Path, log: &Path) -> Child {
+    Command::new(strata_bin())
+        .args(["replicate", "--config"])
+        .arg(config)
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `cond` holds, for at most `limit`; returns how long it took.
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn has_l0(replica: &Path) -> bool {
+    std::fs::read_dir(replica.join("ltx/0")).is_ok_and(|mut d| d.next().is_some())
+}
+
+#[test]
+fn a_watched_directory_picks_up_new_databases_and_drops_deleted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dbs, replicas) = (dir.path().join("dbs"), dir.path().join("replicas"));
+    std::fs::create_dir_all(dbs.join("team")).unwrap();
+    create(&dbs.join("a.db"), 3);
+    // Matches the pattern but is no database: never taken.
+    std::fs::write(dbs.join("notes.db"), "not a database").unwrap();
+    let config = dir.path().join("strata.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - dir: {}\n    pattern: \"*.db\"\n    recursive: true\n    watch: true\n    replica:\n      url: file://{}\n",
+            dbs.display(),
+            replicas.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let strata = replicate(&config, &log);
+    wait_for(Duration::from_secs(20), "a.db replicated", || {
+        has_l0(&replicas.join("a.db"))
+    });
+
+    // A database created later, in a subdirectory.
+    create(&dbs.join("team/b.db"), 5);
+    let took = wait_for(Duration::from_secs(10), "team/b.db replicated", || {
+        has_l0(&replicas.join("team/b.db"))
+    });
+    eprintln!("a new database was in its replica {took:?} after it was created");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // One deleted is stopped; the others go on.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dbs.join(format!("a.db{suffix}")));
+    }
+    wait_for(Duration::from_secs(10), "a.db stopped", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("a.db: deleted; stopped"))
+    });
+    create(&dbs.join("team/b.db"), 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&strata, "-TERM");
+    let mut strata = strata;
+    let status = strata.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(!replicas.join("notes.db").exists(), "{log}");
+    let out = dir.path().join("b.restored");
+    let restored = restore(&replicas.join("team/b.db"), &out);
+    assert!(restored.status.success(), "{restored:?}");
+    assert_eq!(dump(&out), dump(&dbs.join("team/b.db")));
+}
+
+#[test]
+fn sighup_applies_a_changed_config_and_leaves_the_rest_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    create(&a, 3);
+    create(&b, 3);
+    let entry = |db: &Path, name: &str| {
+        format!(
+            "  - path: {}\n    replica:\n      path: {}\n",
+            db.display(),
+            dir.path().join(name).display()
+        )
+    };
+    let config = dir.path().join("strata.yml");
+    std::fs::write(&config, format!("dbs:\n{}", entry(&a, "ra"))).unwrap();
+    let log = dir.path().join("log");
+    let strata = replicate(&config, &log);
+    wait_for(Duration::from_secs(20), "a.db replicated", || {
+        has_l0(&dir.path().join("ra"))
+    });
+    // A broken config is reported and changes nothing.
+    std::fs::write(&config, "dbs: [ {").unwrap();
+    signal(&strata, "-HUP");
+    wait_for(
+        Duration::from_secs(10),
+        "the broken config reported",
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("config not applied")),
+    );
+    std::fs::write(
+        &config,
+        format!("dbs:\n{}{}", entry(&a, "ra"), entry(&b, "rb")),
+    )
+    .unwrap();
+    signal(&strata, "-HUP");
+    wait_for(Duration::from_secs(10), "b.db replicated", || {
+        has_l0(&dir.path().join("rb"))
+    });
+    create(&a, 2);
+    create(&b, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&strata, "-TERM");
+    let mut strata = strata;
+    let status = strata.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    // a was never restarted: one full copy, at its start.
+    assert!(!log.contains("settings changed"), "{log}");
+    assert_eq!(log.matches("writing a full copy").count(), 2, "{log}");
+    for (db, replica) in [(&a, "ra"), (&b, "rb")] {
+        let out = dir.path().join(format!("{replica}.restored"));
+        assert!(restore(&dir.path().join(replica), &out).status.success());
+        assert_eq!(dump(&out), dump(db));
+    }
+}
+
+#[test]
+fn exec_runs_the_application_and_exits_with_its_code_after_a_final_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db, 1);
+    let replica = dir.path().join("replica");
+    // The application commits as fast as it can, then exits with 3 at once: what it
+    // committed last is in the replica only thanks to the final sync.
+    let app = format!(
+        "python3 -c 'import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nfor i in range(500):\n    c.execute(\"INSERT INTO t(v) VALUES (?)\", (\"app %d\" % i,)); c.commit()\nsys.exit(3)' {}",
+        db.display()
+    );
+    let out = Command::new(strata_bin())
+        .arg("replicate")
+        .arg(&db)
+        .arg(format!("file://{}", replica.display()))
+        .args(["-exec", &app])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("replicated through"), "{stderr}");
+    let restored = dir.path().join("restored.db");
+    assert!(restore(&replica, &restored).status.success());
+    let rows = dump(&restored);
+    assert_eq!(rows, dump(&db));
+    assert_eq!(rows.len(), 501);
+
+    // A command that cannot start is an error, not a replication without it.
+    let out = Command::new(strata_bin())
+        .arg("replicate")
+        .arg(&db)
+        .arg(format!("file://{}", replica.display()))
+        .args(["--exec", "/nonexistent/app"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn restore_start_up_flags_skip_what_is_there_or_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.db");
+    let run = |args: &[&str]| {
+        Command::new(strata_bin())
+            .arg("restore")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let missing = format!("file://{}", dir.path().join("no-replica").display());
+    // No replica: an error, unless -if-replica-exists.
+    assert!(
+        !run(&["-o", out.to_str().unwrap(), &missing])
+            .status
+            .success()
+    );
+    let skipped = run(&["-if-replica-exists", "-o", out.to_str().unwrap(), &missing]);
+    assert!(skipped.status.success(), "{skipped:?}");
+    assert!(!out.exists());
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let empty = format!("file://{}", empty.display());
+    assert!(
+        run(&["-if-replica-exists", "-o", out.to_str().unwrap(), &empty])
+            .status
+            .success()
+    );
+    assert!(!out.exists());
+
+    // A replica, restored through the config's entry for the database.
+    let db = dir.path().join("app.db");
+    create(&db, 7);
+    let replica = dir.path().join("replica");
+    let mut strata = Command::new(strata_bin())
+        .arg("replicate")
+        .arg(&db)
+        .arg(&replica)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), "replicated", || has_l0(&replica));
+    signal(&strata, "-TERM");
+    assert!(strata.wait().unwrap().success());
+    let config = dir.path().join("strata.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {}\n    replica:\n      path: {}\n",
+            db.display(),
+            replica.display()
+        ),
+    )
+    .unwrap();
+    // The database exists: -if-db-not-exists leaves it alone.
+    let before = std::fs::read(&db).unwrap();
+    let kept = run(&[
+        "-config",
+        config.to_str().unwrap(),
+        "-if-db-not-exists",
+        db.to_str().unwrap(),
+    ]);
+    assert!(kept.status.success(), "{kept:?}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    // Gone: restored to its own path.
+    let rows = dump(&db);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(PathBuf::from(format!("{}{suffix}", db.display())));
+    }
+    let restored = run(&[
+        "-config",
+        config.to_str().unwrap(),
+        "-if-db-not-exists",
+        "-if-replica-exists",
+        db.to_str().unwrap(),
+    ]);
+    assert!(restored.status.success(), "{restored:?}");
+    assert_eq!(dump(&db), rows);
+}

@@ -52,6 +52,7 @@ async fn levels_snapshots_and_retention_in_s3() {
 }
 
 async fn end_to_end(setup: Setup) {
+    common::init_logging();
     let replica = Replica::create(&ReplicaUrl::parse(&setup.replica_url).unwrap()).unwrap();
     let mut capture = quick_capture_options();
     capture.compaction = Some(options());

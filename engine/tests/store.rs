@@ -279,6 +279,9 @@ async fn apply_touches_only_what_changed() {
         ])
         .await;
     assert_eq!(applied.added.len(), 2);
+    // After its first sync (a full copy), a's count of full copies stays put unless it is
+    // restarted (a restart resumes: its new count starts at 0).
+    store.sync(&a).await.unwrap();
     let a_copies = full_copies(&store, &a).await;
     // a unchanged, b's replica moved, c new.
     let applied = store

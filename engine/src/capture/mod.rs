@@ -502,7 +502,6 @@ impl Capture {
         }
         self.last_checkpoint = Instant::now();
         self.synced_since_checkpoint = false;
-        self.sqlite.close_spare();
         self.sync_all(report)?;
         Ok(())
     }

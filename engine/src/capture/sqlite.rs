@@ -46,11 +46,11 @@ pub struct Sqlite {
     /// Which reader holds it, if any.
     holding: Option<usize>,
     /// Takes the write lock (a write transaction it never commits) around checkpoints.
-    /// Opened for a checkpoint and closed after it ([`Sqlite::close_spare`]): an idle
-    /// database keeps only its two readers. (SQLite keeps the file descriptor of a closed
-    /// connection open while its other connections hold locks, so closing one is safe.)
+    /// Opened at the first checkpoint: a database that is never written keeps only its two
+    /// readers. (Closing and reopening it at every checkpoint once left writers locked out
+    /// for many seconds under load, so once open it stays open.)
     lock: Option<Connection>,
-    /// Runs checkpoints; opened and closed as `lock` is.
+    /// Runs checkpoints; opened as `lock` is.
     checkpointer: Option<Connection>,
 }
 
@@ -93,12 +93,6 @@ impl Sqlite {
     /// The database page size.
     pub fn page_size(&self) -> rusqlite::Result<u32> {
         self.readers[0].query_row("PRAGMA page_size", [], |r| r.get(0))
-    }
-
-    /// Closes the connections only checkpoints use (they open again when needed).
-    pub fn close_spare(&mut self) {
-        self.lock = None;
-        self.checkpointer = None;
     }
 
     /// Starts a read transaction on the idle reader, then ends the one held before: at no

@@ -67,6 +67,17 @@ pub async fn restore_to(
     .await
 }
 
+/// Logs strata's events to stderr when `STRATA_TEST_LOG` is set (e.g. `strata=debug`), to
+/// see what an in-process run did when a test fails.
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("STRATA_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// The S3-compatible server the test command started (moto_server on loopback).
 pub fn s3_endpoint() -> String {
     std::env::var("STRATA_TEST_S3_ENDPOINT").expect(

@@ -79,8 +79,9 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 pub struct DbConfig {
     /// The database file.
     pub path: PathBuf,
-    /// Where its replica is.
-    pub replica: ReplicaUrl,
+    /// Where it is replicated: one replica or more (`replica`, or `replicas` with one entry
+    /// or several), in the order given.
+    pub replicas: Vec<ReplicaUrl>,
     /// How often a sync writes an L0 file: the larger of the database's `monitor-interval`
     /// and its replica's `sync-interval`, if either is set.
     pub sync_interval: Option<Duration>,
@@ -123,7 +124,7 @@ impl DbConfig {
     pub fn new(path: impl Into<PathBuf>, replica: ReplicaUrl) -> DbConfig {
         DbConfig {
             path: path.into(),
-            replica,
+            replicas: vec![replica],
             sync_interval: None,
             checkpoint_interval: None,
             min_checkpoint_pages: None,
@@ -339,33 +340,39 @@ fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
         (Some(_), Some(_)) => return Err(error(key, "give either path or dir, not both")),
         (None, None) => return Err(error(&format!("{key}.path"), "required (or dir)")),
     };
-    let (replica, replica_key) = match (get(m, "replica"), get(m, "replicas")) {
-        (Some(r), None) => (r, format!("{key}.replica")),
+    let replicas: Vec<(&Yaml, String)> = match (get(m, "replica"), get(m, "replicas")) {
+        (Some(r), None) => vec![(r, format!("{key}.replica"))],
         (None, Some(list)) => {
             let list = as_list(list, &format!("{key}.replicas"))?;
-            if list.len() != 1 {
-                return Err(error(
-                    &format!("{key}.replicas"),
-                    "exactly one replica per database is supported",
-                ));
+            if list.is_empty() {
+                return Err(error(&format!("{key}.replicas"), "lists no replica"));
             }
-            (&list[0], format!("{key}.replicas[0]"))
+            list.iter()
+                .enumerate()
+                .map(|(i, r)| (r, format!("{key}.replicas[{i}]")))
+                .collect()
         }
         (Some(_), Some(_)) => return Err(error(key, "give either replica or replicas, not both")),
         (None, None) => return Err(error(&format!("{key}.replica"), "required")),
     };
     // Litestream checks the WAL every `monitor-interval` and ships to the replica every
     // `sync-interval`; strata ships each L0 file as soon as it is written, so the slower of
-    // the two is how often a file reaches the replica.
+    // the two is how often a file reaches the replica (the slowest replica's, with several).
     let monitor_interval = interval(m, key, "monitor-interval")?;
-    let replica_interval = interval(
-        as_map(replica, &replica_key)?,
-        &replica_key,
-        "sync-interval",
-    )?;
+    let mut replica_interval = None;
+    let mut urls = Vec::with_capacity(replicas.len());
+    for (replica, replica_key) in &replicas {
+        let i = interval(as_map(replica, replica_key)?, replica_key, "sync-interval")?;
+        replica_interval = replica_interval.max(i);
+        let url = replica_url(replica, replica_key)?;
+        if urls.contains(&url) {
+            return Err(error(replica_key, format!("{url} is listed twice")));
+        }
+        urls.push(url);
+    }
     Ok(DbConfig {
         path: PathBuf::from(path),
-        replica: replica_url(replica, &replica_key)?,
+        replicas: urls,
         sync_interval: monitor_interval.max(replica_interval),
         checkpoint_interval: interval(m, key, "checkpoint-interval")?,
         min_checkpoint_pages: number(m, key, "min-checkpoint-page-count")?,
@@ -655,7 +662,7 @@ dbs:
         assert_eq!(c.l0_retention, Some(Duration::from_secs(300)));
         assert_eq!(c.dbs.len(), 3);
         assert_eq!(
-            c.dbs[1].replica,
+            c.dbs[1].replicas[0],
             ReplicaUrl::File {
                 root: "/backups/other".into()
             }
@@ -664,7 +671,7 @@ dbs:
         assert_eq!(c.dbs[1].sync_interval, Some(Duration::from_millis(500)));
         assert_eq!(c.dbs[2].sync_interval, Some(Duration::from_secs(10)));
         assert!(
-            matches!(&c.dbs[2].replica, ReplicaUrl::S3 { bucket, prefix, .. } if bucket == "b" && prefix == "third")
+            matches!(&c.dbs[2].replicas[0], ReplicaUrl::S3 { bucket, prefix, .. } if bucket == "b" && prefix == "third")
         );
     }
 

@@ -142,8 +142,8 @@ async fn two_hundred_databases_twenty_written_changed_at_run_time_all_restore_eq
     ));
     // The deleted database: synced first, so its replica holds at least those rows.
     let deleted = 19;
-    let synced = store.sync(&db(deleted)).await.unwrap();
     let before = rows(&db(deleted));
+    let synced = store.sync(&db(deleted)).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.join().unwrap();
@@ -306,13 +306,174 @@ async fn apply_touches_only_what_changed() {
     assert_eq!(applied.removed.len(), 2);
     assert!(applied.removed.iter().all(|(_, r)| r.is_ok()));
     assert_eq!(store.databases().await.len(), 1);
+    // A replica added later starts with a full copy and then follows.
+    {
+        let conn = rusqlite::Connection::open(&c).unwrap();
+        insert(&conn, 20);
+    }
+    let both = || {
+        Database::new(&c, r("rc"))
+            .with_replica(r("rc-second"))
+            .with_options(options())
+    };
+    let applied = store.apply(vec![both()]).await;
+    assert_eq!(applied.changed.len(), 1, "{applied:?}");
+    {
+        let conn = rusqlite::Connection::open(&c).unwrap();
+        insert(&conn, 5);
+    }
+    let key = std::fs::canonicalize(&c).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), store.sync(&key))
+        .await
+        .unwrap()
+        .unwrap();
+    for name in ["rc", "rc-second"] {
+        assert_eq!(
+            restored_rows(&r(name), dir.path()).await,
+            rows(&c),
+            "{name}"
+        );
+    }
     // A database that does not exist is reported, the rest applied.
     let applied = store
         .apply(vec![
-            Database::new(&c, r("rc")).with_options(options()),
+            both(),
             Database::new(dir.path().join("missing.db"), r("rm")),
         ])
         .await;
     assert_eq!(applied.failed.len(), 1);
     store.shutdown().await;
+}
+
+/// A moto_server of this test's own, so it can be paused without disturbing other tests.
+struct PrivateS3 {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl PrivateS3 {
+    fn start() -> PrivateS3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (scripts/test installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let made = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket='two')",
+                &endpoint,
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        PrivateS3 { child, endpoint }
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_paused_the_other_keeps_up_and_both_restore_equal() {
+    let s3 = PrivateS3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    let local = url(&dir.path().join("replica"));
+    let remote = ReplicaUrl::parse(&format!("s3://two/app?endpoint={}", s3.endpoint)).unwrap();
+    let store = Store::new(StoreOptions::default());
+    let key = store
+        .add(
+            Database::new(&db, local.clone())
+                .with_replica(remote.clone())
+                .with_options(quick_capture_options()),
+        )
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                insert(&conn, 2);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let both = store.sync(&key).await.unwrap();
+    assert!(both > ltx::Txid::ONE);
+
+    // The S3 server stops answering for 20 s: the directory replica keeps up meanwhile.
+    s3.signal("-STOP");
+    let uploaded = |status: &[strata::store::DbStatus]| {
+        let c = status[0].capture.as_ref().unwrap();
+        (c.staged, c.replicas[0].uploaded, c.replicas[1].uploaded)
+    };
+    let mut last_local = ltx::Txid::ZERO;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (staged, local_at, _) = uploaded(&store.status().await);
+        assert!(
+            local_at > last_local,
+            "the directory replica stalled at {local_at} while S3 was down"
+        );
+        // Within a few syncs of what is staged.
+        assert!(
+            staged.get() - local_at.get() <= 5,
+            "{staged} staged, {local_at} local"
+        );
+        last_local = local_at;
+    }
+    let (_, _, remote_during) = uploaded(&store.status().await);
+    s3.signal("-CONT");
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    // The S3 replica catches up once the server answers again.
+    let txid = tokio::time::timeout(Duration::from_secs(90), store.sync(&key))
+        .await
+        .expect("the S3 replica caught up")
+        .unwrap();
+    let (staged, local_at, remote_at) = uploaded(&store.status().await);
+    assert!(remote_at > remote_during, "S3 moved on after the pause");
+    assert_eq!((local_at, remote_at), (staged, staged));
+    assert_eq!(txid, staged);
+    for (_, result) in store.shutdown().await {
+        result.unwrap();
+    }
+    let rows = rows(&db);
+    assert_eq!(restored_rows(&local, dir.path()).await, rows);
+    assert_eq!(restored_rows(&remote, dir.path()).await, rows);
 }

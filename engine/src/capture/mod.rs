@@ -548,12 +548,25 @@ impl Closed {
 pub struct Status {
     /// The newest TXID staged locally.
     pub staged: Txid,
-    /// The newest TXID in the replica.
+    /// The newest TXID every replica holds.
     pub uploaded: Txid,
     /// Full copies written.
     pub full_copies: u64,
     /// Why the last sync failed, if it did (cleared by the next one that succeeds).
     pub sync_error: Option<String>,
+    /// Why the last upload to some replica failed, if one did.
+    pub upload_error: Option<String>,
+    /// Each replica, in the order given.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica of a replication.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaStatus {
+    /// The replica's URL.
+    pub replica: String,
+    /// The newest TXID in it.
+    pub uploaded: Txid,
     /// Why the last upload failed, if it did (cleared by the next one that succeeds).
     pub upload_error: Option<String>,
 }
@@ -596,11 +609,13 @@ pub enum StopError {
     },
     /// Staged files could not all be uploaded before the shutdown timeout.
     #[error(
-        "TXIDs {} through {staged} are staged but not in the replica (it holds through {uploaded}){}",
+        "TXIDs {} through {staged} are staged but not in the replica {replica} (it holds through {uploaded}){}",
         uploaded.next(),
         error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
     )]
     Upload {
+        /// The replica.
+        replica: String,
         /// The newest TXID staged.
         staged: Txid,
         /// The newest TXID in the replica.
@@ -619,14 +634,23 @@ pub struct Replication {
     ticker: Ticker,
     job_id: ticker::JobId,
     finished: tokio::sync::oneshot::Receiver<Finished>,
-    upload: tokio::task::JoinHandle<()>,
     staged: watch::Receiver<Txid>,
-    uploaded: watch::Receiver<Txid>,
+    /// The capture's part of the status (the replicas' parts are in `targets`).
     status: Arc<Mutex<Status>>,
     fatal: watch::Receiver<Option<String>>,
+    targets: Vec<Target>,
+    timeout: Duration,
+}
+
+/// One replica: its upload task, position, compaction and retention, independent of the
+/// others' (one that fails or lags holds none of them up).
+#[derive(Debug)]
+struct Target {
+    upload: tokio::task::JoinHandle<()>,
+    uploaded: watch::Receiver<Txid>,
+    status: Arc<Mutex<ReplicaStatus>>,
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     monitor: Option<crate::compact::Monitor>,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for CaptureJob {
@@ -670,17 +694,25 @@ impl Replication {
         replica: Replica,
         options: CaptureOptions,
     ) -> Result<Replication, CaptureError> {
-        Replication::start_on(None, db, replica, options).await
+        Replication::start_on(None, db, vec![replica], options).await
     }
 
-    /// [`Replication::start`], with the capture run by `ticker` (shared by the databases of
-    /// a [`Store`](crate::store::Store)) or, if `None`, a ticker of its own.
+    /// [`Replication::start`] to one or more replicas, with the capture run by `ticker`
+    /// (shared by the databases of a [`Store`](crate::store::Store)) or, if `None`, a ticker
+    /// of its own. One capture and one staging directory serve every replica; each has its
+    /// own uploads, compaction and retention.
     pub(crate) async fn start_on(
         ticker: Option<Ticker>,
         db: &Path,
-        replica: Replica,
+        replicas: Vec<Replica>,
         options: CaptureOptions,
     ) -> Result<Replication, CaptureError> {
+        if replicas.is_empty() {
+            return Err(CaptureError::Io {
+                path: db.to_owned(),
+                error: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no replica given"),
+            });
+        }
         let db = std::fs::canonicalize(db).map_err(|source| CaptureError::Io {
             path: db.to_owned(),
             error: if source.kind() == std::io::ErrorKind::NotFound {
@@ -693,32 +725,43 @@ impl Replication {
             path: db.clone(),
             error: source,
         })?;
-        // Scratch objects of large uploads a killed process left; an hour is far longer than
-        // any upload in progress takes to finish.
-        match replica
-            .remove_stale_uploads(Duration::from_secs(3600))
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                replica = replica.name(),
-                n,
-                "removed stale upload scratch objects"
-            ),
-            Err(e) => tracing::warn!(error = %e, "could not clean up stale upload scratch objects"),
+        // Each replica: what it restores to, and the newest TXID any of its files reaches.
+        let mut listings = Vec::with_capacity(replicas.len());
+        for replica in &replicas {
+            // Scratch objects of large uploads a killed process left; an hour is far longer
+            // than any upload in progress takes to finish.
+            match replica
+                .remove_stale_uploads(Duration::from_secs(3600))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    replica = replica.name(),
+                    n,
+                    "removed stale upload scratch objects"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not clean up stale upload scratch objects")
+                }
+            }
+            // A replica that does not restore to its newest TXID (files missing in the
+            // middle) cannot be continued: only what it restores to counts.
+            let listed = replica.list_all().await?;
+            let restores_to = upload::latest_restorable(&listed);
+            if listed.iter().any(|f| f.range.max > restores_to) {
+                tracing::warn!(replica = replica.name(), restores_to = %restores_to, "the replica does not restore to its newest file: the next file is a full copy");
+            }
+            let newest = listed
+                .iter()
+                .map(|f| f.range.max)
+                .max()
+                .unwrap_or(Txid::ZERO);
+            listings.push((listed, restores_to, newest));
         }
-        // A replica that does not restore to its newest TXID (files missing in the middle)
-        // cannot be continued: only what it restores to counts.
-        let listed = replica.list_all().await?;
-        let replica_max = upload::latest_restorable(&listed);
-        if listed.iter().any(|f| f.range.max > replica_max) {
-            tracing::warn!(replica = replica.name(), restores_to = %replica_max, "the replica does not restore to its newest file: the next file is a full copy");
-        }
-        let newest = listed
-            .iter()
-            .map(|f| f.range.max)
-            .max()
-            .unwrap_or(Txid::ZERO);
+        // The capture continues the furthest replica; one behind asks for a full copy when
+        // the staged files do not reach back to it.
+        let replica_max = listings.iter().map(|l| l.1).max().unwrap_or(Txid::ZERO);
+        let newest = listings.iter().map(|l| l.2).max().unwrap_or(Txid::ZERO);
         let opened = {
             let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
             tokio::task::spawn_blocking(move || {
@@ -745,13 +788,11 @@ impl Replication {
         };
         let status = Arc::new(Mutex::new(Status {
             staged: opened.syncer.next_txid.prev(),
-            uploaded: replica_max,
             ..Status::default()
         }));
         // Files staged by an earlier run and not yet uploaded count as staged: a stop waits
         // for them too.
         let (staged_tx, staged_rx) = watch::channel(opened.syncer.next_txid.prev());
-        let (uploaded_tx, uploaded_rx) = watch::channel(replica_max);
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
         let replica_lost = opened.syncer.replica_lost.clone();
@@ -772,50 +813,71 @@ impl Replication {
         });
         let ticker = ticker.unwrap_or_else(|| Ticker::new(1));
         let job_id = ticker.add(job.clone(), Some(&db));
-        let index = SharedIndex::new(LevelIndex::from_files(listed, jiff::Timestamp::now()));
-        let uploader = upload::Uploader::new(
-            staging.clone(),
-            replica.clone(),
-            (replica_max, newest),
-            replica_lost,
-            (options.replica_check_interval, options.replica_list_every),
-            index.clone(),
-            options.compaction.is_some(),
-        );
-        let monitor = options.compaction.clone().map(|compaction| {
-            let compactor = Compactor::new(
-                replica.clone(),
-                index,
-                compaction,
-                staging.dir().join("compact"),
-            );
-            Monitor::start(compactor.with_local_l0(staging.l0_dir()), Clock::System)
-        });
-        let uploader = Arc::new(tokio::sync::Mutex::new(uploader));
-        let upload = tokio::spawn(upload_loop(
-            uploader.clone(),
-            staged_rx.clone(),
-            uploaded_tx,
-            status.clone(),
-            options.sync_interval,
-            PanicAlarm {
-                what: "upload task",
-                fatal: fatal_tx,
-            },
-        ));
+        let peers = upload::StagedUse::new(replicas.len());
+        let targets = replicas
+            .into_iter()
+            .zip(listings)
+            .enumerate()
+            .map(|(slot, (replica, (listed, restores_to, newest)))| {
+                let index =
+                    SharedIndex::new(LevelIndex::from_files(listed, jiff::Timestamp::now()));
+                let uploader = upload::Uploader::new(
+                    staging.clone(),
+                    replica.clone(),
+                    (restores_to, newest),
+                    replica_lost.clone(),
+                    (options.replica_check_interval, options.replica_list_every),
+                    index.clone(),
+                    options.compaction.is_some(),
+                    (peers.clone(), slot),
+                );
+                let monitor = options.compaction.clone().map(|compaction| {
+                    // Each replica compacts in its own scratch directory.
+                    let scratch = if slot == 0 {
+                        staging.dir().join("compact")
+                    } else {
+                        staging.dir().join(format!("compact-{slot}"))
+                    };
+                    let compactor = Compactor::new(replica.clone(), index, compaction, scratch);
+                    Monitor::start(compactor.with_local_l0(staging.l0_dir()), Clock::System)
+                });
+                let uploader = Arc::new(tokio::sync::Mutex::new(uploader));
+                let target_status = Arc::new(Mutex::new(ReplicaStatus {
+                    replica: replica.name().to_owned(),
+                    uploaded: restores_to,
+                    upload_error: None,
+                }));
+                let (uploaded_tx, uploaded_rx) = watch::channel(restores_to);
+                let upload = tokio::spawn(upload_loop(
+                    uploader.clone(),
+                    staged_rx.clone(),
+                    uploaded_tx,
+                    target_status.clone(),
+                    options.sync_interval,
+                    PanicAlarm {
+                        what: "upload task",
+                        fatal: fatal_tx.clone(),
+                    },
+                ));
+                Target {
+                    upload,
+                    uploaded: uploaded_rx,
+                    status: target_status,
+                    uploader,
+                    monitor,
+                }
+            })
+            .collect();
         Ok(Replication {
             db,
             job,
             ticker,
             job_id,
             finished: finished_rx,
-            upload,
             staged: staged_rx,
-            uploaded: uploaded_rx,
             status,
             fatal: fatal_rx,
-            uploader,
-            monitor,
+            targets,
             timeout: options.shutdown_timeout,
         })
     }
@@ -827,12 +889,38 @@ impl Replication {
 
     /// The current state.
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap().clone()
+        let mut status = self.status.lock().unwrap().clone();
+        status.replicas = self
+            .targets
+            .iter()
+            .map(|t| t.status.lock().unwrap().clone())
+            .collect();
+        status.uploaded = status
+            .replicas
+            .iter()
+            .map(|r| r.uploaded)
+            .min()
+            .unwrap_or(Txid::ZERO);
+        status.upload_error = status.replicas.iter().find_map(|r| {
+            r.upload_error
+                .as_ref()
+                .map(|e| format!("{}: {e}", r.replica))
+        });
+        status
     }
 
-    /// What compaction and retention have done (`None` if they are off).
+    /// What compaction and retention have done in the first replica (`None` if they are
+    /// off).
     pub fn compaction_status(&self) -> Option<CompactionStatus> {
-        self.monitor.as_ref().map(Monitor::status)
+        self.targets[0].monitor.as_ref().map(Monitor::status)
+    }
+
+    /// What compaction and retention have done, per replica.
+    pub fn compaction_statuses(&self) -> Vec<Option<CompactionStatus>> {
+        self.targets
+            .iter()
+            .map(|t| t.monitor.as_ref().map(Monitor::status))
+            .collect()
     }
 
     /// Returns once everything committed to the database before the call is in the
@@ -853,7 +941,7 @@ impl Replication {
         self.ticker.wake(self.job_id);
         let mut fatal = self.fatal.clone();
         let staged = self.staged.clone();
-        let mut uploaded = self.uploaded.clone();
+        let uploaded: Vec<_> = self.targets.iter().map(|t| t.uploaded.clone()).collect();
         async move {
             let stopped = |fatal: &watch::Receiver<Option<String>>| {
                 SyncError::Stopped(fatal.borrow().clone().unwrap_or_default())
@@ -868,9 +956,14 @@ impl Replication {
             if let Some(error) = error {
                 return Err(SyncError::Sync(error));
             }
+            // Every replica must hold it.
             let target = *staged.borrow();
+            let all =
+                futures::future::join_all(uploaded.into_iter().map(|mut u| async move {
+                    u.wait_for(|t| *t >= target).await.map(|t| *t).ok()
+                }));
             let reached = tokio::select! {
-                r = uploaded.wait_for(|t| *t >= target) => r.map(|t| *t).ok(),
+                r = all => r.into_iter().collect::<Option<Vec<Txid>>>().and_then(|r| r.into_iter().min()),
                 _ = fatal.wait_for(Option::is_some) => None,
             };
             reached.ok_or_else(|| stopped(&fatal))
@@ -907,19 +1000,28 @@ impl Replication {
         }
     }
 
-    /// Stops: a final sync, then uploads what is staged, within the shutdown timeout. Fails
-    /// unless everything committed before the call is in the replica.
+    /// Stops: a final sync, then uploads what is staged to every replica at once, within
+    /// the shutdown timeout. Fails unless everything committed before the call is in every
+    /// replica (the error names the first replica short of it).
     pub async fn stop(self) -> Result<Status, StopError> {
-        if let Some(monitor) = self.monitor {
-            monitor.stop().await;
+        for target in &self.targets {
+            target.upload.abort();
         }
+        let mut monitors = Vec::new();
+        let mut targets = Vec::new();
+        for mut target in self.targets {
+            monitors.extend(target.monitor.take());
+            targets.push(target);
+        }
+        futures::future::join_all(monitors.into_iter().map(Monitor::stop)).await;
         self.job
             .stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.ticker.wake(self.job_id);
         let finished = self.finished.await;
-        self.upload.abort();
-        let _ = self.upload.await;
+        for target in &mut targets {
+            let _ = (&mut target.upload).await;
+        }
         let final_sync = match finished {
             Ok(Ok(result)) => result,
             Ok(Err(message)) => {
@@ -937,54 +1039,91 @@ impl Replication {
         };
         let deadline = Instant::now() + self.timeout;
         let staged = *self.staged.borrow();
-        let mut uploader = self.uploader.lock().await;
-        let mut last = None;
-        // Each request is bounded by what is left of the timeout: a server that hangs does
-        // not hold the stop past it.
-        let left = || deadline.saturating_duration_since(Instant::now());
-        let timed_out = || CaptureError::Io {
-            path: self.db.clone(),
-            error: std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the shutdown timeout passed with the replica not answering",
-            ),
-        };
-        while uploader.uploaded < staged && !left().is_zero() {
-            match tokio::time::timeout(left(), uploader.upload()).await {
-                // Nothing left to upload, yet short of what was staged: nothing will change.
-                Ok(Ok(0)) if uploader.uploaded < staged => break,
-                Ok(Ok(_)) => last = None,
-                Ok(Err(e)) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(500).min(left())).await;
-                }
-                Err(_) => last = Some(timed_out()),
-            }
-        }
-        let uploaded = uploader.uploaded;
-        if uploaded < staged {
-            return Err(StopError::Upload {
-                staged,
-                uploaded,
-                error: last,
-            });
-        }
-        // What is claimed must be in the replica now, not only when it was uploaded.
-        let verified =
-            match tokio::time::timeout(left().max(Duration::from_secs(5)), uploader.verify()).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(timed_out()),
-            };
-        verified.map_err(|error| StopError::Replica { error })?;
+        let db = &self.db;
+        let finished = futures::future::join_all(
+            targets
+                .iter()
+                .map(|t| finish_uploads(db, &t.uploader, staged, deadline)),
+        )
+        .await;
         let mut status = self.status.lock().unwrap().clone();
-        status.uploaded = uploader.uploaded;
+        let mut short = None;
+        for (target, result) in targets.iter().zip(finished) {
+            let mut replica = target.status.lock().unwrap().clone();
+            match result {
+                Ok(uploaded) => replica.uploaded = uploaded,
+                Err(e) => {
+                    short.get_or_insert(e);
+                }
+            }
+            status.replicas.push(replica);
+        }
+        if let Some(e) = short {
+            return Err(e);
+        }
+        status.uploaded = status
+            .replicas
+            .iter()
+            .map(|r| r.uploaded)
+            .min()
+            .unwrap_or(Txid::ZERO);
         final_sync.map_err(|error| StopError::Sync {
             uploaded: status.uploaded,
             error,
         })?;
         Ok(status)
     }
+}
+
+/// Uploads what is staged to one replica by `deadline`, then checks it holds it; returns
+/// the newest TXID there.
+async fn finish_uploads(
+    db: &Path,
+    uploader: &tokio::sync::Mutex<upload::Uploader>,
+    staged: Txid,
+    deadline: Instant,
+) -> Result<Txid, StopError> {
+    let mut uploader = uploader.lock().await;
+    let mut last = None;
+    // Each request is bounded by what is left of the timeout: a server that hangs does not
+    // hold the stop past it.
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let timed_out = || CaptureError::Io {
+        path: db.to_owned(),
+        error: std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the shutdown timeout passed with the replica not answering",
+        ),
+    };
+    while uploader.uploaded < staged && !left().is_zero() {
+        match tokio::time::timeout(left(), uploader.upload()).await {
+            // Nothing left to upload, yet short of what was staged: nothing will change.
+            Ok(Ok(0)) if uploader.uploaded < staged => break,
+            Ok(Ok(_)) => last = None,
+            Ok(Err(e)) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500).min(left())).await;
+            }
+            Err(_) => last = Some(timed_out()),
+        }
+    }
+    let uploaded = uploader.uploaded;
+    if uploaded < staged {
+        return Err(StopError::Upload {
+            replica: uploader.replica().name().to_owned(),
+            staged,
+            uploaded,
+            error: last,
+        });
+    }
+    // What is claimed must be in the replica now, not only when it was uploaded.
+    let verified =
+        match tokio::time::timeout(left().max(Duration::from_secs(5)), uploader.verify()).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out()),
+        };
+    verified.map_err(|error| StopError::Replica { error })?;
+    Ok(uploader.uploaded)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -1160,7 +1299,7 @@ async fn upload_loop(
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     mut staged: watch::Receiver<Txid>,
     uploaded_tx: watch::Sender<Txid>,
-    status: Arc<Mutex<Status>>,
+    status: Arc<Mutex<ReplicaStatus>>,
     interval: Duration,
     alarm: PanicAlarm,
 ) {

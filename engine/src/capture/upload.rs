@@ -14,6 +14,44 @@ use super::staging::Staging;
 use crate::restore::{PlanError, plan_files};
 use crate::storage::{FileInfo, Level, Replica, SharedIndex};
 
+/// Where each replica's uploader is with the staged files, so that a staged file is
+/// removed only once every replica holds it (and, with compaction, every replica's L1
+/// covers it). A replica that lags (its server down) keeps files staged for at most
+/// [`LAGGING_KEEP_MAX`]; after that it gets a full copy when it returns.
+#[derive(Debug)]
+pub struct StagedUse {
+    /// Per replica: (uploaded, removable).
+    slots: std::sync::Mutex<Vec<(Txid, Txid)>>,
+}
+
+impl StagedUse {
+    /// For `n` replicas, none of which holds anything yet.
+    pub fn new(n: usize) -> Arc<StagedUse> {
+        Arc::new(StagedUse {
+            slots: std::sync::Mutex::new(vec![(Txid::ZERO, Txid::ZERO); n]),
+        })
+    }
+
+    fn set(&self, slot: usize, uploaded: Txid, removable: Txid) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slots.get_mut(slot) {
+            *s = (uploaded, removable);
+        }
+    }
+
+    /// The lowest (uploaded, removable) over every replica.
+    fn floor(&self) -> (Txid, Txid) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let uploaded = slots.iter().map(|s| s.0).min().unwrap_or(Txid::ZERO);
+        let removable = slots.iter().map(|s| s.1).min().unwrap_or(Txid::ZERO);
+        (uploaded, removable)
+    }
+
+    fn replicas(&self) -> usize {
+        self.slots.lock().map_or(1, |s| s.len())
+    }
+}
+
 /// Ships staged files to one replica and watches that the replica keeps them.
 #[derive(Debug)]
 pub struct Uploader {
@@ -44,6 +82,10 @@ pub struct Uploader {
     index: SharedIndex,
     /// Whether uploaded staged files wait for L1 to cover them (compaction reads them).
     keep_staged_for_compaction: bool,
+    /// The other replicas' use of the staged files, and this one's slot there.
+    peers: (Arc<StagedUse>, usize),
+    /// A full copy was asked for because the staged files do not continue this replica.
+    asked_full_copy: bool,
 }
 
 impl Uploader {
@@ -57,7 +99,9 @@ impl Uploader {
         (check_every, list_every): (Duration, u32),
         index: SharedIndex,
         keep_staged_for_compaction: bool,
+        peers: (Arc<StagedUse>, usize),
     ) -> Uploader {
+        peers.0.set(peers.1, uploaded, Txid::ZERO);
         Uploader {
             staging,
             replica,
@@ -72,7 +116,14 @@ impl Uploader {
             rebase,
             index,
             keep_staged_for_compaction,
+            peers,
+            asked_full_copy: false,
         }
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
     }
 
     /// Uploads what is staged (see [`upload`]), first checking, now and then, that the
@@ -108,6 +159,7 @@ impl Uploader {
             &mut self.uploaded,
             &mut self.recent,
             removable,
+            (&self.peers.0, self.peers.1),
         )
         .await;
         // What was uploaded is in the replica whether or not a later file failed. Its size
@@ -137,6 +189,23 @@ impl Uploader {
         }
         match result {
             Err(CaptureError::Gap { .. }) if self.rebase.load(Ordering::SeqCst) => Ok(0),
+            // The staged files do not continue this replica (it was down while they were
+            // removed, or was added later): ask the capture for a full copy, which
+            // continues every replica, and upload from there.
+            Err(CaptureError::Gap { range, .. }) => {
+                if !self.asked_full_copy {
+                    tracing::warn!(replica = self.replica.name(), uploaded = %self.uploaded, staged = range.file_name(), "the staged files do not continue this replica: the next file is a full copy");
+                }
+                self.asked_full_copy = true;
+                self.rebase.store(true, Ordering::SeqCst);
+                Ok(0)
+            }
+            Ok(n) => {
+                if n > 0 {
+                    self.asked_full_copy = false;
+                }
+                Ok(n)
+            }
             other => other,
         }
     }
@@ -328,6 +397,7 @@ pub async fn upload(
     uploaded: &mut Txid,
     sent: &mut Vec<TxidRange>,
     removable: Txid,
+    (peers, slot): (&StagedUse, usize),
 ) -> Result<usize, CaptureError> {
     let io = |path: PathBuf| {
         move |source| CaptureError::Io {
@@ -349,9 +419,12 @@ pub async fn upload(
             if staged[i + 1..].iter().any(|r| r.min == Txid::ONE) {
                 tracing::debug!(
                     file = range.file_name(),
-                    "dropping a file a later full copy supersedes"
+                    "skipping a file a later full copy supersedes"
                 );
-                staging.remove(range).map_err(io(staging.path(range)))?;
+                // Another replica may still need it; with one replica it is of no use.
+                if peers.replicas() == 1 {
+                    staging.remove(range).map_err(io(staging.path(range)))?;
+                }
                 continue;
             }
             return Err(CaptureError::Gap {
@@ -388,8 +461,13 @@ pub async fn upload(
         sent.push(range);
         count += 1;
     }
+    peers.set(slot, *uploaded, removable);
+    let (everyone, all_removable) = peers.floor();
     for range in staged.iter().copied().filter(|r| r.max < *uploaded) {
-        if r_covered(staging, range, removable) {
+        let done_by_all = range.max < everyone && r_covered(staging, range, all_removable);
+        let given_up_waiting = r_covered(staging, range, removable)
+            && staged_age(staging, range).is_some_and(|age| age > LAGGING_KEEP_MAX);
+        if done_by_all || given_up_waiting {
             staging.remove(range).map_err(io(staging.path(range)))?;
         }
     }
@@ -412,13 +490,23 @@ const HEADERS_KEPT: usize = 100_000;
 /// compaction that keeps failing cannot make the staging directory grow without bound.
 const STAGED_KEEP_MAX: Duration = Duration::from_secs(600);
 
+/// How long a staged file this replica holds waits for a lagging replica: after that the
+/// lagging one gets a full copy when it returns, and the staging directory stays bounded.
+const LAGGING_KEEP_MAX: Duration = Duration::from_secs(3600);
+
 /// Whether an uploaded staged file may go: compaction no longer needs to read it locally
 /// (its TXIDs are at or below `removable`), or it has waited long enough.
 fn r_covered(staging: &Staging, range: TxidRange, removable: Txid) -> bool {
-    range.max <= removable
-        || std::fs::metadata(staging.path(range))
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STAGED_KEEP_MAX))
+    range.max <= removable || staged_age(staging, range).is_some_and(|age| age > STAGED_KEEP_MAX)
+}
+
+/// How long ago a staged file was written.
+fn staged_age(staging: &Staging, range: TxidRange) -> Option<Duration> {
+    std::fs::metadata(staging.path(range))
+        .and_then(|m| m.modified())
+        .ok()?
+        .elapsed()
+        .ok()
 }
 
 /// Whether the replica's file for `range` holds exactly the staged file's bytes, compared
@@ -521,7 +609,8 @@ mod tests {
                 &replica,
                 &mut uploaded,
                 &mut Vec::new(),
-                Txid::MAX
+                Txid::MAX,
+                (&StagedUse::new(1), 0),
             )
             .await
             .unwrap(),
@@ -539,7 +628,8 @@ mod tests {
                 &replica,
                 &mut uploaded,
                 &mut Vec::new(),
-                Txid::MAX
+                Txid::MAX,
+                (&StagedUse::new(1), 0),
             )
             .await
             .unwrap(),
@@ -561,6 +651,7 @@ mod tests {
             &mut uploaded,
             &mut Vec::new(),
             Txid::MAX,
+            (&StagedUse::new(1), 0),
         )
         .await
         .unwrap_err();

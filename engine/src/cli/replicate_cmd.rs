@@ -127,7 +127,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Store::new(StoreOptions::default());
     for db in dbs {
-        let (path, replica) = (db.path.clone(), db.replica.to_string());
+        let path = db.path.clone();
+        let replica = db
+            .replicas
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ");
         store
             .add(db)
             .await

@@ -154,7 +154,8 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The replica of the database `db` names in the config at `path`, and the database's path.
+/// The replica of the database `db` names in the config at `path` (its first, if it has
+/// several), and the database's path.
 fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, PathBuf)> {
     let config = strata::config::Config::load(path, true)?;
     let wanted = std::path::absolute(db)?;
@@ -164,14 +165,19 @@ fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, 
             || std::fs::canonicalize(&d.path).is_ok_and(|p| p == wanted)
     });
     if let Some(d) = found {
-        return Ok((d.replica, d.path));
+        let first = d.replicas.into_iter().next();
+        return first
+            .map(|url| (url, d.path))
+            .ok_or_else(|| anyhow::anyhow!("{db} has no replica"));
     }
     // A database of a directory entry that does not exist yet has its replica all the same.
     for entry in config.dbs.iter().filter(|d| d.dir.is_some()) {
         if let Ok(rel) = wanted.strip_prefix(std::path::absolute(&entry.path)?)
             && let Some(rel) = rel.to_str()
         {
-            return Ok((entry.replica.join(rel), wanted));
+            if let Some(url) = entry.replicas.first() {
+                return Ok((url.join(rel), wanted));
+            }
         }
     }
     bail!("{} lists no database {db}", path.display())

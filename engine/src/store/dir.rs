@@ -5,17 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::DirSource;
-use crate::storage::ReplicaUrl;
 
-/// The databases in `dir` now, as `source` selects them, each with its replica under
-/// `replica`, in path order.
+/// The databases in `dir` now, as `source` selects them, each with its path relative to
+/// `dir` (`/`-separated: what its replica URLs are joined with), in path order.
 /// Only files that start with SQLite's header are taken (not their `-wal`, `-shm` or
 /// strata's staging files, nor anything else the pattern matches).
-pub fn scan(
-    dir: &Path,
-    source: &DirSource,
-    replica: &ReplicaUrl,
-) -> std::io::Result<Vec<(PathBuf, ReplicaUrl)>> {
+pub fn scan(dir: &Path, source: &DirSource) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut found = Vec::new();
     walk(dir, source, &mut found)?;
     found.sort();
@@ -23,7 +18,7 @@ pub fn scan(
         .into_iter()
         .filter_map(|path| {
             let rel = path.strip_prefix(dir).ok()?.to_str()?.to_owned();
-            Some((path.clone(), replica.join(&rel)))
+            Some((path.clone(), rel))
         })
         .collect())
 }
@@ -85,6 +80,7 @@ fn glob(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::ReplicaUrl;
 
     #[test]
     fn globs_match_as_the_shell_does() {
@@ -116,16 +112,19 @@ mod tests {
         std::fs::write(dir.path().join("a.db-wal"), b"").unwrap();
         let replica = ReplicaUrl::parse("s3://bucket/tenants").unwrap();
         let mut source = DirSource::new("*.db");
-        let names = |found: Vec<(PathBuf, ReplicaUrl)>| -> Vec<String> {
-            found.into_iter().map(|(_, r)| r.to_string()).collect()
+        let names = |found: Vec<(PathBuf, String)>| -> Vec<String> {
+            found
+                .into_iter()
+                .map(|(_, rel)| replica.join(&rel).to_string())
+                .collect()
         };
         assert_eq!(
-            names(scan(dir.path(), &source, &replica).unwrap()),
+            names(scan(dir.path(), &source).unwrap()),
             ["s3://bucket/tenants/a.db"]
         );
         source.recursive = true;
         assert_eq!(
-            names(scan(dir.path(), &source, &replica).unwrap()),
+            names(scan(dir.path(), &source).unwrap()),
             ["s3://bucket/tenants/a.db", "s3://bucket/tenants/sub/b.db"]
         );
     }

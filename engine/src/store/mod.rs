@@ -72,8 +72,9 @@ impl Default for StoreOptions {
 pub struct Database {
     /// The database file.
     pub path: PathBuf,
-    /// Where it is replicated.
-    pub replica: ReplicaUrl,
+    /// Where it is replicated: one capture serves them all, each has its own uploads,
+    /// compaction and retention.
+    pub replicas: Vec<ReplicaUrl>,
     /// Capture, compaction and retention settings.
     pub options: CaptureOptions,
 }
@@ -83,9 +84,15 @@ impl Database {
     pub fn new(path: impl Into<PathBuf>, replica: ReplicaUrl) -> Database {
         Database {
             path: path.into(),
-            replica,
+            replicas: vec![replica],
             options: CaptureOptions::default(),
         }
+    }
+
+    /// The same, replicated to `replica` too.
+    pub fn with_replica(mut self, replica: ReplicaUrl) -> Database {
+        self.replicas.push(replica);
+        self
     }
 
     /// The same with other settings.
@@ -120,18 +127,20 @@ pub fn config_databases(config: &Config) -> Result<Vec<Database>, StoreError> {
         compaction.encoding = options.encoding;
         options.compaction = Some(compaction.clone());
         match &db.dir {
-            None => {
-                let database = Database::new(db.path.clone(), db.replica.clone());
-                dbs.push(database.with_options(options));
-            }
+            None => dbs.push(Database {
+                path: db.path.clone(),
+                replicas: db.replicas.clone(),
+                options,
+            }),
             Some(source) => {
-                let found =
-                    scan(&db.path, source, &db.replica).map_err(|error| StoreError::Io {
-                        path: db.path.clone(),
-                        error,
-                    })?;
-                dbs.extend(found.into_iter().map(|(path, replica)| {
-                    Database::new(path, replica).with_options(options.clone())
+                let found = scan(&db.path, source).map_err(|error| StoreError::Io {
+                    path: db.path.clone(),
+                    error,
+                })?;
+                dbs.extend(found.into_iter().map(|(path, rel)| Database {
+                    path,
+                    replicas: db.replicas.iter().map(|r| r.join(&rel)).collect(),
+                    options: options.clone(),
                 }));
             }
         }
@@ -200,8 +209,8 @@ pub enum StoreError {
 pub struct DbStatus {
     /// The database (canonical path).
     pub path: PathBuf,
-    /// Its replica.
-    pub replica: String,
+    /// Its replicas.
+    pub replicas: Vec<String>,
     /// Whether it is being replicated (a disabled one is kept but not captured).
     pub enabled: bool,
     /// Capture and upload state, while enabled.
@@ -285,20 +294,29 @@ impl Store {
     }
 
     async fn start(&self, path: &Path, db: &Database) -> Result<Replication, StoreError> {
-        let replica = Replica::create_in(&db.replica, &self.clients).map_err(|source| {
-            StoreError::Replica {
+        let replicas = db
+            .replicas
+            .iter()
+            .map(|url| Replica::create_in(url, &self.clients))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StoreError::Replica {
                 path: path.to_owned(),
                 source,
-            }
+            })?;
+        let replication = Replication::start_on(
+            Some(self.ticker.clone()),
+            path,
+            replicas,
+            db.options.clone(),
+        )
+        .await
+        .map_err(|source| StoreError::Start {
+            path: path.to_owned(),
+            source,
         })?;
-        let replication =
-            Replication::start_on(Some(self.ticker.clone()), path, replica, db.options.clone())
-                .await
-                .map_err(|source| StoreError::Start {
-                    path: path.to_owned(),
-                    source,
-                })?;
-        tracing::info!(db = %path.display(), replica = %db.replica, "replicating");
+        for replica in &db.replicas {
+            tracing::info!(db = %path.display(), %replica, "replicating");
+        }
         let (failed, failures) = (replication.failed_handle(), self.failures.0.clone());
         let path = path.to_owned();
         tokio::spawn(async move {
@@ -383,7 +401,7 @@ impl Store {
         dbs.iter()
             .map(|(path, e)| DbStatus {
                 path: path.clone(),
-                replica: e.spec.replica.to_string(),
+                replicas: e.spec.replicas.iter().map(ToString::to_string).collect(),
                 enabled: e.running.is_some(),
                 capture: e.running.as_ref().map(Replication::status),
                 compaction: e.running.as_ref().and_then(Replication::compaction_status),
@@ -434,7 +452,7 @@ impl Store {
                     let result = self.remove(path).await;
                     applied.removed.push((path.clone(), result));
                 }
-                Some(new) if new.replica != spec.replica || new.options != spec.options => {
+                Some(new) if new.replicas != spec.replicas || new.options != spec.options => {
                     let _ = self.remove(path).await;
                     match self.add(new.clone()).await {
                         Ok(_) => applied.changed.push(path.clone()),

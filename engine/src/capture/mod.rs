@@ -741,7 +741,7 @@ impl Replication {
                     "removed stale upload scratch objects"
                 ),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not clean up stale upload scratch objects")
+                    tracing::warn!(error = %e, "could not clean up stale upload scratch objects");
                 }
             }
             // A replica that does not restore to its newest TXID (files missing in the
@@ -827,8 +827,7 @@ impl Replication {
                     (restores_to, newest),
                     replica_lost.clone(),
                     (options.replica_check_interval, options.replica_list_every),
-                    index.clone(),
-                    options.compaction.is_some(),
+                    (index.clone(), options.compaction.is_some()),
                     (peers.clone(), slot),
                 );
                 let monitor = options.compaction.clone().map(|compaction| {

@@ -97,8 +97,7 @@ impl Uploader {
         (uploaded, known): (Txid, Txid),
         rebase: Arc<AtomicBool>,
         (check_every, list_every): (Duration, u32),
-        index: SharedIndex,
-        keep_staged_for_compaction: bool,
+        (index, keep_staged_for_compaction): (SharedIndex, bool),
         peers: (Arc<StagedUse>, usize),
     ) -> Uploader {
         peers.0.set(peers.1, uploaded, Txid::ZERO);

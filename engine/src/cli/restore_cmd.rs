@@ -174,10 +174,9 @@ fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, 
     for entry in config.dbs.iter().filter(|d| d.dir.is_some()) {
         if let Ok(rel) = wanted.strip_prefix(std::path::absolute(&entry.path)?)
             && let Some(rel) = rel.to_str()
+            && let Some(url) = entry.replicas.first()
         {
-            if let Some(url) = entry.replicas.first() {
-                return Ok((url.join(rel), wanted));
-            }
+            return Ok((url.join(rel), wanted));
         }
     }
     bail!("{} lists no database {db}", path.display())

@@ -349,7 +349,12 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     // Put back from an older copy while it runs, with writes going on.
     let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 0.5)));
-    std::fs::remove_dir_all(setup.dir.join("replica")).unwrap();
+    // The capture may write a file into the tree while it is being removed: try again.
+    let mut tries = 0;
+    while let Err(e) = std::fs::remove_dir_all(setup.dir.join("replica")) {
+        tries += 1;
+        assert!(tries < 50, "cannot remove the replica: {e}");
+    }
     copy_dir(&older, &setup.dir.join("replica"));
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 1.5)));
     sleep_ms(500);

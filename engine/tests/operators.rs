@@ -94,6 +94,33 @@ fn a_watched_directory_picks_up_new_databases_and_drops_deleted_ones() {
     eprintln!("a new database was in its replica {took:?} after it was created");
     assert!(took < Duration::from_secs(5), "{took:?}");
 
+    // An application that closes its connection after each write: strata's own connections
+    // keep the WAL from being checkpointed away and deleted, rescans of the directory and
+    // all (a rescan that opened and closed the file once dropped strata's locks on it, and
+    // the application's last close then deleted the WAL under the capture).
+    for round in 0..3 {
+        // Python's own SQLite, as an application would be.
+        let wrote = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute('INSERT INTO t(v) VALUES (?)', (sys.argv[2],))\nc.commit()\nc.close()",
+                dbs.join("a.db").to_str().unwrap(),
+                &format!("round {round}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(wrote.success());
+        assert!(
+            dbs.join("a.db-wal").exists(),
+            "the WAL was deleted under the capture"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let out = dir.path().join("a.restored");
+    let restored = restore(&replicas.join("a.db"), &out);
+    assert!(restored.status.success(), "{restored:?}");
+    assert_eq!(dump(&out), dump(&dbs.join("a.db")));
+
     // One deleted is stopped; the others go on.
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(dbs.join(format!("a.db{suffix}")));

@@ -1038,12 +1038,13 @@ impl Replication {
         };
         let deadline = Instant::now() + self.timeout;
         let staged = *self.staged.borrow();
-        let db = &self.db;
-        let finished = futures::future::join_all(
-            targets
-                .iter()
-                .map(|t| finish_uploads(db, &t.uploader, staged, deadline)),
-        )
+        let (db, ticker) = (&self.db, &self.ticker);
+        let finished = futures::future::join_all(targets.iter().map(|t| async move {
+            // A turn among the store's stops, within the same deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _turn = tokio::time::timeout(left, ticker.stop_turn()).await;
+            finish_uploads(db, &t.uploader, staged, deadline).await
+        }))
         .await;
         let mut status = self.status.lock().unwrap().clone();
         let mut short = None;

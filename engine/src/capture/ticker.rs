@@ -27,6 +27,9 @@ use tokio::time::Instant;
 /// How early a job may be probed so that it shares a wake-up with others.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 
+/// Replicas finishing a stop at once, per ticker.
+const STOPS_AT_ONCE: usize = 16;
+
 /// A watched job quiet for a few intervals is probed this many times less often.
 const WATCHED_PROBE_FACTOR: u32 = 30;
 
@@ -75,6 +78,10 @@ struct Shared {
     changed: Arc<Notify>,
     /// Bounds the jobs working at once.
     permits: Arc<Semaphore>,
+    /// Bounds the replicas finishing their uploads and checks at a stop at once (a store
+    /// stopping hundreds of databases would otherwise send every request at the same
+    /// moment).
+    stop_permits: Arc<Semaphore>,
 }
 
 impl Drop for Shared {
@@ -191,6 +198,7 @@ impl Ticker {
             watch,
             changed: Arc::new(Notify::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            stop_permits: Arc::new(Semaphore::new(STOPS_AT_ONCE)),
         });
         tokio::spawn(schedule(Arc::downgrade(&shared)));
         if let Some(watch) = shared.watch.clone() {
@@ -241,6 +249,11 @@ impl Ticker {
         drop(queue);
         self.shared.changed.notify_one();
         id
+    }
+
+    /// Waits for a turn to finish a stop (see `stop_permits`).
+    pub(crate) async fn stop_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.shared.stop_permits.clone().acquire_owned().await.ok()
     }
 
     /// Makes a job due now, skipping its probe.

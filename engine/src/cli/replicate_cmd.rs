@@ -48,7 +48,7 @@ struct Source<'a> {
 
 impl Source<'_> {
     /// Reads the config (or takes the command line's database) and lists its databases.
-    fn load(&self) -> anyhow::Result<(Config, Vec<Database>)> {
+    async fn load(&self, store: Option<&Store>) -> anyhow::Result<(Config, Vec<Database>)> {
         let args = self.args;
         let config = match (&args.config, &args.db, &args.replica) {
             (Some(path), _, _) => Config::load(path, !args.no_expand_env)?,
@@ -60,15 +60,22 @@ impl Source<'_> {
                 "give a database and a replica URL (strata replicate DB URL), or --config FILE"
             ),
         };
-        let dbs = self.databases(&config)?;
+        let dbs = self.databases(&config, store).await?;
         Ok((config, dbs))
     }
 
-    /// The databases `config` lists now (directories listed again), with the command
-    /// line's overrides.
-    fn databases(&self, config: &Config) -> anyhow::Result<Vec<Database>> {
+    /// The databases `config` lists now (directories listed again, without opening the
+    /// files `store` captures, if given), with the command line's overrides.
+    async fn databases(
+        &self,
+        config: &Config,
+        store: Option<&Store>,
+    ) -> anyhow::Result<Vec<Database>> {
         let args = self.args;
-        let mut dbs = config_databases(config)?;
+        let mut dbs = match store {
+            Some(store) => store.config_databases(config).await?,
+            None => config_databases(config)?,
+        };
         for db in &mut dbs {
             if let Some(i) = args.sync_interval {
                 db.options.sync_interval = i;
@@ -117,7 +124,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // opened stops them cleanly once they are, instead of killing the process midway.
     let mut signals = Signals::new()?;
     let source = Source { args: &args };
-    let (config, dbs) = source.load()?;
+    let (config, dbs) = source.load(None).await?;
     let watching = config
         .dbs
         .iter()
@@ -134,14 +141,21 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(" and ");
-        store
-            .add(db)
-            .await
-            .with_context(|| format!("cannot replicate {}", path.display()))?;
+        if let Err(e) = store.add(db).await {
+            // The databases started so far stop cleanly before the error is reported.
+            store.shutdown().await;
+            return Err(e.into());
+        }
         eprintln!("replicating {} to {replica}", path.display());
     }
     let mut child = match &args.exec {
-        Some(cmd) => Some(spawn(cmd)?),
+        Some(cmd) => match spawn(cmd) {
+            Ok(child) => Some(child),
+            Err(e) => {
+                store.shutdown().await;
+                return Err(e);
+            }
+        },
         None => None,
     };
     // Directory mode with `watch`: the directories are listed again every second.
@@ -155,11 +169,11 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Reload => {
-                    match source.load() {
+                    match source.load(Some(&store)).await {
                         Ok((reloaded, dbs)) => {
                             config = reloaded;
                             eprintln!("SIGHUP: config re-read");
-                            report_applied(store.apply(dbs).await, &mut reported);
+                            report_applied(&store, store.apply(dbs).await, &mut reported).await;
                         }
                         Err(e) => eprintln!("SIGHUP: config not applied, running as before: {e:#}"),
                     }
@@ -179,8 +193,8 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             _ = rescan.tick(), if watching => {
-                if let Ok(dbs) = source.databases(&config) {
-                    report_applied(store.apply(dbs).await, &mut reported);
+                if let Ok(dbs) = source.databases(&config, Some(&store)).await {
+                    report_applied(&store, store.apply(dbs).await, &mut reported).await;
                 }
             }
             status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() && exit_code.is_none() => {
@@ -233,10 +247,20 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn report_applied(applied: strata::store::Applied, reported: &mut BTreeSet<PathBuf>) {
+async fn report_applied(
+    store: &Store,
+    applied: strata::store::Applied,
+    reported: &mut BTreeSet<PathBuf>,
+) {
+    let status = store.status().await;
     for path in &applied.added {
         reported.remove(path);
-        eprintln!("replicating {}", path.display());
+        let replicas = status
+            .iter()
+            .find(|s| s.path == *path)
+            .map(|s| s.replicas.join(" and "))
+            .unwrap_or_default();
+        eprintln!("replicating {} to {replicas}", path.display());
     }
     for path in &applied.changed {
         eprintln!("{}: settings changed; restarted", path.display());

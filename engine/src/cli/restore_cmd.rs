@@ -158,10 +158,10 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// several), and the database's path.
 fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, PathBuf)> {
     let config = strata::config::Config::load(path, true)?;
-    let wanted = std::path::absolute(db)?;
+    let wanted = normalized(&std::path::absolute(db)?);
     let dbs = strata::store::config_databases(&config)?;
     let found = dbs.into_iter().find(|d| {
-        std::path::absolute(&d.path).is_ok_and(|p| p == wanted)
+        std::path::absolute(&d.path).is_ok_and(|p| normalized(&p) == wanted)
             || std::fs::canonicalize(&d.path).is_ok_and(|p| p == wanted)
     });
     if let Some(d) = found {
@@ -172,7 +172,7 @@ fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, 
     }
     // A database of a directory entry that does not exist yet has its replica all the same.
     for entry in config.dbs.iter().filter(|d| d.dir.is_some()) {
-        if let Ok(rel) = wanted.strip_prefix(std::path::absolute(&entry.path)?)
+        if let Ok(rel) = wanted.strip_prefix(normalized(&std::path::absolute(&entry.path)?))
             && let Some(rel) = rel.to_str()
             && let Some(url) = entry.replicas.first()
         {
@@ -180,6 +180,22 @@ fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, 
         }
     }
     bail!("{} lists no database {db}", path.display())
+}
+
+/// `path` with `.` and `..` folded away (lexically: `a/b/../c` is `a/c`).
+fn normalized(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn print_plan(plan: &Plan) -> anyhow::Result<()> {

@@ -2,6 +2,8 @@
 //! optionally in subdirectories), each replicated under the replica URL joined with its path
 //! relative to the directory.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::DirSource;
@@ -11,8 +13,20 @@ use crate::config::DirSource;
 /// Only files that start with SQLite's header are taken (not their `-wal`, `-shm` or
 /// strata's staging files, nor anything else the pattern matches).
 pub fn scan(dir: &Path, source: &DirSource) -> std::io::Result<Vec<(PathBuf, String)>> {
+    scan_around(dir, source, &HashSet::new())
+}
+
+/// [`scan`], never opening a file whose (device, inode) is in `captured`: those are
+/// databases already (this process captures them), and closing a descriptor of a file drops
+/// every POSIX lock the process holds on it, SQLite's included, which would let an
+/// application's last connection delete the WAL under the capture.
+pub(crate) fn scan_around(
+    dir: &Path,
+    source: &DirSource,
+    captured: &HashSet<(u64, u64)>,
+) -> std::io::Result<Vec<(PathBuf, String)>> {
     let mut found = Vec::new();
-    walk(dir, source, &mut found)?;
+    walk(dir, source, captured, &mut found)?;
     found.sort();
     Ok(found
         .into_iter()
@@ -23,7 +37,12 @@ pub fn scan(dir: &Path, source: &DirSource) -> std::io::Result<Vec<(PathBuf, Str
         .collect())
 }
 
-fn walk(dir: &Path, source: &DirSource, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(
+    dir: &Path,
+    source: &DirSource,
+    captured: &HashSet<(u64, u64)>,
+    found: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let Ok(kind) = entry.file_type() else {
@@ -36,10 +55,13 @@ fn walk(dir: &Path, source: &DirSource, found: &mut Vec<PathBuf>) -> std::io::Re
             // strata's staging directories are never searched.
             if source.recursive && !name.ends_with("-strata") && !name.ends_with("-litestream") {
                 // A subdirectory removed meanwhile is skipped.
-                let _ = walk(&path, source, found);
+                let _ = walk(&path, source, captured, found);
             }
-        } else if kind.is_file() && glob(&source.pattern, &name) && is_sqlite(&path) {
-            found.push(path);
+        } else if kind.is_file() && glob(&source.pattern, &name) {
+            let id = entry.metadata().map(|m| (m.dev(), m.ino()));
+            if id.is_ok_and(|id| captured.contains(&id)) || is_sqlite(&path) {
+                found.push(path);
+            }
         }
     }
     Ok(())

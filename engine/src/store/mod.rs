@@ -105,6 +105,14 @@ impl Database {
 /// The databases a config lists, with its settings: a `dir` entry is scanned now (see
 /// [`scan`]). `sync_interval` (a command-line override) replaces the configured one.
 pub fn config_databases(config: &Config) -> Result<Vec<Database>, StoreError> {
+    config_databases_around(config, &std::collections::HashSet::new())
+}
+
+/// [`config_databases`], not opening the files in `captured` (see [`dir::scan_around`]).
+fn config_databases_around(
+    config: &Config,
+    captured: &std::collections::HashSet<(u64, u64)>,
+) -> Result<Vec<Database>, StoreError> {
     let mut compaction = config.compaction_options();
     let mut dbs = Vec::new();
     for db in &config.dbs {
@@ -133,9 +141,11 @@ pub fn config_databases(config: &Config) -> Result<Vec<Database>, StoreError> {
                 options,
             }),
             Some(source) => {
-                let found = scan(&db.path, source).map_err(|error| StoreError::Io {
-                    path: db.path.clone(),
-                    error,
+                let found = dir::scan_around(&db.path, source, captured).map_err(|error| {
+                    StoreError::Io {
+                        path: db.path.clone(),
+                        error,
+                    }
                 })?;
                 dbs.extend(found.into_iter().map(|(path, rel)| Database {
                     path,
@@ -408,6 +418,22 @@ impl Store {
                 failed: e.running.as_ref().and_then(Replication::fatal),
             })
             .collect()
+    }
+
+    /// The databases a config lists now, as [`config_databases`] does, but without opening
+    /// any file this store captures: use this, not that, to list a directory again while the
+    /// store runs (see [`scan`]'s note on locks).
+    pub async fn config_databases(&self, config: &Config) -> Result<Vec<Database>, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let captured = self
+            .dbs
+            .lock()
+            .await
+            .keys()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        config_databases_around(config, &captured)
     }
 
     /// The databases in the store, in path order.

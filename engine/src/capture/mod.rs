@@ -894,12 +894,7 @@ impl Replication {
             .iter()
             .map(|t| t.status.lock().unwrap().clone())
             .collect();
-        status.uploaded = status
-            .replicas
-            .iter()
-            .map(|r| r.uploaded)
-            .min()
-            .unwrap_or(Txid::ZERO);
+        status.uploaded = held_by_all(&status.replicas);
         status.upload_error = status.replicas.iter().find_map(|r| {
             r.upload_error
                 .as_ref()
@@ -1061,18 +1056,22 @@ impl Replication {
         if let Some(e) = short {
             return Err(e);
         }
-        status.uploaded = status
-            .replicas
-            .iter()
-            .map(|r| r.uploaded)
-            .min()
-            .unwrap_or(Txid::ZERO);
+        status.uploaded = held_by_all(&status.replicas);
         final_sync.map_err(|error| StopError::Sync {
             uploaded: status.uploaded,
             error,
         })?;
         Ok(status)
     }
+}
+
+/// The newest TXID every replica holds.
+fn held_by_all(replicas: &[ReplicaStatus]) -> Txid {
+    replicas
+        .iter()
+        .map(|r| r.uploaded)
+        .min()
+        .unwrap_or(Txid::ZERO)
 }
 
 /// Uploads what is staged to one replica by `deadline`, then checks it holds it; returns

@@ -24,6 +24,8 @@ use super::ticker::JobId;
 pub(crate) struct DirWatch {
     fd: AsyncFd<OwnedFd>,
     state: Mutex<State>,
+    /// Ends [`DirWatch::run`] (the ticker is gone), which frees the descriptor.
+    closed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -59,7 +61,13 @@ impl DirWatch {
         Ok(DirWatch {
             fd,
             state: Mutex::new(State::default()),
+            closed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Makes [`DirWatch::run`] return.
+    pub(crate) fn close(&self) {
+        self.closed.notify_one();
     }
 
     /// Wakes `id` on changes to `db` (a canonical path) and its companion files.
@@ -116,12 +124,16 @@ impl DirWatch {
         }
     }
 
-    /// Reads events for ever, calling `wake` with each job an event concerns (every job
-    /// if events were lost to a full queue).
+    /// Reads events until [`DirWatch::close`], calling `wake` with each job an event
+    /// concerns (every job if events were lost to a full queue).
     pub(crate) async fn run(&self, wake: impl Fn(JobId)) {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let Ok(mut ready) = self.fd.readable().await else {
+            let readable = tokio::select! {
+                r = self.fd.readable() => r,
+                () = self.closed.notified() => return,
+            };
+            let Ok(mut ready) = readable else {
                 return;
             };
             // SAFETY: reading into a buffer this function owns, at most its length.
@@ -244,6 +256,10 @@ mod tests {
         std::fs::write(root.join("a.db-wal"), b"more").unwrap();
         settle().await;
         assert_eq!(counts[1].load(Ordering::SeqCst), before);
-        task.abort();
+        watch.close();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("run returns once closed")
+            .unwrap();
     }
 }

@@ -86,8 +86,11 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // The scheduling task sees the ticker gone and ends.
+        // The scheduling task sees the ticker gone and ends, and so does the watch's.
         self.changed.notify_one();
+        if let Some(watch) = &self.watch {
+            watch.close();
+        }
     }
 }
 

@@ -154,3 +154,48 @@ async fn one_config_replicates_several_databases_and_switches_them_to_wal() {
         );
     }
 }
+
+/// An application's own RESTART or TRUNCATE checkpoint takes the write lock and then waits,
+/// up to its busy timeout, for every reader to leave the log. strata always holds a read
+/// transaction; if it kept holding one in the log while idle, the checkpoint would wait the
+/// whole timeout and every other writer would be locked out meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_applications_restart_checkpoint_does_not_wait_for_strata() {
+    let setup = Setup::new(None);
+    let mut options = quick_capture_options();
+    // strata's own checkpoints (which also move its read transaction) not in the way.
+    options.checkpoint.interval = Duration::from_secs(600);
+    options.checkpoint.min_pages = 1_000_000;
+    let replication = start_in_process_with(&setup, &setup.replica_url.clone(), options).await;
+    let db = setup.db.clone();
+    for (round, mode) in ["RESTART", "TRUNCATE", "RESTART", "TRUNCATE"]
+        .into_iter()
+        .enumerate()
+    {
+        let app = rusqlite::Connection::open(&db).unwrap();
+        app.busy_timeout(Duration::from_secs(10)).unwrap();
+        app.execute_batch(
+            "CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES (randomblob(3000));",
+        )
+        .unwrap();
+        replication.sync().await.unwrap();
+        // Quiet, so strata has nothing to do and sits on its read transaction.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let (busy, log, copied): (i64, i64, i64) = tokio::task::spawn_blocking(move || {
+            app.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            busy == 0 && waited < Duration::from_secs(3),
+            "round {round}: {mode} checkpoint busy={busy} log={log} copied={copied} after {waited:?}"
+        );
+    }
+    replication.stop().await.unwrap();
+    check_history(&setup).await;
+}

@@ -33,6 +33,7 @@ mod upload;
 pub mod wal;
 pub mod wal_index;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,12 +42,18 @@ use ltx::{PageEncoding, PageSize, Txid};
 use tokio::sync::watch;
 
 use crate::compact::{Clock, CompactionStatus, Compactor, Monitor};
-use crate::storage::{LevelIndex, Replica, SharedIndex, StorageError};
+use crate::storage::{Level, LevelIndex, Replica, SharedIndex, StorageError};
 use position::Position;
 use sqlite::{Mode, Sqlite};
 use staging::Staging;
 use sync::{Held, Synced, Syncer};
 use ticker::Ticker;
+use wal_index::LogState;
+
+/// How long capture keeps following another connection's checkpoint (see
+/// [`Capture::following_checkpoint`]), and how often it looks meanwhile.
+const FOLLOW_CHECKPOINT_MAX: Duration = Duration::from_secs(10);
+const FOLLOW_CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
 /// When strata checkpoints the databases it captures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +219,9 @@ struct Capture {
     /// Where the last complete checkpoint left the log: frames up to here are back in the
     /// database, and only frames after it count toward the next checkpoint.
     checkpointed: Option<(wal::Generation, u64)>,
+    /// The log as the read transaction strata holds saw it, if known for sure (the same
+    /// before and after it was taken), and since when it has been that.
+    held: (Option<LogState>, Instant),
 }
 
 impl Capture {
@@ -345,6 +355,7 @@ impl Capture {
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
             checkpointed: None,
+            held: (None, Instant::now()),
             options,
         })
     }
@@ -370,13 +381,54 @@ impl Capture {
         closed
     }
 
-    /// Whether a tick now would do nothing: nothing committed, no checkpoint due, the read
-    /// transaction held. Cheap (see [`Syncer::unchanged`]); unless `thorough`, only the
-    /// wal-index header is read (file-change notification watches the files).
+    /// Whether a tick now would do nothing: nothing committed, no checkpoint due, and the
+    /// read transaction held where the log stands. Cheap: one read of the wal-index, plus a
+    /// few `stat`s if `thorough` (file-change notification watches the rest).
+    ///
+    /// The read transaction must follow other connections' checkpoints, not only commits:
+    /// an application's RESTART or TRUNCATE checkpoint holds the write lock while it waits
+    /// for every reader to leave the log, and a reader taken before the log was copied back
+    /// is in it (one taken after reads the database alone). Held where it was, it would
+    /// lock every writer out until the application's busy timeout.
     fn idle(&self, thorough: bool) -> bool {
         let checkpoint_due = self.synced_since_checkpoint
             && self.last_checkpoint.elapsed() >= self.options.checkpoint.interval;
-        self.sqlite.is_holding() && !checkpoint_due && self.syncer.unchanged(thorough)
+        let Ok(now) = self.syncer.log_state() else {
+            return false;
+        };
+        self.sqlite.is_holding()
+            && !checkpoint_due
+            && self.held.0 == Some(now)
+            && !self.following_checkpoint(&now)
+            && self.syncer.unchanged(now.index, thorough)
+    }
+
+    /// Another connection is copying the log back: keep moving the read transaction until
+    /// it has (so the log can restart at once), for at most [`FOLLOW_CHECKPOINT_MAX`] (a
+    /// checkpointer that died midway leaves the same marks behind).
+    fn following_checkpoint(&self, now: &LogState) -> bool {
+        now.backfilling() && self.held.1.elapsed() < FOLLOW_CHECKPOINT_MAX
+    }
+
+    /// Whether the next tick should come sooner than the interval: another connection's
+    /// checkpoint is copying the log back, and the read transaction must move once it has.
+    fn wants_soon(&self) -> bool {
+        self.syncer
+            .log_state()
+            .is_ok_and(|now| self.following_checkpoint(&now))
+    }
+
+    /// Moves the read transaction to where the log stands now (see [`Sqlite::hand_off`]).
+    /// Only after everything committed is staged: the log may restart once it is let go.
+    fn hand_off(&mut self) -> Result<(), CaptureError> {
+        let before = self.syncer.log_state().ok();
+        self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
+        let after = self.syncer.log_state().ok();
+        let seen = before.filter(|_| before == after);
+        if seen != self.held.0 {
+            self.held = (seen, Instant::now());
+        }
+        Ok(())
     }
 
     /// Syncs everything committed, moves the read transaction forward, and checkpoints when
@@ -388,7 +440,7 @@ impl Capture {
         if files > 0 {
             tracing::debug!(db = %self.syncer.db_path().display(), files, ms = started.elapsed().as_millis(), "synced");
         }
-        self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
+        self.hand_off()?;
         if let Some(mode) = self.checkpoint_due()? {
             self.checkpoint(mode, report)?;
         }
@@ -402,7 +454,7 @@ impl Capture {
         // checkpoint), the log may have restarted in between: the position is no longer live.
         if !self.sqlite.is_holding() {
             self.syncer.live = false;
-            self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
+            self.hand_off()?;
         }
         let mut files = 0;
         loop {
@@ -472,12 +524,12 @@ impl Capture {
             self.sqlite.release().map_err(|e| self.sql_err(e))?;
             // The read transaction is taken again even if the checkpoint failed.
             let passive = self.sqlite.checkpoint(Mode::Passive);
-            let held = self.sqlite.hand_off();
+            let held = self.hand_off();
             if held.is_err() {
                 self.syncer.live = false;
             }
             let passive = passive.map_err(|e| self.sql_err(e))?;
-            held.map_err(|e| self.sql_err(e))?;
+            held?;
             Ok(passive)
         });
         // Writers are let in whatever happened.
@@ -558,6 +610,15 @@ pub struct Status {
     pub upload_error: Option<String>,
     /// Each replica, in the order given.
     pub replicas: Vec<ReplicaStatus>,
+    /// Sync ticks run (each stages what was committed, and checkpoints when due), how many
+    /// failed, and the time they took.
+    pub syncs: u64,
+    /// See `syncs`.
+    pub failed_syncs: u64,
+    /// See `syncs`.
+    pub sync_busy: Duration,
+    /// When the last sync succeeded.
+    pub last_sync: Option<jiff::Timestamp>,
 }
 
 /// One replica of a replication.
@@ -569,6 +630,43 @@ pub struct ReplicaStatus {
     pub uploaded: Txid,
     /// Why the last upload failed, if it did (cleared by the next one that succeeds).
     pub upload_error: Option<String>,
+    /// Upload rounds run (each uploads everything staged, and checks the replica when
+    /// due), how many failed, and the time they took.
+    pub uploads: u64,
+    /// See `uploads`.
+    pub failed_uploads: u64,
+    /// See `uploads`.
+    pub upload_busy: Duration,
+    /// When the last upload round succeeded.
+    pub last_upload: Option<jiff::Timestamp>,
+    /// Since when the replica has lacked something staged (`None`: it holds everything
+    /// staged). Its lag is the time since then.
+    pub behind_since: Option<jiff::Timestamp>,
+    /// Requests made to it so far, by kind.
+    pub requests: crate::storage::RequestCounts,
+    /// Files and bytes in each level that has any, as strata's index of the replica holds
+    /// them (listed at start, then kept by uploads, compaction and retention).
+    pub levels: BTreeMap<Level, LevelFiles>,
+    /// Compaction and retention in it (`None` if off).
+    pub compaction: Option<CompactionStatus>,
+}
+
+impl ReplicaStatus {
+    /// How long the replica has lacked something staged (zero if it holds everything).
+    pub fn lag(&self, now: jiff::Timestamp) -> Duration {
+        self.behind_since
+            .and_then(|t| now.duration_since(t).try_into().ok())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// The files of one level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LevelFiles {
+    /// How many.
+    pub files: u64,
+    /// Their size in bytes.
+    pub bytes: u64,
 }
 
 impl CaptureError {
@@ -646,11 +744,38 @@ pub struct Replication {
 /// others' (one that fails or lags holds none of them up).
 #[derive(Debug)]
 struct Target {
+    replica: Replica,
+    index: SharedIndex,
     upload: tokio::task::JoinHandle<()>,
     uploaded: watch::Receiver<Txid>,
     status: Arc<Mutex<ReplicaStatus>>,
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     monitor: Option<crate::compact::Monitor>,
+}
+
+impl Target {
+    fn status(&self) -> ReplicaStatus {
+        let mut status = self.status.lock().unwrap().clone();
+        status.requests = self.replica.requests();
+        status.compaction = self.monitor.as_ref().map(Monitor::status);
+        let index = self.index.lock();
+        status.levels = Level::all()
+            .filter_map(|level| {
+                let files = index.level(level);
+                (!files.is_empty()).then(|| {
+                    let bytes = files.iter().map(|f| f.file.size).sum();
+                    (
+                        level,
+                        LevelFiles {
+                            files: files.len() as u64,
+                            bytes,
+                        },
+                    )
+                })
+            })
+            .collect();
+        status
+    }
 }
 
 impl std::fmt::Debug for CaptureJob {
@@ -837,14 +962,15 @@ impl Replication {
                     } else {
                         staging.dir().join(format!("compact-{slot}"))
                     };
-                    let compactor = Compactor::new(replica.clone(), index, compaction, scratch);
+                    let compactor =
+                        Compactor::new(replica.clone(), index.clone(), compaction, scratch);
                     Monitor::start(compactor.with_local_l0(staging.l0_dir()), Clock::System)
                 });
                 let uploader = Arc::new(tokio::sync::Mutex::new(uploader));
                 let target_status = Arc::new(Mutex::new(ReplicaStatus {
                     replica: replica.name().to_owned(),
                     uploaded: restores_to,
-                    upload_error: None,
+                    ..ReplicaStatus::default()
                 }));
                 let (uploaded_tx, uploaded_rx) = watch::channel(restores_to);
                 let upload = tokio::spawn(upload_loop(
@@ -859,6 +985,8 @@ impl Replication {
                     },
                 ));
                 Target {
+                    replica,
+                    index,
                     upload,
                     uploaded: uploaded_rx,
                     status: target_status,
@@ -889,11 +1017,7 @@ impl Replication {
     /// The current state.
     pub fn status(&self) -> Status {
         let mut status = self.status.lock().unwrap().clone();
-        status.replicas = self
-            .targets
-            .iter()
-            .map(|t| t.status.lock().unwrap().clone())
-            .collect();
+        status.replicas = self.targets.iter().map(Target::status).collect();
         status.uploaded = held_by_all(&status.replicas);
         status.upload_error = status.replicas.iter().find_map(|r| {
             r.upload_error
@@ -1197,6 +1321,15 @@ impl ticker::Job for CaptureJob {
         };
         let db = state.db.take()?;
         let (db, result) = step(db, stopping, true, &mut report);
+        {
+            let mut s = self.status.lock().unwrap();
+            s.syncs += 1;
+            s.failed_syncs += u64::from(result.is_err());
+            s.sync_busy += started.elapsed();
+            if result.is_ok() {
+                s.last_sync = Some(jiff::Timestamp::now());
+            }
+        }
         self.served
             .send_replace((asked, result.as_ref().err().map(ToString::to_string)));
         // Ticks keep to the interval (a slow tick does not push the next one back), and
@@ -1206,7 +1339,11 @@ impl ticker::Job for CaptureJob {
                 state.backoff = self.interval;
                 state.failing = false;
                 self.status.lock().unwrap().sync_error = None;
-                self.interval.saturating_sub(started.elapsed())
+                let wait = self.interval.saturating_sub(started.elapsed());
+                match &db {
+                    Db::Open(capture) if capture.wants_soon() => wait.min(FOLLOW_CHECKPOINT_POLL),
+                    _ => wait,
+                }
             }
             Err(e) if e.is_fatal() => {
                 tracing::error!(error = %e, "sync failed; stopping");
@@ -1304,6 +1441,8 @@ async fn upload_loop(
 ) {
     let mut backoff = interval;
     loop {
+        let started = Instant::now();
+        let staged_now = *staged.borrow_and_update();
         let (result, uploaded) = {
             let mut uploader = uploader.lock().await;
             (uploader.upload().await, uploader.uploaded)
@@ -1312,6 +1451,19 @@ async fn upload_loop(
             let mut s = status.lock().unwrap();
             s.uploaded = uploaded;
             s.upload_error = result.as_ref().err().map(ToString::to_string);
+            s.uploads += 1;
+            s.failed_uploads += u64::from(result.is_err());
+            s.upload_busy += started.elapsed();
+            if result.is_ok() {
+                s.last_upload = Some(jiff::Timestamp::now());
+            }
+            // Behind from the moment something was staged that it lacks, until it holds
+            // everything staged when it finishes.
+            if uploaded >= *staged.borrow() {
+                s.behind_since = None;
+            } else if s.behind_since.is_none() && uploaded < staged_now {
+                s.behind_since = Some(jiff::Timestamp::now() - started.elapsed());
+            }
         }
         uploaded_tx.send_replace(uploaded);
         if let Err(e) = result {

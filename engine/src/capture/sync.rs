@@ -15,7 +15,7 @@ use super::CaptureError;
 use super::position::{FileId, Position, WalPosition};
 use super::staging::Staging;
 use super::wal::{self, Generation, Scan};
-use super::wal_index::IndexHeader;
+use super::wal_index::{IndexHeader, LogState};
 
 /// What to read for the next L0 file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,20 +308,23 @@ impl Syncer {
         }
     }
 
-    /// Whether a sync now would surely find nothing: the wal-index header is the one the
-    /// last sync read (every commit and every restart of the log rewrites it) and, if
-    /// `thorough`, the files are the ones held and the staging directory is intact. One
-    /// read, and a few `stat`s when thorough. (A staging directory deleted while nothing is
+    /// The wal-index as it is now (one read).
+    pub fn log_state(&self) -> io::Result<LogState> {
+        LogState::read(&self.shm.file)
+    }
+
+    /// Whether a sync now would surely find nothing, given the wal-index header `index` read
+    /// just now: it is the one the last sync read (every commit and every restart of the
+    /// log rewrites it) and, if `thorough`, the files are the ones held and the staging
+    /// directory is intact (a few `stat`s). (A staging directory deleted while nothing is
     /// written is found by the next sync, before anything is staged into it.)
-    pub fn unchanged(&self, thorough: bool) -> bool {
+    pub fn unchanged(&self, index: Option<IndexHeader>, thorough: bool) -> bool {
         let files_held = || {
             self.db.check("database file").is_ok()
                 && self.shm.check("wal-index file (-shm)").is_ok()
                 && self.staging.check_lock().is_ok()
         };
-        self.last_index.is_some()
-            && IndexHeader::read(&self.shm.file).is_ok_and(|h| h.is_some() && h == self.last_index)
-            && (!thorough || files_held())
+        index.is_some() && index == self.last_index && (!thorough || files_held())
     }
 
     fn incremental(

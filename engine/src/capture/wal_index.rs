@@ -11,6 +11,11 @@
 //! checksum of frame `mxFrame`, the two salts, and a checksum of the first 40 bytes. A
 //! writer updates the second copy, then the first; a reader that finds both equal and the
 //! checksum right has read a consistent header.
+//!
+//! After the two copies comes the checkpoint information (`WalCkptInfo`): `nBackfill` at
+//! byte 96 (frames copied back into the database), five read marks, eight lock bytes, and
+//! `nBackfillAttempted` at byte 128 (set when a checkpoint starts copying, so a value above
+//! `nBackfill` means one is copying now or died doing so).
 
 use std::fs::File;
 use std::io;
@@ -19,6 +24,9 @@ use std::os::unix::fs::FileExt;
 use super::wal::{self, Checksum};
 
 const COPY: usize = 48;
+const BACKFILL: usize = 2 * COPY;
+const BACKFILL_ATTEMPTED: usize = 128;
+const READ_LEN: usize = BACKFILL_ATTEMPTED + 4;
 const VERSION: u32 = 3_007_000;
 
 /// A consistent wal-index header.
@@ -89,20 +97,61 @@ impl IndexHeader {
     /// Reads the header from the `-shm` file, retrying briefly while a writer is updating
     /// it. `None` if no consistent header could be read.
     pub fn read(shm: &File) -> io::Result<Option<IndexHeader>> {
-        let mut b = [0u8; 2 * COPY];
-        for attempt in 0..100 {
+        LogState::read(shm).map(|s| s.index)
+    }
+}
+
+/// What the wal-index says about the log: the header, and how far checkpoints have copied
+/// it back into the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogState {
+    /// The header, if a consistent one could be read.
+    pub index: Option<IndexHeader>,
+    /// Frames copied back (`nBackfill`).
+    pub backfilled: u32,
+    /// Frames the last checkpoint set out to copy back (`nBackfillAttempted`).
+    pub backfill_attempted: u32,
+}
+
+impl LogState {
+    /// Reads the `-shm` file's header and checkpoint information in one read, retrying
+    /// briefly while a writer is updating the header. A file too short to hold them reads
+    /// as no header and nothing copied.
+    pub fn read(shm: &File) -> io::Result<LogState> {
+        let mut b = [0u8; READ_LEN];
+        let mut attempt = 0;
+        loop {
             match shm.read_exact_at(&mut b, 0) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(LogState {
+                        index: None,
+                        backfilled: 0,
+                        backfill_attempted: 0,
+                    });
+                }
                 Err(e) => return Err(e),
             }
-            if let Some(h) = IndexHeader::parse(&b) {
-                return Ok(Some(h));
+            let header = b[..2 * COPY].try_into().expect("two copies");
+            let word = |at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+            let index = IndexHeader::parse(header);
+            if index.is_some() || attempt == 99 {
+                return Ok(LogState {
+                    index,
+                    backfilled: word(BACKFILL),
+                    backfill_attempted: word(BACKFILL_ATTEMPTED),
+                });
             }
+            attempt += 1;
             if attempt > 10 {
                 std::thread::sleep(std::time::Duration::from_micros(100));
             }
         }
-        Ok(None)
+    }
+
+    /// Another connection's checkpoint is copying the log back into the database now (or
+    /// died doing so).
+    pub fn backfilling(&self) -> bool {
+        self.backfill_attempted > self.backfilled
     }
 }

@@ -293,29 +293,41 @@ async fn report_applied(
 }
 
 fn print_compaction(db: &str, status: &DbStatus) {
-    let Some(c) = &status.compaction else { return };
-    let levels: Vec<String> = c
-        .levels
-        .iter()
-        .filter(|(_, l)| l.files_written > 0)
-        .map(|(level, l)| {
-            format!(
-                "{level} {} files, {}",
-                l.files_written,
-                super::format_bytes(l.bytes_written)
-            )
-        })
-        .collect();
-    if !levels.is_empty() || c.deleted > 0 {
-        eprintln!(
-            "{db}: compacted {}; retention deleted {} files",
-            if levels.is_empty() {
-                "nothing".to_owned()
+    let Some(capture) = &status.capture else {
+        return;
+    };
+    for replica in &capture.replicas {
+        let Some(c) = &replica.compaction else {
+            continue;
+        };
+        let levels: Vec<String> = c
+            .levels
+            .iter()
+            .filter(|(_, l)| l.files_written > 0)
+            .map(|(level, l)| {
+                format!(
+                    "{level} {} files, {}",
+                    l.files_written,
+                    super::format_bytes(l.bytes_written)
+                )
+            })
+            .collect();
+        if !levels.is_empty() || c.deleted > 0 {
+            let name = if capture.replicas.len() > 1 {
+                format!(" ({})", replica.replica)
             } else {
-                levels.join(", ")
-            },
-            c.deleted
-        );
+                String::new()
+            };
+            eprintln!(
+                "{db}{name}: compacted {}; retention deleted {} files",
+                if levels.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    levels.join(", ")
+                },
+                c.deleted
+            );
+        }
     }
 }
 

@@ -151,6 +151,12 @@ pub struct LevelStatus {
     pub bytes_read: u64,
     /// When the last pass ran.
     pub last_run: Option<Timestamp>,
+    /// Passes run (most find nothing to do), and how many of them failed.
+    pub passes: u64,
+    /// See `passes`.
+    pub failed_passes: u64,
+    /// Time spent in passes.
+    pub busy: Duration,
     /// Gaps found in the level and not repaired.
     pub gaps: Vec<Gap>,
     /// Why the last pass failed (cleared by one that succeeds).
@@ -166,6 +172,12 @@ pub struct CompactionStatus {
     pub deleted: u64,
     /// Why the last retention pass failed (cleared by one that succeeds).
     pub retention_error: Option<String>,
+    /// Retention passes run, how many failed, and the time they took.
+    pub retention_passes: u64,
+    /// See `retention_passes`.
+    pub failed_retention_passes: u64,
+    /// See `retention_passes`.
+    pub retention_busy: Duration,
 }
 
 /// Runs passes against one replica.
@@ -236,6 +248,7 @@ impl Compactor {
     /// One pass of `level` at `now`: repair gaps in it from the level below, then merge
     /// what is new below it into one file (a snapshot for level 9).
     pub async fn run_level(&self, level: Level, now: Timestamp) -> Result<Outcome, CompactError> {
+        let started = std::time::Instant::now();
         let mut result = self.pass(level, now).await;
         if let Err(CompactError::Corrupt { .. }) = &result {
             // The corrupt input is left out now (and was logged): build around it at once
@@ -252,6 +265,9 @@ impl Compactor {
         self.update(|s| {
             let l = s.levels.entry(level).or_default();
             l.last_run = Some(now);
+            l.passes += 1;
+            l.failed_passes += u64::from(result.is_err());
+            l.busy += started.elapsed();
             match &result {
                 Ok(Outcome::Compacted { file, read, .. }) => {
                     l.files_written += 1;
@@ -413,6 +429,17 @@ impl Compactor {
     /// One retention pass at `now`: deletes what [`retention::expired`] names. Returns how
     /// many files went.
     pub async fn run_retention(&self, now: Timestamp) -> Result<usize, CompactError> {
+        let started = std::time::Instant::now();
+        let result = self.retain(now).await;
+        self.update(|s| {
+            s.retention_passes += 1;
+            s.failed_retention_passes += u64::from(result.is_err());
+            s.retention_busy += started.elapsed();
+        });
+        result
+    }
+
+    async fn retain(&self, now: Timestamp) -> Result<usize, CompactError> {
         let expired = retention::expired(&self.index.lock(), &self.options.retention, now);
         if expired.is_empty() {
             return Ok(0);

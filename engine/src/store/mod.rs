@@ -42,7 +42,6 @@ use tokio::sync::mpsc;
 
 use crate::capture::ticker::Ticker;
 use crate::capture::{CaptureError, CaptureOptions, Replication, Status, StopError, SyncError};
-use crate::compact::CompactionStatus;
 use crate::config::Config;
 use crate::storage::{Clients, Replica, ReplicaUrl, StorageError};
 
@@ -225,8 +224,6 @@ pub struct DbStatus {
     pub enabled: bool,
     /// Capture and upload state, while enabled.
     pub capture: Option<Status>,
-    /// Compaction and retention, while enabled and on.
-    pub compaction: Option<CompactionStatus>,
     /// Why the replication stopped on its own, if it did (it stays stopped until removed
     /// or enabled again).
     pub failed: Option<String>,
@@ -414,7 +411,6 @@ impl Store {
                 replicas: e.spec.replicas.iter().map(ToString::to_string).collect(),
                 enabled: e.running.is_some(),
                 capture: e.running.as_ref().map(Replication::status),
-                compaction: e.running.as_ref().and_then(Replication::compaction_status),
                 failed: e.running.as_ref().and_then(Replication::fatal),
             })
             .collect()

@@ -161,6 +161,14 @@ pub struct Config {
     pub retention_grace: Option<Duration>,
     /// How long a shutdown may spend on the final sync and upload (`shutdown-sync-timeout`).
     pub shutdown_sync_timeout: Option<Duration>,
+    /// Where `strata replicate` serves `/metrics` and `/status` (`addr`, e.g. `:9090` or
+    /// `127.0.0.1:9090`).
+    pub addr: Option<String>,
+    /// A URL fetched every `heartbeat_interval` while every database is replicating and its
+    /// replicas are caught up (`heartbeat-url`).
+    pub heartbeat_url: Option<String>,
+    /// See `heartbeat_url` (`heartbeat-interval`, default 5m).
+    pub heartbeat_interval: Option<Duration>,
 }
 
 impl Config {
@@ -208,6 +216,9 @@ impl Config {
                 "l0-retention",
                 "retention",
                 "shutdown-sync-timeout",
+                "addr",
+                "heartbeat-url",
+                "heartbeat-interval",
             ],
         )?;
         let mut config = Config {
@@ -219,6 +230,9 @@ impl Config {
             retention_enabled: None,
             retention_grace: None,
             shutdown_sync_timeout: duration(map, "", "shutdown-sync-timeout")?,
+            addr: string(map, "", "addr")?,
+            heartbeat_url: string(map, "", "heartbeat-url")?,
+            heartbeat_interval: duration(map, "", "heartbeat-interval")?,
         };
         if let Some(levels) = get(map, "levels") {
             for (i, level) in as_list(levels, "levels")?.iter().enumerate() {
@@ -679,8 +693,8 @@ dbs:
     fn unknown_keys_and_bad_values_name_the_key() {
         for (yaml, key) in [
             (
-                "dbs: [{path: a, replica: {url: /x}}]\naddr: ':9090'",
-                "addr",
+                "dbs: [{path: a, replica: {url: /x}}]\nadress: ':9090'",
+                "adress",
             ),
             (
                 "dbs: [{path: a, replica: {url: /x, colour: red}}]",

@@ -317,3 +317,174 @@ fn restore_start_up_flags_skip_what_is_there_or_missing() {
     assert!(restored.status.success(), "{restored:?}");
     assert_eq!(dump(&db), rows);
 }
+
+/// A GET over plain HTTP/1.1: status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
+
+/// A server that counts the requests it gets (the heartbeat's monitor).
+fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, hits)
+}
+
+#[test]
+fn metrics_status_and_heartbeat_report_what_replication_does() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create(&db, 5);
+    let (monitor, pings) = counting_server();
+    let config = dir.path().join("strata.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "shutdown-sync-timeout: 2s\naddr: 127.0.0.1:0\nheartbeat-url: http://{monitor}/ping\nheartbeat-interval: 1s\nlevels: [{{interval: 1s}}]\ndbs:\n  - path: {}\n    replica:\n      url: file://{}\n",
+            db.display(),
+            replica.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("strata.log");
+    let mut strata = replicate(&config, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(Duration::from_secs(10), "the endpoint", || {
+        read_log().contains("serving http://")
+    });
+    let text = read_log();
+    let addr = text
+        .split("serving http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap()
+        .to_owned();
+    wait_for(Duration::from_secs(10), "the first L0 file", || {
+        has_l0(&replica)
+    });
+    create(&db, 5);
+    wait_for(Duration::from_secs(10), "an L1 file", || {
+        std::fs::read_dir(replica.join("ltx/1")).is_ok_and(|d| d.count() >= 1)
+    });
+    // Everything written is in by now; the newest TXID, from the file names.
+    std::thread::sleep(Duration::from_millis(1500));
+    let newest = ["ltx/0", "ltx/1"]
+        .iter()
+        .flat_map(|level| std::fs::read_dir(replica.join(level)).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy()[17..33].to_owned())
+        .max()
+        .unwrap();
+    let txid = u64::from_str_radix(&newest, 16).unwrap();
+
+    let canonical = std::fs::canonicalize(&db).unwrap();
+    let series = format!(
+        "{{db=\"{}\",replica=\"file://{}\"}}",
+        canonical.display(),
+        replica.display()
+    );
+    let (code, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    for expected in [
+        format!("strata_replica_txid{series} {txid}.0"),
+        format!("strata_replica_lag_seconds{series} 0.0"),
+        format!("strata_upload_errors_total{series} 0.0"),
+        "strata_databases{state=\"running\"} 1.0".to_owned(),
+    ] {
+        assert!(metrics.contains(&expected), "no {expected} in:\n{metrics}");
+    }
+    for family in [
+        "strata_syncs_total{",
+        "strata_sync_seconds_total{",
+        "strata_requests_total{",
+        "strata_level_files{",
+        "strata_level_bytes{",
+        "strata_compaction_passes_total{",
+        "strata_compaction_files_written_total{",
+        "strata_retention_passes_total{",
+    ] {
+        assert!(metrics.contains(family), "no {family} in:\n{metrics}");
+    }
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    assert_eq!(http_get(&addr, "/nothing").0, 404);
+
+    let status = Command::new(strata_bin())
+        .args(["status", "--addr", &addr])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{shown}");
+    assert!(
+        shown.contains(&canonical.display().to_string())
+            && shown.contains(&format!("TXID {newest}, lag 0.0 s")),
+        "{shown}"
+    );
+    let from_replica = Command::new(strata_bin())
+        .args(["status", &format!("file://{}", replica.display())])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&from_replica.stdout);
+    assert!(from_replica.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("restores to TXID {newest}")),
+        "{shown}"
+    );
+
+    // Healthy: pinged about once a second.
+    wait_for(Duration::from_secs(10), "two heartbeats", || {
+        pings.load(SeqCst) >= 2
+    });
+
+    // The replica breaks (its directory replaced by a file): uploads fail, the heartbeat
+    // stops, and the status says why.
+    std::fs::rename(&replica, dir.path().join("moved")).unwrap();
+    std::fs::write(&replica, "not a directory").unwrap();
+    create(&db, 1);
+    wait_for(Duration::from_secs(10), "the upload error", || {
+        let (_, metrics) = http_get(&addr, "/metrics");
+        !metrics.contains(&format!("strata_upload_errors_total{series} 0.0"))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = pings.load(SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        pings.load(SeqCst),
+        before,
+        "a heartbeat was sent while uploads failed"
+    );
+    let (_, shown) = http_get(&addr, "/status");
+    assert!(shown.contains("last upload error"), "{shown}");
+
+    signal(&strata, "-TERM");
+    let _ = strata.wait();
+    let bad = Command::new(strata_bin())
+        .args(["status", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no strata replicate answered"));
+}

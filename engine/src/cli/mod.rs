@@ -1,9 +1,12 @@
 //! Command-line parsing and dispatch.
 
 mod compact_cmd;
+mod heartbeat;
 mod ltx_cmd;
 mod replicate_cmd;
 mod restore_cmd;
+mod serve;
+mod status_cmd;
 
 use std::process::ExitCode;
 
@@ -33,6 +36,9 @@ enum Command {
     /// Run every compaction level that is due once, then retention, against a replica with
     /// no live database.
     Compact(compact_cmd::CompactArgs),
+    /// Show what a running `strata replicate` is doing (through its `addr:`), or what a
+    /// replica holds.
+    Status(status_cmd::StatusArgs),
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
@@ -58,6 +64,7 @@ pub fn run() -> ExitCode {
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(restore_cmd::run(args))),
         Command::Replicate(args) => runtime().and_then(|rt| rt.block_on(replicate_cmd::run(args))),
         Command::Compact(args) => runtime().and_then(|rt| rt.block_on(compact_cmd::run(args))),
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(status_cmd::run(args))),
     };
     match result {
         Ok(code) => code,
@@ -76,6 +83,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .max_blocking_threads(16)
         .build()?)
+}
+
+/// An HTTP client for the command's own requests (status, heartbeat): rustls with ring,
+/// as the storage clients use.
+pub fn http_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    // Fails only if a provider is already installed, which is what is wanted anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder().timeout(timeout).build()?)
 }
 
 fn init_logging(filter: Option<&str>, default: &str) {

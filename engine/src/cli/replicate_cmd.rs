@@ -132,7 +132,17 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     if dbs.is_empty() && !watching {
         bail!("the config lists no databases (and no directory is watched)");
     }
-    let store = Store::new(StoreOptions::default());
+    let store = std::sync::Arc::new(Store::new(StoreOptions::default()));
+    if let Some(addr) = &config.addr {
+        let bound = super::serve::start(addr, store.clone()).await?;
+        eprintln!("serving http://{bound}/metrics and /status");
+    }
+    if let Some(url) = &config.heartbeat_url {
+        let interval = config
+            .heartbeat_interval
+            .unwrap_or(super::heartbeat::DEFAULT_INTERVAL);
+        super::heartbeat::start(url.clone(), interval, store.clone())?;
+    }
     for db in dbs {
         let path = db.path.clone();
         let replica = db

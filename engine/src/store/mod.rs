@@ -33,6 +33,7 @@
 //! ```
 
 mod dir;
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -414,6 +415,14 @@ impl Store {
                 failed: e.running.as_ref().and_then(Replication::fatal),
             })
             .collect()
+    }
+
+    /// Every database's metrics, in the Prometheus (OpenMetrics) text format: syncs,
+    /// uploads, compaction and retention passes with counts, time and errors; requests by
+    /// kind; files and bytes per level; TXIDs and lag. Read from [`Store::status`] at each
+    /// call; nothing is kept for them in between.
+    pub async fn metrics(&self) -> String {
+        metrics::encode(self.status().await, jiff::Timestamp::now())
     }
 
     /// The databases a config lists now, as [`config_databases`] does, but without opening

@@ -1,0 +1,220 @@
+//! `strata status`: what a running `strata replicate` is doing (asked over its `addr:`
+//! endpoint), or what a replica holds (read from the replica alone).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use strata::config::Config;
+use strata::storage::{Level, Replica, ReplicaUrl};
+use strata::store::DbStatus;
+
+use super::{format_bytes, format_time};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A replica URL: report its levels, newest TXID and age from the replica alone.
+    replica: Option<String>,
+    /// The config of a running `strata replicate`: the process at its `addr:` is asked.
+    #[arg(short, long, conflicts_with_all = ["replica", "addr"])]
+    config: Option<PathBuf>,
+    /// The `addr:` of a running `strata replicate` (host:port).
+    #[arg(long, conflicts_with = "replica")]
+    addr: Option<String>,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.replica {
+        return replica_status(url).await;
+    }
+    let addr = match (&args.addr, &args.config) {
+        (Some(addr), _) => addr.clone(),
+        (None, Some(path)) => Config::load(path, true)?.addr.with_context(|| {
+            format!(
+                "{} has no addr: key, so its strata replicate serves no status",
+                path.display()
+            )
+        })?,
+        (None, None) => bail!(
+            "give a replica URL (strata status URL), or the running process's --config FILE or --addr HOST:PORT"
+        ),
+    };
+    let url = format!("http://{}/status", super::serve::connect_addr(&addr));
+    let client = super::http_client(Duration::from_secs(10))?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("no strata replicate answered at {url}"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    let text = response.text().await?;
+    print!("{text}");
+    // The report says which databases failed; so does the exit code.
+    Ok(if text.contains("\n  FAILED") {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The report a running process serves at `/status`.
+pub fn render(databases: &[DbStatus], now: jiff::Timestamp) -> String {
+    let mut out = String::new();
+    if databases.is_empty() {
+        out.push_str("no databases\n");
+    }
+    for db in databases {
+        let _ = writeln!(out, "{}", db.path.display());
+        if let Some(failed) = &db.failed {
+            let _ = writeln!(out, "  FAILED: {failed}");
+        }
+        let Some(capture) = &db.capture else {
+            let _ = writeln!(out, "  disabled");
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "  staged TXID {}, last sync {}, {} syncs ({} failed), {} full copies",
+            capture.staged,
+            ago(capture.last_sync, now),
+            capture.syncs,
+            capture.failed_syncs,
+            capture.full_copies
+        );
+        if let Some(e) = &capture.sync_error {
+            let _ = writeln!(out, "  last sync error: {e}");
+        }
+        for r in &capture.replicas {
+            let _ = writeln!(out, "  replica {}", r.replica);
+            let _ = writeln!(
+                out,
+                "    TXID {}, lag {:.1} s, last upload {}, {} uploads ({} failed)",
+                r.uploaded,
+                r.lag(now).as_secs_f64(),
+                ago(r.last_upload, now),
+                r.uploads,
+                r.failed_uploads
+            );
+            if let Some(e) = &r.upload_error {
+                let _ = writeln!(out, "    last upload error: {e}");
+            }
+            let q = &r.requests;
+            let _ = writeln!(
+                out,
+                "    requests: {} LIST, {} GET, {} PUT, {} DELETE",
+                q.list, q.get, q.put, q.delete
+            );
+            for (level, files) in &r.levels {
+                let compaction = r
+                    .compaction
+                    .as_ref()
+                    .and_then(|c| c.levels.get(level))
+                    .map(|l| {
+                        let mut s = format!(
+                            "; compacted {} files, last pass {}",
+                            l.files_written,
+                            ago(l.last_run, now)
+                        );
+                        if let Some(e) = &l.error {
+                            let _ = write!(s, ", error: {e}");
+                        }
+                        s
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "    {:<9} {:>6} files {:>11}{compaction}",
+                    level_name(*level),
+                    files.files,
+                    format_bytes(files.bytes)
+                );
+            }
+            if let Some(c) = &r.compaction {
+                let _ = writeln!(
+                    out,
+                    "    retention: {} passes ({} failed), {} files deleted",
+                    c.retention_passes, c.failed_retention_passes, c.deleted
+                );
+                if let Some(e) = &c.retention_error {
+                    let _ = writeln!(out, "    last retention error: {e}");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `strata status URL`: the replica's levels and newest state, from listings alone.
+async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
+    let replica = Replica::open(&ReplicaUrl::parse(url)?)?;
+    let files = replica.list_all().await?;
+    let now = jiff::Timestamp::now();
+    println!("replica {}", replica.name());
+    if files.is_empty() {
+        println!("  empty: no LTX files");
+        return Ok(ExitCode::FAILURE);
+    }
+    let plan = strata::restore::plan(&replica, strata::restore::Target::Latest).await;
+    let newest = files.iter().max_by_key(|f| f.modified).expect("not empty");
+    match &plan {
+        Ok(plan) => println!(
+            "  restores to TXID {} from {} files ({}); newest file written {} ({})",
+            plan.txid,
+            plan.files.len(),
+            format_bytes(plan.bytes()),
+            format_time(newest.modified),
+            ago(Some(newest.modified), now)
+        ),
+        Err(e) => println!("  DOES NOT RESTORE: {e}"),
+    }
+    for level in Level::all() {
+        let in_level: Vec<_> = files.iter().filter(|f| f.level == level).collect();
+        let (Some(first), Some(last)) = (
+            in_level.iter().map(|f| f.range.min).min(),
+            in_level.iter().map(|f| f.range.max).max(),
+        ) else {
+            continue;
+        };
+        let bytes = in_level.iter().map(|f| f.size).sum();
+        let newest = in_level
+            .iter()
+            .map(|f| f.modified)
+            .max()
+            .expect("not empty");
+        println!(
+            "  {:<9} {:>6} files {:>11}  TXIDs {first}-{last}, newest {}",
+            level_name(level),
+            in_level.len(),
+            format_bytes(bytes),
+            ago(Some(newest), now)
+        );
+    }
+    Ok(if plan.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn level_name(level: Level) -> String {
+    if level == Level::SNAPSHOT {
+        "snapshots".to_owned()
+    } else {
+        level.to_string()
+    }
+}
+
+fn ago(t: Option<jiff::Timestamp>, now: jiff::Timestamp) -> String {
+    match t {
+        None => "never".to_owned(),
+        Some(t) => {
+            let secs = now.duration_since(t).as_secs_f64().max(0.0);
+            format!("{secs:.1} s ago")
+        }
+    }
+}

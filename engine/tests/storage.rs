@@ -211,6 +211,13 @@ async fn s3_backend() {
     conformance(Replica::create(&url).unwrap()).await;
 }
 
+#[cfg(feature = "azure")]
+#[tokio::test]
+async fn azure_backend() {
+    let url = ReplicaUrl::parse(&common::azure_url("conformance")).unwrap();
+    conformance(Replica::create(&url).unwrap()).await;
+}
+
 /// Files above the single-PUT limit go in parts (here 5 MiB, S3's smallest, two in
 /// flight), still land only if the name is free, and leave no scratch object behind.
 async fn large_files_go_in_parts(replica: Replica, all_keys: impl Fn() -> Vec<String>) {

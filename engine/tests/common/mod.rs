@@ -208,3 +208,27 @@ pub fn litestream() -> std::process::Command {
     cmd.env_remove("AWS_CA_BUNDLE");
     cmd
 }
+
+/// A unique key prefix for one test in the emulators' shared bucket or container.
+#[cfg(feature = "azure")]
+fn unique_prefix(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh prefix in the container `strata-test` of the Azurite the test command started
+/// (it sets `AZURE_STORAGE_USE_EMULATOR` and `AZURITE_BLOB_STORAGE_URL`, which strata's
+/// Azure client reads as any user's would).
+#[cfg(feature = "azure")]
+pub fn azure_url(prefix: &str) -> String {
+    assert!(
+        std::env::var_os("AZURITE_BLOB_STORAGE_URL").is_some(),
+        "AZURITE_BLOB_STORAGE_URL is not set: run the tests with scripts/test, which starts \
+         Azurite on loopback and sets it"
+    );
+    format!("abs://strata-test/{}", unique_prefix(prefix))
+}

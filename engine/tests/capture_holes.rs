@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::capture::*;
-use strata::capture::CaptureOptions;
 
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
@@ -328,10 +327,8 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     // L0 only: with compaction, a deleted L0 file that L1 covers is no loss (tested in
     // `compaction.rs`), and this test is about the losses the uploader must notice.
     async fn start_in_process(setup: &Setup, url: &str) -> strata::capture::Replication {
-        let options = CaptureOptions {
-            compaction: None,
-            ..quick_capture_options()
-        };
+        let mut options = quick_capture_options();
+        options.compaction = None;
         start_in_process_with(setup, url, options).await
     }
     let running = start_in_process(&setup, &setup.replica_url).await;

@@ -15,23 +15,20 @@ use common::capture::*;
 use common::{restore_to, s3_url};
 use ltx::Txid;
 use strata::capture::Replication;
-use strata::compact::{CompactionOptions, RetentionOptions};
+use strata::compact::CompactionOptions;
 use strata::restore::Target;
 use strata::storage::{FileInfo, Level, Replica, ReplicaUrl};
 
 /// The intervals: L1 2 s, L2 6 s, snapshots 12 s kept 24 s, L0 kept 3 s.
 fn options() -> CompactionOptions {
-    CompactionOptions {
-        levels: vec![Duration::from_secs(2), Duration::from_secs(6)],
-        snapshot_interval: Duration::from_secs(12),
-        retention: RetentionOptions {
-            enabled: true,
-            l0: Duration::from_secs(3),
-            snapshots: Duration::from_secs(24),
-            grace: Duration::from_secs(1),
-        },
-        ..CompactionOptions::default()
-    }
+    let mut o = CompactionOptions::default();
+    o.levels = vec![Duration::from_secs(2), Duration::from_secs(6)];
+    o.snapshot_interval = Duration::from_secs(12);
+    o.retention.enabled = true;
+    o.retention.l0 = Duration::from_secs(3);
+    o.retention.snapshots = Duration::from_secs(24);
+    o.retention.grace = Duration::from_secs(1);
+    o
 }
 
 fn seconds() -> f64 {

@@ -74,11 +74,10 @@ fn rand_suffix() -> u64 {
 fn options() -> CaptureOptions {
     // Compaction at its (slow) defaults: 200 databases compacting every second would be a
     // test of the machine, not of the store.
-    CaptureOptions {
-        sync_interval: Duration::from_millis(200),
-        shutdown_timeout: Duration::from_secs(20),
-        ..CaptureOptions::default()
-    }
+    let mut o = CaptureOptions::default();
+    o.sync_interval = Duration::from_millis(200);
+    o.shutdown_timeout = Duration::from_secs(20);
+    o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,10 +198,8 @@ async fn sync_makes_each_write_durable(replica: ReplicaUrl) {
     let store = Store::new(StoreOptions::default());
     // A long interval: each write is in the replica because sync asked for it, not because
     // the interval passed.
-    let options = CaptureOptions {
-        sync_interval: Duration::from_secs(30),
-        ..quick_capture_options()
-    };
+    let mut options = quick_capture_options();
+    options.sync_interval = Duration::from_secs(30);
     let key = store
         .add(Database::new(&db, replica.clone()).with_options(options))
         .await

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
-use strata::compact::{CompactionOptions, Compactor, Outcome, RetentionOptions};
+use strata::compact::{CompactionOptions, Compactor, Outcome};
 use strata::storage::{Level, LevelIndex, Replica, ReplicaUrl, SharedIndex};
 
 const PAGE: usize = 4096;
@@ -127,14 +127,9 @@ async fn run(dir: &str, level: Level) {
         .filter(|f| f.level == Level::L0)
         .map(|f| f.size)
         .sum();
-    let options = CompactionOptions {
-        levels,
-        retention: RetentionOptions {
-            enabled: false,
-            ..RetentionOptions::default()
-        },
-        ..CompactionOptions::default()
-    };
+    let mut options = CompactionOptions::default();
+    options.levels = levels;
+    options.retention.enabled = false;
     // Page data merged: every page of every input.
     let inputs_pages: u64 = files
         .iter()

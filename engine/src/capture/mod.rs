@@ -57,6 +57,7 @@ const FOLLOW_CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
 /// When strata checkpoints the databases it captures.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckpointOptions {
     /// A PASSIVE checkpoint once the WAL holds this many pages.
     pub min_pages: u32,
@@ -78,6 +79,7 @@ impl Default for CheckpointOptions {
 
 /// How a database is captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CaptureOptions {
     /// How often committed frames are turned into an L0 file.
     pub sync_interval: Duration,
@@ -597,6 +599,7 @@ impl Closed {
 
 /// What a replication reports while it runs.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Status {
     /// The newest TXID staged locally.
     pub staged: Txid,
@@ -623,6 +626,7 @@ pub struct Status {
 
 /// One replica of a replication.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct ReplicaStatus {
     /// The replica's URL.
     pub replica: String,
@@ -662,6 +666,7 @@ impl ReplicaStatus {
 
 /// The files of one level.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LevelFiles {
     /// How many.
     pub files: u64,

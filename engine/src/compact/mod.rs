@@ -36,6 +36,7 @@ pub use select::{Gap, Selection};
 
 /// Levels, snapshots and retention, with Litestream's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompactionOptions {
     /// The intervals of levels 1, 2, ... (`levels:`; at most 8).
     pub levels: Vec<Duration>,
@@ -142,6 +143,7 @@ pub enum Outcome {
 
 /// What one level has done since start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LevelStatus {
     /// Files written.
     pub files_written: u64,
@@ -165,6 +167,7 @@ pub struct LevelStatus {
 
 /// What compaction and retention have done since start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompactionStatus {
     /// Per level.
     pub levels: BTreeMap<Level, LevelStatus>,

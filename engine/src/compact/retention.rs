@@ -25,6 +25,7 @@ use crate::storage::{FileInfo, Level, LevelIndex};
 
 /// How long files are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetentionOptions {
     /// Deleting at all (`retention.enabled`; false leaves it to bucket lifecycle rules).
     pub enabled: bool,

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use ltx::Txid;
 use std::time::Duration;
 
-use strata::capture::{CaptureOptions, CheckpointOptions, Replication};
-use strata::compact::{CompactionOptions, RetentionOptions};
+use strata::capture::{CaptureOptions, Replication};
+use strata::compact::CompactionOptions;
 use strata::restore::Target;
 use strata::storage::{Level, Replica, ReplicaUrl};
 
@@ -165,35 +165,29 @@ impl Setup {
 /// Capture options for in-process runs: the same tight intervals as [`Setup::config`], and
 /// replica checks every 300 ms (a full listing every third).
 pub fn quick_capture_options() -> CaptureOptions {
-    CaptureOptions {
-        sync_interval: Duration::from_millis(100),
-        checkpoint: CheckpointOptions {
-            min_pages: 64,
-            interval: Duration::from_secs(1),
-            truncate_pages: 400,
-        },
-        shutdown_timeout: Duration::from_secs(5),
-        replica_check_interval: Duration::from_millis(300),
-        replica_list_every: 3,
-        compaction: Some(quick_compaction_options()),
-        ..CaptureOptions::default()
-    }
+    let mut o = CaptureOptions::default();
+    o.sync_interval = Duration::from_millis(100);
+    o.checkpoint.min_pages = 64;
+    o.checkpoint.interval = Duration::from_secs(1);
+    o.checkpoint.truncate_pages = 400;
+    o.shutdown_timeout = Duration::from_secs(5);
+    o.replica_check_interval = Duration::from_millis(300);
+    o.replica_list_every = 3;
+    o.compaction = Some(quick_compaction_options());
+    o
 }
 
 /// Compaction for in-process runs, matching [`Setup::config`]: L1 every second, L2 every
 /// 3 s, snapshots every 5 s kept 10 s, L0 kept 2 s, a 1 s grace period.
 pub fn quick_compaction_options() -> CompactionOptions {
-    CompactionOptions {
-        levels: vec![Duration::from_secs(1), Duration::from_secs(3)],
-        snapshot_interval: Duration::from_secs(5),
-        retention: RetentionOptions {
-            enabled: true,
-            l0: Duration::from_secs(2),
-            snapshots: Duration::from_secs(10),
-            grace: Duration::from_secs(1),
-        },
-        ..CompactionOptions::default()
-    }
+    let mut o = CompactionOptions::default();
+    o.levels = vec![Duration::from_secs(1), Duration::from_secs(3)];
+    o.snapshot_interval = Duration::from_secs(5);
+    o.retention.enabled = true;
+    o.retention.l0 = Duration::from_secs(2);
+    o.retention.snapshots = Duration::from_secs(10);
+    o.retention.grace = Duration::from_secs(1);
+    o
 }
 
 /// Starts replicating `setup`'s database to `url` in this process.

@@ -243,3 +243,43 @@ async fn captures_to_azure_in_litestreams_layout_and_every_txid_restores() {
         );
     }
 }
+
+/// A checkpointer that dies while copying the log back leaves the wal-index's backfill
+/// marks apart (`nBackfillAttempted` above `nBackfill`). strata follows a checkpoint in
+/// progress closely, but marks that stay apart are no checkpoint: it must go quiet again,
+/// not poll every few milliseconds for as long as they last.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpointer_that_died_midway_is_not_followed_for_ever() {
+    use std::os::unix::fs::FileExt;
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url.clone()).await;
+    let app = rusqlite::Connection::open(&setup.db).unwrap();
+    app.execute_batch("CREATE TABLE IF NOT EXISTS t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    replication.sync().await.unwrap();
+    // What a checkpointer killed after setting nBackfillAttempted (byte 128) leaves.
+    let shm = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(setup.db.with_extension("db-shm"))
+        .unwrap();
+    let mut done = [0u8; 4];
+    shm.read_exact_at(&mut done, 96).unwrap();
+    let attempted = u32::from_ne_bytes(done) + 5;
+    shm.write_all_at(&attempted.to_ne_bytes(), 128).unwrap();
+    let syncs = || replication.status().syncs;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = syncs();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = syncs() - before;
+    assert!(
+        during <= 3,
+        "{during} sync ticks in 3 s on an idle database"
+    );
+    // And it still captures what comes next.
+    app.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    replication.sync().await.unwrap();
+    drop(app);
+    replication.stop().await.unwrap();
+    check_history(&setup).await;
+}

@@ -222,8 +222,11 @@ struct Capture {
     /// database, and only frames after it count toward the next checkpoint.
     checkpointed: Option<(wal::Generation, u64)>,
     /// The log as the read transaction strata holds saw it, if known for sure (the same
-    /// before and after it was taken), and since when it has been that.
-    held: (Option<LogState>, Instant),
+    /// before and after it was taken).
+    held: Option<LogState>,
+    /// The backfill marks (attempted, done) last seen, and since when they have read so:
+    /// marks that stay apart are a checkpointer that died midway, not one to follow.
+    backfill_marks: ((u32, u32), Instant),
 }
 
 impl Capture {
@@ -357,7 +360,8 @@ impl Capture {
             last_checkpoint: Instant::now(),
             synced_since_checkpoint: false,
             checkpointed: None,
-            held: (None, Instant::now()),
+            held: None,
+            backfill_marks: ((0, 0), Instant::now()),
             options,
         })
     }
@@ -400,7 +404,7 @@ impl Capture {
         };
         self.sqlite.is_holding()
             && !checkpoint_due
-            && self.held.0 == Some(now)
+            && self.held == Some(now)
             && !self.following_checkpoint(&now)
             && self.syncer.unchanged(now.index, thorough)
     }
@@ -409,7 +413,10 @@ impl Capture {
     /// it has (so the log can restart at once), for at most [`FOLLOW_CHECKPOINT_MAX`] (a
     /// checkpointer that died midway leaves the same marks behind).
     fn following_checkpoint(&self, now: &LogState) -> bool {
-        now.backfilling() && self.held.1.elapsed() < FOLLOW_CHECKPOINT_MAX
+        let marks = (now.backfill_attempted, now.backfilled);
+        now.backfilling()
+            && (marks != self.backfill_marks.0
+                || self.backfill_marks.1.elapsed() < FOLLOW_CHECKPOINT_MAX)
     }
 
     /// Whether the next tick should come sooner than the interval: another connection's
@@ -426,9 +433,12 @@ impl Capture {
         let before = self.syncer.log_state().ok();
         self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
         let after = self.syncer.log_state().ok();
-        let seen = before.filter(|_| before == after);
-        if seen != self.held.0 {
-            self.held = (seen, Instant::now());
+        self.held = before.filter(|_| before == after);
+        if let Some(now) = after {
+            let marks = (now.backfill_attempted, now.backfilled);
+            if marks != self.backfill_marks.0 {
+                self.backfill_marks = (marks, Instant::now());
+            }
         }
         Ok(())
     }

@@ -432,6 +432,31 @@ fn metrics_status_and_heartbeat_report_what_replication_does() {
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     assert_eq!(http_get(&addr, "/nothing").0, 404);
 
+    // Clients that connect and say nothing (fewer than the 64 served at once): the
+    // endpoint still answers, and they are closed once the header timeout (5 s) has
+    // passed, so they cannot pile up and take the descriptors replication needs.
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    assert_eq!(http_get(&addr, "/status").0, 200);
+    std::thread::sleep(Duration::from_secs(7));
+    for mut stream in idle {
+        use std::io::Read;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        // Closed by the server: end of stream (after a 408, perhaps), never a timeout.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("an idle connection is still open: {e}"),
+            }
+        }
+    }
+
     let status = Command::new(strata_bin())
         .args(["status", "--addr", &addr])
         .output()

@@ -455,6 +455,16 @@ async fn two_replicas_one_paused_the_other_keeps_up_and_both_restore_equal() {
         last_local = local_at;
     }
     let (_, _, remote_during) = uploaded(&store.status().await);
+    // The status says so: the S3 replica's lag is the time it has been stuck, the
+    // directory's stays within a sync or two.
+    let now = jiff::Timestamp::now();
+    let status = store.status().await;
+    let replicas = &status[0].capture.as_ref().unwrap().replicas;
+    let (local_lag, remote_lag) = (replicas[0].lag(now), replicas[1].lag(now));
+    assert!(
+        remote_lag > Duration::from_secs(15) && local_lag < Duration::from_secs(3),
+        "lag while S3 was down: directory {local_lag:?}, S3 {remote_lag:?}"
+    );
     s3.signal("-CONT");
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
@@ -467,6 +477,12 @@ async fn two_replicas_one_paused_the_other_keeps_up_and_both_restore_equal() {
     assert!(remote_at > remote_during, "S3 moved on after the pause");
     assert_eq!((local_at, remote_at), (staged, staged));
     assert_eq!(txid, staged);
+    let status = store.status().await;
+    let replicas = &status[0].capture.as_ref().unwrap().replicas;
+    assert!(
+        replicas.iter().all(|r| r.behind_since.is_none()),
+        "caught up, yet: {replicas:?}"
+    );
     for (_, result) in store.shutdown().await {
         result.unwrap();
     }

@@ -526,6 +526,17 @@ impl Capture {
             .checkpoint(Mode::Passive)
             .map_err(|e| self.sql_err(e))?;
         tracing::debug!(db = %self.syncer.db_path().display(), ?unlocked_work, "passive checkpoint, writers running");
+        if unlocked_work.log < 0 {
+            // Another connection is checkpointing. Waiting for the write lock now could
+            // wait on a RESTART that waits on this very read transaction: leave it to
+            // them (the read transaction follows their checkpoint; see `idle`).
+            tracing::debug!(db = %self.syncer.db_path().display(), "checkpoint skipped: another connection is checkpointing");
+            return Ok(());
+        }
+        // The read transaction leaves the log if the passive checkpoint copied all of it
+        // back, so that an application's RESTART starting now does not wait on it while
+        // strata waits for the write lock.
+        self.hand_off()?;
         let started = Instant::now();
         if !self.sqlite.lock_writes().map_err(|e| self.sql_err(e))? {
             tracing::debug!(db = %self.syncer.db_path().display(), "checkpoint skipped: writers busy");
@@ -1458,6 +1469,14 @@ async fn upload_loop(
     loop {
         let started = Instant::now();
         let staged_now = *staged.borrow_and_update();
+        {
+            // Behind from the moment it lacks something staged: set before the round, so a
+            // round that hangs (a server that stopped answering) shows as growing lag.
+            let mut s = status.lock().unwrap();
+            if s.behind_since.is_none() && s.uploaded < staged_now {
+                s.behind_since = Some(jiff::Timestamp::now());
+            }
+        }
         let (result, uploaded) = {
             let mut uploader = uploader.lock().await;
             (uploader.upload().await, uploader.uploaded)
@@ -1472,12 +1491,9 @@ async fn upload_loop(
             if result.is_ok() {
                 s.last_upload = Some(jiff::Timestamp::now());
             }
-            // Behind from the moment something was staged that it lacks, until it holds
-            // everything staged when it finishes.
+            // Caught up once it holds everything staged when a round finishes.
             if uploaded >= *staged.borrow() {
                 s.behind_since = None;
-            } else if s.behind_since.is_none() && uploaded < staged_now {
-                s.behind_since = Some(jiff::Timestamp::now() - started.elapsed());
             }
         }
         uploaded_tx.send_replace(uploaded);

@@ -184,10 +184,13 @@ fn open_lock(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection
     Ok(lock)
 }
 
-/// Retries every 100 µs for about a second.
+/// Retries every 100 µs for about a quarter of a second. Not longer: while strata waits
+/// for the write lock it holds its read transaction, and an application's RESTART
+/// checkpoint that holds the write lock waits for that reader; the checkpoint is tried
+/// again at the next tick.
 fn poll_for_lock(attempts: i32) -> bool {
     std::thread::sleep(Duration::from_micros(100));
-    attempts < 10_000
+    attempts < 2_500
 }
 
 /// A read transaction: BEGIN alone takes no lock; the first read does.

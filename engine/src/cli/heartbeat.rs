@@ -13,6 +13,14 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Starts pinging `url` from a task.
 pub fn start(url: String, interval: Duration, store: Arc<Store>) -> anyhow::Result<()> {
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        Ok(_) => anyhow::bail!("heartbeat-url {url:?} is not an http:// or https:// URL"),
+        Err(e) => anyhow::bail!("heartbeat-url {url:?} is not a URL: {e}"),
+    }
+    if interval.is_zero() {
+        anyhow::bail!("heartbeat-interval must be above zero");
+    }
     let client = super::http_client(interval.min(Duration::from_secs(30)))?;
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);

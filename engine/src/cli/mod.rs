@@ -59,6 +59,15 @@ pub fn run() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log.as_deref(), default_log);
+    if matches!(cli.command, Command::Ltx(_) | Command::Status(_)) {
+        // Commands that print reports end quietly when their reader goes away (`| head`),
+        // as other Unix tools do, instead of panicking on a broken pipe. (Not `replicate`:
+        // it must never be killed by a peer closing a socket.)
+        // SAFETY: called before any thread is started, restoring the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Ltx(cmd) => ltx_cmd::run(cmd),
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(restore_cmd::run(args))),

@@ -133,15 +133,20 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         bail!("the config lists no databases (and no directory is watched)");
     }
     let store = std::sync::Arc::new(Store::new(StoreOptions::default()));
-    if let Some(addr) = &config.addr {
+    // An empty addr is no endpoint, as in Litestream.
+    if let Some(addr) = config.addr.as_deref().filter(|a| !a.trim().is_empty()) {
         let bound = super::serve::start(addr, store.clone()).await?;
         eprintln!("serving http://{bound}/metrics and /status");
     }
-    if let Some(url) = &config.heartbeat_url {
+    if let Some(url) = config
+        .heartbeat_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
         let interval = config
             .heartbeat_interval
             .unwrap_or(super::heartbeat::DEFAULT_INTERVAL);
-        super::heartbeat::start(url.clone(), interval, store.clone())?;
+        super::heartbeat::start(url.to_owned(), interval, store.clone())?;
     }
     for db in dbs {
         let path = db.path.clone();

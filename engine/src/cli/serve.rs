@@ -1,6 +1,7 @@
 //! The HTTP endpoint on `addr:` (Litestream's key): `GET /metrics` for Prometheus and
 //! `GET /status` for `strata status`. Served with hyper, one task per connection; nothing
-//! runs between requests.
+//! runs between requests. Connections are bounded in number and in time, so clients that
+//! connect and say nothing cannot take the descriptors replication needs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,8 +12,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use strata::store::Store;
+
+/// Connections served at once; more are closed as they arrive.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one connection may stay open.
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `addr:` as a socket address to listen on: Go's `:9090` (every interface) is accepted
 /// as Litestream accepts it.
@@ -40,6 +48,7 @@ pub async fn start(addr: &str, store: Arc<Store>) -> anyhow::Result<SocketAddr> 
         .await
         .with_context(|| format!("cannot listen on addr {addr}"))?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -51,15 +60,22 @@ pub async fn start(addr: &str, store: Arc<Store>) -> anyhow::Result<SocketAddr> 
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             let store = store.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |request| {
                     let store = store.clone();
                     async move { Ok::<_, Infallible>(respond(&store, &request).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
             });
         }
     });
@@ -74,11 +90,12 @@ async fn respond(store: &Store, request: &Request<Incoming>) -> Response<Full<By
             .body(Full::new(Bytes::from(body)))
             .expect("a valid response")
     };
-    if request.method() != hyper::Method::GET {
+    // HEAD is answered as GET without the body (hyper leaves it out).
+    if request.method() != hyper::Method::GET && request.method() != hyper::Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET or HEAD only\n".into(),
         );
     }
     match request.uri().path() {

@@ -16,7 +16,8 @@ use super::{format_bytes, format_time};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// A replica URL: report its levels, newest TXID and age from the replica alone.
+    /// A replica URL: report its levels, newest TXID and age from the replica's listing
+    /// alone (file names and sizes; a restore is what reads and checks the bytes).
     replica: Option<String>,
     /// The config of a running `strata replicate`: the process at its `addr:` is asked.
     #[arg(short, long, conflicts_with_all = ["replica", "addr"])]
@@ -162,8 +163,9 @@ async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
     let plan = strata::restore::plan(&replica, strata::restore::Target::Latest).await;
     let newest = files.iter().max_by_key(|f| f.modified).expect("not empty");
     match &plan {
+        // From the listing alone: the bytes are read and checked only by a restore.
         Ok(plan) => println!(
-            "  restores to TXID {} from {} files ({}); newest file written {} ({})",
+            "  restores to TXID {} from {} files ({}) by their names; newest file written {} ({})",
             plan.txid,
             plan.files.len(),
             format_bytes(plan.bytes()),

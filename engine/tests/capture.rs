@@ -283,3 +283,43 @@ async fn a_checkpointer_that_died_midway_is_not_followed_for_ever() {
     replication.stop().await.unwrap();
     check_history(&setup).await;
 }
+
+/// Under a steady writer, a sync runs once per sync interval, not once per commit: file
+/// events (one per commit) may bring a sync forward only to its interval, and the ticker's
+/// batching may not take a job a whole short interval early.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steady_writer_gets_one_sync_per_interval_not_one_per_commit() {
+    let setup = Setup::new(None);
+    let options = quick_capture_options();
+    let interval = options.sync_interval;
+    let replication = start_in_process_with(&setup, &setup.replica_url.clone(), options).await;
+    let db = setup.db.clone();
+    let before = replication.status().syncs;
+    let seconds = 3;
+    let commits = tokio::task::spawn_blocking(move || {
+        let app = rusqlite::Connection::open(&db).unwrap();
+        app.busy_timeout(Duration::from_secs(10)).unwrap();
+        app.execute_batch("CREATE TABLE IF NOT EXISTS t(x)")
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut commits = 0;
+        while started.elapsed() < Duration::from_secs(seconds) {
+            app.execute("INSERT INTO t VALUES (randomblob(200))", [])
+                .unwrap();
+            commits += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        commits
+    })
+    .await
+    .unwrap();
+    let syncs = replication.status().syncs - before;
+    replication.stop().await.unwrap();
+    let expected =
+        u64::try_from(Duration::from_secs(seconds).as_millis() / interval.as_millis()).unwrap();
+    assert!(
+        syncs <= expected * 3 / 2 + 2,
+        "{syncs} syncs for {commits} commits in {seconds} s at a {interval:?} interval"
+    );
+    check_history(&setup).await;
+}

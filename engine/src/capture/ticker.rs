@@ -24,8 +24,15 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-/// How early a job may be probed so that it shares a wake-up with others.
+/// How early a job may be probed so that it shares a wake-up with others: this, or a tenth
+/// of its interval if that is less (a probe that finds work starts the work, and work must
+/// keep to the interval: a 100 ms interval taken 100 ms early would work on every commit).
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// How early `job` may be taken (see [`BATCH_WINDOW`]).
+fn batch_window(job: &dyn Job) -> Duration {
+    BATCH_WINDOW.min(job.idle_interval() / 10)
+}
 
 /// Replicas finishing a stop at once, per ticker.
 const STOPS_AT_ONCE: usize = 16;
@@ -147,18 +154,24 @@ impl Queue {
         }
     }
 
-    /// Takes every job due by `now` out of the queue: each with whether it was woken (to
-    /// work without a probe) and whether its probe must be thorough.
+    /// Takes every job due by `now` (or a little later, see [`BATCH_WINDOW`]) out of the
+    /// queue: each with whether it was woken (to work without a probe) and whether its probe
+    /// must be thorough.
     fn take_due(&mut self, now: Instant) -> Vec<(JobId, Arc<dyn Job>, bool, bool)> {
         let mut due = Vec::new();
+        let mut not_yet = Vec::new();
         while let Some(Reverse((at, id))) = self.heap.peek().copied() {
-            if at > now {
+            if at > now + BATCH_WINDOW {
                 break;
             }
             self.heap.pop();
             if let Some(entry) = self.jobs.get_mut(&id)
                 && entry.due == Some(at)
             {
+                if at > now + batch_window(&*entry.job) {
+                    not_yet.push(Reverse((at, id)));
+                    continue;
+                }
                 entry.due = None;
                 let thorough = entry.watched.is_none() || std::mem::take(&mut entry.nudged);
                 due.push((
@@ -169,6 +182,7 @@ impl Queue {
                 ));
             }
         }
+        self.heap.extend(not_yet);
         due
     }
 
@@ -286,7 +300,7 @@ async fn schedule(shared: Weak<Shared>) {
         let now = Instant::now();
         let (due, next) = {
             let mut queue = strong.queue.lock().unwrap();
-            let due = queue.take_due(now + BATCH_WINDOW);
+            let due = queue.take_due(now);
             (due, queue.next_due())
         };
         if !due.is_empty() {
@@ -415,10 +429,15 @@ mod tests {
         finish_after: u32,
         running: AtomicBool,
         overlapped: AtomicBool,
+        interval: Duration,
     }
 
     impl Counter {
         fn new(finish_after: u32) -> Arc<Counter> {
+            Counter::every(finish_after, Duration::from_millis(10))
+        }
+
+        fn every(finish_after: u32, interval: Duration) -> Arc<Counter> {
             Arc::new(Counter {
                 probes: AtomicU32::new(0),
                 works: AtomicU32::new(0),
@@ -426,6 +445,7 @@ mod tests {
                 finish_after,
                 running: AtomicBool::new(false),
                 overlapped: AtomicBool::new(false),
+                interval,
             })
         }
     }
@@ -442,10 +462,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
             self.running.store(false, Ordering::SeqCst);
             let n = self.works.fetch_add(1, Ordering::SeqCst) + 1;
-            (n < self.finish_after).then_some(Duration::from_millis(10))
+            (n < self.finish_after).then_some(self.interval)
         }
         fn idle_interval(&self) -> Duration {
-            Duration::from_millis(10)
+            self.interval
         }
         fn panicked(&self, _: String) {}
     }
@@ -482,5 +502,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(job.works.load(Ordering::SeqCst), 3);
         assert!(ticker.shared.queue.lock().unwrap().jobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_busy_job_keeps_to_its_interval() {
+        // An interval no longer than the batch window: taken early by the whole window, it
+        // would work back to back (one L0 file per commit under a steady writer).
+        let ticker = Ticker::new(1);
+        let job = Counter::every(u32::MAX, BATCH_WINDOW);
+        job.busy.store(true, Ordering::SeqCst);
+        ticker.add(job.clone(), None);
+        tokio::time::sleep(BATCH_WINDOW * 10).await;
+        let works = job.works.load(Ordering::SeqCst);
+        assert!((5..=12).contains(&works), "{works} works in 10 intervals");
     }
 }

@@ -1,0 +1,78 @@
+//! The page cache: decoded pages by where their frame is (file and offset), least recently
+//! used evicted first, bounded in bytes. Keyed by frame, not page number, so a newer map
+//! never finds a stale page: a rewritten page has a new frame.
+
+use hashlink::LruCache;
+use ltx::TxidRange;
+use strata::storage::{FileInfo, Level};
+
+/// Identifies one frame in the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrameKey {
+    level: Level,
+    range: TxidRange,
+    offset: u64,
+}
+
+impl FrameKey {
+    /// The frame at `offset` in `file`.
+    pub fn new(file: &FileInfo, offset: u64) -> FrameKey {
+        FrameKey {
+            level: file.level,
+            range: file.range,
+            offset,
+        }
+    }
+}
+
+/// Decoded pages, at most `capacity` of them.
+pub struct PageCache {
+    pages: LruCache<FrameKey, Box<[u8]>>,
+    capacity: usize,
+}
+
+impl PageCache {
+    /// A cache of `bytes` for pages of `page_size` bytes (at least a few pages).
+    pub fn new(bytes: usize, page_size: usize) -> PageCache {
+        let capacity = (bytes / page_size.max(1)).max(8);
+        PageCache {
+            pages: LruCache::new_unbounded(),
+            capacity,
+        }
+    }
+
+    /// How many pages it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The page, marked as used.
+    pub fn get(&mut self, key: &FrameKey) -> Option<&[u8]> {
+        self.pages.get(key).map(|p| &**p)
+    }
+
+    /// Whether the page is there (not marked as used).
+    pub fn contains(&self, key: &FrameKey) -> bool {
+        self.pages.contains_key(key)
+    }
+
+    /// Adds a page, evicting the least recently used beyond the capacity.
+    pub fn insert(&mut self, key: FrameKey, page: Box<[u8]>) {
+        self.pages.insert(key, page);
+        while self.pages.len() > self.capacity {
+            self.pages.remove_lru();
+        }
+    }
+
+    /// A buffer for a page: the least recently used one if the cache is full, so a full
+    /// cache reuses its memory instead of allocating per page.
+    pub fn spare(&mut self, page_size: usize) -> Box<[u8]> {
+        if self.pages.len() >= self.capacity
+            && let Some((_, page)) = self.pages.remove_lru()
+            && page.len() == page_size
+        {
+            return page;
+        }
+        vec![0; page_size].into_boxed_slice()
+    }
+}

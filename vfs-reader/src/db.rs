@@ -1,0 +1,560 @@
+//! One database opened through the VFS: the page map it reads from, the page cache, how
+//! pages are fetched (adjacent frames in one ranged read, read-ahead while access is
+//! sequential), and following the primary (a poller that prepares newer maps, applied only
+//! when a read transaction starts).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ltx::Txid;
+use strata::storage::Replica;
+
+use crate::Options;
+use crate::cache::{FrameKey, PageCache};
+use crate::page_map::{Frame, PageMap};
+use crate::runtime;
+use crate::state::{self, Polled, Target, VfsError};
+
+/// The most pages one read-ahead fetches.
+const MAX_WINDOW: u32 = 1024;
+
+/// A reader is "active" this many poll intervals after its last transaction: the poller
+/// runs only while a reader is active, so an idle connection costs no requests.
+const ACTIVE_INTERVALS: u32 = 10;
+
+/// A database opened through the VFS.
+pub struct Db {
+    replica: Replica,
+    options: Options,
+    inner: Mutex<Inner>,
+    follow: Arc<Follow>,
+}
+
+struct Inner {
+    map: Arc<PageMap>,
+    /// Changes whenever the state shown changes; presented as page 1's change counter so
+    /// SQLite drops pages it cached from another state.
+    generation: u32,
+    target: Target,
+    /// A state asked for (a pin, or back to latest) while a transaction was open.
+    next: Option<(Target, Arc<PageMap>)>,
+    cache: PageCache,
+    /// SQLite's lock level on the file.
+    lock: i32,
+    /// The last page fetched by the previous miss, and the read-ahead window.
+    last_fetched: u32,
+    window: u32,
+}
+
+/// What the poller and the reader share.
+struct Follow {
+    /// The newest map known: the poller's base.
+    newest: Mutex<Arc<PageMap>>,
+    /// A newer map than the one shown, for the next transaction.
+    pending: Mutex<Option<Arc<PageMap>>>,
+    /// When the last poll succeeded.
+    polled: Mutex<Option<Instant>>,
+    /// When the newest map was last planned from a full listing.
+    planned: Mutex<Instant>,
+    /// Until when the poller runs (see [`ACTIVE_INTERVALS`]); `None`: pinned, no polling.
+    active_until: Mutex<Option<Instant>>,
+    wake: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+impl Follow {
+    /// A newer map from a poll: kept unless a map at least as new is already known (a
+    /// poll from an older base can finish after one from a newer).
+    fn offer(&self, map: PageMap) {
+        let mut newest = self.newest.lock().unwrap();
+        if map.txid >= newest.txid {
+            let map = Arc::new(map);
+            *newest = map.clone();
+            *self.pending.lock().unwrap() = Some(map);
+        }
+    }
+}
+
+impl Db {
+    /// Opens `replica` at `target`: plans it and builds the page map.
+    pub fn open(replica: Replica, options: Options, target: Target) -> Result<Db, VfsError> {
+        let map = {
+            let replica = replica.clone();
+            runtime::run(options.timeout, async move {
+                let replica = replica.detect_layout().await?;
+                let map = state::load(&replica, target).await?;
+                Ok((replica, map))
+            })?
+        };
+        let (replica, map) = map;
+        let map = Arc::new(map);
+        let page_size = map.page_size.bytes();
+        let now = Instant::now();
+        let follow = Arc::new(Follow {
+            newest: Mutex::new(map.clone()),
+            pending: Mutex::new(None),
+            polled: Mutex::new(Some(now)),
+            planned: Mutex::new(now),
+            active_until: Mutex::new((target == Target::Latest).then_some(now)),
+            wake: tokio::sync::Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        runtime::spawn(poller(replica.clone(), options.clone(), follow.clone()));
+        Ok(Db {
+            replica,
+            inner: Mutex::new(Inner {
+                map,
+                generation: 1,
+                target,
+                next: None,
+                cache: PageCache::new(options.cache_size, page_size),
+                lock: 0,
+                last_fetched: 0,
+                window: 1,
+            }),
+            options,
+            follow,
+        })
+    }
+
+    /// The database size in bytes, at the state shown.
+    pub fn size(&self) -> u64 {
+        let inner = self.inner.lock().unwrap();
+        u64::from(inner.map.pages()) * inner.map.page_size.bytes() as u64
+    }
+
+    /// SQLite's lock level moves to `level`. A read transaction starts when it leaves 0:
+    /// the state shown moves then, never inside a transaction.
+    pub fn set_lock(&self, level: i32) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock().unwrap();
+        let starting = inner.lock == 0 && level > 0;
+        inner.lock = level;
+        if starting {
+            self.begin_read(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    fn begin_read(&self, inner: &mut Inner) -> Result<(), VfsError> {
+        if let Some((target, map)) = inner.next.take() {
+            inner.target = target;
+            self.show(inner, map);
+            *self.follow.newest.lock().unwrap() = inner.map.clone();
+            *self.follow.pending.lock().unwrap() = None;
+            *self.follow.active_until.lock().unwrap() = None;
+        }
+        if inner.target != Target::Latest {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let was_idle = {
+            let mut active = self.follow.active_until.lock().unwrap();
+            let idle = active.is_none_or(|until| until < now);
+            *active = Some(now + self.options.poll_interval * ACTIVE_INTERVALS);
+            idle
+        };
+        if was_idle {
+            self.follow.wake.notify_one();
+        }
+        // Back from idle, the newest state is fetched now rather than a poll interval late.
+        let stale = self
+            .follow
+            .polled
+            .lock()
+            .unwrap()
+            .is_none_or(|at| at.elapsed() > self.options.poll_interval * 2);
+        if stale {
+            let replica = self.replica.clone();
+            let base = self.follow.newest.lock().unwrap().clone();
+            match runtime::run(self.options.timeout, async move {
+                state::poll(&replica, &base).await
+            }) {
+                Ok(polled) => {
+                    *self.follow.polled.lock().unwrap() = Some(Instant::now());
+                    if let Polled::Newer(map) = polled {
+                        self.follow.offer(map);
+                    }
+                }
+                // The state already shown still reads; the lag says how old it is.
+                Err(e) => tracing::warn!(error = %e, "cannot poll the replica"),
+            }
+        }
+        let pending = self.follow.pending.lock().unwrap().take();
+        if let Some(map) = pending.filter(|m| m.txid >= inner.map.txid) {
+            self.show(inner, map);
+        }
+        Ok(())
+    }
+
+    fn show(&self, inner: &mut Inner, map: Arc<PageMap>) {
+        if map.page_size != inner.map.page_size {
+            inner.cache = PageCache::new(self.options.cache_size, map.page_size.bytes());
+        }
+        inner.map = map;
+        inner.generation = inner.generation.wrapping_add(1).max(1);
+    }
+
+    /// Shows `target` from the next read transaction on.
+    pub fn set_target(&self, target: Target) -> Result<(), VfsError> {
+        let replica = self.replica.clone();
+        let map = runtime::run(self.options.timeout, async move {
+            state::load(&replica, target).await
+        })?;
+        let mut inner = self.inner.lock().unwrap();
+        let map = Arc::new(map);
+        if target == Target::Latest {
+            *self.follow.polled.lock().unwrap() = Some(Instant::now());
+            *self.follow.planned.lock().unwrap() = Instant::now();
+        }
+        inner.next = Some((target, map));
+        if inner.lock == 0 {
+            self.begin_read(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// The TXID shown (or to be shown from the next transaction).
+    pub fn txid(&self) -> Txid {
+        let inner = self.inner.lock().unwrap();
+        inner.next.as_ref().map_or(inner.map.txid, |(_, m)| m.txid)
+    }
+
+    /// Seconds since the last successful poll; `None` if none has succeeded.
+    pub fn lag(&self) -> Option<f64> {
+        self.follow
+            .polled
+            .lock()
+            .unwrap()
+            .map(|at| at.elapsed().as_secs_f64())
+    }
+
+    /// The target shown.
+    pub fn target(&self) -> Target {
+        let inner = self.inner.lock().unwrap();
+        inner.next.as_ref().map_or(inner.target, |(t, _)| *t)
+    }
+
+    /// Fills `buf` from byte `offset` of the database. Returns `false` for a short read
+    /// (past the end; the rest is zeroed).
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<bool, VfsError> {
+        let mut inner = self.inner.lock().unwrap();
+        let page_size = inner.map.page_size.bytes() as u64;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let pgno = at / page_size + 1;
+            if pgno > u64::from(inner.map.pages()) {
+                buf[done..].fill(0);
+                return Ok(false);
+            }
+            let pgno = pgno as u32;
+            let within = (at % page_size) as usize;
+            let n = (page_size as usize - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            self.read_page(&mut inner, pgno, within, out, true)?;
+            if pgno == 1 {
+                patch_header(&inner, within, out);
+            }
+            done += n;
+        }
+        Ok(true)
+    }
+
+    fn read_page(
+        &self,
+        inner: &mut Inner,
+        pgno: u32,
+        within: usize,
+        out: &mut [u8],
+        retry: bool,
+    ) -> Result<(), VfsError> {
+        let Some(frame) = inner.map.frame(pgno) else {
+            out.fill(0);
+            return Ok(());
+        };
+        let key = FrameKey::new(&inner.map.files[frame.file as usize], frame.offset);
+        if let Some(page) = inner.cache.get(&key) {
+            out.copy_from_slice(&page[within..within + out.len()]);
+            return Ok(());
+        }
+        match self.fetch(inner, pgno, frame) {
+            Err(e) if retry && e.is_not_found() => {
+                // Compaction and retention moved on: plan the same TXID again, retry once.
+                let replica = self.replica.clone();
+                let txid = inner.map.txid;
+                let map = runtime::run(self.options.timeout, async move {
+                    state::load(&replica, Target::Txid(txid)).await
+                })?;
+                inner.map = Arc::new(map);
+                return self.read_page(inner, pgno, within, out, false);
+            }
+            r => r?,
+        }
+        let page = inner.cache.get(&key).ok_or_else(|| {
+            VfsError::Config(format!("page {pgno} was fetched but is not in the cache"))
+        })?;
+        out.copy_from_slice(&page[within..within + out.len()]);
+        Ok(())
+    }
+
+    /// Fetches page `pgno` and, in the same ranged read, the pages after it whose frames
+    /// follow it in the same file, as many as the read-ahead window allows.
+    fn fetch(&self, inner: &mut Inner, pgno: u32, first: Frame) -> Result<(), VfsError> {
+        inner.window = if pgno == inner.last_fetched.wrapping_add(1) {
+            (inner.window * 2)
+                .min(MAX_WINDOW)
+                .min(cache_window(&inner.cache))
+        } else {
+            1
+        };
+        let mut run = vec![(pgno, first)];
+        let mut end = first.offset + u64::from(first.size);
+        let file = inner.map.files[first.file as usize].clone();
+        while (run.len() as u32) < inner.window {
+            let next = pgno + run.len() as u32;
+            match inner.map.frame(next) {
+                Some(f)
+                    if f.file == first.file
+                        && f.offset == end
+                        && !inner.cache.contains(&FrameKey::new(&file, f.offset)) =>
+                {
+                    end += u64::from(f.size);
+                    run.push((next, f));
+                }
+                _ => break,
+            }
+        }
+        inner.last_fetched = run.last().map_or(pgno, |(p, _)| *p);
+        let replica = self.replica.clone();
+        let info = file.clone();
+        let range = first.offset..end;
+        let bytes = runtime::run(self.options.timeout, async move {
+            Ok(replica.read_range(&info, range).await?)
+        })?;
+        let page_size = inner.map.page_size;
+        for (p, f) in run {
+            let start = (f.offset - first.offset) as usize;
+            let Some(frame_bytes) = bytes.get(start..start + f.size as usize) else {
+                return Err(self.corrupt(
+                    &file,
+                    ltx::Error::Truncated {
+                        offset: f.offset,
+                        what: "page frame",
+                    },
+                ));
+            };
+            let mut page = inner.cache.spare(page_size.bytes());
+            let got = ltx::decode_page_frame(frame_bytes, f.offset, page_size, &mut page)
+                .map_err(|e| self.corrupt(&file, e))?;
+            if got.get() != p {
+                return Err(self.corrupt(
+                    &file,
+                    ltx::Error::Usage(format!(
+                        "the page index says page {p} is at offset {}, the frame there holds page {got}",
+                        f.offset
+                    )),
+                ));
+            }
+            inner.cache.insert(FrameKey::new(&file, f.offset), page);
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, file: &strata::storage::FileInfo, error: ltx::Error) -> VfsError {
+        VfsError::Ltx {
+            file: format!("{} {} {}", self.replica.name(), file.level, file.range),
+            error,
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.follow.closed.store(true, Ordering::SeqCst);
+        self.follow.wake.notify_one();
+    }
+}
+
+/// The read-ahead window may take at most a quarter of the cache.
+fn cache_window(cache: &PageCache) -> u32 {
+    u32::try_from(cache.capacity() / 4)
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// Page 1 as SQLite should see it: rollback-journal mode (so it never looks for a WAL), and
+/// a change counter that moves with the state shown, with the in-header size valid for it.
+fn patch_header(inner: &Inner, within: usize, out: &mut [u8]) {
+    let generation = inner.generation.to_be_bytes();
+    let pages = inner.map.pages().to_be_bytes();
+    let patches: [(usize, &[u8]); 5] = [
+        (18, &[1]),
+        (19, &[1]),
+        (24, &generation),
+        (28, &pages),
+        (92, &generation),
+    ];
+    for (at, bytes) in patches {
+        for (i, b) in bytes.iter().enumerate() {
+            if let Some(slot) = (at + i).checked_sub(within).and_then(|j| out.get_mut(j)) {
+                *slot = *b;
+            }
+        }
+    }
+}
+
+/// Prepares newer maps while a reader is active; sleeps on `wake` otherwise.
+async fn poller(replica: Replica, options: Options, follow: Arc<Follow>) {
+    loop {
+        if follow.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let active = follow
+            .active_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| until > Instant::now());
+        if !active {
+            follow.wake.notified().await;
+            continue;
+        }
+        tokio::time::sleep(options.poll_interval).await;
+        if follow.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let base = follow.newest.lock().unwrap().clone();
+        let replan = follow.planned.lock().unwrap().elapsed() >= options.replan_interval;
+        let polled = tokio::time::timeout(options.timeout, async {
+            if replan {
+                // Pages that never change keep pointing at old files; retention deletes
+                // those in time. A fresh plan points at what the replica holds now.
+                state::load(&replica, Target::Latest)
+                    .await
+                    .map(Polled::Newer)
+            } else {
+                state::poll(&replica, &base).await
+            }
+        })
+        .await
+        .unwrap_or(Err(VfsError::Timeout(options.timeout)));
+        match polled {
+            Ok(polled) => {
+                if replan {
+                    *follow.planned.lock().unwrap() = Instant::now();
+                }
+                // A pin set meanwhile stops the following.
+                if follow.active_until.lock().unwrap().is_none() {
+                    continue;
+                }
+                *follow.polled.lock().unwrap() = Some(Instant::now());
+                if let Polled::Newer(map) = polled {
+                    follow.offer(map);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot poll the replica");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata::storage::ReplicaUrl;
+
+    fn fixture() -> Replica {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/litestream-0.5.17/replica");
+        Replica::open(&ReplicaUrl::File { root }).unwrap()
+    }
+
+    /// Every byte a reader sees equals a restore at the same TXID, except page 1's header
+    /// fields the VFS presents differently (journal mode, change counter, size).
+    #[test]
+    fn every_page_at_every_txid_equals_the_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for txid in 1..=16u64 {
+            let target = Target::Txid(Txid::new(txid));
+            let db = Db::open(fixture(), Options::default(), target).unwrap();
+            db.set_lock(1).unwrap();
+            let out = dir.path().join(format!("{txid}.db"));
+            rt.block_on(strata::restore::restore(
+                &fixture(),
+                strata::restore::Target::Txid(Txid::new(txid)),
+                &out,
+                &strata::restore::RestoreOptions::default(),
+                Arc::new(strata::restore::NoProgress),
+            ))
+            .unwrap();
+            let mut want = std::fs::read(&out).unwrap();
+            assert_eq!(db.size(), want.len() as u64, "txid {txid}");
+            // Read in pieces of odd sizes too: the header read SQLite makes is 100 bytes.
+            let mut got = vec![0u8; want.len()];
+            let (head, rest) = got.split_at_mut(100);
+            assert!(db.read(head, 0).unwrap());
+            assert!(db.read(rest, 100).unwrap());
+            assert_eq!((got[18], got[19]), (1, 1), "rollback-journal mode");
+            assert_eq!(
+                got[24..28],
+                got[92..96],
+                "change counter and version-valid-for"
+            );
+            assert_eq!(
+                u32::from_be_bytes(got[28..32].try_into().unwrap()) as usize,
+                want.len() / 4096
+            );
+            for range in [18..20, 24..32, 92..96] {
+                want[range.clone()].copy_from_slice(&got[range]);
+            }
+            assert!(got == want, "txid {txid}: pages differ from the restore");
+            // Past the end: a short read, zero-filled.
+            let mut past = [7u8; 16];
+            assert!(!db.read(&mut past, want.len() as u64).unwrap());
+            assert_eq!(past, [0; 16]);
+        }
+    }
+
+    #[test]
+    fn a_new_state_is_shown_only_when_a_transaction_starts() {
+        let db = Db::open(fixture(), Options::default(), Target::Latest).unwrap();
+        assert_eq!(db.txid(), Txid::new(16));
+        db.set_lock(1).unwrap();
+        let counter = |db: &Db| {
+            let mut head = [0u8; 100];
+            db.read(&mut head, 0).unwrap();
+            u32::from_be_bytes(head[24..28].try_into().unwrap())
+        };
+        let before = counter(&db);
+        // Pinned while a transaction is open: the transaction keeps its state.
+        db.set_target(Target::Txid(Txid::new(5))).unwrap();
+        assert_eq!(counter(&db), before);
+        assert_eq!(db.size(), 10 * 4096, "the newest state, after a VACUUM");
+        db.set_lock(0).unwrap();
+        db.set_lock(1).unwrap();
+        assert_ne!(counter(&db), before);
+        assert_eq!(db.size(), 16 * 4096);
+        assert_eq!(db.txid(), Txid::new(5));
+        assert_eq!(db.target(), Target::Txid(Txid::new(5)));
+    }
+
+    #[test]
+    fn an_empty_or_missing_replica_fails_to_open_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = Replica::open(&ReplicaUrl::File {
+            root: dir.path().to_owned(),
+        })
+        .unwrap();
+        let e = Db::open(empty, Options::default(), Target::Latest)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no LTX files"), "{e}");
+        let e = Db::open(fixture(), Options::default(), Target::Txid(Txid::new(99)))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not a restore point"), "{e}");
+    }
+}

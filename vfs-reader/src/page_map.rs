@@ -1,0 +1,247 @@
+//! The page map: for each page of the database at one TXID, which LTX file holds its newest
+//! version and where in that file its frame sits. Built by folding the page indexes of a
+//! restore plan's files in order, later files winning.
+
+use std::sync::Arc;
+
+use ltx::{Header, PageIndex, PageSize, Txid};
+use strata::storage::FileInfo;
+
+/// Where one page's frame is: a file of [`PageMap::files`], a byte offset and a length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Index into [`PageMap::files`].
+    pub file: u32,
+    /// Byte offset of the frame in the file.
+    pub offset: u64,
+    /// Length of the frame in bytes.
+    pub size: u32,
+}
+
+const NO_FILE: u32 = u32::MAX;
+
+/// The database at one TXID, as frames in replica files.
+#[derive(Clone, Debug)]
+pub struct PageMap {
+    /// The TXID this map shows.
+    pub txid: Txid,
+    /// The page size of every file folded in.
+    pub page_size: PageSize,
+    /// The files frames point into.
+    pub files: Vec<Arc<FileInfo>>,
+    /// Indexed by page number - 1; `file == NO_FILE` for a page no file holds (the lock
+    /// page, or a database built from nothing).
+    frames: Vec<Frame>,
+}
+
+/// Why a set of files does not make one database.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// Two files disagree on the page size.
+    #[error("{file} has page size {found}, the files before it {expected}")]
+    PageSize {
+        /// The file that disagrees.
+        file: String,
+        /// Its page size.
+        found: PageSize,
+        /// The page size of the files before it.
+        expected: PageSize,
+    },
+    /// The first file is not a snapshot and the map is empty.
+    #[error("no page map to continue: {file} does not start at TXID 1")]
+    NoBase {
+        /// The file.
+        file: String,
+    },
+}
+
+impl PageMap {
+    /// A map from `files` in plan order, each with its header and page index.
+    pub fn build<'a>(
+        files: impl IntoIterator<Item = (&'a FileInfo, &'a Header, &'a PageIndex)>,
+    ) -> Result<Option<PageMap>, MapError> {
+        let mut map: Option<PageMap> = None;
+        for (info, header, index) in files {
+            match &mut map {
+                None => {
+                    if !header.is_snapshot() {
+                        return Err(MapError::NoBase { file: name(info) });
+                    }
+                    let mut m = PageMap {
+                        txid: Txid::ZERO,
+                        page_size: header.page_size,
+                        files: Vec::new(),
+                        frames: Vec::new(),
+                    };
+                    m.apply(info, header, index)?;
+                    map = Some(m);
+                }
+                Some(m) => m.apply(info, header, index)?,
+            }
+        }
+        Ok(map)
+    }
+
+    /// Folds in one more file, which continues this map's TXID (or restarts the history).
+    pub fn apply(
+        &mut self,
+        info: &FileInfo,
+        header: &Header,
+        index: &PageIndex,
+    ) -> Result<(), MapError> {
+        if header.page_size != self.page_size {
+            if !header.is_snapshot() {
+                return Err(MapError::PageSize {
+                    file: name(info),
+                    found: header.page_size,
+                    expected: self.page_size,
+                });
+            }
+            // A snapshot with another page size replaces everything.
+            self.page_size = header.page_size;
+            self.frames.clear();
+        }
+        if header.is_snapshot() {
+            // A snapshot holds every page: nothing before it is needed.
+            self.frames.clear();
+            self.files.clear();
+        }
+        let file = u32::try_from(self.files.len()).unwrap_or(NO_FILE - 1);
+        self.files.push(Arc::new(info.clone()));
+        let pages = header.commit as usize;
+        self.frames.resize(
+            pages,
+            Frame {
+                file: NO_FILE,
+                offset: 0,
+                size: 0,
+            },
+        );
+        for entry in index.entries() {
+            let i = entry.pgno.get() as usize - 1;
+            if i < pages {
+                self.frames[i] = Frame {
+                    file,
+                    offset: entry.offset,
+                    size: entry.size,
+                };
+            }
+        }
+        self.txid = header.max_txid;
+        // Files no page points into any more are dropped (their pages were all rewritten).
+        self.compact_files();
+        Ok(())
+    }
+
+    /// The database size in pages.
+    pub fn pages(&self) -> u32 {
+        u32::try_from(self.frames.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The frame holding page `pgno` (1-based); `None` for a page no file holds, which
+    /// reads as zeros.
+    pub fn frame(&self, pgno: u32) -> Option<Frame> {
+        let f = *self.frames.get((pgno as usize).checked_sub(1)?)?;
+        (f.file != NO_FILE).then_some(f)
+    }
+
+    fn compact_files(&mut self) {
+        let mut used = vec![false; self.files.len()];
+        for f in &self.frames {
+            if f.file != NO_FILE {
+                used[f.file as usize] = true;
+            }
+        }
+        if used.iter().all(|&u| u) {
+            return;
+        }
+        let mut renumber = vec![NO_FILE; self.files.len()];
+        let mut kept = Vec::new();
+        for (i, file) in self.files.drain(..).enumerate() {
+            if used[i] {
+                renumber[i] = kept.len() as u32;
+                kept.push(file);
+            }
+        }
+        self.files = kept;
+        for f in &mut self.frames {
+            if f.file != NO_FILE {
+                f.file = renumber[f.file as usize];
+            }
+        }
+    }
+}
+
+fn name(info: &FileInfo) -> String {
+    format!("{} {}", info.level, info.range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ltx::{Encoder, PageNum, TxidRange};
+
+    fn file(min: u64, max: u64, pages: &[(u32, u8)], commit: u32) -> (FileInfo, Header, PageIndex) {
+        let range = TxidRange::new(Txid::new(min), Txid::new(max));
+        let mut header = Header::new(PageSize::new(512).unwrap(), commit, range);
+        header.timestamp = 1;
+        header.flags = ltx::HeaderFlags::NO_CHECKSUM;
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&mut out, &header).unwrap();
+        for &(pgno, byte) in pages {
+            enc.encode_page(PageNum::new(pgno).unwrap(), &[byte; 512])
+                .unwrap();
+        }
+        enc.finish(ltx::Checksum::ZERO).unwrap();
+        let tail = ltx::read_file_tail(out.len() as u64, |r| {
+            Ok(out[r.start as usize..r.end as usize].to_vec())
+        })
+        .unwrap();
+        let info = FileInfo {
+            level: strata::storage::Level::L0,
+            range,
+            size: out.len() as u64,
+            modified: jiff::Timestamp::UNIX_EPOCH,
+        };
+        (info, header, tail.index)
+    }
+
+    #[test]
+    fn later_files_win_and_the_commit_size_truncates() {
+        let a = file(1, 1, &[(1, 1), (2, 1), (3, 1)], 3);
+        let b = file(2, 2, &[(2, 2)], 3);
+        let c = file(3, 3, &[(1, 3)], 2);
+        let map = PageMap::build([&a, &b, &c].map(|(i, h, x)| (i, h, x)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(map.txid, Txid::new(3));
+        assert_eq!(map.pages(), 2);
+        let f = |p| {
+            map.files[map.frame(p).unwrap().file as usize]
+                .range
+                .max
+                .get()
+        };
+        assert_eq!((f(1), f(2)), (3, 2));
+        assert!(map.frame(3).is_none());
+        // Every page of the snapshot was rewritten or cut: no frame points into it.
+        assert_eq!(map.files.len(), 2);
+    }
+
+    #[test]
+    fn an_incremental_file_first_is_refused_and_a_page_size_change_needs_a_snapshot() {
+        let b = file(2, 2, &[(2, 2)], 3);
+        assert!(matches!(
+            PageMap::build([(&b.0, &b.1, &b.2)]),
+            Err(MapError::NoBase { .. })
+        ));
+        let a = file(1, 1, &[(1, 1)], 1);
+        let mut map = PageMap::build([(&a.0, &a.1, &a.2)]).unwrap().unwrap();
+        let mut other = b.1;
+        other.page_size = PageSize::new(1024).unwrap();
+        assert!(matches!(
+            map.apply(&b.0, &other, &b.2),
+            Err(MapError::PageSize { .. })
+        ));
+    }
+}

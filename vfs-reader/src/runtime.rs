@@ -1,0 +1,47 @@
+//! The VFS's own tokio runtime: SQLite calls the VFS from its caller's thread, which may be
+//! anything (a tokio worker included), so object-store requests are spawned here and waited
+//! for without entering the caller's runtime.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::state::VfsError;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("strata-vfs")
+            .enable_all()
+            .build()
+            .expect("cannot start the strata VFS runtime")
+    })
+}
+
+/// Runs `fut` on the VFS runtime and waits for it, for at most `timeout`.
+pub fn run<T, F>(timeout: Duration, fut: F) -> Result<T, VfsError>
+where
+    F: Future<Output = Result<T, VfsError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = runtime().spawn(async move {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(VfsError::Timeout(timeout)),
+        }
+    });
+    match futures::executor::block_on(handle) {
+        Ok(r) => r,
+        Err(e) => Err(VfsError::Config(format!("the VFS task failed: {e}"))),
+    }
+}
+
+/// Starts `fut` on the VFS runtime without waiting for it.
+pub fn spawn<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    runtime().spawn(fut);
+}

@@ -1,0 +1,136 @@
+//! Building a [`PageMap`] from a replica (a restore plan, then each planned file's header and
+//! page index) and moving it forward as the primary writes new files.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use ltx::{Header, PageIndex, Txid};
+use strata::restore::{PlanError, plan_files, resolve_timestamp};
+use strata::storage::{FileInfo, Level, Replica, StorageError};
+
+use crate::page_map::{MapError, PageMap};
+
+/// How many files' headers and indexes are fetched at once.
+const FETCHES_AT_ONCE: usize = 16;
+
+/// Which state of the replica a reader shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The newest, followed as the primary writes.
+    Latest,
+    /// Pinned at a TXID.
+    Txid(Txid),
+    /// Pinned at the newest TXID at or before a time.
+    Time(jiff::Timestamp),
+}
+
+/// Why a replica could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// The object store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// No restore plan reaches the state asked for.
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    /// The planned files do not make one database.
+    #[error("{0}")]
+    Map(#[from] MapError),
+    /// A file's bytes are not valid LTX.
+    #[error("{file}: {error}")]
+    Ltx {
+        /// The file, as the replica names it.
+        file: String,
+        /// What is wrong with it.
+        error: ltx::Error,
+    },
+    /// The replica did not answer in time.
+    #[error("the replica did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The VFS was given something it cannot use.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl VfsError {
+    /// A file the map points into is gone (compaction and retention moved on).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, VfsError::Storage(e) if e.is_not_found())
+    }
+}
+
+/// One file's header and page index.
+pub(crate) struct Indexed {
+    pub info: FileInfo,
+    pub header: Header,
+    pub index: PageIndex,
+}
+
+/// The map of `target`: one listing of every level, a plan, and each planned file's header
+/// and index.
+pub async fn load(replica: &Replica, target: Target) -> Result<PageMap, VfsError> {
+    let files = replica.list_all().await?;
+    let txid = match target {
+        Target::Latest => None,
+        Target::Txid(t) => Some(t),
+        Target::Time(ts) => Some(resolve_timestamp(replica, &files, ts).await??),
+    };
+    let plan = plan_files(&files, Txid::ZERO, txid, &[])?;
+    let indexed = fetch_indexes(replica, &plan.files).await?;
+    let map = PageMap::build(indexed.iter().map(|f| (&f.info, &f.header, &f.index)))?;
+    map.ok_or(VfsError::Plan(PlanError::Empty))
+}
+
+/// What a poll found.
+pub enum Polled {
+    /// Nothing after the map's TXID.
+    Nothing,
+    /// A newer map: `map` extended by the files that continue it, or planned afresh when
+    /// they do not (compaction moved on, or the history restarted).
+    Newer(PageMap),
+}
+
+/// Looks for files after `map`'s TXID: one start-after listing of L0, where every new
+/// transaction lands first.
+pub async fn poll(replica: &Replica, map: &Arc<PageMap>) -> Result<Polled, VfsError> {
+    let listed = replica.list(Level::L0, map.txid.next()).await?;
+    if listed.is_empty() {
+        return Ok(Polled::Nothing);
+    }
+    let mut chain = Vec::new();
+    let mut reached = map.txid;
+    for f in listed {
+        if f.range.min == reached.next() {
+            reached = f.range.max;
+            chain.push(f);
+        } else if f.range.max > reached {
+            break;
+        }
+    }
+    if chain.is_empty() {
+        // The next L0 files are already gone, or the history restarted: plan again.
+        return Ok(Polled::Newer(load(replica, Target::Latest).await?));
+    }
+    let indexed = fetch_indexes(replica, &chain).await?;
+    let mut next = PageMap::clone(map);
+    for f in &indexed {
+        next.apply(&f.info, &f.header, &f.index)?;
+    }
+    Ok(Polled::Newer(next))
+}
+
+async fn fetch_indexes(replica: &Replica, files: &[FileInfo]) -> Result<Vec<Indexed>, VfsError> {
+    futures::stream::iter(files.iter().cloned())
+        .map(|info| async move {
+            let (header, tail) =
+                futures::try_join!(replica.read_header(&info), replica.read_tail(&info))?;
+            Ok::<_, VfsError>(Indexed {
+                info,
+                header,
+                index: tail.index,
+            })
+        })
+        .buffered(FETCHES_AT_ONCE)
+        .try_collect()
+        .await
+}

@@ -76,3 +76,45 @@ impl PageCache {
         vec![0; page_size].into_boxed_slice()
     }
 }
+
+/// Whole small files (see `state::WHOLE_FILE_MAX`), least recently used evicted first,
+/// bounded in bytes: a page in one is decoded from memory, with no request, even after
+/// retention deleted the file.
+pub struct FileBodies {
+    files: LruCache<(Level, TxidRange), bytes::Bytes>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl FileBodies {
+    /// Room for `capacity` bytes of files.
+    pub fn new(capacity: usize) -> FileBodies {
+        FileBodies {
+            files: LruCache::new_unbounded(),
+            bytes: 0,
+            capacity,
+        }
+    }
+
+    /// The bytes of `file`, if held.
+    pub fn get(&mut self, file: &FileInfo) -> Option<bytes::Bytes> {
+        self.files.get(&(file.level, file.range)).cloned()
+    }
+
+    /// Keeps `body` as the bytes of `file`.
+    pub fn insert(&mut self, file: &FileInfo, body: bytes::Bytes) {
+        if body.len() > self.capacity {
+            return;
+        }
+        self.bytes += body.len();
+        if let Some(old) = self.files.insert((file.level, file.range), body) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.capacity {
+            match self.files.remove_lru() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+}

@@ -11,10 +11,10 @@ use ltx::Txid;
 use strata::storage::Replica;
 
 use crate::Options;
-use crate::cache::{FrameKey, PageCache};
+use crate::cache::{FileBodies, FrameKey, PageCache};
 use crate::page_map::{Frame, PageMap};
 use crate::runtime;
-use crate::state::{self, Polled, Target, VfsError};
+use crate::state::{self, Loaded, Polled, Target, VfsError};
 
 /// The most pages one read-ahead fetches.
 const MAX_WINDOW: u32 = 1024;
@@ -38,8 +38,9 @@ struct Inner {
     generation: u32,
     target: Target,
     /// A state asked for (a pin, or back to latest) while a transaction was open.
-    next: Option<(Target, Arc<PageMap>)>,
+    next: Option<(Target, Pending)>,
     cache: PageCache,
+    bodies: FileBodies,
     /// SQLite's lock level on the file.
     lock: i32,
     /// The last page fetched by the previous miss, and the read-ahead window.
@@ -47,12 +48,27 @@ struct Inner {
     window: u32,
 }
 
+/// A map to show, with the small files fetched whole to build it.
+struct Pending {
+    map: Arc<PageMap>,
+    bodies: Vec<(strata::storage::FileInfo, bytes::Bytes)>,
+}
+
+impl From<Loaded> for Pending {
+    fn from(l: Loaded) -> Pending {
+        Pending {
+            map: Arc::new(l.map),
+            bodies: l.bodies,
+        }
+    }
+}
+
 /// What the poller and the reader share.
 struct Follow {
     /// The newest map known: the poller's base.
     newest: Mutex<Arc<PageMap>>,
     /// A newer map than the one shown, for the next transaction.
-    pending: Mutex<Option<Arc<PageMap>>>,
+    pending: Mutex<Option<Pending>>,
     /// When the last poll succeeded.
     polled: Mutex<Option<Instant>>,
     /// When the newest map was last planned from a full listing.
@@ -66,12 +82,19 @@ struct Follow {
 impl Follow {
     /// A newer map from a poll: kept unless a map at least as new is already known (a
     /// poll from an older base can finish after one from a newer).
-    fn offer(&self, map: PageMap) {
+    fn offer(&self, loaded: Loaded) {
         let mut newest = self.newest.lock().unwrap();
-        if map.txid >= newest.txid {
-            let map = Arc::new(map);
-            *newest = map.clone();
-            *self.pending.lock().unwrap() = Some(map);
+        if loaded.map.txid >= newest.txid {
+            let pending = Pending::from(loaded);
+            *newest = pending.map.clone();
+            let mut slot = self.pending.lock().unwrap();
+            // Files fetched for a pending map not yet shown are kept for the next one.
+            let mut bodies = slot.take().map(|p| p.bodies).unwrap_or_default();
+            bodies.extend(pending.bodies);
+            *slot = Some(Pending {
+                map: pending.map,
+                bodies,
+            });
         }
     }
 }
@@ -87,9 +110,13 @@ impl Db {
                 Ok((replica, map))
             })?
         };
-        let (replica, map) = map;
-        let map = Arc::new(map);
+        let (replica, loaded) = map;
+        let Pending { map, bodies } = Pending::from(loaded);
         let page_size = map.page_size.bytes();
+        let mut held = FileBodies::new(options.cache_size);
+        for (file, body) in &bodies {
+            held.insert(file, body.clone());
+        }
         let now = Instant::now();
         let follow = Arc::new(Follow {
             newest: Mutex::new(map.clone()),
@@ -109,6 +136,7 @@ impl Db {
                 target,
                 next: None,
                 cache: PageCache::new(options.cache_size, page_size),
+                bodies: held,
                 lock: 0,
                 last_fetched: 0,
                 window: 1,
@@ -137,9 +165,9 @@ impl Db {
     }
 
     fn begin_read(&self, inner: &mut Inner) -> Result<(), VfsError> {
-        if let Some((target, map)) = inner.next.take() {
+        if let Some((target, pending)) = inner.next.take() {
             inner.target = target;
-            self.show(inner, map);
+            self.show(inner, pending);
             *self.follow.newest.lock().unwrap() = inner.map.clone();
             *self.follow.pending.lock().unwrap() = None;
             *self.follow.active_until.lock().unwrap() = None;
@@ -172,8 +200,8 @@ impl Db {
             }) {
                 Ok(polled) => {
                     *self.follow.polled.lock().unwrap() = Some(Instant::now());
-                    if let Polled::Newer(map) = polled {
-                        self.follow.offer(map);
+                    if let Polled::Newer(loaded) = polled {
+                        self.follow.offer(loaded);
                     }
                 }
                 // The state already shown still reads; the lag says how old it is.
@@ -181,15 +209,18 @@ impl Db {
             }
         }
         let pending = self.follow.pending.lock().unwrap().take();
-        if let Some(map) = pending.filter(|m| m.txid >= inner.map.txid) {
-            self.show(inner, map);
+        if let Some(pending) = pending.filter(|p| p.map.txid >= inner.map.txid) {
+            self.show(inner, pending);
         }
         Ok(())
     }
 
-    fn show(&self, inner: &mut Inner, map: Arc<PageMap>) {
+    fn show(&self, inner: &mut Inner, Pending { map, bodies }: Pending) {
         if map.page_size != inner.map.page_size {
             inner.cache = PageCache::new(self.options.cache_size, map.page_size.bytes());
+        }
+        for (file, body) in bodies {
+            inner.bodies.insert(&file, body);
         }
         inner.map = map;
         inner.generation = inner.generation.wrapping_add(1).max(1);
@@ -202,7 +233,7 @@ impl Db {
             state::load(&replica, target).await
         })?;
         let mut inner = self.inner.lock().unwrap();
-        let map = Arc::new(map);
+        let map = Pending::from(map);
         if target == Target::Latest {
             *self.follow.polled.lock().unwrap() = Some(Instant::now());
             *self.follow.planned.lock().unwrap() = Instant::now();
@@ -217,7 +248,10 @@ impl Db {
     /// The TXID shown (or to be shown from the next transaction).
     pub fn txid(&self) -> Txid {
         let inner = self.inner.lock().unwrap();
-        inner.next.as_ref().map_or(inner.map.txid, |(_, m)| m.txid)
+        inner
+            .next
+            .as_ref()
+            .map_or(inner.map.txid, |(_, p)| p.map.txid)
     }
 
     /// Seconds since the last successful poll; `None` if none has succeeded.
@@ -283,10 +317,17 @@ impl Db {
                 // Compaction and retention moved on: plan the same TXID again, retry once.
                 let replica = self.replica.clone();
                 let txid = inner.map.txid;
-                let map = runtime::run(self.options.timeout, async move {
+                let loaded = runtime::run(self.options.timeout, async move {
                     state::load(&replica, Target::Txid(txid)).await
+                })
+                .map_err(|e| match e {
+                    VfsError::Plan(plan) => VfsError::Gone { txid, plan },
+                    e => e,
                 })?;
-                inner.map = Arc::new(map);
+                for (file, body) in &loaded.bodies {
+                    inner.bodies.insert(file, body.clone());
+                }
+                inner.map = Arc::new(loaded.map);
                 return self.read_page(inner, pgno, within, out, false);
             }
             r => r?,
@@ -326,12 +367,19 @@ impl Db {
             }
         }
         inner.last_fetched = run.last().map_or(pgno, |(p, _)| *p);
-        let replica = self.replica.clone();
-        let info = file.clone();
         let range = first.offset..end;
-        let bytes = runtime::run(self.options.timeout, async move {
-            Ok(replica.read_range(&info, range).await?)
-        })?;
+        let bytes = match inner.bodies.get(&file) {
+            Some(body) if body.len() as u64 >= end => {
+                body.slice(range.start as usize..end as usize)
+            }
+            _ => {
+                let replica = self.replica.clone();
+                let info = file.clone();
+                runtime::run(self.options.timeout, async move {
+                    Ok(replica.read_range(&info, range).await?)
+                })?
+            }
+        };
         let page_size = inner.map.page_size;
         for (p, f) in run {
             let start = (f.offset - first.offset) as usize;
@@ -448,8 +496,8 @@ async fn poller(replica: Replica, options: Options, follow: Arc<Follow>) {
                     continue;
                 }
                 *follow.polled.lock().unwrap() = Some(Instant::now());
-                if let Polled::Newer(map) = polled {
-                    follow.offer(map);
+                if let Polled::Newer(loaded) = polled {
+                    follow.offer(loaded);
                 }
             }
             Err(e) => {
@@ -539,6 +587,35 @@ mod tests {
         assert_eq!(db.size(), 16 * 4096);
         assert_eq!(db.txid(), Txid::new(5));
         assert_eq!(db.target(), Target::Txid(Txid::new(5)));
+    }
+
+    /// SQLite may call the VFS from a thread of the application's own tokio runtime: the
+    /// wait for the VFS's runtime must not depend on the caller's.
+    #[test]
+    fn reads_from_inside_another_tokio_runtime_complete() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut options = Options::default();
+                options.cache_size = 0;
+                let db = Db::open(fixture(), options, Target::Latest).unwrap();
+                db.set_lock(1).unwrap();
+                let mut page = vec![0u8; 4096];
+                for _ in 0..50 {
+                    for pgno in 0..10u64 {
+                        db.read(&mut page, pgno * 4096).unwrap();
+                    }
+                }
+            });
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reads from a tokio worker hung");
     }
 
     #[test]

@@ -26,16 +26,19 @@ where
     F: Future<Output = Result<T, VfsError>> + Send + 'static,
     T: Send + 'static,
 {
-    let handle = runtime().spawn(async move {
-        match tokio::time::timeout(timeout, fut).await {
+    // A plain channel, not the task's JoinHandle: polled on a thread of another tokio
+    // runtime (an async caller), a JoinHandle would defer its wake-up to that runtime's
+    // scheduler, which this blocked thread is, and spin.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let r = match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(VfsError::Timeout(timeout)),
-        }
+        };
+        let _ = tx.send(r);
     });
-    match futures::executor::block_on(handle) {
-        Ok(r) => r,
-        Err(e) => Err(VfsError::Config(format!("the VFS task failed: {e}"))),
-    }
+    rx.recv()
+        .unwrap_or_else(|_| Err(VfsError::Config("the VFS task failed".to_owned())))
 }
 
 /// Starts `fut` on the VFS runtime without waiting for it.

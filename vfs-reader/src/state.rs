@@ -13,6 +13,11 @@ use crate::page_map::{MapError, PageMap};
 /// How many files' headers and indexes are fetched at once.
 const FETCHES_AT_ONCE: usize = 16;
 
+/// Files up to this size are fetched whole, in one GET instead of two (header and index),
+/// and kept: their pages are then read from memory, and still read if retention deletes
+/// the file while a transaction needs it. Most L0 files are this small.
+pub const WHOLE_FILE_MAX: u64 = 256 << 10;
+
 /// Which state of the replica a reader shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -44,6 +49,18 @@ pub enum VfsError {
         /// What is wrong with it.
         error: ltx::Error,
     },
+    /// A file the open read transaction needs is gone and its state with it: retention
+    /// removed it while the transaction ran (a transaction longer than the replica's L0
+    /// retention can see this). A new transaction reads the newest state.
+    #[error(
+        "the state this read transaction shows (TXID {txid}) is no longer in the replica: retention removed its files during the transaction; run it again ({plan})"
+    )]
+    Gone {
+        /// The TXID the transaction shows.
+        txid: Txid,
+        /// Why it cannot be planned again.
+        plan: PlanError,
+    },
     /// The replica did not answer in time.
     #[error("the replica did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -59,16 +76,32 @@ impl VfsError {
     }
 }
 
-/// One file's header and page index.
-pub(crate) struct Indexed {
-    pub info: FileInfo,
-    pub header: Header,
-    pub index: PageIndex,
+/// One file's header and page index, and its bytes if it is small (see [`WHOLE_FILE_MAX`]).
+struct Indexed {
+    info: FileInfo,
+    header: Header,
+    index: PageIndex,
+    body: Option<bytes::Bytes>,
+}
+
+/// A map, and the whole bytes of the small files it was built from.
+pub struct Loaded {
+    /// The map.
+    pub map: PageMap,
+    /// (file, bytes) of the files fetched whole.
+    pub bodies: Vec<(FileInfo, bytes::Bytes)>,
+}
+
+fn bodies(indexed: Vec<Indexed>) -> Vec<(FileInfo, bytes::Bytes)> {
+    indexed
+        .into_iter()
+        .filter_map(|f| Some((f.info, f.body?)))
+        .collect()
 }
 
 /// The map of `target`: one listing of every level, a plan, and each planned file's header
 /// and index.
-pub async fn load(replica: &Replica, target: Target) -> Result<PageMap, VfsError> {
+pub async fn load(replica: &Replica, target: Target) -> Result<Loaded, VfsError> {
     let files = replica.list_all().await?;
     let txid = match target {
         Target::Latest => None,
@@ -77,8 +110,12 @@ pub async fn load(replica: &Replica, target: Target) -> Result<PageMap, VfsError
     };
     let plan = plan_files(&files, Txid::ZERO, txid, &[])?;
     let indexed = fetch_indexes(replica, &plan.files).await?;
-    let map = PageMap::build(indexed.iter().map(|f| (&f.info, &f.header, &f.index)))?;
-    map.ok_or(VfsError::Plan(PlanError::Empty))
+    let map = PageMap::build(indexed.iter().map(|f| (&f.info, &f.header, &f.index)))?
+        .ok_or(VfsError::Plan(PlanError::Empty))?;
+    Ok(Loaded {
+        map,
+        bodies: bodies(indexed),
+    })
 }
 
 /// What a poll found.
@@ -87,7 +124,7 @@ pub enum Polled {
     Nothing,
     /// A newer map: `map` extended by the files that continue it, or planned afresh when
     /// they do not (compaction moved on, or the history restarted).
-    Newer(PageMap),
+    Newer(Loaded),
 }
 
 /// Looks for files after `map`'s TXID: one start-after listing of L0, where every new
@@ -116,18 +153,54 @@ pub async fn poll(replica: &Replica, map: &Arc<PageMap>) -> Result<Polled, VfsEr
     for f in &indexed {
         next.apply(&f.info, &f.header, &f.index)?;
     }
-    Ok(Polled::Newer(next))
+    Ok(Polled::Newer(Loaded {
+        map: next,
+        bodies: bodies(indexed),
+    }))
 }
 
 async fn fetch_indexes(replica: &Replica, files: &[FileInfo]) -> Result<Vec<Indexed>, VfsError> {
     futures::stream::iter(files.iter().cloned())
         .map(|info| async move {
-            let (header, tail) =
-                futures::try_join!(replica.read_header(&info), replica.read_tail(&info))?;
-            Ok::<_, VfsError>(Indexed {
+            if info.size > WHOLE_FILE_MAX {
+                let (header, tail) =
+                    futures::try_join!(replica.read_header(&info), replica.read_tail(&info))?;
+                return Ok(Indexed {
+                    info,
+                    header,
+                    index: tail.index,
+                    body: None,
+                });
+            }
+            let body = replica.read(&info).await?;
+            let invalid = |error| VfsError::Ltx {
+                file: format!("{} {} {}", replica.name(), info.level, info.range),
+                error,
+            };
+            let head: &[u8; ltx::HEADER_SIZE] = body
+                .get(..ltx::HEADER_SIZE)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| {
+                    invalid(ltx::Error::Truncated {
+                        offset: 0,
+                        what: "header",
+                    })
+                })?;
+            let header = Header::from_bytes(head).map_err(invalid)?;
+            let index = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
+                ltx::TailParse::Complete(tail) => tail.index,
+                ltx::TailParse::NeedMore(_) => {
+                    return Err(invalid(ltx::Error::Truncated {
+                        offset: 0,
+                        what: "page index",
+                    }));
+                }
+            };
+            Ok(Indexed {
                 info,
                 header,
-                index: tail.index,
+                index,
+                body: Some(body),
             })
         })
         .buffered(FETCHES_AT_ONCE)

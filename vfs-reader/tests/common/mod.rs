@@ -130,3 +130,33 @@ pub fn dump_conn(conn: &rusqlite::Connection) -> String {
     }
     out
 }
+
+/// A prefix in a new bucket on the test S3 server (moto_server, which `scripts/test`
+/// starts and names in `STRATA_TEST_S3_ENDPOINT`), as a Litestream-style URL.
+pub fn s3_url(prefix: &str) -> String {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let endpoint = std::env::var("STRATA_TEST_S3_ENDPOINT")
+        .expect("STRATA_TEST_S3_ENDPOINT is not set: run the tests with scripts/test");
+    let bucket = format!(
+        "vfs-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    // moto takes unsigned requests: one plain PUT makes the bucket.
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "creating {bucket}: {response}"
+    );
+    format!("s3://{bucket}/{prefix}?endpoint={endpoint}&region=us-east-1&forcePathStyle=true")
+}

@@ -600,8 +600,10 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let mut options = Options::default();
-                options.cache_size = 0;
+                let options = Options {
+                    cache_size: 0,
+                    ..Options::default()
+                };
                 let db = Db::open(fixture(), options, Target::Latest).unwrap();
                 db.set_lock(1).unwrap();
                 let mut page = vec![0u8; 4096];

@@ -77,7 +77,7 @@ impl PageCache {
     }
 }
 
-/// Whole small files (see `state::WHOLE_FILE_MAX`), least recently used evicted first,
+/// Whole small files (see `Options::whole_file_max`), least recently used evicted first,
 /// bounded in bytes: a page in one is decoded from memory, with no request, even after
 /// retention deleted the file.
 pub struct FileBodies {

@@ -102,11 +102,12 @@ impl Follow {
 impl Db {
     /// Opens `replica` at `target`: plans it and builds the page map.
     pub fn open(replica: Replica, options: Options, target: Target) -> Result<Db, VfsError> {
+        let whole = options.whole_file_max;
         let map = {
             let replica = replica.clone();
             runtime::run(options.timeout, async move {
                 let replica = replica.detect_layout().await?;
-                let map = state::load(&replica, target).await?;
+                let map = state::load(&replica, target, whole).await?;
                 Ok((replica, map))
             })?
         };
@@ -195,8 +196,9 @@ impl Db {
         if stale {
             let replica = self.replica.clone();
             let base = self.follow.newest.lock().unwrap().clone();
+            let whole = self.options.whole_file_max;
             match runtime::run(self.options.timeout, async move {
-                state::poll(&replica, &base).await
+                state::poll(&replica, &base, whole).await
             }) {
                 Ok(polled) => {
                     *self.follow.polled.lock().unwrap() = Some(Instant::now());
@@ -229,8 +231,9 @@ impl Db {
     /// Shows `target` from the next read transaction on.
     pub fn set_target(&self, target: Target) -> Result<(), VfsError> {
         let replica = self.replica.clone();
+        let whole = self.options.whole_file_max;
         let map = runtime::run(self.options.timeout, async move {
-            state::load(&replica, target).await
+            state::load(&replica, target, whole).await
         })?;
         let mut inner = self.inner.lock().unwrap();
         let map = Pending::from(map);
@@ -317,8 +320,9 @@ impl Db {
                 // Compaction and retention moved on: plan the same TXID again, retry once.
                 let replica = self.replica.clone();
                 let txid = inner.map.txid;
+                let whole = self.options.whole_file_max;
                 let loaded = runtime::run(self.options.timeout, async move {
-                    state::load(&replica, Target::Txid(txid)).await
+                    state::load(&replica, Target::Txid(txid), whole).await
                 })
                 .map_err(|e| match e {
                     VfsError::Plan(plan) => VfsError::Gone { txid, plan },
@@ -477,11 +481,11 @@ async fn poller(replica: Replica, options: Options, follow: Arc<Follow>) {
             if replan {
                 // Pages that never change keep pointing at old files; retention deletes
                 // those in time. A fresh plan points at what the replica holds now.
-                state::load(&replica, Target::Latest)
+                state::load(&replica, Target::Latest, options.whole_file_max)
                     .await
                     .map(Polled::Newer)
             } else {
-                state::poll(&replica, &base).await
+                state::poll(&replica, &base, options.whole_file_max).await
             }
         })
         .await
@@ -514,9 +518,10 @@ mod tests {
     use strata::storage::ReplicaUrl;
 
     fn fixture() -> Replica {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../testdata/litestream-0.5.17/replica");
-        Replica::open(&ReplicaUrl::File { root }).unwrap()
+        Replica::open(&ReplicaUrl::File {
+            root: fixture_root(),
+        })
+        .unwrap()
     }
 
     /// Every byte a reader sees equals a restore at the same TXID, except page 1's header
@@ -635,5 +640,131 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("not a restore point"), "{e}");
+    }
+
+    /// Seeded storage faults under a reader (`STRATA_VFS_FAULT_SEEDS=1,2,3` replays; steps
+    /// from `STRATA_VFS_FAULT_STEPS`): failed and delayed GETs and LISTs, bodies broken
+    /// mid-transfer, files deleted as they are read, flipped bytes in files fetched whole.
+    /// Every read either fails (an error for SQLite) or returns exactly the restore's bytes.
+    #[test]
+    fn storage_faults_give_errors_never_wrong_bytes() {
+        use strata::storage::faults::Fault;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let expected: Vec<Vec<u8>> = (1..=16u64)
+            .map(|t| {
+                let out = scratch.path().join(format!("{t}.db"));
+                rt.block_on(strata::restore::restore(
+                    &fixture(),
+                    strata::restore::Target::Txid(Txid::new(t)),
+                    &out,
+                    &strata::restore::RestoreOptions::default(),
+                    Arc::new(strata::restore::NoProgress),
+                ))
+                .unwrap();
+                std::fs::read(&out).unwrap()
+            })
+            .collect();
+        let seeds: Vec<u64> = std::env::var("STRATA_VFS_FAULT_SEEDS")
+            .ok()
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                vec![now.as_nanos() as u64, now.as_nanos() as u64 ^ 0xa5a5]
+            });
+        let steps: u32 = std::env::var("STRATA_VFS_FAULT_STEPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40);
+        for seed in seeds {
+            eprintln!("storage faults from STRATA_VFS_FAULT_SEEDS={seed}");
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(&fixture_root(), dir.path());
+            let (replica, faults) = Replica::open(&ReplicaUrl::File {
+                root: dir.path().to_owned(),
+            })
+            .unwrap()
+            .with_faults();
+            let whole = next(2) == 0;
+            let options = Options {
+                cache_size: 8 * 4096,
+                whole_file_max: if whole { 1 << 20 } else { 0 },
+                timeout: Duration::from_secs(5),
+                ..Options::default()
+            };
+            let db = Db::open(replica, options, Target::Latest).unwrap();
+            let (mut good, mut failed) = (0, 0);
+            for step in 0..steps {
+                let fault = match next(if whole { 7 } else { 6 }) {
+                    0 => Fault::FailGet,
+                    1 => Fault::FailList,
+                    2 => Fault::Delay(Duration::from_millis(5)),
+                    3 => Fault::BreakGetAfter(next(300)),
+                    4 => Fault::VanishOnGet,
+                    5 => Fault::FailGet,
+                    _ => Fault::CorruptGetAt(next(4000)),
+                };
+                let level = ["", "ltx/0/", "ltx/1/", "ltx/2/", "ltx/9/"][next(5) as usize];
+                faults.inject(level, fault.clone(), 1 + next(3) as u32);
+                let txid = 1 + next(16);
+                let read = db.set_target(Target::Txid(Txid::new(txid))).and_then(|()| {
+                    db.set_lock(0)?;
+                    db.set_lock(1)?;
+                    let mut got = vec![0u8; expected[txid as usize - 1].len()];
+                    if db.size() != got.len() as u64 {
+                        return Err(VfsError::Config(format!("size {}", db.size())));
+                    }
+                    db.read(&mut got, 0)?;
+                    Ok(got)
+                });
+                match read {
+                    Ok(mut got) => {
+                        let want = &expected[txid as usize - 1];
+                        for range in [18..20, 24..32, 92..96] {
+                            got[range.clone()].copy_from_slice(&want[range]);
+                        }
+                        assert!(
+                            got == *want,
+                            "seed {seed} step {step}: wrong bytes at TXID {txid} under {fault:?} on {level:?}"
+                        );
+                        good += 1;
+                    }
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty());
+                        failed += 1;
+                    }
+                }
+                faults.clear();
+            }
+            eprintln!("seed {seed}: {good} reads right, {failed} failed");
+            assert!(good > 0, "seed {seed}: no read succeeded");
+        }
+    }
+
+    fn fixture_root() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/litestream-0.5.17/replica")
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
 }

@@ -53,6 +53,11 @@ pub struct Options {
     pub replan_interval: Duration,
     /// The longest any request to the replica may take before the SQLite call fails (30 s).
     pub timeout: Duration,
+    /// Files up to this size are fetched whole (one GET instead of two for the header and
+    /// index), their checksum verified, and kept (up to `cache_size` bytes of them): their
+    /// pages then need no request, and still read if retention deletes the file while a
+    /// transaction needs it. Most L0 files are this small (256 KiB).
+    pub whole_file_max: u64,
 }
 
 impl Default for Options {
@@ -62,12 +67,14 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             replan_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(30),
+            whole_file_max: 256 << 10,
         }
     }
 }
 
 impl Options {
-    /// The defaults, overridden by `STRATA_VFS_CACHE_SIZE` (bytes),
+    /// The defaults, overridden by `STRATA_VFS_CACHE_SIZE` and `STRATA_VFS_WHOLE_FILE_MAX`
+    /// (bytes),
     /// `STRATA_VFS_POLL_INTERVAL`, `STRATA_VFS_REPLAN_INTERVAL` and `STRATA_VFS_TIMEOUT`
     /// (durations such as `500ms` or `2s`). A value that does not parse is an error.
     pub fn from_env() -> Result<Options, String> {
@@ -76,6 +83,11 @@ impl Options {
             o.cache_size = v
                 .parse()
                 .map_err(|_| format!("STRATA_VFS_CACHE_SIZE={v:?} is not a number of bytes"))?;
+        }
+        if let Some(v) = env("STRATA_VFS_WHOLE_FILE_MAX") {
+            o.whole_file_max = v
+                .parse()
+                .map_err(|_| format!("STRATA_VFS_WHOLE_FILE_MAX={v:?} is not a number of bytes"))?;
         }
         for (name, slot) in [
             ("STRATA_VFS_POLL_INTERVAL", &mut o.poll_interval),

@@ -13,11 +13,6 @@ use crate::page_map::{MapError, PageMap};
 /// How many files' headers and indexes are fetched at once.
 const FETCHES_AT_ONCE: usize = 16;
 
-/// Files up to this size are fetched whole, in one GET instead of two (header and index),
-/// and kept: their pages are then read from memory, and still read if retention deletes
-/// the file while a transaction needs it. Most L0 files are this small.
-pub const WHOLE_FILE_MAX: u64 = 256 << 10;
-
 /// Which state of the replica a reader shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -76,7 +71,8 @@ impl VfsError {
     }
 }
 
-/// One file's header and page index, and its bytes if it is small (see [`WHOLE_FILE_MAX`]).
+/// One file's header and page index, and its bytes if it was fetched whole
+/// (`Options::whole_file_max`).
 struct Indexed {
     info: FileInfo,
     header: Header,
@@ -100,8 +96,8 @@ fn bodies(indexed: Vec<Indexed>) -> Vec<(FileInfo, bytes::Bytes)> {
 }
 
 /// The map of `target`: one listing of every level, a plan, and each planned file's header
-/// and index.
-pub async fn load(replica: &Replica, target: Target) -> Result<Loaded, VfsError> {
+/// and index (the whole file, checksum verified, if it is at most `whole` bytes).
+pub async fn load(replica: &Replica, target: Target, whole: u64) -> Result<Loaded, VfsError> {
     let files = replica.list_all().await?;
     let txid = match target {
         Target::Latest => None,
@@ -109,7 +105,7 @@ pub async fn load(replica: &Replica, target: Target) -> Result<Loaded, VfsError>
         Target::Time(ts) => Some(resolve_timestamp(replica, &files, ts).await??),
     };
     let plan = plan_files(&files, Txid::ZERO, txid, &[])?;
-    let indexed = fetch_indexes(replica, &plan.files).await?;
+    let indexed = fetch_indexes(replica, &plan.files, whole).await?;
     let map = PageMap::build(indexed.iter().map(|f| (&f.info, &f.header, &f.index)))?
         .ok_or(VfsError::Plan(PlanError::Empty))?;
     Ok(Loaded {
@@ -129,7 +125,7 @@ pub enum Polled {
 
 /// Looks for files after `map`'s TXID: one start-after listing of L0, where every new
 /// transaction lands first.
-pub async fn poll(replica: &Replica, map: &Arc<PageMap>) -> Result<Polled, VfsError> {
+pub async fn poll(replica: &Replica, map: &Arc<PageMap>, whole: u64) -> Result<Polled, VfsError> {
     let listed = replica.list(Level::L0, map.txid.next()).await?;
     if listed.is_empty() {
         return Ok(Polled::Nothing);
@@ -146,9 +142,9 @@ pub async fn poll(replica: &Replica, map: &Arc<PageMap>) -> Result<Polled, VfsEr
     }
     if chain.is_empty() {
         // The next L0 files are already gone, or the history restarted: plan again.
-        return Ok(Polled::Newer(load(replica, Target::Latest).await?));
+        return Ok(Polled::Newer(load(replica, Target::Latest, whole).await?));
     }
-    let indexed = fetch_indexes(replica, &chain).await?;
+    let indexed = fetch_indexes(replica, &chain, whole).await?;
     let mut next = PageMap::clone(map);
     for f in &indexed {
         next.apply(&f.info, &f.header, &f.index)?;
@@ -159,10 +155,14 @@ pub async fn poll(replica: &Replica, map: &Arc<PageMap>) -> Result<Polled, VfsEr
     }))
 }
 
-async fn fetch_indexes(replica: &Replica, files: &[FileInfo]) -> Result<Vec<Indexed>, VfsError> {
+async fn fetch_indexes(
+    replica: &Replica,
+    files: &[FileInfo],
+    whole: u64,
+) -> Result<Vec<Indexed>, VfsError> {
     futures::stream::iter(files.iter().cloned())
         .map(|info| async move {
-            if info.size > WHOLE_FILE_MAX {
+            if info.size > whole {
                 let (header, tail) =
                     futures::try_join!(replica.read_header(&info), replica.read_tail(&info))?;
                 return Ok(Indexed {
@@ -188,7 +188,14 @@ async fn fetch_indexes(replica: &Replica, files: &[FileInfo]) -> Result<Vec<Inde
                 })?;
             let header = Header::from_bytes(head).map_err(invalid)?;
             let index = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
-                ltx::TailParse::Complete(tail) => tail.index,
+                ltx::TailParse::Complete(tail) => {
+                    // The whole file is here: its checksum (over the decoded pages) is
+                    // checked by decoding it once.
+                    ltx::Decoder::new(&body[..])
+                        .and_then(ltx::Decoder::finish)
+                        .map_err(invalid)?;
+                    tail.index
+                }
                 ltx::TailParse::NeedMore(_) => {
                     return Err(invalid(ltx::Error::Truncated {
                         offset: 0,

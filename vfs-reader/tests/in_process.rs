@@ -25,9 +25,13 @@ fn every_txid_reads_as_its_restore() {
         .query_row("SELECT strata_txid()", [], |r| r.get(0))
         .unwrap();
     assert_eq!(latest, "0000000000000010");
+    // immutable: no -shm or -wal beside the fixture.
     let source = Connection::open_with_flags(
-        testdata("litestream-0.5.17/source-final.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
+        format!(
+            "file:{}?immutable=1",
+            testdata("litestream-0.5.17/source-final.db").display()
+        ),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
     )
     .unwrap();
     assert_eq!(dump_conn(&conn), dump_conn(&source));

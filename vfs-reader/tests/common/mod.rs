@@ -87,7 +87,11 @@ pub fn shell(script: &str, env: &[(&str, &str)]) -> (bool, String, String) {
 
 /// `.dump` of a local database file, by the `sqlite3` shell.
 pub fn dump_file(db: &Path) -> String {
-    let (ok, out, err) = shell(&format!(".open --readonly {}\n.dump\n", db.display()), &[]);
+    // immutable: the shell leaves no -shm or -wal beside the file.
+    let (ok, out, err) = shell(
+        &format!(".open file:{}?immutable=1\n.dump\n", db.display()),
+        &[],
+    );
     assert!(ok, "{err}");
     out
 }

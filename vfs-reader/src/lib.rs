@@ -6,7 +6,7 @@
 //! - the loadable extension, for any SQLite: `.load ./libstrata_vfs` in the `sqlite3` shell
 //!   (entry point `sqlite3_stratavfs_init`). It links no SQLite of its own: every SQLite
 //!   call goes through the routines SQLite hands the extension.
-//! - in-process (feature `rusqlite`): [`register`] once, then open connections with
+//! - in-process (feature `rusqlite`): `strata_vfs::register` once, then open connections with
 //!   `vfs=strata`.
 //!
 //! On open the VFS plans the newest state with strata's restore planner and builds a page

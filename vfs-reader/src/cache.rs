@@ -101,8 +101,15 @@ impl FileBodies {
         self.files.get(&(file.level, file.range)).cloned()
     }
 
+    /// Keeps the bytes of each file.
+    pub fn keep(&mut self, bodies: Vec<(FileInfo, bytes::Bytes)>) {
+        for (file, body) in bodies {
+            self.insert(&file, body);
+        }
+    }
+
     /// Keeps `body` as the bytes of `file`.
-    pub fn insert(&mut self, file: &FileInfo, body: bytes::Bytes) {
+    fn insert(&mut self, file: &FileInfo, body: bytes::Bytes) {
         if body.len() > self.capacity {
             return;
         }

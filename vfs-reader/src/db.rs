@@ -80,6 +80,18 @@ struct Follow {
 }
 
 impl Follow {
+    /// A successful poll: the lag restarts, and a newer map is offered. Nothing, once a pin
+    /// stopped the following meanwhile.
+    fn record(&self, polled: Polled) {
+        if self.active_until.lock().unwrap().is_none() {
+            return;
+        }
+        *self.polled.lock().unwrap() = Some(Instant::now());
+        if let Polled::Newer(loaded) = polled {
+            self.offer(loaded);
+        }
+    }
+
     /// A newer map from a poll: kept unless a map at least as new is already known (a
     /// poll from an older base can finish after one from a newer).
     fn offer(&self, loaded: Loaded) {
@@ -115,9 +127,7 @@ impl Db {
         let Pending { map, bodies } = Pending::from(loaded);
         let page_size = map.page_size.bytes();
         let mut held = FileBodies::new(options.cache_size);
-        for (file, body) in &bodies {
-            held.insert(file, body.clone());
-        }
+        held.keep(bodies);
         let now = Instant::now();
         let follow = Arc::new(Follow {
             newest: Mutex::new(map.clone()),
@@ -200,12 +210,7 @@ impl Db {
             match runtime::run(self.options.timeout, async move {
                 state::poll(&replica, &base, whole).await
             }) {
-                Ok(polled) => {
-                    *self.follow.polled.lock().unwrap() = Some(Instant::now());
-                    if let Polled::Newer(loaded) = polled {
-                        self.follow.offer(loaded);
-                    }
-                }
+                Ok(polled) => self.follow.record(polled),
                 // The state already shown still reads; the lag says how old it is.
                 Err(e) => tracing::warn!(error = %e, "cannot poll the replica"),
             }
@@ -221,9 +226,7 @@ impl Db {
         if map.page_size != inner.map.page_size {
             inner.cache = PageCache::new(self.options.cache_size, map.page_size.bytes());
         }
-        for (file, body) in bodies {
-            inner.bodies.insert(&file, body);
-        }
+        inner.bodies.keep(bodies);
         inner.map = map;
         inner.generation = inner.generation.wrapping_add(1).max(1);
     }
@@ -328,9 +331,7 @@ impl Db {
                     VfsError::Plan(plan) => VfsError::Gone { txid, plan },
                     e => e,
                 })?;
-                for (file, body) in &loaded.bodies {
-                    inner.bodies.insert(file, body.clone());
-                }
+                inner.bodies.keep(loaded.bodies);
                 inner.map = Arc::new(loaded.map);
                 return self.read_page(inner, pgno, within, out, false);
             }
@@ -495,14 +496,7 @@ async fn poller(replica: Replica, options: Options, follow: Arc<Follow>) {
                 if replan {
                     *follow.planned.lock().unwrap() = Instant::now();
                 }
-                // A pin set meanwhile stops the following.
-                if follow.active_until.lock().unwrap().is_none() {
-                    continue;
-                }
-                *follow.polled.lock().unwrap() = Some(Instant::now());
-                if let Polled::Newer(loaded) = polled {
-                    follow.offer(loaded);
-                }
+                follow.record(polled);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot poll the replica");
@@ -517,6 +511,36 @@ mod tests {
     use super::*;
     use strata::storage::ReplicaUrl;
 
+    /// The fixture restored by strata at every TXID 1..=16, as bytes.
+    fn restores() -> Vec<Vec<u8>> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        (1..=16u64)
+            .map(|t| {
+                let out = dir.path().join(format!("{t}.db"));
+                rt.block_on(strata::restore::restore(
+                    &fixture(),
+                    strata::restore::Target::Txid(Txid::new(t)),
+                    &out,
+                    &strata::restore::RestoreOptions::default(),
+                    Arc::new(strata::restore::NoProgress),
+                ))
+                .unwrap();
+                std::fs::read(&out).unwrap()
+            })
+            .collect()
+    }
+
+    /// `restored` with page 1's fields as the VFS presents them (taken from `read`):
+    /// journal mode, change counter, size, version-valid-for.
+    fn as_presented(read: &[u8], restored: &[u8]) -> Vec<u8> {
+        let mut want = restored.to_vec();
+        for range in [18..20, 24..32, 92..96] {
+            want[range.clone()].copy_from_slice(&read[range]);
+        }
+        want
+    }
+
     fn fixture() -> Replica {
         Replica::open(&ReplicaUrl::File {
             root: fixture_root(),
@@ -528,22 +552,10 @@ mod tests {
     /// fields the VFS presents differently (journal mode, change counter, size).
     #[test]
     fn every_page_at_every_txid_equals_the_restore() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        for txid in 1..=16u64 {
+        for (txid, want) in (1..=16u64).zip(restores()) {
             let target = Target::Txid(Txid::new(txid));
             let db = Db::open(fixture(), Options::default(), target).unwrap();
             db.set_lock(1).unwrap();
-            let out = dir.path().join(format!("{txid}.db"));
-            rt.block_on(strata::restore::restore(
-                &fixture(),
-                strata::restore::Target::Txid(Txid::new(txid)),
-                &out,
-                &strata::restore::RestoreOptions::default(),
-                Arc::new(strata::restore::NoProgress),
-            ))
-            .unwrap();
-            let mut want = std::fs::read(&out).unwrap();
             assert_eq!(db.size(), want.len() as u64, "txid {txid}");
             // Read in pieces of odd sizes too: the header read SQLite makes is 100 bytes.
             let mut got = vec![0u8; want.len()];
@@ -560,10 +572,10 @@ mod tests {
                 u32::from_be_bytes(got[28..32].try_into().unwrap()) as usize,
                 want.len() / 4096
             );
-            for range in [18..20, 24..32, 92..96] {
-                want[range.clone()].copy_from_slice(&got[range]);
-            }
-            assert!(got == want, "txid {txid}: pages differ from the restore");
+            assert!(
+                got == as_presented(&got, &want),
+                "txid {txid}: pages differ from the restore"
+            );
             // Past the end: a short read, zero-filled.
             let mut past = [7u8; 16];
             assert!(!db.read(&mut past, want.len() as u64).unwrap());
@@ -649,22 +661,7 @@ mod tests {
     #[test]
     fn storage_faults_give_errors_never_wrong_bytes() {
         use strata::storage::faults::Fault;
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let scratch = tempfile::tempdir().unwrap();
-        let expected: Vec<Vec<u8>> = (1..=16u64)
-            .map(|t| {
-                let out = scratch.path().join(format!("{t}.db"));
-                rt.block_on(strata::restore::restore(
-                    &fixture(),
-                    strata::restore::Target::Txid(Txid::new(t)),
-                    &out,
-                    &strata::restore::RestoreOptions::default(),
-                    Arc::new(strata::restore::NoProgress),
-                ))
-                .unwrap();
-                std::fs::read(&out).unwrap()
-            })
-            .collect();
+        let expected = restores();
         let seeds: Vec<u64> = std::env::var("STRATA_VFS_FAULT_SEEDS")
             .ok()
             .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -727,13 +724,10 @@ mod tests {
                     Ok(got)
                 });
                 match read {
-                    Ok(mut got) => {
+                    Ok(got) => {
                         let want = &expected[txid as usize - 1];
-                        for range in [18..20, 24..32, 92..96] {
-                            got[range.clone()].copy_from_slice(&want[range]);
-                        }
                         assert!(
-                            got == *want,
+                            got == as_presented(&got, want),
                             "seed {seed} step {step}: wrong bytes at TXID {txid} under {fault:?} on {level:?}"
                         );
                         good += 1;

@@ -52,7 +52,7 @@ fn describe(target: Target) -> String {
     match target {
         Target::Latest => "latest".to_owned(),
         Target::Txid(t) => format!("txid {t}"),
-        Target::Time(ts) => ts.to_string(),
+        Target::Timestamp(ts) => ts.to_string(),
     }
 }
 
@@ -74,7 +74,7 @@ pub fn parse_time(text: &str) -> Result<Target, String> {
         return Ok(Target::Latest);
     }
     if let Ok(ts) = t.parse::<jiff::Timestamp>() {
-        return Ok(Target::Time(ts));
+        return Ok(Target::Timestamp(ts));
     }
     let bad = || {
         format!(
@@ -100,7 +100,7 @@ pub fn parse_time(text: &str) -> Result<Target, String> {
     let span = jiff::SignedDuration::from_secs(n.checked_mul(seconds).ok_or_else(bad)?);
     jiff::Timestamp::now()
         .checked_sub(span)
-        .map(Target::Time)
+        .map(Target::Timestamp)
         .map_err(|_| bad())
 }
 
@@ -259,9 +259,9 @@ mod tests {
         assert_eq!(parse_time("latest"), Ok(Target::Latest));
         assert_eq!(
             parse_time("2026-01-02T03:04:05Z"),
-            Ok(Target::Time("2026-01-02T03:04:05Z".parse().unwrap()))
+            Ok(Target::Timestamp("2026-01-02T03:04:05Z".parse().unwrap()))
         );
-        let Ok(Target::Time(t)) = parse_time("5 minutes ago") else {
+        let Ok(Target::Timestamp(t)) = parse_time("5 minutes ago") else {
             panic!("relative time");
         };
         let ago = jiff::Timestamp::now().duration_since(t).as_secs();

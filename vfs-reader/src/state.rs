@@ -13,16 +13,9 @@ use crate::page_map::{MapError, PageMap};
 /// How many files' headers and indexes are fetched at once.
 const FETCHES_AT_ONCE: usize = 16;
 
-/// Which state of the replica a reader shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// The newest, followed as the primary writes.
-    Latest,
-    /// Pinned at a TXID.
-    Txid(Txid),
-    /// Pinned at the newest TXID at or before a time.
-    Time(jiff::Timestamp),
-}
+/// Which state of the replica a reader shows: the newest (followed as the primary
+/// writes), or pinned at a TXID or a time. The restore's own target.
+pub use strata::restore::Target;
 
 /// Why a replica could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +95,7 @@ pub async fn load(replica: &Replica, target: Target, whole: u64) -> Result<Loade
     let txid = match target {
         Target::Latest => None,
         Target::Txid(t) => Some(t),
-        Target::Time(ts) => Some(resolve_timestamp(replica, &files, ts).await??),
+        Target::Timestamp(ts) => Some(resolve_timestamp(replica, &files, ts).await??),
     };
     let plan = plan_files(&files, Txid::ZERO, txid, &[])?;
     let indexed = fetch_indexes(replica, &plan.files, whole).await?;

@@ -470,23 +470,47 @@ mod tests {
         fn panicked(&self, _: String) {}
     }
 
+    /// Waits until `done` holds, failing after a deadline generous enough for a loaded
+    /// machine (the test suite runs tests in parallel on two cores).
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn idle_jobs_are_probed_not_worked_and_a_wake_works_at_once() {
         let ticker = Ticker::new(2);
         let jobs: Vec<_> = (0..50).map(|_| Counter::new(u32::MAX)).collect();
         let ids: Vec<_> = jobs.iter().map(|j| ticker.add(j.clone(), None)).collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until("every job is probed three times", || {
+            jobs.iter().all(|j| j.probes.load(Ordering::SeqCst) >= 3)
+        })
+        .await;
         for job in &jobs {
             // Added jobs work once (they start woken), then only probe.
             assert_eq!(job.works.load(Ordering::SeqCst), 1);
-            assert!(job.probes.load(Ordering::SeqCst) >= 3);
         }
         ticker.wake(ids[7]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(jobs[7].works.load(Ordering::SeqCst), 2);
+        until("the woken job works", || {
+            jobs[7].works.load(Ordering::SeqCst) == 2
+        })
+        .await;
         jobs[3].busy.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(jobs[3].works.load(Ordering::SeqCst) >= 4);
+        until("a busy job works on each probe", || {
+            jobs[3].works.load(Ordering::SeqCst) >= 4
+        })
+        .await;
+        for (i, job) in jobs.iter().enumerate() {
+            let expected = match i {
+                3 => continue,
+                7 => 2,
+                _ => 1,
+            };
+            assert_eq!(job.works.load(Ordering::SeqCst), expected, "job {i}");
+        }
         assert!(jobs.iter().all(|j| !j.overlapped.load(Ordering::SeqCst)));
     }
 
@@ -496,7 +520,10 @@ mod tests {
         let job = Counter::new(3);
         job.busy.store(true, Ordering::SeqCst);
         let id = ticker.add(job.clone(), None);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until("the job finishes and is forgotten", || {
+            ticker.shared.queue.lock().unwrap().jobs.is_empty()
+        })
+        .await;
         assert_eq!(job.works.load(Ordering::SeqCst), 3);
         ticker.wake(id);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -514,6 +541,8 @@ mod tests {
         ticker.add(job.clone(), None);
         tokio::time::sleep(BATCH_WINDOW * 10).await;
         let works = job.works.load(Ordering::SeqCst);
-        assert!((5..=12).contains(&works), "{works} works in 10 intervals");
+        // At most one work per interval; the lower bound only says it ran at all (a loaded
+        // machine may run it late, never early).
+        assert!((2..=12).contains(&works), "{works} works in 10 intervals");
     }
 }

@@ -39,8 +39,9 @@ dbs:
 """
 
 
-def build_replica(work, rows, txns):
-    """A replica written by `litestream replicate` from a database of `rows` ~1 KiB rows."""
+def build_replica(work, rows, txns, index=False):
+    """A replica written by `litestream replicate` from a database of `rows` ~1 KiB rows
+    (with `index`, an index on `name` too)."""
     replica = work / "replica"
     done = work / "replica.done"
     if done.exists():
@@ -62,6 +63,9 @@ def build_replica(work, rows, txns):
             "INSERT INTO items (name, body) SELECT 'item-' || i || '-' || hex(randomblob(8)), randomblob(800) FROM n",
             (start, min(start + batch, rows) - 1),
         )
+        conn.commit()
+    if index:
+        conn.execute("CREATE INDEX items_name ON items (name)")
         conn.commit()
     conn.close()
     config = work / "litestream.yml"

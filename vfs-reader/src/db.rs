@@ -12,6 +12,7 @@ use strata::storage::Replica;
 
 use crate::Options;
 use crate::cache::{FileBodies, FrameKey, PageCache};
+use crate::hydrate::{self, Hydrated};
 use crate::page_map::{Frame, PageMap};
 use crate::runtime;
 use crate::state::{self, Loaded, Polled, Target, VfsError};
@@ -46,6 +47,8 @@ struct Inner {
     /// The last page fetched by the previous miss, and the read-ahead window.
     last_fetched: u32,
     window: u32,
+    /// The local copy reads come from where it holds the page (`Options::hydrate_dir`).
+    hydrated: Option<Hydrated>,
 }
 
 /// A map to show, with the small files fetched whole to build it.
@@ -77,6 +80,8 @@ struct Follow {
     active_until: Mutex<Option<Instant>>,
     wake: tokio::sync::Notify,
     closed: AtomicBool,
+    /// With hydration on, what its task and the reader share.
+    hydration: Option<Arc<hydrate::Shared>>,
 }
 
 impl Follow {
@@ -99,6 +104,9 @@ impl Follow {
         if loaded.map.txid >= newest.txid {
             let pending = Pending::from(loaded);
             *newest = pending.map.clone();
+            if let Some(hydration) = &self.hydration {
+                hydration.newer(&pending.bodies);
+            }
             let mut slot = self.pending.lock().unwrap();
             // Files fetched for a pending map not yet shown are kept for the next one.
             let mut bodies = slot.take().map(|p| p.bodies).unwrap_or_default();
@@ -137,8 +145,22 @@ impl Db {
             active_until: Mutex::new((target == Target::Latest).then_some(now)),
             wake: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
+            hydration: options
+                .hydrate_dir
+                .is_some()
+                .then(|| Arc::new(hydrate::Shared::default())),
         });
         runtime::spawn(poller(replica.clone(), options.clone(), follow.clone()));
+        if let (Some(dir), Some(shared)) = (&options.hydrate_dir, &follow.hydration) {
+            let (newest, closed) = (follow.clone(), follow.clone());
+            runtime::spawn(hydrate::run(
+                replica.clone(),
+                dir.clone(),
+                shared.clone(),
+                move || newest.newest.lock().unwrap().clone(),
+                move || closed.closed.load(Ordering::SeqCst),
+            ));
+        }
         Ok(Db {
             replica,
             inner: Mutex::new(Inner {
@@ -151,6 +173,7 @@ impl Db {
                 lock: 0,
                 last_fetched: 0,
                 window: 1,
+                hydrated: None,
             }),
             options,
             follow,
@@ -183,9 +206,18 @@ impl Db {
             *self.follow.pending.lock().unwrap() = None;
             *self.follow.active_until.lock().unwrap() = None;
         }
-        if inner.target != Target::Latest {
-            return Ok(());
+        if inner.target == Target::Latest {
+            self.follow_newest(inner);
         }
+        if let Some(hydration) = &self.follow.hydration {
+            hydration.adopt(&mut inner.hydrated, &inner.map);
+        }
+        Ok(())
+    }
+
+    /// At the start of a read transaction that shows the newest state: the poller runs
+    /// again, and a newer state known (or found now, after a pause) is shown.
+    fn follow_newest(&self, inner: &mut Inner) {
         let now = Instant::now();
         let was_idle = {
             let mut active = self.follow.active_until.lock().unwrap();
@@ -219,7 +251,6 @@ impl Db {
         if let Some(pending) = pending.filter(|p| p.map.txid >= inner.map.txid) {
             self.show(inner, pending);
         }
-        Ok(())
     }
 
     fn show(&self, inner: &mut Inner, Pending { map, bodies }: Pending) {
@@ -269,6 +300,16 @@ impl Db {
             .map(|at| at.elapsed().as_secs_f64())
     }
 
+    /// The TXID the hydrated local copy in use holds, if there is one.
+    pub fn hydrated(&self) -> Option<Txid> {
+        self.inner
+            .lock()
+            .unwrap()
+            .hydrated
+            .as_ref()
+            .map(Hydrated::txid)
+    }
+
     /// The target shown.
     pub fn target(&self) -> Target {
         let inner = self.inner.lock().unwrap();
@@ -313,6 +354,24 @@ impl Db {
             out.fill(0);
             return Ok(());
         };
+        if let Some(hydrated) = inner
+            .hydrated
+            .as_ref()
+            .filter(|h| h.holds(&inner.map, frame))
+        {
+            match hydrated.read(pgno, within, out) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    crate::report(
+                        crate::ffi::SQLITE_IOERR,
+                        &format!(
+                            "strata vfs: cannot read the hydrated file: {e}; reading from the replica"
+                        ),
+                    );
+                    inner.hydrated = None;
+                }
+            }
+        }
         let key = FrameKey::new(&inner.map.files[frame.file as usize], frame.offset);
         if let Some(page) = inner.cache.get(&key) {
             out.copy_from_slice(&page[within..within + out.len()]);
@@ -398,27 +457,15 @@ impl Db {
                 ));
             };
             let mut page = inner.cache.spare(page_size.bytes());
-            let got = ltx::decode_page_frame(frame_bytes, f.offset, page_size, &mut page)
+            f.decode(frame_bytes, p, page_size, &mut page)
                 .map_err(|e| self.corrupt(&file, e))?;
-            if got.get() != p {
-                return Err(self.corrupt(
-                    &file,
-                    ltx::Error::Usage(format!(
-                        "the page index says page {p} is at offset {}, the frame there holds page {got}",
-                        f.offset
-                    )),
-                ));
-            }
             inner.cache.insert(FrameKey::new(&file, f.offset), page);
         }
         Ok(())
     }
 
     fn corrupt(&self, file: &strata::storage::FileInfo, error: ltx::Error) -> VfsError {
-        VfsError::Ltx {
-            file: format!("{} {} {}", self.replica.name(), file.level, file.range),
-            error,
-        }
+        VfsError::ltx(&self.replica, file, error)
     }
 }
 
@@ -426,6 +473,9 @@ impl Drop for Db {
     fn drop(&mut self) {
         self.follow.closed.store(true, Ordering::SeqCst);
         self.follow.wake.notify_one();
+        if let Some(hydration) = &self.follow.hydration {
+            hydration.wake();
+        }
     }
 }
 
@@ -742,6 +792,88 @@ mod tests {
             eprintln!("seed {seed}: {good} reads right, {failed} failed");
             assert!(good > 0, "seed {seed}: no read succeeded");
         }
+    }
+
+    /// Reads the whole database in one transaction.
+    fn read_all(db: &Db) -> Vec<u8> {
+        db.set_lock(1).unwrap();
+        let mut got = vec![0u8; db.size() as usize];
+        db.read(&mut got, 0).unwrap();
+        db.set_lock(0).unwrap();
+        got
+    }
+
+    /// Starts transactions until the hydrated copy holds `txid`.
+    fn hydrated_to(db: &Db, txid: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.hydrated() != Some(Txid::new(txid)) {
+            assert!(
+                Instant::now() < deadline,
+                "not hydrated to {txid}: {:?}",
+                db.hydrated()
+            );
+            db.set_lock(1).unwrap();
+            db.set_lock(0).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Hydration restores the database locally, follows new files into it, and then serves
+    /// reads with the replica's files gone; a pin to an older state still reads the replica.
+    #[test]
+    fn a_hydrated_reader_follows_new_files_and_reads_without_the_replica() {
+        let root = tempfile::tempdir().unwrap();
+        let local = tempfile::tempdir().unwrap();
+        let l0 = root.path().join("ltx/0");
+        std::fs::create_dir_all(&l0).unwrap();
+        let copy_l0 = |txids: std::ops::RangeInclusive<u64>| {
+            for t in txids {
+                let name = format!("{t:016x}-{t:016x}.ltx");
+                std::fs::copy(fixture_root().join("ltx/0").join(&name), l0.join(&name)).unwrap();
+            }
+        };
+        copy_l0(1..=8);
+        let replica = Replica::open(&ReplicaUrl::File {
+            root: root.path().to_owned(),
+        })
+        .unwrap();
+        let options = Options {
+            cache_size: 0,
+            whole_file_max: 0,
+            poll_interval: Duration::from_millis(50),
+            hydrate_dir: Some(local.path().to_owned()),
+            ..Options::default()
+        };
+        let restores = restores();
+        let db = Db::open(replica, options, Target::Latest).unwrap();
+        hydrated_to(&db, 8);
+        let got = read_all(&db);
+        assert!(got == as_presented(&got, &restores[7]), "at TXID 8");
+
+        copy_l0(9..=16);
+        hydrated_to(&db, 16);
+        assert_eq!(db.txid(), Txid::new(16));
+        db.set_target(Target::Txid(Txid::new(5))).unwrap();
+        let got = read_all(&db);
+        assert!(got == as_presented(&got, &restores[4]), "pinned at TXID 5");
+        db.set_target(Target::Latest).unwrap();
+
+        // Every page of the newest state now comes from the local copy.
+        for entry in std::fs::read_dir(&l0).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        let got = read_all(&db);
+        assert!(
+            got == as_presented(&got, &restores[15]),
+            "at TXID 16, replica gone"
+        );
+        assert_eq!(db.hydrated(), Some(Txid::new(16)));
+        drop(db);
+        assert_eq!(
+            std::fs::read_dir(local.path()).unwrap().count(),
+            0,
+            "the hydrated file is removed on close"
+        );
     }
 
     fn fixture_root() -> std::path::PathBuf {

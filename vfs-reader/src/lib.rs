@@ -28,6 +28,7 @@
 mod cache;
 mod db;
 mod ffi;
+mod hydrate;
 mod page_map;
 mod runtime;
 mod sql;
@@ -58,6 +59,10 @@ pub struct Options {
     /// pages then need no request, and still read if retention deletes the file while a
     /// transaction needs it. Most L0 files are this small (256 KiB).
     pub whole_file_max: u64,
+    /// Hydration (off by default): restore the database into a local file in this
+    /// directory in the background, then read from it, keeping it current by applying new
+    /// files whole. The file is removed when the database is closed.
+    pub hydrate_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -68,6 +73,7 @@ impl Default for Options {
             replan_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(30),
             whole_file_max: 256 << 10,
+            hydrate_dir: None,
         }
     }
 }
@@ -89,6 +95,18 @@ impl Options {
                 .parse()
                 .map_err(|_| format!("STRATA_VFS_WHOLE_FILE_MAX={v:?} is not a number of bytes"))?;
         }
+        o.hydrate_dir = match env("STRATA_VFS_HYDRATE_DIR") {
+            Some(dir) => Some(dir.into()),
+            // Litestream's switch; its path names a file, so its directory is used.
+            None if env("LITESTREAM_HYDRATION_ENABLED").is_some_and(|v| v == "true") => Some(
+                env("LITESTREAM_HYDRATION_PATH")
+                    .map(std::path::PathBuf::from)
+                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or_else(std::env::temp_dir),
+            ),
+            None => None,
+        };
         for (name, slot) in [
             ("STRATA_VFS_POLL_INTERVAL", &mut o.poll_interval),
             ("STRATA_VFS_REPLAN_INTERVAL", &mut o.replan_interval),

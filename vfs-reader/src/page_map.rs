@@ -18,6 +18,27 @@ pub struct Frame {
     pub size: u32,
 }
 
+impl Frame {
+    /// Decodes page `pgno` from `bytes`, this frame's bytes, into `page`, checking that the
+    /// frame holds the page the index says it does.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        pgno: u32,
+        page_size: PageSize,
+        page: &mut [u8],
+    ) -> Result<(), ltx::Error> {
+        let got = ltx::decode_page_frame(bytes, self.offset, page_size, page)?;
+        if got.get() != pgno {
+            return Err(ltx::Error::Usage(format!(
+                "the page index says page {pgno} is at offset {}, the frame there holds page {got}",
+                self.offset
+            )));
+        }
+        Ok(())
+    }
+}
+
 const NO_FILE: u32 = u32::MAX;
 
 /// The database at one TXID, as frames in replica files.

@@ -1,5 +1,5 @@
 //! What SQL sees of the VFS: the pragmas (`PRAGMA strata_txid`, `strata_time`, `strata_lag`,
-//! and Litestream's `litestream_*` names for the same) and the SQL functions
+//! `strata_hydrated`, and Litestream's `litestream_*` names for the same) and the SQL functions
 //! (`strata_txid()`, `strata_lag()`, `strata_time()`, `strata_set_time(text)`, and the
 //! `litestream_*` aliases).
 
@@ -35,6 +35,9 @@ pub fn pragma(db: &Db, name: &str, value: Option<&str>) -> Option<Result<String,
         ("time", Some(v)) => parse_time(v).and_then(|t| set(db, t)),
         ("lag", None) => Ok(lag(db).to_string()),
         ("lag", Some(_)) => Err(format!("{name} is read-only")),
+        // The TXID the hydrated local copy in use holds, or nothing before it is ready.
+        ("hydrated", None) => Ok(db.hydrated().map_or_else(String::new, |t| t.to_string())),
+        ("hydrated", Some(_)) => Err(format!("{name} is read-only")),
         _ => return None,
     })
 }

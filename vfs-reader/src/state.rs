@@ -58,6 +58,14 @@ pub enum VfsError {
 }
 
 impl VfsError {
+    /// `file` of `replica` is not valid LTX.
+    pub fn ltx(replica: &Replica, file: &FileInfo, error: ltx::Error) -> VfsError {
+        VfsError::Ltx {
+            file: format!("{} {} {}", replica.name(), file.level, file.range),
+            error,
+        }
+    }
+
     /// A file the map points into is gone (compaction and retention moved on).
     pub fn is_not_found(&self) -> bool {
         matches!(self, VfsError::Storage(e) if e.is_not_found())
@@ -165,37 +173,7 @@ async fn fetch_indexes(
                     body: None,
                 });
             }
-            let body = replica.read(&info).await?;
-            let invalid = |error| VfsError::Ltx {
-                file: format!("{} {} {}", replica.name(), info.level, info.range),
-                error,
-            };
-            let head: &[u8; ltx::HEADER_SIZE] = body
-                .get(..ltx::HEADER_SIZE)
-                .and_then(|h| h.try_into().ok())
-                .ok_or_else(|| {
-                    invalid(ltx::Error::Truncated {
-                        offset: 0,
-                        what: "header",
-                    })
-                })?;
-            let header = Header::from_bytes(head).map_err(invalid)?;
-            let index = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
-                ltx::TailParse::Complete(tail) => {
-                    // The whole file is here: its checksum (over the decoded pages) is
-                    // checked by decoding it once.
-                    ltx::Decoder::new(&body[..])
-                        .and_then(ltx::Decoder::finish)
-                        .map_err(invalid)?;
-                    tail.index
-                }
-                ltx::TailParse::NeedMore(_) => {
-                    return Err(invalid(ltx::Error::Truncated {
-                        offset: 0,
-                        what: "page index",
-                    }));
-                }
-            };
+            let (header, index, body) = fetch_whole(replica, &info).await?;
             Ok(Indexed {
                 info,
                 header,
@@ -206,4 +184,39 @@ async fn fetch_indexes(
         .buffered(FETCHES_AT_ONCE)
         .try_collect()
         .await
+}
+
+/// The whole of `info` in one read, its header and page index, its checksum verified (the
+/// file checksum covers the decoded pages, so it is checked by decoding the file once).
+pub async fn fetch_whole(
+    replica: &Replica,
+    info: &FileInfo,
+) -> Result<(Header, PageIndex, bytes::Bytes), VfsError> {
+    let body = replica.read(info).await?;
+    let invalid = |error| VfsError::ltx(replica, info, error);
+    let head: &[u8; ltx::HEADER_SIZE] = body
+        .get(..ltx::HEADER_SIZE)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| {
+            invalid(ltx::Error::Truncated {
+                offset: 0,
+                what: "header",
+            })
+        })?;
+    let header = Header::from_bytes(head).map_err(invalid)?;
+    let index = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
+        ltx::TailParse::Complete(tail) => {
+            ltx::Decoder::new(&body[..])
+                .and_then(ltx::Decoder::finish)
+                .map_err(invalid)?;
+            tail.index
+        }
+        ltx::TailParse::NeedMore(_) => {
+            return Err(invalid(ltx::Error::Truncated {
+                offset: 0,
+                what: "page index",
+            }));
+        }
+    };
+    Ok((header, index, body))
 }

@@ -115,20 +115,25 @@ fn guard(what: &str, on_panic: c_int, f: impl FnOnce() -> c_int) -> c_int {
     }
 }
 
+/// URI parameter `key` of the main database file `name`.
+fn uri_parameter(api: &Api, name: *const c_char, key: &CStr) -> Option<String> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: name is the filename SQLite passed to xOpen (URI parameters follow it).
+    let p = unsafe { (api.uri_parameter)(name, key.as_ptr()) };
+    // SAFETY: a NUL-terminated parameter value.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
 /// The replica a main database reads: the `replica` URI parameter, then
 /// `STRATA_REPLICA_URL`, then `LITESTREAM_REPLICA_URL`.
 fn replica_url(api: &Api, name: *const c_char) -> Option<String> {
-    if !name.is_null() {
-        // SAFETY: name is the filename SQLite passed to xOpen (URI parameters follow it).
-        let p = unsafe { (api.uri_parameter)(name, c"replica".as_ptr()) };
-        if !p.is_null() {
-            // SAFETY: a NUL-terminated parameter value.
-            return Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
-        }
-    }
-    ["STRATA_REPLICA_URL", "LITESTREAM_REPLICA_URL"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    uri_parameter(api, name, c"replica").or_else(|| {
+        ["STRATA_REPLICA_URL", "LITESTREAM_REPLICA_URL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    })
 }
 
 fn open_db(api: &Api, data: &VfsData, name: *const c_char) -> Result<Db, VfsError> {
@@ -142,7 +147,12 @@ fn open_db(api: &Api, data: &VfsData, name: *const c_char) -> Result<Db, VfsErro
     let replica = crate::runtime::run(data.options.timeout, async move {
         Ok(strata::storage::Replica::open(&parsed)?)
     })?;
-    Db::open(replica, data.options.clone(), Target::Latest)
+    let mut options = data.options.clone();
+    // `hydrate=DIR` turns hydration on for this database (an empty value turns it off).
+    if let Some(dir) = uri_parameter(api, name, c"hydrate") {
+        options.hydrate_dir = (!dir.is_empty()).then(|| dir.into());
+    }
+    Db::open(replica, options, Target::Latest)
 }
 
 unsafe extern "C" fn x_open(

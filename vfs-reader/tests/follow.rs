@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,11 +83,16 @@ fn writer(db: &std::path::Path, until: Instant) -> i64 {
 /// One reader's loop: transactions that check the invariants, until `stop`.
 fn reader(
     replica: String,
+    hydrate: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     newest: Arc<Mutex<String>>,
-) -> Result<(usize, String), String> {
+) -> Result<(usize, String, String), String> {
+    let hydrate = hydrate.map_or_else(String::new, |d| format!("&hydrate={}", d.display()));
     let conn = Connection::open_with_flags_and_vfs(
-        format!("file:app.db?replica={}", replica.replace('&', "%26")),
+        format!(
+            "file:app.db?replica={}{hydrate}",
+            replica.replace('&', "%26")
+        ),
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
         "strata",
     )
@@ -140,7 +146,10 @@ fn reader(
             *n = last.clone();
         }
     }
-    Ok((transactions, last))
+    let hydrated: String = conn
+        .query_row("PRAGMA strata_hydrated", [], |r| r.get(0))
+        .map_err(|e| format!("PRAGMA strata_hydrated: {e}"))?;
+    Ok((transactions, last, hydrated))
 }
 
 async fn readers_follow_a_compacted_replica(url: String) {
@@ -169,10 +178,13 @@ async fn readers_follow_a_compacted_replica(url: String) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let newest = Arc::new(Mutex::new(String::new()));
+    // The third reader hydrates a local copy and reads from it.
+    let local = tempfile::tempdir().unwrap();
     let readers: Vec<_> = (0..3)
-        .map(|_| {
+        .map(|i| {
             let (url, stop, newest) = (url.clone(), stop.clone(), newest.clone());
-            std::thread::spawn(move || reader(url, stop, newest))
+            let hydrate = (i == 2).then(|| local.path().to_owned());
+            std::thread::spawn(move || reader(url, hydrate, stop, newest))
         })
         .collect();
     let until = Instant::now() + Duration::from_secs(seconds());
@@ -188,13 +200,18 @@ async fn readers_follow_a_compacted_replica(url: String) {
     }
     let caught_up = synced.elapsed();
     stop.store(true, Ordering::SeqCst);
-    for r in readers {
-        let (transactions, seen) = r
+    for (i, r) in readers.into_iter().enumerate() {
+        let (transactions, seen, hydrated) = r
             .join()
             .unwrap()
             .unwrap_or_else(|e| panic!("a reader failed: {e}"));
         assert!(transactions > 10, "{transactions} read transactions");
-        eprintln!("reader: {transactions} transactions, last at {seen}");
+        eprintln!("reader: {transactions} transactions, last at {seen}, hydrated at {hydrated:?}");
+        assert_eq!(
+            i == 2,
+            !hydrated.is_empty(),
+            "reader {i} hydrated at {hydrated:?}"
+        );
     }
     eprintln!("{commits} commits; readers at {last} {caught_up:?} after the final sync");
     assert!(

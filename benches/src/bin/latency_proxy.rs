@@ -6,6 +6,10 @@
 //! On each connection, the first bytes the client sends after the server last answered (the
 //! start of a new request) wait `DELAY_MS` before going upstream; everything else is copied
 //! straight through, so throughput is not throttled, only round trips lengthened.
+//!
+//! Each request's first line is printed on standard output after the Unix time in seconds
+//! (`1764769234.123456 GET /bucket/key?... HTTP/1.1`), so a harness can count requests by
+//! kind and attribute them to what it was doing at the time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +59,7 @@ async fn pipe(client: TcpStream, server: TcpStream, delay: Duration) -> std::io:
                     return server_wr.shutdown().await;
                 }
                 if new_request.swap(false, Ordering::AcqRel) {
+                    print_request_line(&buf[..n]);
                     tokio::time::sleep(delay).await;
                 }
                 server_wr.write_all(&buf[..n]).await?;
@@ -74,4 +79,20 @@ async fn pipe(client: TcpStream, server: TcpStream, delay: Duration) -> std::io:
     };
     let (a, b) = tokio::join!(upstream, downstream);
     a.and(b)
+}
+
+/// Prints the request line at the start of `bytes`, if they start one.
+fn print_request_line(bytes: &[u8]) {
+    let line = bytes
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let methods = ["GET ", "PUT ", "POST ", "HEAD ", "DELETE "];
+    if methods.iter().any(|m| line.starts_with(m)) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        println!("{:.6} {line}", now.as_secs_f64());
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ltx::Txid;
-use strata::storage::Replica;
+use strata::storage::{FileInfo, Replica};
 
 use crate::Options;
 use crate::cache::{FileBodies, FrameKey, PageCache};
@@ -18,7 +18,18 @@ use crate::runtime;
 use crate::state::{self, Loaded, Polled, Target, VfsError};
 
 /// The most pages one read-ahead fetches.
-const MAX_WINDOW: u32 = 1024;
+const MAX_WINDOW: u32 = 4096;
+
+/// A read-ahead's ranged reads are cut at this many bytes and made at once: latency, not
+/// bandwidth, is what a scan waits for.
+const CHUNK: u64 = 512 << 10;
+
+/// A miss this many pages past the previous read-ahead window still counts as sequential.
+const SKIP: u32 = 16;
+
+/// Frames of one file this many bytes apart or less are read in one request (the bytes
+/// between, frames of pages rewritten later, are read and dropped).
+const GAP_MAX: u64 = 64 << 10;
 
 /// A reader is "active" this many poll intervals after its last transaction: the poller
 /// runs only while a reader is active, so an idle connection costs no requests.
@@ -44,8 +55,10 @@ struct Inner {
     bodies: FileBodies,
     /// SQLite's lock level on the file.
     lock: i32,
-    /// The last page fetched by the previous miss, and the read-ahead window.
-    last_fetched: u32,
+    /// The page of the previous miss, the last page of its read-ahead window, and the
+    /// window's size in pages.
+    last_miss: u32,
+    window_end: u32,
     window: u32,
     /// The local copy reads come from where it holds the page (`Options::hydrate_dir`).
     hydrated: Option<Hydrated>,
@@ -171,7 +184,8 @@ impl Db {
                 cache: PageCache::new(options.cache_size, page_size),
                 bodies: held,
                 lock: 0,
-                last_fetched: 0,
+                last_miss: 0,
+                window_end: 0,
                 window: 1,
                 hydrated: None,
             }),
@@ -377,7 +391,7 @@ impl Db {
             out.copy_from_slice(&page[within..within + out.len()]);
             return Ok(());
         }
-        match self.fetch(inner, pgno, frame) {
+        match self.fetch(inner, pgno) {
             Err(e) if retry && e.is_not_found() => {
                 // Compaction and retention moved on: plan the same TXID again, retry once.
                 let replica = self.replica.clone();
@@ -403,63 +417,127 @@ impl Db {
         Ok(())
     }
 
-    /// Fetches page `pgno` and, in the same ranged read, the pages after it whose frames
-    /// follow it in the same file, as many as the read-ahead window allows.
-    fn fetch(&self, inner: &mut Inner, pgno: u32, first: Frame) -> Result<(), VfsError> {
-        inner.window = if pgno == inner.last_fetched.wrapping_add(1) {
+    /// Fetches page `pgno` and, while access is sequential, the pages after it in the
+    /// read-ahead window. Their frames are spread over several files (a page's newest
+    /// version is in whichever file last wrote it); each file's frames among them are read
+    /// in ranged reads that cover neighbours together ([`GAP_MAX`]) up to [`CHUNK`] bytes
+    /// each, all at once.
+    fn fetch(&self, inner: &mut Inner, pgno: u32) -> Result<(), VfsError> {
+        // A miss just past the read-ahead window continues a sequential stream (past pages
+        // at hand, which SQLite may skip) and doubles the window; a miss on the page
+        // after the previous miss starts one. Any other miss reads its page alone and
+        // leaves the stream as it was: a scan reads each b-tree interior page, ahead of
+        // the leaves it points to, in between.
+        let skipped = inner.window_end.saturating_add(1)..pgno;
+        let continues = pgno > inner.window_end
+            && skipped.len() <= SKIP as usize
+            && skipped.into_iter().all(|p| at_hand(inner, p));
+        let window = if continues {
             (inner.window * 2)
                 .min(MAX_WINDOW)
                 .min(cache_window(&inner.cache))
+        } else if pgno == inner.last_miss.wrapping_add(1) {
+            2
         } else {
             1
         };
-        let mut run = vec![(pgno, first)];
-        let mut end = first.offset + u64::from(first.size);
-        let file = inner.map.files[first.file as usize].clone();
-        while (run.len() as u32) < inner.window {
-            let next = pgno + run.len() as u32;
-            match inner.map.frame(next) {
-                Some(f)
-                    if f.file == first.file
-                        && f.offset == end
-                        && !inner.cache.contains(&FrameKey::new(&file, f.offset)) =>
-                {
-                    end += u64::from(f.size);
-                    run.push((next, f));
-                }
-                _ => break,
+        inner.last_miss = pgno;
+        let end = pgno
+            .saturating_add(window)
+            .min(inner.map.pages().saturating_add(1));
+        if window > 1 {
+            inner.window = window;
+            inner.window_end = end.saturating_sub(1).max(pgno);
+        }
+
+        // Frames to fetch, by file: the page asked for, and the window's pages not at hand.
+        let mut by_file: Vec<(u32, Vec<(u32, Frame)>)> = Vec::new();
+        for p in pgno..end {
+            let Some(f) = inner.map.frame(p) else {
+                continue;
+            };
+            if p != pgno && at_hand(inner, p) {
+                continue;
+            }
+            match by_file.iter_mut().find(|(i, _)| *i == f.file) {
+                Some((_, frames)) => frames.push((p, f)),
+                None => by_file.push((f.file, vec![(p, f)])),
             }
         }
-        inner.last_fetched = run.last().map_or(pgno, |(p, _)| *p);
-        let range = first.offset..end;
-        let bytes = match inner.bodies.get(&file) {
-            Some(body) if body.len() as u64 >= end => {
-                body.slice(range.start as usize..end as usize)
+        // Each file's frames in runs of ranges close enough to read as one.
+        let mut runs: Vec<(u32, std::ops::Range<u64>, Vec<(u32, Frame)>)> = Vec::new();
+        for (file, mut frames) in by_file {
+            frames.sort_by_key(|(_, f)| f.offset);
+            for (p, f) in frames {
+                let frame_end = f.offset + u64::from(f.size);
+                match runs.last_mut() {
+                    Some((i, range, members))
+                        if *i == file
+                            && f.offset >= range.end
+                            && f.offset - range.end <= GAP_MAX
+                            && range.end - range.start < CHUNK =>
+                    {
+                        range.end = frame_end;
+                        members.push((p, f));
+                    }
+                    _ => runs.push((file, f.offset..frame_end, vec![(p, f)])),
+                }
             }
-            _ => {
-                let replica = self.replica.clone();
-                let info = file.clone();
-                runtime::run(self.options.timeout, async move {
-                    Ok(replica.read_range(&info, range).await?)
-                })?
+        }
+        // Bytes of each run: from a file held whole, or one ranged read each, all at once.
+        let mut bytes: Vec<Option<bytes::Bytes>> = runs
+            .iter()
+            .map(|(file, range, _)| {
+                let body = inner.bodies.get(&inner.map.files[*file as usize])?;
+                body.get(range.start as usize..range.end as usize)
+                    .map(|_| body.slice(range.start as usize..range.end as usize))
+            })
+            .collect();
+        let missing: Vec<(usize, FileInfo, std::ops::Range<u64>)> = runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bytes[*i].is_none())
+            .map(|(i, (file, range, _))| {
+                (
+                    i,
+                    FileInfo::clone(&inner.map.files[*file as usize]),
+                    range.clone(),
+                )
+            })
+            .collect();
+        if !missing.is_empty() {
+            let replica = self.replica.clone();
+            let fetched = runtime::run(self.options.timeout, async move {
+                let reads = missing.into_iter().map(|(i, info, range)| {
+                    let replica = replica.clone();
+                    async move { Ok::<_, VfsError>((i, replica.read_range(&info, range).await?)) }
+                });
+                futures::future::try_join_all(reads).await
+            })?;
+            for (i, b) in fetched {
+                bytes[i] = Some(b);
             }
-        };
+        }
         let page_size = inner.map.page_size;
-        for (p, f) in run {
-            let start = (f.offset - first.offset) as usize;
-            let Some(frame_bytes) = bytes.get(start..start + f.size as usize) else {
-                return Err(self.corrupt(
-                    &file,
-                    ltx::Error::Truncated {
-                        offset: f.offset,
-                        what: "page frame",
-                    },
-                ));
-            };
-            let mut page = inner.cache.spare(page_size.bytes());
-            f.decode(frame_bytes, p, page_size, &mut page)
-                .map_err(|e| self.corrupt(&file, e))?;
-            inner.cache.insert(FrameKey::new(&file, f.offset), page);
+        for ((file, range, members), bytes) in runs.into_iter().zip(bytes) {
+            let file = inner.map.files[file as usize].clone();
+            let bytes = bytes.unwrap_or_default();
+            for (p, f) in members {
+                let start = (f.offset - range.start) as usize;
+                let Some(frame_bytes) = bytes.get(start..start + f.size as usize) else {
+                    return Err(self.corrupt(
+                        &file,
+                        ltx::Error::Truncated {
+                            offset: f.offset,
+                            what: "page frame",
+                        },
+                    ));
+                };
+                let mut page = inner.cache.spare(page_size.bytes());
+                f.decode(frame_bytes, p, page_size, &mut page)
+                    .map_err(|e| self.corrupt(&file, e))?;
+                inner.cache.insert(FrameKey::new(&file, f.offset), page);
+            }
         }
         Ok(())
     }
@@ -479,9 +557,23 @@ impl Drop for Db {
     }
 }
 
-/// The read-ahead window may take at most a quarter of the cache.
+/// Whether page `pgno` reads without a request: no file holds it (zeros), or its frame is
+/// cached, or the hydrated copy holds it.
+fn at_hand(inner: &Inner, pgno: u32) -> bool {
+    let Some(f) = inner.map.frame(pgno) else {
+        return true;
+    };
+    let file = &inner.map.files[f.file as usize];
+    inner.cache.contains(&FrameKey::new(file, f.offset))
+        || inner
+            .hydrated
+            .as_ref()
+            .is_some_and(|h| h.holds(&inner.map, f))
+}
+
+/// The read-ahead window may take at most half the cache.
 fn cache_window(cache: &PageCache) -> u32 {
-    u32::try_from(cache.capacity() / 4)
+    u32::try_from(cache.capacity() / 2)
         .unwrap_or(u32::MAX)
         .max(1)
 }

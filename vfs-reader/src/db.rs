@@ -12,6 +12,7 @@ use strata::storage::{FileInfo, Replica};
 
 use crate::Options;
 use crate::cache::{FileBodies, FrameKey, PageCache};
+use crate::disk_cache::DiskCache;
 use crate::hydrate::{self, Hydrated};
 use crate::page_map::{Frame, PageMap};
 use crate::runtime;
@@ -39,6 +40,8 @@ const ACTIVE_INTERVALS: u32 = 10;
 pub struct Db {
     replica: Replica,
     options: Options,
+    /// Fetched frames kept on disk (`Options::disk_cache_dir`).
+    disk: Option<Arc<DiskCache>>,
     inner: Mutex<Inner>,
     follow: Arc<Follow>,
 }
@@ -163,6 +166,13 @@ impl Db {
                 .is_some()
                 .then(|| Arc::new(hydrate::Shared::default())),
         });
+        let disk = match &options.disk_cache_dir {
+            Some(dir) => Some(Arc::new(
+                DiskCache::open(dir, replica.name(), options.disk_cache_size)
+                    .map_err(|e| VfsError::Config(format!("disk cache {}: {e}", dir.display())))?,
+            )),
+            None => None,
+        };
         runtime::spawn(poller(replica.clone(), options.clone(), follow.clone()));
         if let (Some(dir), Some(shared)) = (&options.hydrate_dir, &follow.hydration) {
             let (newest, closed) = (follow.clone(), follow.clone());
@@ -176,6 +186,7 @@ impl Db {
         }
         Ok(Db {
             replica,
+            disk,
             inner: Mutex::new(Inner {
                 map,
                 generation: 1,
@@ -465,52 +476,72 @@ impl Db {
             }
         }
         // Each file's frames in runs of ranges close enough to read as one.
-        let mut runs: Vec<(u32, std::ops::Range<u64>, Vec<(u32, Frame)>)> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         for (file, mut frames) in by_file {
             frames.sort_by_key(|(_, f)| f.offset);
             for (p, f) in frames {
                 let frame_end = f.offset + u64::from(f.size);
                 match runs.last_mut() {
-                    Some((i, range, members))
-                        if *i == file
-                            && f.offset >= range.end
-                            && f.offset - range.end <= GAP_MAX
-                            && range.end - range.start < CHUNK =>
+                    Some(run)
+                        if run.file == file
+                            && f.offset >= run.range.end
+                            && f.offset - run.range.end <= GAP_MAX
+                            && run.range.end - run.range.start < CHUNK =>
                     {
-                        range.end = frame_end;
-                        members.push((p, f));
+                        run.range.end = frame_end;
+                        run.frames.push((p, f));
                     }
-                    _ => runs.push((file, f.offset..frame_end, vec![(p, f)])),
+                    _ => runs.push(Run {
+                        file,
+                        range: f.offset..frame_end,
+                        frames: vec![(p, f)],
+                    }),
                 }
             }
         }
         // Bytes of each run: from a file held whole, or one ranged read each, all at once.
         let mut bytes: Vec<Option<bytes::Bytes>> = runs
             .iter()
-            .map(|(file, range, _)| {
-                let body = inner.bodies.get(&inner.map.files[*file as usize])?;
-                body.get(range.start as usize..range.end as usize)
-                    .map(|_| body.slice(range.start as usize..range.end as usize))
+            .map(|run| {
+                let body = inner.bodies.get(&inner.map.files[run.file as usize])?;
+                let range = run.range.start as usize..run.range.end as usize;
+                body.get(range.clone()).map(|_| body.slice(range))
             })
             .collect();
+        if let Some(disk) = &self.disk {
+            for (i, run) in runs.iter().enumerate() {
+                if bytes[i].is_none() {
+                    bytes[i] = disk.get(&inner.map.files[run.file as usize], &run.range);
+                }
+            }
+        }
         let missing: Vec<(usize, FileInfo, std::ops::Range<u64>)> = runs
             .iter()
             .enumerate()
             .filter(|(i, _)| bytes[*i].is_none())
-            .map(|(i, (file, range, _))| {
-                (
-                    i,
-                    FileInfo::clone(&inner.map.files[*file as usize]),
-                    range.clone(),
-                )
+            .map(|(i, run)| {
+                let info = FileInfo::clone(&inner.map.files[run.file as usize]);
+                (i, info, run.range.clone())
             })
             .collect();
         if !missing.is_empty() {
             let replica = self.replica.clone();
+            let disk = self.disk.clone();
             let fetched = runtime::run(self.options.timeout, async move {
                 let reads = missing.into_iter().map(|(i, info, range)| {
                     let replica = replica.clone();
-                    async move { Ok::<_, VfsError>((i, replica.read_range(&info, range).await?)) }
+                    let disk = disk.clone();
+                    async move {
+                        let b = replica.read_range(&info, range.clone()).await?;
+                        if let Some(disk) = disk {
+                            // Kept in the background, checksummed as fetched.
+                            tokio::task::spawn_blocking({
+                                let b = b.clone();
+                                move || disk.put(&info, &range, &b)
+                            });
+                        }
+                        Ok::<_, VfsError>((i, b))
+                    }
                 });
                 futures::future::try_join_all(reads).await
             })?;
@@ -519,11 +550,11 @@ impl Db {
             }
         }
         let page_size = inner.map.page_size;
-        for ((file, range, members), bytes) in runs.into_iter().zip(bytes) {
-            let file = inner.map.files[file as usize].clone();
+        for (run, bytes) in runs.into_iter().zip(bytes) {
+            let file = inner.map.files[run.file as usize].clone();
             let bytes = bytes.unwrap_or_default();
-            for (p, f) in members {
-                let start = (f.offset - range.start) as usize;
+            for (p, f) in run.frames {
+                let start = (f.offset - run.range.start) as usize;
                 let Some(frame_bytes) = bytes.get(start..start + f.size as usize) else {
                     return Err(self.corrupt(
                         &file,
@@ -555,6 +586,13 @@ impl Drop for Db {
             hydration.wake();
         }
     }
+}
+
+/// Frames of one file read in one request: bytes `range` of file `file` of the map.
+struct Run {
+    file: u32,
+    range: std::ops::Range<u64>,
+    frames: Vec<(u32, Frame)>,
 }
 
 /// Whether page `pgno` reads without a request: no file holds it (zeros), or its frame is
@@ -966,6 +1004,55 @@ mod tests {
             0,
             "the hydrated file is removed on close"
         );
+    }
+
+    /// Frames fetched once are read from the on-disk cache by a reader opened later: with
+    /// the replica's frames damaged after the first reader, the second still reads the
+    /// restore's bytes (and without the cache it does not).
+    #[test]
+    fn a_later_reader_reads_fetched_frames_from_the_disk_cache() {
+        let root = tempfile::tempdir().unwrap();
+        let disk = tempfile::tempdir().unwrap();
+        copy_dir(&fixture_root(), root.path());
+        let replica = || {
+            Replica::open(&ReplicaUrl::File {
+                root: root.path().to_owned(),
+            })
+            .unwrap()
+        };
+        let options = |disk_cache_dir| Options {
+            cache_size: 0,
+            whole_file_max: 0,
+            disk_cache_dir,
+            ..Options::default()
+        };
+        let want = &restores()[15];
+        let cached = Some(disk.path().to_owned());
+        let first = Db::open(replica(), options(cached.clone()), Target::Latest).unwrap();
+        let got = read_all(&first);
+        assert!(got == as_presented(&got, want));
+        drop(first);
+        // The entries are written in the background.
+        std::thread::sleep(Duration::from_millis(500));
+
+        // Damage every frame byte 10 of every file (headers and indexes stay readable).
+        for level in std::fs::read_dir(root.path().join("ltx")).unwrap() {
+            for f in std::fs::read_dir(level.unwrap().path()).unwrap() {
+                let path = f.unwrap().path();
+                let mut data = std::fs::read(&path).unwrap();
+                data[ltx::HEADER_SIZE + 10] ^= 0x55;
+                std::fs::write(&path, data).unwrap();
+            }
+        }
+        let uncached = Db::open(replica(), options(None), Target::Latest).unwrap();
+        uncached.set_lock(1).unwrap();
+        let mut page = vec![0u8; uncached.size() as usize];
+        let damaged = uncached.read(&mut page, 0).is_err() || page != as_presented(&page, want);
+        assert!(damaged, "the damage shows without the cache");
+
+        let second = Db::open(replica(), options(cached), Target::Latest).unwrap();
+        let got = read_all(&second);
+        assert!(got == as_presented(&got, want), "read from the disk cache");
     }
 
     fn fixture_root() -> std::path::PathBuf {

@@ -27,6 +27,7 @@
 
 mod cache;
 mod db;
+mod disk_cache;
 mod ffi;
 mod hydrate;
 mod page_map;
@@ -63,6 +64,11 @@ pub struct Options {
     /// directory in the background, then read from it, keeping it current by applying new
     /// files whole. The file is removed when the database is closed.
     pub hydrate_dir: Option<std::path::PathBuf>,
+    /// An on-disk cache of fetched frames (off by default): ranged reads are kept under
+    /// this directory, shared by every process that uses it, and survive restarts.
+    pub disk_cache_dir: Option<std::path::PathBuf>,
+    /// The most bytes the on-disk cache keeps (1 GiB); the oldest entries go first.
+    pub disk_cache_size: u64,
 }
 
 impl Default for Options {
@@ -74,6 +80,8 @@ impl Default for Options {
             timeout: Duration::from_secs(30),
             whole_file_max: 256 << 10,
             hydrate_dir: None,
+            disk_cache_dir: None,
+            disk_cache_size: 1 << 30,
         }
     }
 }
@@ -89,6 +97,12 @@ impl Options {
             o.cache_size = v
                 .parse()
                 .map_err(|_| format!("STRATA_VFS_CACHE_SIZE={v:?} is not a number of bytes"))?;
+        }
+        o.disk_cache_dir = env("STRATA_VFS_DISK_CACHE_DIR").map(Into::into);
+        if let Some(v) = env("STRATA_VFS_DISK_CACHE_SIZE") {
+            o.disk_cache_size = v.parse().map_err(|_| {
+                format!("STRATA_VFS_DISK_CACHE_SIZE={v:?} is not a number of bytes")
+            })?;
         }
         if let Some(v) = env("STRATA_VFS_WHOLE_FILE_MAX") {
             o.whole_file_max = v

@@ -28,6 +28,13 @@ const CHUNK: u64 = 512 << 10;
 /// A miss this many pages past the previous read-ahead window still counts as sequential.
 const SKIP: u32 = 16;
 
+/// The pages a miss that starts a stream looks at (it fetches those that come in the same
+/// request as its own).
+const FRESH_WINDOW: u32 = 4;
+
+/// How many streams of sequential misses are told apart.
+const STREAMS: usize = 4;
+
 /// Frames of one file this many bytes apart or less are read in one request (the bytes
 /// between, frames of pages rewritten later, are read and dropped).
 const GAP_MAX: u64 = 64 << 10;
@@ -58,11 +65,8 @@ struct Inner {
     bodies: FileBodies,
     /// SQLite's lock level on the file.
     lock: i32,
-    /// The page of the previous miss, the last page of its read-ahead window, and the
-    /// window's size in pages.
-    last_miss: u32,
-    window_end: u32,
-    window: u32,
+    /// Recent sequential streams of misses, oldest first.
+    streams: Vec<Stream>,
     /// The local copy reads come from where it holds the page (`Options::hydrate_dir`).
     hydrated: Option<Hydrated>,
 }
@@ -195,9 +199,7 @@ impl Db {
                 cache: PageCache::new(options.cache_size, page_size),
                 bodies: held,
                 lock: 0,
-                last_miss: 0,
-                window_end: 0,
-                window: 1,
+                streams: Vec::with_capacity(STREAMS),
                 hydrated: None,
             }),
             options,
@@ -434,32 +436,53 @@ impl Db {
     /// in ranged reads that cover neighbours together ([`GAP_MAX`]) up to [`CHUNK`] bytes
     /// each, all at once.
     fn fetch(&self, inner: &mut Inner, pgno: u32) -> Result<(), VfsError> {
-        // A miss just past the read-ahead window continues a sequential stream (past pages
-        // at hand, which SQLite may skip) and doubles the window; a miss on the page
-        // after the previous miss starts one. Any other miss reads its page alone and
-        // leaves the stream as it was: a scan reads each b-tree interior page, ahead of
-        // the leaves it points to, in between.
-        let skipped = inner.window_end.saturating_add(1)..pgno;
-        let continues = pgno > inner.window_end
-            && skipped.len() <= SKIP as usize
-            && skipped.into_iter().all(|p| at_hand(inner, p));
-        let window = if continues {
-            (inner.window * 2)
-                .min(MAX_WINDOW)
-                .min(cache_window(&inner.cache))
-        } else if pgno == inner.last_miss.wrapping_add(1) {
-            2
-        } else {
-            1
+        // A miss just past the end of a recent stream's read-ahead (past pages at hand,
+        // which SQLite may skip) continues it with a larger window; any other miss reads its
+        // page alone and starts a stream of its own. Several are tracked: a scan reads
+        // b-tree interior pages in between its leaves, and an index range scan alternates
+        // between the index and the table.
+        let max = MAX_WINDOW.min(cache_window(&inner.cache));
+        let continued = inner.streams.iter().position(|s| {
+            let skipped = s.end.saturating_add(1)..pgno;
+            pgno > s.end
+                && skipped.len() <= SKIP as usize
+                && skipped.into_iter().all(|p| at_hand(inner, p))
+        });
+        // A miss that starts a stream also takes the pages after it that come in its own
+        // request (frames next to it in the same file): a short run of rows then costs no
+        // extra request, and a point lookup no more than it did.
+        let fresh = continued.is_none();
+        let mut stream = match continued {
+            Some(i) => inner.streams.remove(i),
+            None => {
+                if inner.streams.len() == STREAMS {
+                    inner.streams.remove(0);
+                }
+                Stream { end: 0, window: 1 }
+            }
         };
-        inner.last_miss = pgno;
+        // Quadrupled while small: a short run of rows costs few requests.
+        let window = if fresh {
+            FRESH_WINDOW
+        } else if stream.window < 16 {
+            stream.window * 4
+        } else {
+            stream.window * 2
+        }
+        .min(max)
+        .max(1);
         let end = pgno
             .saturating_add(window)
             .min(inner.map.pages().saturating_add(1));
-        if window > 1 {
-            inner.window = window;
-            inner.window_end = end.saturating_sub(1).max(pgno);
+        if !fresh {
+            stream.window = window;
+            // A fresh stream's end stays at its page: the pages it took on the way are at
+            // hand, so a miss past them continues it.
+            stream.end = end.saturating_sub(1).max(pgno);
+        } else {
+            stream.end = pgno;
         }
+        inner.streams.push(stream);
 
         // Frames to fetch, by file: the page asked for, and the window's pages not at hand.
         let mut by_file: Vec<(u32, Vec<(u32, Frame)>)> = Vec::new();
@@ -498,6 +521,9 @@ impl Db {
                     }),
                 }
             }
+        }
+        if fresh {
+            runs.retain(|run| run.frames.iter().any(|(p, _)| *p == pgno));
         }
         // Bytes of each run: from a file held whole, or one ranged read each, all at once.
         let mut bytes: Vec<Option<bytes::Bytes>> = runs
@@ -586,6 +612,13 @@ impl Drop for Db {
             hydration.wake();
         }
     }
+}
+
+/// A run of misses at ascending pages: the last page its read-ahead fetched, and the size of
+/// that read-ahead in pages.
+struct Stream {
+    end: u32,
+    window: u32,
 }
 
 /// Frames of one file read in one request: bytes `range` of file `file` of the map.

@@ -267,7 +267,7 @@ impl Syncer {
         let wal = open_if_exists(&self.wal_path).map_err(|e| self.io(e))?;
         let source = if self.replica_lost.load(Ordering::SeqCst) {
             Source::Full {
-                reason: "the replica lost files already uploaded",
+                reason: "a replica does not continue from the staged files (added later, or it lost files)",
                 base: true,
             }
         } else {

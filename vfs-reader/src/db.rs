@@ -443,101 +443,12 @@ impl Db {
         Ok(())
     }
 
-    /// Fetches page `pgno` and, while access is sequential, the pages after it in the
-    /// read-ahead window. Their frames are spread over several files (a page's newest
-    /// version is in whichever file last wrote it); each file's frames among them are read
-    /// in ranged reads that cover neighbours together ([`GAP_MAX`]) up to [`CHUNK`] bytes
-    /// each, all at once.
+    /// Fetches page `pgno` and its read-ahead ([`read_ahead`]). The frames are spread over
+    /// several files (a page's newest version is in whichever file last wrote it); each
+    /// file's are read in ranged reads that cover neighbours together ([`GAP_MAX`]) up to
+    /// [`CHUNK`] bytes each, all at once.
     fn fetch(&self, inner: &mut Inner, pgno: u32) -> Result<(), VfsError> {
-        // A miss just past the end of a recent stream's read-ahead (past pages at hand,
-        // which SQLite may skip) continues it with a larger window; any other miss reads its
-        // page alone and starts a stream of its own. Several are tracked: a scan reads
-        // b-tree interior pages in between its leaves, and an index range scan alternates
-        // between the index and the table.
-        let max = MAX_WINDOW.min(cache_window(&inner.cache));
-        let continued = inner.streams.iter().position(|s| {
-            let skipped = s.end.saturating_add(1)..pgno;
-            pgno > s.end
-                && skipped.len() <= SKIP as usize
-                && skipped.into_iter().all(|p| at_hand(inner, p))
-        });
-        // A miss that starts a stream also takes the pages after it that come in its own
-        // request (frames next to it in the same file): a short run of rows then costs no
-        // extra request, and a point lookup no more than it did.
-        let fresh = continued.is_none();
-        let mut stream = match continued {
-            Some(i) => inner.streams.remove(i),
-            None => {
-                if inner.streams.len() == STREAMS {
-                    inner.streams.remove(0);
-                }
-                Stream { end: 0, window: 1 }
-            }
-        };
-        // Quadrupled while small: a short run of rows costs few requests.
-        let window = if fresh {
-            FRESH_WINDOW
-        } else if stream.window < 16 {
-            stream.window * 4
-        } else {
-            stream.window * 2
-        }
-        .min(max)
-        .max(1);
-        let end = pgno
-            .saturating_add(window)
-            .min(inner.map.pages().saturating_add(1));
-        if !fresh {
-            stream.window = window;
-            // A fresh stream's end stays at its page: the pages it took on the way are at
-            // hand, so a miss past them continues it.
-            stream.end = end.saturating_sub(1).max(pgno);
-        } else {
-            stream.end = pgno;
-        }
-        inner.streams.push(stream);
-
-        // Frames to fetch, by file: the page asked for, and the window's pages not at hand.
-        let mut by_file: Vec<(u32, Vec<(u32, Frame)>)> = Vec::new();
-        for p in pgno..end {
-            let Some(f) = inner.map.frame(p) else {
-                continue;
-            };
-            if p != pgno && at_hand(inner, p) {
-                continue;
-            }
-            match by_file.iter_mut().find(|(i, _)| *i == f.file) {
-                Some((_, frames)) => frames.push((p, f)),
-                None => by_file.push((f.file, vec![(p, f)])),
-            }
-        }
-        // Each file's frames in runs of ranges close enough to read as one.
-        let mut runs: Vec<Run> = Vec::new();
-        for (file, mut frames) in by_file {
-            frames.sort_by_key(|(_, f)| f.offset);
-            for (p, f) in frames {
-                let frame_end = f.offset + u64::from(f.size);
-                match runs.last_mut() {
-                    Some(run)
-                        if run.file == file
-                            && f.offset >= run.range.end
-                            && f.offset - run.range.end <= GAP_MAX
-                            && run.range.end - run.range.start < CHUNK =>
-                    {
-                        run.range.end = frame_end;
-                        run.frames.push((p, f));
-                    }
-                    _ => runs.push(Run {
-                        file,
-                        range: f.offset..frame_end,
-                        frames: vec![(p, f)],
-                    }),
-                }
-            }
-        }
-        if fresh {
-            runs.retain(|run| run.frames.iter().any(|(p, _)| *p == pgno));
-        }
+        let runs = read_ahead(inner, pgno);
         // Bytes of each run: from a file held whole, or one ranged read each, all at once.
         let mut bytes: Vec<Option<bytes::Bytes>> = runs
             .iter()
@@ -638,6 +549,99 @@ impl Drop for Db {
             hydration.wake();
         }
     }
+}
+
+/// The reads that fetch page `pgno` and its read-ahead.
+///
+/// A miss just past the end of a recent stream's read-ahead (past pages at hand, which
+/// SQLite may skip) continues that stream with a larger window; any other miss starts a
+/// stream of its own and takes only the pages after it that come in its own request (frames
+/// next to it in the same file), so a point lookup costs one request and a short run of rows
+/// few. Several streams are told apart: a scan reads b-tree interior pages in between its
+/// leaves, and an index range scan alternates between the index and the table.
+fn read_ahead(inner: &mut Inner, pgno: u32) -> Vec<Run> {
+    let max = MAX_WINDOW.min(cache_window(&inner.cache));
+    let continued = inner.streams.iter().position(|s| {
+        let skipped = s.end.saturating_add(1)..pgno;
+        pgno > s.end
+            && skipped.len() <= SKIP as usize
+            && skipped.into_iter().all(|p| at_hand(inner, p))
+    });
+    let fresh = continued.is_none();
+    let mut stream = match continued {
+        Some(i) => inner.streams.remove(i),
+        None => {
+            if inner.streams.len() == STREAMS {
+                inner.streams.remove(0);
+            }
+            Stream { end: 0, window: 1 }
+        }
+    };
+    // Quadrupled while small: a short run of rows costs few requests.
+    let window = if fresh {
+        FRESH_WINDOW
+    } else if stream.window < 16 {
+        stream.window * 4
+    } else {
+        stream.window * 2
+    }
+    .min(max)
+    .max(1);
+    let end = pgno
+        .saturating_add(window)
+        .min(inner.map.pages().saturating_add(1));
+    if fresh {
+        // The end stays at the page: what it took on the way is at hand, so a miss past
+        // that continues the stream.
+        stream.end = pgno;
+    } else {
+        stream.window = window;
+        stream.end = end.saturating_sub(1).max(pgno);
+    }
+    inner.streams.push(stream);
+
+    // Frames to fetch, by file: the page asked for, and the window's pages not at hand.
+    let mut by_file: Vec<(u32, Vec<(u32, Frame)>)> = Vec::new();
+    for p in pgno..end {
+        let Some(f) = inner.map.frame(p) else {
+            continue;
+        };
+        if p != pgno && at_hand(inner, p) {
+            continue;
+        }
+        match by_file.iter_mut().find(|(i, _)| *i == f.file) {
+            Some((_, frames)) => frames.push((p, f)),
+            None => by_file.push((f.file, vec![(p, f)])),
+        }
+    }
+    // Each file's frames in runs of ranges close enough to read as one.
+    let mut runs: Vec<Run> = Vec::new();
+    for (file, mut frames) in by_file {
+        frames.sort_by_key(|(_, f)| f.offset);
+        for (p, f) in frames {
+            let frame_end = f.offset + u64::from(f.size);
+            match runs.last_mut() {
+                Some(run)
+                    if run.file == file
+                        && f.offset >= run.range.end
+                        && f.offset - run.range.end <= GAP_MAX
+                        && run.range.end - run.range.start < CHUNK =>
+                {
+                    run.range.end = frame_end;
+                    run.frames.push((p, f));
+                }
+                _ => runs.push(Run {
+                    file,
+                    range: f.offset..frame_end,
+                    frames: vec![(p, f)],
+                }),
+            }
+        }
+    }
+    if fresh {
+        runs.retain(|run| run.frames.iter().any(|(p, _)| *p == pgno));
+    }
+    runs
 }
 
 /// A run of misses at ascending pages: the last page its read-ahead fetched, and the size of

@@ -8,7 +8,7 @@ s3` behind `latency_proxy` adding 20 ms to every request. The proxy logs every r
 its time; the shell prints a time mark around every statement, so each statement's requests
 are counted by kind (GET, LIST).
 
-Per tool, alternating, `--runs` processes of each:
+Per tool, alternating, `--runs` processes of each (`--scan-runs` of the two scans):
 
   * open: `.open` and the first read of the schema;
   * points: 20 lookups of random keys, then the same 20 again (warm);
@@ -21,7 +21,7 @@ and one `--idle` seconds of an open connection doing nothing, counting LISTs. Ea
 checked against the same query on the source database. A process running past `--timeout`
 is stopped and reported as such, with the requests it made by then.
 
-    python3 benches/compare/vfs.py [--runs 3] [--latency-ms 20] [--timeout 300] [--idle 60]
+    python3 benches/compare/vfs.py [--runs 3] [--scan-runs 1] [--latency-ms 20] [--timeout 300] [--idle 60]
 """
 
 import argparse
@@ -147,6 +147,8 @@ def main():
     ap.add_argument("--rows", type=int, default=320_000)
     ap.add_argument("--txns", type=int, default=150)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scan-runs", type=int, default=1,
+                    help="runs of the two scans (Litestream reads them one GET per page: minutes each)")
     ap.add_argument("--latency-ms", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--idle", type=float, default=60)
@@ -205,7 +207,7 @@ def main():
             run_steps(tool, ext[tool], uris[tool], envs[tool], schema, args.timeout, requests)
         for run in range(args.runs):
             for group, steps in groups.items():
-                if group not in only:
+                if group not in only or (group in ("scan", "full") and run >= args.scan_runs):
                     continue
                 order = ["strata", "litestream"] if run % 2 == 0 else ["litestream", "strata"]
                 for tool in [t for t in order if t in tools]:
@@ -240,8 +242,8 @@ def run_idle(ext, uri, env, seconds, requests):
 
 def report(samples, idle, args):
     lines = [f"VFS queries through the sqlite3 shell; replica served by rclone serve s3 + "
-             f"{args.latency_ms} ms per request; {args.runs} runs per tool (median, and p99 where "
-             f"a run has several queries).", "",
+             f"{args.latency_ms} ms per request; {args.runs} runs per tool ({args.scan_runs} of the scans; "
+             f"median, and p99 where a run has several queries).", "",
              "| query | tool | cold p50 | cold p99 | warm p50 | warm p99 | GETs per query (cold) | LISTs per query (cold) |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"open": "open (plan + schema)", "points": "point lookup", "range": "index range (~110 rows)",

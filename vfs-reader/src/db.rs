@@ -785,10 +785,22 @@ mod tests {
     }
 
     fn fixture() -> Replica {
+        dir_replica(&fixture_root())
+    }
+
+    /// The replica in directory `root`.
+    fn dir_replica(root: &std::path::Path) -> Replica {
         Replica::open(&ReplicaUrl::File {
-            root: fixture_root(),
+            root: root.to_owned(),
         })
         .unwrap()
+    }
+
+    /// A copy of the fixture replica that a test may damage.
+    fn fixture_copy() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        copy_dir(&fixture_root(), root.path());
+        root
     }
 
     /// Every byte a reader sees equals a restore at the same TXID, except page 1's header
@@ -891,10 +903,7 @@ mod tests {
     #[test]
     fn an_empty_or_missing_replica_fails_to_open_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let empty = Replica::open(&ReplicaUrl::File {
-            root: dir.path().to_owned(),
-        })
-        .unwrap();
+        let empty = dir_replica(dir.path());
         let e = Db::open(empty, Options::default(), Target::Latest)
             .err()
             .unwrap();
@@ -935,13 +944,8 @@ mod tests {
                 x ^= x << 17;
                 x % n
             };
-            let dir = tempfile::tempdir().unwrap();
-            copy_dir(&fixture_root(), dir.path());
-            let (replica, faults) = Replica::open(&ReplicaUrl::File {
-                root: dir.path().to_owned(),
-            })
-            .unwrap()
-            .with_faults();
+            let dir = fixture_copy();
+            let (replica, faults) = dir_replica(dir.path()).with_faults();
             let whole = next(2) == 0;
             let options = Options {
                 cache_size: 8 * 4096,
@@ -1034,10 +1038,7 @@ mod tests {
             }
         };
         copy_l0(1..=8);
-        let replica = Replica::open(&ReplicaUrl::File {
-            root: root.path().to_owned(),
-        })
-        .unwrap();
+        let replica = dir_replica(root.path());
         let options = Options {
             cache_size: 0,
             whole_file_max: 0,
@@ -1082,15 +1083,9 @@ mod tests {
     /// restore's bytes (and without the cache it does not).
     #[test]
     fn a_later_reader_reads_fetched_frames_from_the_disk_cache() {
-        let root = tempfile::tempdir().unwrap();
+        let root = fixture_copy();
         let disk = tempfile::tempdir().unwrap();
-        copy_dir(&fixture_root(), root.path());
-        let replica = || {
-            Replica::open(&ReplicaUrl::File {
-                root: root.path().to_owned(),
-            })
-            .unwrap()
-        };
+        let replica = || dir_replica(root.path());
         let options = |disk_cache_dir| Options {
             cache_size: 0,
             whole_file_max: 0,
@@ -1130,8 +1125,7 @@ mod tests {
     /// read whole or by ranges.
     #[test]
     fn a_misnamed_file_is_an_error_naming_it() {
-        let root = tempfile::tempdir().unwrap();
-        copy_dir(&fixture_root(), root.path());
+        let root = fixture_copy();
         for level in ["1", "2", "9"] {
             std::fs::remove_dir_all(root.path().join("ltx").join(level)).unwrap();
         }
@@ -1145,10 +1139,7 @@ mod tests {
         std::fs::rename(&e, &d).unwrap();
         std::fs::rename(&tmp, &e).unwrap();
         for whole in [0, 1 << 20] {
-            let replica = Replica::open(&ReplicaUrl::File {
-                root: root.path().to_owned(),
-            })
-            .unwrap();
+            let replica = dir_replica(root.path());
             let options = Options {
                 whole_file_max: whole,
                 ..Options::default()
@@ -1168,9 +1159,8 @@ mod tests {
     /// plan around it, is not served by ranged reads either: reads fail naming it.
     #[test]
     fn a_file_hydration_finds_corrupt_is_not_served() {
-        let root = tempfile::tempdir().unwrap();
+        let root = fixture_copy();
         let local = tempfile::tempdir().unwrap();
-        copy_dir(&fixture_root(), root.path());
         for level in ["0", "1", "2"] {
             std::fs::remove_dir_all(root.path().join("ltx").join(level)).unwrap();
         }
@@ -1180,10 +1170,7 @@ mod tests {
         let mut data = std::fs::read(&snapshot).unwrap();
         data[5000] ^= 0x20;
         std::fs::write(&snapshot, data).unwrap();
-        let replica = Replica::open(&ReplicaUrl::File {
-            root: root.path().to_owned(),
-        })
-        .unwrap();
+        let replica = dir_replica(root.path());
         let options = Options {
             cache_size: 0,
             whole_file_max: 0,

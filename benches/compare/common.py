@@ -13,7 +13,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGET = ROOT / "target" / "release"
+# STRATA_BENCH_PROFILE=debug runs the harnesses on debug builds: a smoke check (CI) that
+# each still runs and that both tools agree, with numbers not worth reading.
+PROFILE = os.environ.get("STRATA_BENCH_PROFILE", "release")
+if PROFILE not in ("release", "debug"):
+    sys.exit(f"STRATA_BENCH_PROFILE must be release or debug, not {PROFILE!r}")
+TARGET = ROOT / "target" / PROFILE
 
 
 def log(msg):
@@ -25,11 +30,17 @@ def tool_path():
     return sysconfig.get_path("scripts") + os.pathsep + os.environ["PATH"]
 
 
+def cargo_build(*args):
+    """`cargo build` in the harnesses' profile (see PROFILE)."""
+    cmd = ["cargo", "build", "-q", *(["--release"] if PROFILE == "release" else []), *args]
+    log(" ".join(cmd))
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
 def build_release(*bins):
-    """Builds the release binaries the harness runs."""
+    """Builds the binaries the harness runs (release unless STRATA_BENCH_PROFILE=debug)."""
     for package, binary in bins:
-        log(f"cargo build --release -p {package} --bin {binary}")
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", package, "--bin", binary], cwd=ROOT, check=True)
+        cargo_build("-p", package, "--bin", binary)
 
 
 def env_for(tool, extra=None):

@@ -34,7 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import (ROOT, TARGET, Service, build_release, env_for, free_port, log, wait_for_port)
+from common import (ROOT, TARGET, Service, build_release, cargo_build, env_for, free_port, log, wait_for_port)
 from restore import build_replica, s3_layout
 
 REQUEST = re.compile(r"^(\d+\.\d+) (GET|PUT|POST|HEAD|DELETE) (\S+)")
@@ -49,8 +49,12 @@ def litestream_extension():
 
 
 def build_extension():
-    log("cargo build --release -p strata-vfs")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "strata-vfs"], cwd=ROOT, check=True)
+    """The loadable extension: STRATA_VFS_EXTENSION if set (scripts/test builds it on its
+    own, as it must be: a build with the tests' features links a SQLite of its own), or a
+    build of the package alone."""
+    if os.environ.get("STRATA_VFS_EXTENSION"):
+        return Path(os.environ["STRATA_VFS_EXTENSION"])
+    cargo_build("-p", "strata-vfs")
     return TARGET / "libstrata_vfs.so"
 
 

@@ -1,6 +1,11 @@
 //! Fetching and decoding planned files: each file is split into segments of whole frames
 //! (its page index says where they are), and many segments are fetched and decoded at once,
 //! then handed to the writer in plan order.
+//!
+//! From a remote store, consecutive segments are read in spans of [`SPAN_SEGMENTS`] with
+//! one request each, decoded as each segment's bytes arrive: a request costs a round trip
+//! and the server's own overhead, so fewer, longer reads go faster, while memory still
+//! holds only the segments in flight.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,13 +13,16 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream;
 use ltx::{FileLayout, Segment, SegmentSum, TailParse};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::storage::{FileInfo, Replica, StorageError};
+use crate::storage::{ErrorKind, FileInfo, Operation, Replica, StorageError};
 
 /// Files up to this size are fetched whole in one read; larger ones by header and tail
 /// first, then segment by segment.
 const SMALL_FILE: u64 = ltx::TAIL_FETCH_SIZE;
+
+/// Segments read with one request from a remote store.
+const SPAN_SEGMENTS: usize = 8;
 
 /// Buffers passed back and forth between fetching, decoding and writing, so a long restore
 /// allocates (and page-faults) only while the pool fills.
@@ -108,7 +116,7 @@ enum Work {
         file: usize,
         layout: Arc<FileLayout>,
         segment: Segment,
-        whole: Option<Bytes>,
+        source: Source,
     },
     End {
         file: usize,
@@ -118,6 +126,92 @@ enum Work {
         file: usize,
         failure: Failure,
     },
+}
+
+/// Where a segment's frame bytes come from.
+enum Source {
+    /// The file, fetched whole.
+    Whole(Bytes),
+    /// A read of its own.
+    Range,
+    /// Piece `piece` of a span read.
+    Span { span: Arc<Span>, piece: usize },
+}
+
+/// Consecutive segments of one file read with one request, started by the first segment
+/// that wants its bytes; each piece is handed over as soon as it has arrived.
+struct Span {
+    range: std::ops::Range<u64>,
+    /// Where each piece (segment) ends.
+    ends: Vec<u64>,
+    /// Taken by whichever segment starts the read.
+    senders: Mutex<Option<Vec<PieceSender>>>,
+    receivers: Vec<Mutex<Option<PieceReceiver>>>,
+}
+
+type PieceSender = oneshot::Sender<Result<Bytes, StorageError>>;
+type PieceReceiver = oneshot::Receiver<Result<Bytes, StorageError>>;
+
+impl Span {
+    fn new(segments: &[Segment]) -> Span {
+        let (senders, receivers) = segments
+            .iter()
+            .map(|_| oneshot::channel())
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        Span {
+            range: segments[0].bytes.start..segments[segments.len() - 1].bytes.end,
+            ends: segments.iter().map(|s| s.bytes.end).collect(),
+            senders: Mutex::new(Some(senders)),
+            receivers: receivers.into_iter().map(|r| Mutex::new(Some(r))).collect(),
+        }
+    }
+
+    /// The bytes of piece `piece`, starting the read if no piece has yet.
+    async fn piece(
+        &self,
+        piece: usize,
+        replica: &Replica,
+        info: &FileInfo,
+    ) -> Result<Bytes, StorageError> {
+        let senders = self.senders.lock().unwrap().take();
+        if let Some(senders) = senders {
+            let (replica, info, range, ends) = (
+                replica.clone(),
+                info.clone(),
+                self.range.clone(),
+                self.ends.clone(),
+            );
+            tokio::spawn(async move {
+                let mut senders = senders.into_iter();
+                // Nobody waiting for a piece (the pipeline stopped) ends the read.
+                let read = replica
+                    .read_pieces(&info, range, &ends, |bytes| {
+                        senders.next().is_some_and(|tx| tx.send(Ok(bytes)).is_ok())
+                    })
+                    .await;
+                if let Err(e) = read {
+                    for tx in senders {
+                        let _ = tx.send(Err(e.copy()));
+                    }
+                }
+            });
+        }
+        let rx = self.receivers[piece]
+            .lock()
+            .unwrap()
+            .take()
+            .expect("each piece is taken once");
+        // A read ends early only when its receivers are gone, so this does not happen.
+        rx.await.unwrap_or_else(|_| {
+            Err(StorageError::new(
+                replica.name(),
+                Operation::Get,
+                info,
+                ErrorKind::Other,
+                "the read of this part was abandoned",
+            ))
+        })
+    }
 }
 
 /// Runs the fetch-and-decode pipeline for `files`, sending results in order. At most
@@ -135,6 +229,7 @@ pub(crate) fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let concurrency = concurrency.max(1);
+        let remote = !replica.is_local();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let cpu = Arc::new(Semaphore::new(cores));
         let files = Arc::new(files);
@@ -144,7 +239,7 @@ pub(crate) fn spawn(
                 move |file| prepare(replica.clone(), files[file].clone(), file)
             })
             .buffered(concurrency)
-            .flat_map(move |prepared| stream::iter(split(prepared, chunk_size)));
+            .flat_map(move |prepared| stream::iter(split(prepared, chunk_size, remote)));
         let mut items = work
             .map(move |w| run(w, replica.clone(), files.clone(), pool.clone(), cpu.clone()))
             .buffered(concurrency);
@@ -205,25 +300,41 @@ async fn prepare(
     inner.await.map_err(|failure| (file, failure))
 }
 
-/// The work for one prepared file: its segments, then its end.
-fn split(prepared: Result<Prepared, (usize, Failure)>, chunk_size: u64) -> Vec<Work> {
+/// The work for one prepared file: its segments, then its end. A remote file not fetched
+/// whole is read in spans (see [`SPAN_SEGMENTS`]).
+fn split(prepared: Result<Prepared, (usize, Failure)>, chunk_size: u64, remote: bool) -> Vec<Work> {
     let p = match prepared {
         Ok(p) => p,
         Err((file, failure)) => return vec![Work::Failed { file, failure }],
     };
     let page_size = p.layout.header().page_size.bytes() as u64;
     let max_pages = (chunk_size / page_size).max(1) as usize;
-    let mut work: Vec<Work> = p
-        .layout
-        .segments(chunk_size, max_pages)
-        .into_iter()
-        .map(|segment| Work::Segment {
-            file: p.file,
-            layout: p.layout.clone(),
-            segment,
-            whole: p.whole.clone(),
-        })
-        .collect();
+    let segments = p.layout.segments(chunk_size, max_pages);
+    let mut work = Vec::with_capacity(segments.len() + 1);
+    let group = if p.whole.is_none() && remote {
+        SPAN_SEGMENTS
+    } else {
+        1
+    };
+    for run in segments.chunks(group) {
+        let span = (run.len() > 1).then(|| Arc::new(Span::new(run)));
+        for (piece, segment) in run.iter().enumerate() {
+            let source = match (&p.whole, &span) {
+                (Some(bytes), _) => Source::Whole(bytes.clone()),
+                (None, Some(span)) => Source::Span {
+                    span: span.clone(),
+                    piece,
+                },
+                (None, None) => Source::Range,
+            };
+            work.push(Work::Segment {
+                file: p.file,
+                layout: p.layout.clone(),
+                segment: segment.clone(),
+                source,
+            });
+        }
+    }
     work.push(Work::End {
         file: p.file,
         layout: p.layout,
@@ -239,42 +350,44 @@ async fn run(
     pool: Pool,
     cpu: Arc<Semaphore>,
 ) -> Item {
-    let (file, layout, segment, whole) = match work {
+    let (file, layout, segment, source) = match work {
         Work::Segment {
             file,
             layout,
             segment,
-            whole,
-        } => (file, layout, segment, whole),
+            source,
+        } => (file, layout, segment, source),
         Work::End { file, layout } => return Item::End { file, layout },
         Work::Failed { file, failure } => return Item::Failed { file, failure },
     };
     let range = segment.bytes.clone();
-    let frames = match whole {
-        Some(bytes) => Frames::Shared(bytes.slice(range.start as usize..range.end as usize)),
+    let read = match source {
+        Source::Whole(bytes) => Ok(Frames::Shared(
+            bytes.slice(range.start as usize..range.end as usize),
+        )),
+        Source::Span { span, piece } => span
+            .piece(piece, &replica, &files[file])
+            .await
+            .map(Frames::Shared),
         // A local file is read straight into a recycled buffer; a remote response already
         // sits in memory, so it is decoded where it is.
-        None if replica.is_local() => match replica
+        Source::Range if replica.is_local() => replica
             .read_range_into(&files[file], range, pool.get())
             .await
-        {
-            Ok(buf) => Frames::Owned(buf),
-            Err(e) => {
-                return Item::Failed {
-                    file,
-                    failure: e.into(),
-                };
-            }
-        },
-        None => match replica.read_range(&files[file], range).await {
-            Ok(bytes) => Frames::Shared(bytes),
-            Err(e) => {
-                return Item::Failed {
-                    file,
-                    failure: e.into(),
-                };
-            }
-        },
+            .map(Frames::Owned),
+        Source::Range => replica
+            .read_range(&files[file], range)
+            .await
+            .map(Frames::Shared),
+    };
+    let frames = match read {
+        Ok(frames) => frames,
+        Err(e) => {
+            return Item::Failed {
+                file,
+                failure: e.into(),
+            };
+        }
     };
     let _cpu = cpu.acquire().await.expect("semaphore is never closed");
     let (pool, decode_layout, decode_segment) = (pool.clone(), layout.clone(), segment.clone());

@@ -94,6 +94,19 @@ impl StorageError {
         }
     }
 
+    /// The same error for another waiter on the one failed request (without the original
+    /// cause, which cannot be copied).
+    pub(crate) fn copy(&self) -> StorageError {
+        StorageError {
+            backend: self.backend.clone(),
+            operation: self.operation,
+            path: self.path.clone(),
+            kind: self.kind,
+            message: self.message.clone(),
+            cause: None,
+        }
+    }
+
     /// Wraps an `object_store` error, classifying it.
     pub(crate) fn from_store(
         backend: &str,

@@ -317,9 +317,32 @@ impl Replica {
         file: &FileInfo,
         range: Range<u64>,
     ) -> Result<Bytes, StorageError> {
+        let mut out = None;
+        self.read_pieces(file, range.clone(), &[range.end], |piece| {
+            out = Some(piece);
+            true
+        })
+        .await?;
+        Ok(out.expect("a read that succeeded delivered its one piece"))
+    }
+
+    /// Bytes `range` of `file` from one read, handed to `deliver` in pieces as they arrive:
+    /// piece `i` ends at `ends[i]` (ascending, the last one `range.end`). One request where a
+    /// read per piece would pay a round trip each, while only the piece being assembled is
+    /// held here. `deliver` returning `false` ends the read early (nobody wants the rest).
+    /// A body that breaks mid-transfer is resumed from where it stopped, pinned to the same
+    /// object version, with backoff between attempts.
+    pub async fn read_pieces(
+        &self,
+        file: &FileInfo,
+        range: Range<u64>,
+        ends: &[u64],
+        mut deliver: impl FnMut(Bytes) -> bool,
+    ) -> Result<(), StorageError> {
         let path = self.path(file.level, file.range);
         let want = range.end - range.start;
-        let mut parts: Vec<Bytes> = Vec::new();
+        debug_assert!(ends.windows(2).all(|w| w[0] < w[1]) && ends.last() == Some(&range.end));
+        let mut pieces = Pieces::new(range.start, ends);
         let mut got = 0u64;
         let mut etag = None;
         let mut attempt = 0;
@@ -340,11 +363,11 @@ impl Replica {
                         .bytes()
                         .await
                         .map_err(|e| self.error(Operation::Get, &path, e))?;
-                    if bytes.len() as u64 != want {
-                        return Err(self.short(file, &range, bytes.len() as u64));
+                    if bytes.len() as u64 != want - got {
+                        return Err(self.short(file, &range, got + bytes.len() as u64));
                     }
-                    parts.push(bytes);
-                    return Ok(concat(parts, want));
+                    pieces.push(bytes, &mut deliver);
+                    return Ok(());
                 }
                 Ok(result) => {
                     if etag.is_none() {
@@ -352,11 +375,18 @@ impl Replica {
                     }
                     let mut body = result.into_stream();
                     let mut failure = None;
+                    let mut overlong = false;
                     while let Some(chunk) = body.next().await {
                         match chunk {
+                            Ok(c) if got + c.len() as u64 > want => {
+                                overlong = true;
+                                break;
+                            }
                             Ok(c) => {
                                 got += c.len() as u64;
-                                parts.push(c);
+                                if !pieces.push(c, &mut deliver) {
+                                    return Ok(());
+                                }
                             }
                             Err(e) => {
                                 failure = Some(e);
@@ -365,14 +395,20 @@ impl Replica {
                         }
                     }
                     match failure {
-                        None if got == want => return Ok(concat(parts, want)),
+                        None if got == want && !overlong => return Ok(()),
                         None => {
                             return Err(StorageError::new(
                                 &self.inner.name,
                                 Operation::Get,
                                 &path,
                                 ErrorKind::InvalidData,
-                                format!("asked for bytes {range:?}, the object ended after {got}"),
+                                if overlong {
+                                    format!("asked for bytes {range:?}, the object sent more")
+                                } else {
+                                    format!(
+                                        "asked for bytes {range:?}, the object ended after {got}"
+                                    )
+                                },
                             ));
                         }
                         Some(e) => e,
@@ -765,6 +801,53 @@ impl Replica {
 /// Unix milliseconds `age` ago.
 fn millis_ago(age: Duration) -> i64 {
     jiff::Timestamp::now().as_millisecond() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Cuts a body arriving in chunks into pieces ending at given offsets.
+struct Pieces<'a> {
+    /// The offset of the next byte to arrive.
+    at: u64,
+    /// Where the pieces not yet delivered end.
+    ends: &'a [u64],
+    /// The chunks of the piece being assembled.
+    parts: Vec<Bytes>,
+    /// Where it starts.
+    start: u64,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(at: u64, ends: &'a [u64]) -> Pieces<'a> {
+        Pieces {
+            at,
+            ends,
+            parts: Vec::new(),
+            start: at,
+        }
+    }
+
+    /// Takes the next chunk of the body, delivering each piece it completes; `false` once
+    /// `deliver` has said it wants no more.
+    fn push(&mut self, mut chunk: Bytes, deliver: &mut impl FnMut(Bytes) -> bool) -> bool {
+        while let Some((&end, rest)) = self.ends.split_first() {
+            let room = end - self.at;
+            if (chunk.len() as u64) < room {
+                self.at += chunk.len() as u64;
+                if !chunk.is_empty() {
+                    self.parts.push(chunk);
+                }
+                return true;
+            }
+            self.parts.push(chunk.split_to(room as usize));
+            self.at = end;
+            self.ends = rest;
+            let piece = concat(std::mem::take(&mut self.parts), end - self.start);
+            self.start = end;
+            if !deliver(piece) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 fn concat(parts: Vec<Bytes>, len: u64) -> Bytes {

@@ -1,6 +1,7 @@
 """Shared pieces of the comparison harnesses: tools, timing, servers."""
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,22 @@ class Service:
 def summarize(samples):
     """Median, min and max of a list of numbers."""
     return statistics.median(samples), min(samples), max(samples)
+
+
+def write_json(path, data):
+    """A harness's raw results, for the report's charts (`strata-bench-charts`)."""
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def fmt_spread(samples, unit="s"):
+    """`median (min-max)` of a list of seconds."""
+    med, lo, hi = summarize(samples)
+    if len(samples) == 1:
+        return f"{med:.2f} {unit}"
+    return f"{med:.2f} {unit} ({lo:.2f}-{hi:.2f})"
 
 
 def rmtree(path):

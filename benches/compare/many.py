@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TARGET, build_release, env_for, log, rmtree  # noqa: E402
+from common import TARGET, build_release, env_for, log, rmtree, write_json  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -51,9 +51,22 @@ def write_config(path, dbs, replicas):
     path.write_text("\n".join(lines) + "\n")
 
 
-def proc_cpu(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+class CpuMeter:
+    """CPU seconds a process has run, from its threads' schedstat (nanoseconds, where
+    /proc/PID/stat counts 10 ms ticks: too coarse for a process nearly idle). A thread that
+    exits keeps the time last read for it, so the total never goes back."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.last = {}
+
+    def read(self):
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                self.last[task.name] = int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a thread that just exited
+        return sum(self.last.values()) / 1e9
 
 
 def proc_status(pid):
@@ -64,17 +77,33 @@ def proc_status(pid):
     return int(status["VmRSS"].split()[0]) / 1024, int(status["Threads"])
 
 
-def measure(pid, seconds):
-    cpu0, t0 = proc_cpu(pid), time.monotonic()
+def measure(pid, seconds, window=10):
+    """CPU (% of one core) over `seconds`, and per `window`-second window for the spread;
+    RSS and threads at the end, peak RSS sampled every second."""
+    meter = CpuMeter(pid)
+    cpu0, t0 = meter.read(), time.monotonic()
     peak_rss, threads = 0, 0
+    windows, w_cpu, w_t = [], cpu0, t0
     while time.monotonic() - t0 < seconds:
         time.sleep(1)
+        cpu = meter.read()  # every second, so a thread that exits loses at most a second
         rss, threads = proc_status(pid)
         peak_rss = max(peak_rss, rss)
-    cpu = proc_cpu(pid) - cpu0
+        now = time.monotonic()
+        if now - w_t >= window:
+            windows.append(100 * (cpu - w_cpu) / (now - w_t))
+            w_cpu, w_t = cpu, now
+    cpu = meter.read() - cpu0
     wall = time.monotonic() - t0
     rss, threads = proc_status(pid)
-    return {"cpu_pct": 100 * cpu / wall, "rss": rss, "peak_rss": peak_rss, "threads": threads}
+    return {"cpu_pct": 100 * cpu / wall, "cpu_windows": windows, "rss": rss, "peak_rss": peak_rss,
+            "threads": threads}
+
+
+def spread(windows, digits):
+    if len(windows) < 2:
+        return ""
+    return f" ({min(windows):.{digits}f}-{max(windows):.{digits}f})"
 
 
 def writer(db, rate, stop, commits):
@@ -203,16 +232,20 @@ def main():
     ap.add_argument("--rate", type=float, default=10, help="transactions per second per written database")
     ap.add_argument("--tools", default="strata,litestream")
     ap.add_argument("--work", type=Path, default=Path("/tmp/strata-many"))
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
     build_release(("strata", "strata"))
     results = [run(tool, args.work / tool, args) for tool in args.tools.split(",")]
-    print(f"\n{args.dbs} databases, {args.written} written at {args.rate:g} txn/s each; CPU over {args.seconds} s\n")
+    print(f"\n{args.dbs} databases, {args.written} written at {args.rate:g} txn/s each; CPU (% of one core) "
+          f"over {args.seconds} s, and in brackets the least and most of its 10-second windows\n")
     print("| tool | idle CPU | idle RSS | threads | busy CPU | busy RSS | lag p50 | lag p99 | ready |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         i, b = r["idle"], r["busy"]
-        print(f"| {r['tool']} | {i['cpu_pct']:.2f}% | {i['rss']:.0f} MiB | {i['threads']} | {b['cpu_pct']:.1f}% | "
-              f"{b['peak_rss']:.0f} MiB | {r['lag_p50']:.2f} s | {r['lag_p99']:.2f} s | {r['ready_s']:.1f} s |")
+        print(f"| {r['tool']} | {i['cpu_pct']:.2f}%{spread(i['cpu_windows'], 2)} | {i['rss']:.0f} MiB | "
+              f"{i['threads']} | {b['cpu_pct']:.1f}%{spread(b['cpu_windows'], 1)} | {b['peak_rss']:.0f} MiB | "
+              f"{r['lag_p50']:.2f} s | {r['lag_p99']:.2f} s | {r['ready_s']:.1f} s |")
+    write_json(args.json, {"dbs": args.dbs, "written": args.written, "results": results})
 
 
 if __name__ == "__main__":

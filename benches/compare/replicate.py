@@ -13,7 +13,7 @@ notes when each L0 file first appears; afterwards each L0 TXID is restored (with
 reads both tools' replicas) to read the highest sequence number it holds.
 
     python3 benches/compare/replicate.py [--small 20000] [--large 20] [--runs N]
-        [--app-autocheckpoint on|off] [--synchronous full|normal] [--workdir DIR]
+        [--app-autocheckpoint on|off] [--synchronous full|normal] [--workdir DIR] [--json F]
 """
 
 import argparse
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import TARGET, build_release, env_for, log, rmtree
+from common import TARGET, build_release, env_for, log, rmtree, write_json
 
 # Rows 1..? without generate_series, which not every SQLite build has.
 SERIES = "RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
@@ -125,6 +125,20 @@ def max_seq_per_txid(replica, names, work):
     return out
 
 
+# Seconds per point of the writer-throughput-over-time series.
+THROUGHPUT_BIN = 0.25
+
+
+def binned(times, width):
+    """Commits per second in consecutive `width`-second bins from the first commit."""
+    if not times:
+        return []
+    counts = [0] * (int((times[-1] - times[0]) / width) + 1)
+    for t in times:
+        counts[int((t - times[0]) / width)] += 1
+    return [c / width for c in counts]
+
+
 def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -148,7 +162,8 @@ def run(mode, work, small, large, app_autocheckpoint, synchronous):
         time.sleep(3)  # the first (full) sync happens before the workload
     # Without a replicator nothing else checkpoints, so the application keeps SQLite's default.
     commits, small_time, large_time = workload(db, small, large, app_autocheckpoint or mode == "none", synchronous)
-    result = {"mode": mode, "small_tps": small / small_time, "large_tps": large / large_time}
+    result = {"mode": mode, "small_tps": small / small_time, "large_tps": large / large_time,
+              "throughput": binned(commits[1:small + 1], THROUGHPUT_BIN)}
     if proc:
         time.sleep(3)  # let the tail replicate
         seen = watcher.finish()
@@ -167,7 +182,7 @@ def run(mode, work, small, large, app_autocheckpoint, synchronous):
         result["lag_p50"] = statistics.median(lags)
         result["lag_p99"] = percentile(lags, 99)
         result["files"] = len(seqs)
-    log(f"{mode}: {result}")
+    log(f"{mode}: " + str({k: v for k, v in result.items() if k != "throughput"}))
     return result
 
 
@@ -185,6 +200,7 @@ def main():
     ap.add_argument("--synchronous", choices=["full", "normal"], default="full",
                     help="the application's PRAGMA synchronous (full is SQLite's default; normal is "
                          "safe in WAL mode and the usual recommendation)")
+    ap.add_argument("--json", type=Path, help="also write the raw results (with throughput over time) here")
     args = ap.parse_args()
     build_release(("strata", "strata"))
     results = []
@@ -192,21 +208,30 @@ def main():
         for mode in ["none", "strata", "litestream"] if i % 2 == 0 else ["litestream", "strata", "none"]:
             results.append(run(mode, args.workdir / mode, args.small, args.large, args.app_autocheckpoint == "on",
                                args.synchronous))
+    def cell(rs, key, fmt):
+        values = [r[key] for r in rs]
+        text = fmt(statistics.median(values))
+        return text if len(values) < 2 else f"{text} ({fmt(min(values))}-{fmt(max(values))})"
+
     lines = ["| mode | small txn/s | large txn/s | lag p50 | lag p99 | CPU | peak RSS | L0 files |",
              "|---|---|---|---|---|---|---|---|"]
     for mode in ["none", "strata", "litestream"]:
         rs = [r for r in results if r["mode"] == mode]
-        med = lambda k: statistics.median(r[k] for r in rs)
+        tps = cell(rs, "small_tps", lambda v: f"{v:.0f}")
+        large = cell(rs, "large_tps", lambda v: f"{v:.1f}")
         if mode == "none":
-            lines.append(f"| none | {med('small_tps'):.0f} | {med('large_tps'):.1f} | | | | | |")
+            lines.append(f"| none | {tps} | {large} | | | | | |")
         else:
-            lines.append(f"| {mode} | {med('small_tps'):.0f} | {med('large_tps'):.1f} | {med('lag_p50'):.2f} s | "
-                         f"{med('lag_p99'):.2f} s | {med('cpu'):.2f} s | {med('rss'):.0f} MiB | {med('files'):.0f} |")
+            med = lambda k: statistics.median(r[k] for r in rs)
+            lines.append(f"| {mode} | {tps} | {large} | {cell(rs, 'lag_p50', lambda v: f'{v:.2f} s')} | "
+                         f"{cell(rs, 'lag_p99', lambda v: f'{v:.2f} s')} | {med('cpu'):.2f} s | {med('rss'):.0f} MiB | "
+                         f"{med('files'):.0f} |")
     lines.insert(0, f"Application autocheckpoint {args.app_autocheckpoint}, synchronous={args.synchronous}; "
-                    f"median of {args.runs} runs.\n")
+                    f"median of {args.runs} runs (min-max).\n")
     text = "\n".join(lines)
     print(text)
     (args.workdir / "results.md").write_text(text + "\n")
+    write_json(args.json, {"throughput_bin_s": THROUGHPUT_BIN, "runs": results})
 
 
 if __name__ == "__main__":

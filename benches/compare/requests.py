@@ -8,7 +8,7 @@ of a steady writer (`--rate` small transactions a second), then `--idle` seconds
 writes. Requests are counted by kind (LIST, GET, HEAD, PUT, DELETE) per phase and scaled to
 an hour; bytes written per level are read from the bucket at the end.
 
-    python3 benches/compare/requests.py [--busy 300] [--idle 300] [--rate 10]
+    python3 benches/compare/requests.py [--busy 300] [--idle 300] [--rate 10] [--window 60] [--json F]
 """
 
 import argparse
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import TARGET, Service, build_release, env_for, free_port, log, rmtree, wait_for_port
+from common import TARGET, Service, build_release, env_for, free_port, log, rmtree, wait_for_port, write_json
 
 LINE = re.compile(r'"(GET|PUT|POST|DELETE|HEAD) (/[^ ]*) HTTP')
 
@@ -77,12 +77,29 @@ def level_bytes(s3, bucket):
     return out
 
 
+def windows(moto_log, seconds, window):
+    """Sleeps `seconds`; returns the requests logged in each `window` seconds of it (the
+    last one shorter if it does not divide), with each window's length."""
+    out, left = [], seconds
+    start = moto_log.stat().st_size
+    while left > 0:
+        step = min(window, left)
+        t0 = time.monotonic()
+        time.sleep(step)
+        end = moto_log.stat().st_size
+        out.append((count(moto_log, start, end), time.monotonic() - t0))
+        start, left = end, left - step
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--busy", type=float, default=300)
     ap.add_argument("--idle", type=float, default=300)
     ap.add_argument("--rate", type=float, default=10)
+    ap.add_argument("--window", type=float, default=60, help="seconds per window, for the spread")
     ap.add_argument("--workdir", default="/tmp/strata-bench-requests")
+    ap.add_argument("--json", type=Path, help="also write the raw counts here")
     args = ap.parse_args()
     import boto3
 
@@ -118,31 +135,34 @@ def main():
             stops[tool] = threading.Event()
             threads[tool] = threading.Thread(target=writer, args=(work / f"{tool}.db", args.rate, stops[tool]))
             threads[tool].start()
-        busy_start = moto_log.stat().st_size
         log(f"busy for {args.busy:.0f} s at {args.rate:g} txn/s each")
-        time.sleep(args.busy)
-        busy_end = moto_log.stat().st_size
+        busy = windows(moto_log, args.busy, args.window)
         for tool in procs:
             stops[tool].set()
             threads[tool].join()
         time.sleep(5)
-        idle_start = moto_log.stat().st_size
         log(f"idle for {args.idle:.0f} s")
-        time.sleep(args.idle)
-        idle_end = moto_log.stat().st_size
+        idle = windows(moto_log, args.idle, args.window)
         levels = {tool: level_bytes(s3, tool) for tool in procs}
         for p in procs.values():
             p.stop()
-    busy = count(moto_log, busy_start, busy_end)
-    idle = count(moto_log, idle_start, idle_end)
     kinds = ["LIST", "GET", "HEAD", "PUT", "DELETE"]
-    print(f"\nRequests per hour per database (busy: {args.rate:g} txn/s for {args.busy:.0f} s; idle {args.idle:.0f} s)\n")
+    print(f"\nRequests per hour per database (busy: {args.rate:g} txn/s for {args.busy:.0f} s; idle {args.idle:.0f} s): "
+          f"the whole phase, and in brackets the least and most of its {args.window:.0f}-second windows\n")
     print("| phase | tool | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---|" * len(kinds))
-    for phase, counts, secs in [("busy", busy, args.busy), ("idle", idle, args.idle)]:
+    raw = {}
+    for phase, spans in [("busy", busy), ("idle", idle)]:
         for tool in ["strata", "litestream"]:
-            c = counts.get(tool, {})
-            row = [f"{c.get(k, 0) * 3600 / secs:.0f}" for k in kinds]
+            row = []
+            for k in kinds:
+                per_window = [c.get(tool, {}).get(k, 0) * 3600 / secs for c, secs in spans]
+                total = sum(c.get(tool, {}).get(k, 0) for c, _ in spans) * 3600 / sum(secs for _, secs in spans)
+                raw.setdefault(phase, {}).setdefault(tool, {})[k] = {"per_hour": total, "windows": per_window}
+                cell = f"{total:.0f}"
+                if len(per_window) > 1 and max(per_window) > 0:
+                    cell += f" ({min(per_window):.0f}-{max(per_window):.0f})"
+                row.append(cell)
             print(f"| {phase} | {tool} | " + " | ".join(row) + " |")
     print("\nFiles and bytes per level at the end\n")
     print("| tool | " + " | ".join(f"L{l}" for l in range(10)) + " |")
@@ -153,6 +173,8 @@ def main():
             files, size = levels[tool].get(l, (0, 0))
             cells.append(f"{files} / {size / 1e6:.2f} MB" if files else "")
         print(f"| {tool} | " + " | ".join(cells) + " |")
+    write_json(args.json, {"rate": args.rate, "busy_s": args.busy, "idle_s": args.idle, "requests": raw,
+                           "levels": {tool: {str(l): v for l, v in levels[tool].items()} for tool in levels}})
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Restore benchmark: strata against Litestream 0.5.17 on the same replica.
 
-Builds (once, cached in the work directory) a replica of a ~330 MB database with the real
-`litestream replicate`: a few hundred thousand rows, then small write transactions a little
-over a second apart so the replica holds a database-sized base plus many L0, L1 and L2
-files. Then restores it with both tools, alternating, and reports median wall time, peak RSS
+At each size (rows of ~1 KiB; by default about 33, 100 and 330 MB), builds (once, cached in
+the work directory) a replica with the real `litestream replicate`: the rows, then small
+write transactions a little over a second apart, so the replica holds a database-sized base
+plus many L0, L1 and L2 files. Then restores it with both tools, alternating, and reports median wall time, peak RSS
 and CPU, against `cat` of the planned files as the floor:
 
   1. from the local directory;
   2. from S3: `rclone serve s3` over the same files in Litestream's S3 layout, behind a
      proxy adding 20 ms to every request (a nearby region).
 
-    python3 benches/compare/restore.py [--workdir /tmp/strata-bench] [--runs 5]
+    python3 benches/compare/restore.py [--sizes 32000,100000,320000] [--runs 5] [--json F]
 """
 
 import argparse
@@ -22,8 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import (TARGET, Service, build_release, env_for, free_port, log, rmtree, run_measured,
-                    sha256, summarize, wait_for_port)
+from common import (TARGET, Service, build_release, env_for, fmt_spread, free_port, log, rmtree,
+                    run_measured, sha256, summarize, wait_for_port, write_json)
 
 LITESTREAM_CONFIG = """\
 levels:
@@ -151,66 +151,88 @@ def clean(out):
     os.sync()
 
 
-def report(title, samples):
-    lines = [f"### {title}", "", "| tool | median wall | min | max | peak RSS | CPU |", "|---|---|---|---|---|---|"]
-    for tool, runs in samples.items():
-        wall = summarize([r[0] for r in runs])
-        rss = summarize([r[1] for r in runs])[0]
-        cpu = summarize([r[2] for r in runs])[0]
-        lines.append(f"| {tool} | {wall[0]:.2f} s | {wall[1]:.2f} s | {wall[2]:.2f} s | {rss:.0f} MiB | {cpu:.2f} s |")
-    med = {tool: summarize([r[0] for r in runs])[0] for tool, runs in samples.items()}
-    lines.append("")
-    lines.append(f"litestream / strata: **{med['litestream'] / med['strata']:.1f}x**")
-    if "cat" in med:
-        lines.append(f"strata / cat: {med['strata'] / med['cat']:.2f}x; strata / (cat + fsync): {med['strata'] / med['cat + fsync']:.2f}x")
+def table(rows, local):
+    """One table, a row per database size: wall time median (min-max), ratio, memory."""
+    head = "| database | strata | litestream | litestream / strata | strata RSS | litestream RSS |"
+    if local:
+        head += " cat + fsync |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for size, samples in rows:
+        med = {tool: summarize([r[0] for r in runs])[0] for tool, runs in samples.items()}
+        rss = {tool: summarize([r[1] for r in runs])[0] for tool, runs in samples.items()}
+        cells = [size, fmt_spread([r[0] for r in samples["strata"]]), fmt_spread([r[0] for r in samples["litestream"]]),
+                 f"**{med['litestream'] / med['strata']:.1f}x**", f"{rss['strata']:.0f} MiB", f"{rss['litestream']:.0f} MiB"]
+        if local:
+            cells.append(f"{med['cat + fsync']:.2f} s")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/strata-bench-restore"))
-    ap.add_argument("--rows", type=int, default=320_000)
+    ap.add_argument("--sizes", default="32000,100000,320000",
+                    help="database sizes, as rows of ~1 KiB (comma-separated); each replica is built once")
     ap.add_argument("--txns", type=int, default=150)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--latency-ms", type=int, default=20)
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--skip-local", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the raw samples here")
     args = ap.parse_args()
 
     build_release(("strata", "strata"), ("strata-benches", "latency_proxy"))
-    replica = build_replica(args.workdir, args.rows, args.txns)
-    total = sum(f.stat().st_size for f in replica.glob("ltx/*/*.ltx"))
-    count = len(list(replica.glob("ltx/*/*.ltx")))
-    log(f"replica: {count} files, {total / 2**20:.0f} MiB")
+    local_rows, s3_rows, plans, raw = [], [], [], []
+    for rows in [int(r) for r in args.sizes.split(",")]:
+        work = args.workdir / f"rows-{rows}"
+        replica = build_replica(work, rows, args.txns)
+        total = sum(f.stat().st_size for f in replica.glob("ltx/*/*.ltx"))
+        count = len(list(replica.glob("ltx/*/*.ltx")))
+        url = f"file://{replica}"
+        plan_line, files = plan_files(url, env_for("strata"), replica)
+        db_mib = (work / "source.db").stat().st_size / 2**20
+        size = f"{db_mib:.0f} MiB"
+        log(f"{size}: replica of {count} files, {total / 2**20:.0f} MiB; {plan_line}")
+        plans.append(f"- {size}: {plan_line} (the replica holds {count} files)")
+        entry = {"rows": rows, "db_mib": db_mib}
+        if not args.skip_local:
+            samples = compare("local", url, {}, work, args.runs, files)
+            local_rows.append((size, samples))
+            entry["local"] = {tool: [r[0] for r in runs] for tool, runs in samples.items()}
+        if not args.skip_s3:
+            samples = s3_compare(replica, work, args)
+            s3_rows.append((size, samples))
+            entry["s3"] = {tool: [r[0] for r in runs] for tool, runs in samples.items()}
+        raw.append(entry)
 
-    results = []
-    url = f"file://{replica}"
-    plan_line, files = plan_files(url, env_for("strata"), replica)
-    if not args.skip_local:
-        results.append(report(f"Local directory ({plan_line})",
-                              compare("local", url, {}, args.workdir, args.runs, files)))
-
-    if not args.skip_s3:
-        s3root = args.workdir / "s3root"
-        s3_layout(replica, s3root)
-        port, proxy_port = free_port(), free_port()
-        creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "benchsecret", "AWS_REGION": "us-east-1"}
-        with Service(["rclone", "serve", "s3", str(s3root), "--addr", f"127.0.0.1:{port}",
-                      "--auth-key", "bench,benchsecret"], args.workdir / "rclone.log"), \
-             Service([str(TARGET / "latency_proxy"), f"127.0.0.1:{proxy_port}", f"127.0.0.1:{port}",
-                      str(args.latency_ms)], args.workdir / "proxy.log"):
-            wait_for_port(port)
-            wait_for_port(proxy_port)
-            s3url = f"s3://bench/db?endpoint=http://127.0.0.1:{proxy_port}&region=us-east-1&forcePathStyle=true"
-            plan_line = subprocess.run([str(TARGET / "strata"), "restore", "--dry-run", s3url],
-                                       env=env_for("strata", creds), capture_output=True, text=True,
-                                       check=True).stdout.splitlines()[0]
-            results.append(report(f"S3 (rclone serve s3 + {args.latency_ms} ms per request; {plan_line})",
-                                  compare("s3", s3url, creds, args.workdir, args.runs, None)))
-
-    text = "\n\n".join(results)
+    parts = [f"Wall time, median of {args.runs} runs (min-max); peak RSS median. Each replica was written by "
+             f"`litestream replicate`: a database-sized base, then {args.txns} small transactions a sync apart "
+             "(L0, L1 and L2 files on top). What each restore reads:", "", *plans]
+    if local_rows:
+        parts += ["", "### Local directory", "", table(local_rows, True)]
+    if s3_rows:
+        parts += ["", f"### S3 (rclone serve s3 + {args.latency_ms} ms per request)", "", table(s3_rows, False)]
+    text = "\n".join(parts)
     print(text)
     (args.workdir / "results.md").write_text(text + "\n")
+    write_json(args.json, {"latency_ms": args.latency_ms, "sizes": raw})
+
+
+def s3_compare(replica, work, args):
+    """The same comparison from S3: rclone serve s3 over the replica's files in Litestream's
+    S3 layout, behind the latency proxy."""
+    s3root = work / "s3root"
+    s3_layout(replica, s3root)
+    port, proxy_port = free_port(), free_port()
+    creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "benchsecret", "AWS_REGION": "us-east-1"}
+    with Service(["rclone", "serve", "s3", str(s3root), "--addr", f"127.0.0.1:{port}",
+                  "--auth-key", "bench,benchsecret"], work / "rclone.log"), \
+         Service([str(TARGET / "latency_proxy"), f"127.0.0.1:{proxy_port}", f"127.0.0.1:{port}",
+                  str(args.latency_ms)], work / "proxy.log"):
+        wait_for_port(port)
+        wait_for_port(proxy_port)
+        s3url = f"s3://bench/db?endpoint=http://127.0.0.1:{proxy_port}&region=us-east-1&forcePathStyle=true"
+        return compare("s3", s3url, creds, work, args.runs, None)
 
 
 if __name__ == "__main__":

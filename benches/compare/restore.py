@@ -39,9 +39,9 @@ dbs:
 """
 
 
-def build_replica(work, rows, txns, index=False):
+def build_replica(work, rows, txns, index=False, settle=15):
     """A replica written by `litestream replicate` from a database of `rows` ~1 KiB rows
-    (with `index`, an index on `name` too)."""
+    (with `index`, an index on `name` too), left to compact for `settle` seconds at the end."""
     replica = work / "replica"
     done = work / "replica.done"
     if done.exists():
@@ -83,7 +83,7 @@ def build_replica(work, rows, txns, index=False):
             conn.commit()
             time.sleep(1.1)
         conn.close()
-        time.sleep(15)  # let L1 and L2 compact the tail
+        time.sleep(settle)  # let L1 and L2 compact the tail
     done.touch()
     return replica
 
@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--sizes", default="32000,100000,320000",
                     help="database sizes, as rows of ~1 KiB (comma-separated); each replica is built once")
     ap.add_argument("--txns", type=int, default=150)
+    ap.add_argument("--settle", type=float, default=15, help="seconds the new replica compacts before use")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--latency-ms", type=int, default=20)
     ap.add_argument("--skip-s3", action="store_true")
@@ -185,7 +186,7 @@ def main():
     local_rows, s3_rows, plans, raw = [], [], [], []
     for rows in [int(r) for r in args.sizes.split(",")]:
         work = args.workdir / f"rows-{rows}"
-        replica = build_replica(work, rows, args.txns)
+        replica = build_replica(work, rows, args.txns, settle=args.settle)
         total = sum(f.stat().st_size for f in replica.glob("ltx/*/*.ltx"))
         count = len(list(replica.glob("ltx/*/*.ltx")))
         url = f"file://{replica}"

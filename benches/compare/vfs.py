@@ -151,6 +151,7 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/strata-bench-vfs"))
     ap.add_argument("--rows", type=int, default=320_000)
     ap.add_argument("--txns", type=int, default=150)
+    ap.add_argument("--settle", type=float, default=15, help="seconds the new replica compacts before use")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scan-runs", type=int, default=1,
                     help="runs of the two scans (Litestream reads them one GET per page: minutes each)")
@@ -164,7 +165,7 @@ def main():
 
     build_release(("strata-benches", "latency_proxy"))
     ext = {"strata": build_extension(), "litestream": litestream_extension()}
-    replica = build_replica(args.workdir, args.rows, args.txns, index=True)
+    replica = build_replica(args.workdir, args.rows, args.txns, index=True, settle=args.settle)
     source = args.workdir / "source.db"
     s3root = args.workdir / "s3root"
     s3_layout(replica, s3root)

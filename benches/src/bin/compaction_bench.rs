@@ -92,12 +92,7 @@ async fn prepare(dir: &str, db_mb: u32, inputs: u32) {
     let snapshot = TxidRange::single(Txid::ONE);
     let bytes = encode(snapshot, n, 1..=n, 0);
     replica
-        .write(
-            Level::SNAPSHOT,
-            snapshot,
-            bytes.into(),
-            jiff::Timestamp::now(),
-        )
+        .write(Level::SNAPSHOT, snapshot, bytes.into(), written())
         .await
         .unwrap();
     // Input i rewrites pages i*n/inputs ..: together they rewrite the whole database.

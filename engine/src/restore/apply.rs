@@ -213,9 +213,16 @@ impl Current {
     }
 }
 
+/// Runs shorter than this go through the page cache even when the output has a direct
+/// descriptor: a direct write is a synchronous device write, and the scattered pages of the
+/// small files on top of a snapshot (thousands of one-page runs) cost more that way than
+/// the copy into the cache; the final fsync writes them. (Linux keeps the two coherent: a
+/// direct write first writes back and drops cached pages in its range.)
+const DIRECT_MIN: usize = 64 * 1024;
+
 /// Writes pages at their offsets: through a direct (uncached) descriptor when the output
-/// has one and the run is aligned for it, through the page cache otherwise. Direct writes
-/// keep a large restore from filling the page cache (and evicting everything else).
+/// has one and the run is long and aligned for it, through the page cache otherwise. Direct
+/// writes keep a large restore from filling the page cache (and evicting everything else).
 struct Writer<'f> {
     out: &'f File,
     direct: Option<&'f File>,
@@ -253,7 +260,7 @@ impl<'f> Writer<'f> {
         let aligned = (buf.as_ptr() as usize).is_multiple_of(align)
             && buf.len().is_multiple_of(align)
             && offset.is_multiple_of(align as u64);
-        if let (Some(direct), true) = (self.direct, aligned) {
+        if let (Some(direct), true) = (self.direct, aligned && buf.len() >= DIRECT_MIN) {
             match direct.write_all_at(buf, offset) {
                 Ok(()) => return Ok(()),
                 // The filesystem takes direct I/O only on its own terms; buffered it is.

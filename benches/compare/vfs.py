@@ -248,7 +248,7 @@ def raw(samples):
         entry = out.setdefault(group, {}).setdefault(tool, {"cold": [], "warm": []})
         for r in rs:
             if r.get("timed_out"):
-                entry["stopped_after"] = r["wall"]
+                entry["warm_stopped_after" if name.endswith("-warm") else "stopped_after"] = r["wall"]
             else:
                 entry["warm" if name.endswith("-warm") else "cold"].append(
                     r["wall"] if group == "open" else r["run_time"])

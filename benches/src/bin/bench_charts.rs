@@ -231,9 +231,10 @@ fn vfs(v: &Value, png: &Path) -> Result<()> {
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(70)
+        // A log scale cannot start at zero: latencies under 0.1 ms sit on the axis.
         .build_cartesian_2d(
             -0.5f64..groups.len() as f64 - 0.5,
-            (lo / 2.0..hi * 3.0).log_scale(),
+            (lo.max(1e-4) / 2.0..hi * 3.0).log_scale(),
         )?;
     chart
         .configure_mesh()

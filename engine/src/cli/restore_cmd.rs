@@ -54,8 +54,9 @@ pub struct RestoreArgs {
     /// remote stores].
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Largest ranged read (e.g. 1MiB) [default: 1MiB]; data in flight stays around
-    /// 2 x (concurrency + 2) x chunk size.
+    /// Segment size, the unit fetched and decoded (e.g. 1MiB) [default: 1MiB]; a remote
+    /// store is read eight segments per request. Data in flight stays around
+    /// 2 x (concurrency + 2) x chunk size, plus eight chunks read ahead remotely.
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
 }

@@ -68,8 +68,10 @@ pub struct RestoreOptions {
     /// directory (nothing to wait for but the disk) and 16 for remote stores, where it hides
     /// request latency.
     pub concurrency: Option<usize>,
-    /// Largest ranged read, in bytes; a segment also decodes to at most this many bytes of
-    /// pages. Memory for data in flight stays around `2 * (concurrency + 2) * chunk_size`.
+    /// Segment size in bytes: the most frame bytes fetched and decoded as one unit (a remote
+    /// store is read eight segments per request), and the most bytes of pages a segment
+    /// decodes to. Memory for data in flight stays around `2 * (concurrency + 2) * chunk_size`,
+    /// plus up to eight chunks a remote read brings in ahead (one request per eight).
     pub chunk_size: u64,
     /// Replace an existing output (and remove its `-wal`, `-shm`, `-journal`).
     pub force: bool,

@@ -79,11 +79,22 @@ fn load_font() -> Result<()> {
     Ok(())
 }
 
-/// The numbers in a JSON array.
+/// The numbers in a JSON array, those a chart can place: finite, and below 1e9 (seconds or
+/// counts; anything larger is a broken input, and would overflow the axis range).
 fn numbers(v: &Value) -> Vec<f64> {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .filter(|x| x.is_finite() && x.abs() < 1e9)
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// A single number a chart can place (see [`numbers`]).
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite() && x.abs() < 1e9)
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -124,7 +135,7 @@ fn restore(v: &Value, png: &Path) -> Result<()> {
             let mut points = Vec::new();
             for size in sizes {
                 let samples = numbers(&size[backend][tool]);
-                let (Some(mid), Some(x)) = (median(&samples), size["db_mib"].as_f64()) else {
+                let (Some(mid), Some(x)) = (median(&samples), number(&size["db_mib"])) else {
                     continue;
                 };
                 let (lo, hi) = min_max(&samples);
@@ -139,7 +150,7 @@ fn restore(v: &Value, png: &Path) -> Result<()> {
     }
     let root = BitMapBackend::new(png, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let latency = v["latency_ms"].as_f64().unwrap_or(0.0);
+    let latency = number(&v["latency_ms"]).unwrap_or(0.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("Restore time by database size (S3: rclone + {latency:.0} ms per request)"),
@@ -215,14 +226,14 @@ fn vfs(v: &Value, png: &Path) -> Result<()> {
         for tool in ["strata", "litestream"] {
             let e = &queries[group][tool];
             let (a, b) = min_max(&numbers(&e["cold"]));
-            let stopped = e["stopped_after"].as_f64();
+            let stopped = number(&e["stopped_after"]);
             lo = lo.min(a);
             hi = hi.max(b).max(stopped.unwrap_or(0.0));
         }
     }
     let root = BitMapBackend::new(png, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let latency = v["latency_ms"].as_f64().unwrap_or(0.0);
+    let latency = number(&v["latency_ms"]).unwrap_or(0.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("VFS cold query latency (rclone + {latency:.0} ms per request)"),
@@ -278,7 +289,7 @@ fn vfs(v: &Value, png: &Path) -> Result<()> {
                     color.stroke_width(3),
                 )])?;
             }
-            if let Some(s) = e["stopped_after"].as_f64() {
+            if let Some(s) = number(&e["stopped_after"]) {
                 chart.draw_series([TriangleMarker::new((x, s), 7, color.filled())])?;
                 chart.draw_series([Text::new(
                     format!("stopped at {s:.0} s"),
@@ -305,7 +316,7 @@ fn requests(v: &Value, png: &Path) -> Result<()> {
     let phases = ["busy", "idle"];
     let reqs = &v["requests"];
     let rate = |phase: &str, tool: &str, kind: &str| {
-        reqs[phase][tool][kind]["per_hour"].as_f64().unwrap_or(0.0)
+        number(&reqs[phase][tool][kind]["per_hour"]).unwrap_or(0.0)
     };
     let mut top: f64 = 10.0;
     for phase in phases {
@@ -331,7 +342,7 @@ fn requests(v: &Value, png: &Path) -> Result<()> {
         .caption(
             format!(
                 "Requests per hour per database (busy: {} txn/s)",
-                v["rate"].as_f64().unwrap_or(0.0)
+                number(&v["rate"]).unwrap_or(0.0)
             ),
             ("sans-serif", 22),
         )
@@ -375,8 +386,8 @@ fn requests(v: &Value, png: &Path) -> Result<()> {
 /// Writer throughput over time under each replicator (the first run of each mode), as a
 /// one-second moving average.
 fn throughput(v: &Value, png: &Path) -> Result<()> {
-    let bin = v["throughput_bin_s"]
-        .as_f64()
+    let bin = number(&v["throughput_bin_s"])
+        .filter(|&b| b > 0.0)
         .ok_or("no throughput_bin_s")?;
     let runs = v["runs"].as_array().ok_or("no runs")?;
     let window = ((1.0 / bin).round() as usize).max(1);

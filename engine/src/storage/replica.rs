@@ -406,7 +406,7 @@ impl Replica {
                                     format!("asked for bytes {range:?}, the object sent more")
                                 } else {
                                     format!(
-                                        "asked for bytes {range:?}, the object ended after {got}"
+                                        "asked for bytes {range:?}, the object ended after {got} of them"
                                     )
                                 },
                             ));
@@ -418,8 +418,8 @@ impl Replica {
                 // spent already, so it is not retried a second time here.
                 Err(e) => return Err(self.error(Operation::Get, &path, e)),
             };
-            // The body broke mid-transfer, which object_store does not retry: resume from
-            // where it stopped, a bounded number of times.
+            // The body broke mid-transfer and object_store's own body retries (if any) are
+            // spent: resume from where it stopped, a bounded number of times.
             let err = self.error(Operation::Get, &path, failure);
             attempt += 1;
             if err.kind != ErrorKind::Unavailable || attempt >= READ_ATTEMPTS {

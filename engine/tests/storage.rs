@@ -116,6 +116,19 @@ async fn conformance(replica: Replica) {
     let tail = replica.read_tail(f2).await.unwrap();
     assert_eq!(tail.index.len(), 2);
 
+    // An empty object (an upload cut short by some other tool) reads as no bytes, not a
+    // panic: an S3 body of no chunks at all still delivers its one empty piece.
+    let l3 = Level::new(3).unwrap();
+    replica
+        .write(l3, range(50, 50), Bytes::new(), ts())
+        .await
+        .unwrap();
+    let empty = replica.list(l3, Txid::ZERO).await.unwrap().remove(0);
+    assert_eq!(empty.size, 0, "{name}");
+    assert!(replica.read(&empty).await.unwrap().is_empty(), "{name}");
+    assert!(replica.read_header(&empty).await.is_err(), "{name}");
+    replica.delete(&[empty]).await.unwrap();
+
     // Snapshot level and layouts.
     replica
         .write(Level::SNAPSHOT, range(1, 10), ltx_file(1, 10, 3), ts())

@@ -343,11 +343,10 @@ impl Replica {
         let want = range.end - range.start;
         debug_assert!(ends.windows(2).all(|w| w[0] < w[1]) && ends.last() == Some(&range.end));
         let mut pieces = Pieces::new(range.start, ends);
-        let mut got = 0u64;
         let mut etag = None;
         let mut attempt = 0;
         loop {
-            let from = range.start + got;
+            let from = pieces.at;
             // A read of the whole object asks for it plainly: some S3-compatible servers
             // (rclone) answer a range covering everything with 200, which a ranged GET rejects.
             let whole = from == 0 && range.end == file.size;
@@ -363,8 +362,9 @@ impl Replica {
                         .bytes()
                         .await
                         .map_err(|e| self.error(Operation::Get, &path, e))?;
-                    if bytes.len() as u64 != want - got {
-                        return Err(self.short(file, &range, got + bytes.len() as u64));
+                    let got = pieces.received() + bytes.len() as u64;
+                    if got != want {
+                        return Err(self.short(file, &range, got));
                     }
                     pieces.push(bytes, &mut deliver);
                     return Ok(());
@@ -378,12 +378,11 @@ impl Replica {
                     let mut overlong = false;
                     while let Some(chunk) = body.next().await {
                         match chunk {
-                            Ok(c) if got + c.len() as u64 > want => {
+                            Ok(c) if pieces.received() + c.len() as u64 > want => {
                                 overlong = true;
                                 break;
                             }
                             Ok(c) => {
-                                got += c.len() as u64;
                                 if !pieces.push(c, &mut deliver) {
                                     return Ok(());
                                 }
@@ -394,8 +393,14 @@ impl Replica {
                             }
                         }
                     }
+                    let got = pieces.received();
                     match failure {
-                        None if got == want && !overlong => return Ok(()),
+                        None if got == want && !overlong => {
+                            // A body of no chunks at all (an empty range) still owes its
+                            // zero-length pieces.
+                            pieces.push(Bytes::new(), &mut deliver);
+                            return Ok(());
+                        }
                         None => {
                             return Err(StorageError::new(
                                 &self.inner.name,
@@ -425,7 +430,7 @@ impl Replica {
             if err.kind != ErrorKind::Unavailable || attempt >= READ_ATTEMPTS {
                 return Err(err);
             }
-            tracing::debug!(error = %err, resume_at = range.start + got, "resuming read");
+            tracing::debug!(error = %err, resume_at = pieces.at, "resuming read");
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
     }
@@ -807,6 +812,8 @@ fn millis_ago(age: Duration) -> i64 {
 struct Pieces<'a> {
     /// The offset of the next byte to arrive.
     at: u64,
+    /// Where the first piece started.
+    origin: u64,
     /// Where the pieces not yet delivered end.
     ends: &'a [u64],
     /// The chunks of the piece being assembled.
@@ -819,10 +826,16 @@ impl<'a> Pieces<'a> {
     fn new(at: u64, ends: &'a [u64]) -> Pieces<'a> {
         Pieces {
             at,
+            origin: at,
             ends,
             parts: Vec::new(),
             start: at,
         }
+    }
+
+    /// How many bytes have arrived so far.
+    fn received(&self) -> u64 {
+        self.at - self.origin
     }
 
     /// Takes the next chunk of the body, delivering each piece it completes; `false` once

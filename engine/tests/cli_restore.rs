@@ -255,3 +255,97 @@ fn bad_targets_and_truncated_files_are_errors_not_panics() {
         assert!(!out.exists());
     }
 }
+
+/// An S3 endpoint that accepts connections and never answers: a restore from it stalls.
+fn stalled_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    format!("s3://bucket/db?endpoint=http://127.0.0.1:{port}&region=us-east-1&forcePathStyle=true")
+}
+
+/// A restore into `out` from the stalled endpoint, once its temporary file exists.
+fn stalled_restore(url: &str, out: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
+    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["restore", "-o", out.to_str().unwrap(), url])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let name = format!(
+        ".{}.{}.strata-restore",
+        out.file_name().unwrap().to_str().unwrap(),
+        child.id()
+    );
+    let temp = out.with_file_name(name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !temp.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {}",
+            temp.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, temp)
+}
+
+#[test]
+fn a_signalled_restore_removes_its_partial_copy_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.db");
+    let url = stalled_endpoint();
+    for (sig, number) in [("-TERM", 15), ("-INT", 2), ("-HUP", 1)] {
+        let (child, _) = stalled_restore(&url, &out);
+        common::capture::signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(128 + number), "{sig}: {stderr}");
+        assert!(stderr.contains("restore stopped by SIG"), "{sig}: {stderr}");
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new(), "{sig}");
+    }
+}
+
+#[test]
+fn a_killed_restores_partial_copy_is_removed_by_the_next_but_a_running_ones_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.db");
+    let url = stalled_endpoint();
+    let fixture = testdata("litestream-0.5.17/replica");
+    let (latest_txid, latest_sha, _) = expected_restores().pop().unwrap();
+    assert_eq!(latest_txid, 0x10);
+
+    let (mut killed, dead_temp) = stalled_restore(&url, &out);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(dead_temp.exists(), "SIGKILL leaves the temporary file");
+
+    let (running, live_temp) = stalled_restore(&url, &out);
+    let o = strata(&[
+        "restore",
+        "-o",
+        out.to_str().unwrap(),
+        fixture.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(sha256_file(&out), latest_sha);
+    assert!(!dead_temp.exists(), "the dead restore's file is removed");
+    assert!(live_temp.exists(), "the running restore's file is kept");
+
+    common::capture::signal(&running, "-TERM");
+    let o = running.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{:?}", text(&o));
+    assert_eq!(leftovers(dir.path()), vec!["out.db".to_owned()]);
+    assert_eq!(
+        sha256_file(&out),
+        latest_sha,
+        "the finished output is untouched"
+    );
+}

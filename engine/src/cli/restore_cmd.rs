@@ -1,6 +1,7 @@
 //! `strata restore`.
 
 use std::io::{IsTerminal, Write};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,7 +54,7 @@ pub struct RestoreArgs {
     /// Segments fetched and decoded at once [default: 2 per core for a directory, 16 for
     /// remote stores].
     #[arg(long)]
-    concurrency: Option<usize>,
+    concurrency: Option<NonZeroUsize>,
     /// Segment size, the unit fetched and decoded (e.g. 1MiB) [default: 1MiB]; a remote
     /// store is read eight segments per request. Data in flight stays around
     /// 2 x (concurrency + 2) x chunk size, plus eight chunks read ahead remotely.
@@ -111,7 +112,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     };
     let defaults = RestoreOptions::default();
     let options = RestoreOptions {
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.map(NonZeroUsize::get),
         chunk_size: args.chunk_size.unwrap_or(defaults.chunk_size),
         force: args.force,
         integrity_check: match args.integrity_check {
@@ -126,10 +127,26 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         Some(bar) => bar.clone(),
         None => Arc::new(NoProgress),
     };
-    let result = restore::restore(&replica, target, &output, &options, progress).await;
+    let mut stop = StopSignals::new()?;
+    // The restore is dropped when a signal comes, which removes its temporary file.
+    let result = tokio::select! {
+        result = restore::restore(&replica, target, &output, &options, progress) => Ok(result),
+        signal = stop.next() => Err(signal),
+    };
     if let Some(bar) = &bar {
         bar.0.finish_and_clear();
     }
+    let result = match result {
+        Ok(result) => result,
+        Err((number, name)) => {
+            eprintln!(
+                "restore stopped by {name}: {} left as it was, the partial copy removed",
+                output.display()
+            );
+            // Now, not after the blocking work the restore had started has run out.
+            std::process::exit(128 + number);
+        }
+    };
     let s = result.context("restore failed")?;
     println!(
         "restored TXID {} to {}: {} ({} pages of {} bytes) from {} file{}, {} fetched in {:.2}s{}",
@@ -153,6 +170,33 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(requests = %s.requests, "restore requests");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The signals that stop a restore: SIGINT, SIGTERM and SIGHUP.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The number and name of the next signal.
+    async fn next(&mut self) -> (i32, &'static str) {
+        tokio::select! {
+            _ = self.interrupt.recv() => (libc::SIGINT, "SIGINT"),
+            _ = self.terminate.recv() => (libc::SIGTERM, "SIGTERM"),
+            _ = self.hangup.recv() => (libc::SIGHUP, "SIGHUP"),
+        }
+    }
 }
 
 /// The replica of the database `db` names in the config at `path` (its first, if it has

@@ -314,10 +314,7 @@ pub async fn restore(
             }
             Stop::Storage(e) => return Err(e.into()),
             Stop::Output(error) => {
-                return Err(RestoreError::Output {
-                    path: out.temp_path().to_owned(),
-                    error,
-                });
+                return Err(out.error(error));
             }
         };
         replans += 1;
@@ -343,14 +340,7 @@ pub async fn restore(
             available: "the plan holds no file".to_owned(),
         }));
     };
-    let db_size = out
-        .file
-        .metadata()
-        .map_err(|error| RestoreError::Output {
-            path: out.temp_path().to_owned(),
-            error,
-        })?
-        .len();
+    let db_size = out.file.metadata().map_err(|error| out.error(error))?.len();
     // The last file's post-apply checksum, when it has one, covers the whole result.
     let verified = match applied.post_apply {
         Some(expected) => {
@@ -361,14 +351,8 @@ pub async fn restore(
                 ltx::database_checksum(file, page_size, pages)
             })
             .await
-            .map_err(|e| RestoreError::Output {
-                path: out.temp_path().to_owned(),
-                error: std::io::Error::other(e.to_string()),
-            })?
-            .map_err(|error| RestoreError::Output {
-                path: out.temp_path().to_owned(),
-                error,
-            })?;
+            .map_err(|e| out.error(std::io::Error::other(e.to_string())))?
+            .map_err(|error| out.error(error))?;
             if computed != expected {
                 return Err(RestoreError::ChecksumMismatch {
                     txid: target_txid,
@@ -387,9 +371,14 @@ pub async fn restore(
             .await
             .expect("integrity check panicked")?;
     }
-    tokio::task::spawn_blocking(move || out.commit())
+    // The data is synced off the runtime; the rename happens in this future, so a caller
+    // that drops it (on a signal, say) either has the output or, once `out` drops, nothing.
+    let file = out.file.try_clone().map_err(|error| out.error(error))?;
+    tokio::task::spawn_blocking(move || file.sync_all())
         .await
-        .expect("commit panicked")?;
+        .expect("sync panicked")
+        .map_err(|error| out.error(error))?;
+    out.commit()?;
     Ok(RestoreSummary {
         txid: target_txid,
         files: applied.files,

@@ -1,8 +1,13 @@
 //! The output database: written to a temporary file beside it, then synced and renamed, so
 //! a failed restore leaves nothing behind and a finished one is complete.
+//!
+//! The temporary file is `.<name>.<pid>.strata-restore`, `flock`ed for as long as its
+//! restore runs. A restore killed before it could remove its file leaves it behind; the next
+//! restore into the same directory removes such files once it can take their lock.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::RestoreError;
@@ -43,20 +48,26 @@ impl Output {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
-        let temp = dir.join(format!(
-            ".{}.{}.strata-restore",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let name = name.to_string_lossy();
+        remove_stale_temps(&dir, &name);
+        let temp = dir.join(format!(".{name}.{}{TEMP_SUFFIX}", std::process::id()));
+        let at_temp = |error| RestoreError::Output {
+            path: temp.clone(),
+            error,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|error| RestoreError::Output {
-                path: temp.clone(),
-                error,
-            })?;
+            .map_err(at_temp)?;
+        if !try_lock(&file).map_err(at_temp)? {
+            let _ = std::fs::remove_file(&temp);
+            return Err(at_temp(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the new temporary file is locked by another process",
+            )));
+        }
         Ok(Output {
             file,
             temp,
@@ -68,6 +79,14 @@ impl Output {
     /// The temporary file's path (for an integrity check before the rename).
     pub fn temp_path(&self) -> &Path {
         &self.temp
+    }
+
+    /// A failure to write or read the temporary file.
+    pub fn error(&self, error: io::Error) -> RestoreError {
+        RestoreError::Output {
+            path: self.temp.clone(),
+            error,
+        }
     }
 
     /// The temporary file opened again for direct (uncached) writes, where the platform and
@@ -88,14 +107,11 @@ impl Output {
 
     /// Empties the temporary file to start over.
     pub fn reset(&self) -> Result<(), RestoreError> {
-        self.file.set_len(0).map_err(|error| RestoreError::Output {
-            path: self.temp.clone(),
-            error,
-        })
+        self.file.set_len(0).map_err(|error| self.error(error))
     }
 
-    /// Syncs the data, removes stale sidecar files, renames over the target and syncs the
-    /// directory so the rename survives a crash.
+    /// Syncs the data (cheap when the caller has synced it already), removes stale sidecar
+    /// files, renames over the target and syncs the directory so the rename survives a crash.
     pub fn commit(mut self) -> Result<(), RestoreError> {
         let at = |path: &Path| {
             let path = path.to_owned();
@@ -122,6 +138,63 @@ impl Drop for Output {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+const TEMP_SUFFIX: &str = ".strata-restore";
+
+/// Takes the exclusive `flock` of `file` without waiting: false if another holds it.
+fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor `file` keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::WouldBlock => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Whether a process `pid` exists (one of another user counts).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Removes the temporary files of earlier restores of `name` in `dir` that died before
+/// removing them: a file whose lock can be taken and whose process is gone (or is this
+/// one: a file of this pid that nobody holds is a dead process's whose pid was reused).
+/// Best effort: what cannot be read or removed is left.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && process_exists(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new().read(true).open(&path) else {
+            continue;
+        };
+        if try_lock(&file).unwrap_or(false) && std::fs::remove_file(&path).is_ok() {
+            tracing::info!(path = %path.display(), "removed a temporary file left by a restore that no longer runs");
         }
     }
 }

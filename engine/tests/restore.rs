@@ -411,7 +411,24 @@ async fn a_corrupt_file_is_avoided_when_another_plan_exists() {
         u32::MAX,
     );
     let s = restore_ok(&replica, 16).await;
-    assert_eq!(s.replans, 1, "started over on snapshot 1-15 + L0 16");
+    assert_eq!(
+        s.replans, 2,
+        "read the snapshot again, then started over on snapshot 1-15 + L0 16"
+    );
+}
+
+#[tokio::test]
+async fn a_file_damaged_once_on_the_way_is_read_again_and_used() {
+    use strata::storage::faults::Fault;
+    let (replica, faults) = faulty_fixture().await;
+    faults.inject(
+        "ltx/9/0000000000000001-0000000000000010",
+        Fault::CorruptGetAt(3000),
+        1,
+    );
+    let s = restore_ok(&replica, 16).await;
+    assert_eq!(s.replans, 1);
+    assert_eq!(s.files, 1, "the snapshot alone, the second time");
 }
 
 #[tokio::test]

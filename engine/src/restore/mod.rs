@@ -274,6 +274,7 @@ pub async fn restore(
 
     let mut applied = Applied::default();
     let mut excluded: Vec<FileInfo> = Vec::new();
+    let mut suspect: Vec<FileInfo> = Vec::new();
     let mut replans = 0u32;
     loop {
         let (now, result) = run_plan(&replica, &plan, &out, applied, options, &progress).await;
@@ -288,6 +289,13 @@ pub async fn restore(
                 // A file only partly applied leaves pages the new plan may not overwrite.
                 let start = if partial { Txid::ZERO } else { applied.txid };
                 (start, format!("{file} disappeared (retention?)"))
+            }
+            // Bytes from a remote store may have been damaged on the way: such a file is
+            // read once more before it counts as corrupt.
+            Stop::Corrupt { file, error } if !replica.is_local() && !suspect.contains(&file) => {
+                let reason = format!("{file} read corrupt ({error}); reading it again");
+                suspect.push(file);
+                (Txid::ZERO, reason)
             }
             Stop::Corrupt { file, error } => {
                 let reason = format!("{file} is corrupt: {error}");

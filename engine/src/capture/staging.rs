@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,10 +40,9 @@ impl Staging {
             .create(true)
             .truncate(false)
             .open(&lock_path)?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::WouldBlock {
+        // An flock, held for as long as `lock` is open.
+        if let Err(e) = lock.try_lock() {
+            if let std::fs::TryLockError::Error(err) = e {
                 return Err(err);
             }
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();

@@ -379,14 +379,7 @@ pub async fn restore(
             .await
             .expect("integrity check panicked")?;
     }
-    // The data is synced off the runtime; the rename happens in this future, so a caller
-    // that drops it (on a signal, say) either has the output or, once `out` drops, nothing.
-    let file = out.file.try_clone().map_err(|error| out.error(error))?;
-    tokio::task::spawn_blocking(move || file.sync_all())
-        .await
-        .expect("sync panicked")
-        .map_err(|error| out.error(error))?;
-    out.commit()?;
+    out.commit().await?;
     Ok(RestoreSummary {
         txid: target_txid,
         files: applied.files,

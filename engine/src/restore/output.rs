@@ -7,7 +7,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::RestoreError;
@@ -110,14 +109,20 @@ impl Output {
         self.file.set_len(0).map_err(|error| self.error(error))
     }
 
-    /// Syncs the data (cheap when the caller has synced it already), removes stale sidecar
-    /// files, renames over the target and syncs the directory so the rename survives a crash.
-    pub fn commit(mut self) -> Result<(), RestoreError> {
+    /// Syncs the data (on the blocking pool), removes stale sidecar files, renames over the
+    /// target and syncs the directory so the rename survives a crash. The rename happens in
+    /// this future, so a caller that drops it (on a signal, say) either has the output or,
+    /// once the `Output` drops, nothing.
+    pub async fn commit(mut self) -> Result<(), RestoreError> {
         let at = |path: &Path| {
             let path = path.to_owned();
             move |error| RestoreError::Output { path, error }
         };
-        self.file.sync_all().map_err(at(&self.temp))?;
+        let file = self.file.try_clone().map_err(at(&self.temp))?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .expect("sync panicked")
+            .map_err(at(&self.temp))?;
         for sidecar in sidecars(&self.target) {
             match std::fs::remove_file(&sidecar) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&sidecar)(e)),
@@ -144,16 +149,12 @@ impl Drop for Output {
 
 const TEMP_SUFFIX: &str = ".strata-restore";
 
-/// Takes the exclusive `flock` of `file` without waiting: false if another holds it.
+/// Takes the exclusive lock of `file` (`flock`) without waiting: false if another holds it.
 fn try_lock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock on a descriptor `file` keeps open for the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    match err.kind() {
-        io::ErrorKind::WouldBlock => Ok(false),
-        _ => Err(err),
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -186,8 +186,7 @@ impl Config {
 
     /// Reads the settings of a file that need not list databases (`strata compact`).
     pub fn load_settings(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| error(&path.display().to_string(), e.to_string()))?;
+        let text = read_config(path)?;
         Config::parse_inner(&text, true, false).map_err(|e| ConfigError {
             key: format!("{}: {}", path.display(), e.key),
             reason: e.reason,
@@ -200,6 +199,16 @@ impl Config {
         } else {
             text.to_owned()
         };
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(error(
+                "(file)",
+                format!(
+                    "{} bytes after expanding variables; a config has at most {MAX_CONFIG_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        check_expansion(&text)?;
         let docs = YamlLoader::load_from_str(&text).map_err(|e| error("(file)", e.to_string()))?;
         let root = docs
             .into_iter()
@@ -273,6 +282,7 @@ impl Config {
         if require_dbs && config.dbs.is_empty() {
             return Err(error("dbs", "at least one database is required"));
         }
+        check_replicas_unshared(&config.dbs)?;
         Ok(config)
     }
 
@@ -304,13 +314,137 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &std::path::Path, expand_env: bool) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| error(&path.display().to_string(), e.to_string()))?;
+        let text = read_config(path)?;
         Config::parse_with(&text, expand_env).map_err(|e| ConfigError {
             key: format!("{}: {}", path.display(), e.key),
             reason: e.reason,
         })
     }
+}
+
+/// The most bytes a config may hold (before and after expanding variables): far more than
+/// thousands of databases need, and a bound on the memory reading one takes.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
+/// The most YAML nodes a config may stand for once every alias is expanded. Aliases are
+/// copied where they are used, so a few lines that alias aliases (a "billion laughs") would
+/// otherwise expand to gigabytes.
+const MAX_CONFIG_NODES: u64 = 1_000_000;
+
+/// Reads a config file, refusing one larger than [`MAX_CONFIG_BYTES`] without reading it all.
+fn read_config(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| error(&name, e.to_string()))?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| error(&name, e.to_string()))?;
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(error(
+            &name,
+            format!("larger than {MAX_CONFIG_BYTES} bytes: not a config file"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Counts the nodes the YAML text stands for with every alias expanded, without expanding
+/// any, and refuses more than [`MAX_CONFIG_NODES`].
+fn check_expansion(text: &str) -> Result<(), ConfigError> {
+    use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+    use yaml_rust2::scanner::Marker;
+
+    /// Nodes per open collection and per anchor, and in all.
+    #[derive(Default)]
+    struct Count {
+        /// Open collections: (anchor, nodes in it so far).
+        open: Vec<(usize, u64)>,
+        /// Nodes each anchor stands for.
+        anchors: std::collections::HashMap<usize, u64>,
+        /// Every node so far, aliases expanded.
+        all: u64,
+    }
+    impl Count {
+        /// `n` more nodes in the innermost open collection.
+        fn add(&mut self, n: u64) {
+            self.all = self.all.saturating_add(n);
+            if let Some((_, count)) = self.open.last_mut() {
+                *count = count.saturating_add(n);
+            }
+        }
+    }
+    impl MarkedEventReceiver for Count {
+        fn on_event(&mut self, event: Event, _: Marker) {
+            if self.all > MAX_CONFIG_NODES {
+                return;
+            }
+            match event {
+                Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                    self.all = self.all.saturating_add(1);
+                    self.open.push((anchor, 1));
+                }
+                Event::SequenceEnd | Event::MappingEnd => {
+                    if let Some((anchor, n)) = self.open.pop() {
+                        if anchor > 0 {
+                            self.anchors.insert(anchor, n);
+                        }
+                        // Counted in `all` as they came; now part of the enclosing one.
+                        if let Some((_, count)) = self.open.last_mut() {
+                            *count = count.saturating_add(n);
+                        }
+                    }
+                }
+                Event::Scalar(_, _, anchor, _) => {
+                    if anchor > 0 {
+                        self.anchors.insert(anchor, 1);
+                    }
+                    self.add(1);
+                }
+                Event::Alias(anchor) => {
+                    let n = self.anchors.get(&anchor).copied().unwrap_or(1);
+                    self.add(n);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut count = Count::default();
+    Parser::new_from_str(text)
+        .load(&mut count, true)
+        .map_err(|e| error("(file)", e.to_string()))?;
+    if count.all > MAX_CONFIG_NODES {
+        return Err(error(
+            "(file)",
+            format!(
+                "the YAML expands to more than {MAX_CONFIG_NODES} nodes once its aliases are resolved (aliases of aliases multiply): refused"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses two databases replicated to one location: their files would mix, and each would
+/// take the other's for its own. (A `dir` entry's replica is the root its databases go under.)
+fn check_replicas_unshared(dbs: &[DbConfig]) -> Result<(), ConfigError> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, db) in dbs.iter().enumerate() {
+        for url in &db.replicas {
+            if let Some(&j) = seen.get(&url.location()) {
+                if j != i {
+                    return Err(error(
+                        &format!("dbs[{i}]"),
+                        format!(
+                            "{url} is also the replica of dbs[{j}] ({}): each database needs a replica of its own",
+                            dbs[j].path.display()
+                        ),
+                    ));
+                }
+            }
+            seen.insert(url.location(), i);
+        }
+    }
+    Ok(())
 }
 
 fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
@@ -471,7 +605,11 @@ fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
         }
         "s3" => Ok(ReplicaUrl::S3 {
             bucket: string(m, key, "bucket")?
-                .ok_or_else(|| error(&format!("{key}.bucket"), "required for an s3 replica"))?,
+                .ok_or_else(|| error(&format!("{key}.bucket"), "required for an s3 replica"))
+                .and_then(|b| match crate::storage::bucket_problem(&b) {
+                    Some(problem) => Err(error(&format!("{key}.bucket"), problem)),
+                    None => Ok(b),
+                })?,
             prefix: path.unwrap_or_default().trim_matches('/').to_owned(),
             endpoint: string(m, key, "endpoint")?,
             region: string(m, key, "region")?,

@@ -10,6 +10,7 @@ use crate::encoder::{Encoded, Encoder};
 use crate::error::{Error, Result};
 use crate::frame::PageEncoding;
 use crate::header::{Header, HeaderFlags};
+use crate::history;
 
 /// Choices for a compaction's output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,7 +26,9 @@ pub struct CompactOptions {
 /// For each page the copy from the latest input wins; pages above the last input's commit
 /// are dropped. The output spans the first input's min TXID to the last input's max, takes
 /// the last input's commit, timestamp and post-apply checksum and the first input's
-/// pre-apply checksum; WAL fields and node ID are zero. It carries NoChecksum if any input
+/// pre-apply checksum; WAL fields are zero. The node ID is the one the inputs carry (0 if
+/// none does): strata writes a history's identity there, so inputs carrying two different
+/// node IDs belong to two histories and are refused (Go's compactor zeroes the field). It carries NoChecksum if any input
 /// does (then both database checksums are zero). Every input is read to its end, so every
 /// file checksum is verified before the output is finished.
 ///
@@ -108,6 +111,7 @@ fn output_header<R: BufRead>(inputs: &[Decoder<R>], options: CompactOptions) -> 
             });
         }
     }
+    let node_id = history::common_node_id(inputs.iter().map(Decoder::header))?;
     let no_checksum = inputs.iter().any(|d| d.header().no_checksum());
     let mut header = Header::new(
         first.page_size,
@@ -115,6 +119,7 @@ fn output_header<R: BufRead>(inputs: &[Decoder<R>], options: CompactOptions) -> 
         crate::TxidRange::new(first.min_txid, last.max_txid),
     );
     header.timestamp = last.timestamp;
+    header.node_id = node_id;
     if no_checksum {
         header.flags = HeaderFlags::NO_CHECKSUM;
     } else {
@@ -122,3 +127,4 @@ fn output_header<R: BufRead>(inputs: &[Decoder<R>], options: CompactOptions) -> 
     }
     Ok(header)
 }
+

@@ -65,6 +65,21 @@ pub enum Error {
         flags: u32,
     },
 
+    /// Files that were to be joined belong to two histories (two node IDs).
+    #[error(
+        "{first} (history {first_node:016x}) and {second} (history {second_node:016x}) belong to two different histories: they are never joined"
+    )]
+    TwoHistories {
+        /// The earlier file.
+        first: crate::TxidRange,
+        /// Its node ID.
+        first_node: u64,
+        /// The later file, of another history.
+        second: crate::TxidRange,
+        /// Its node ID.
+        second_node: u64,
+    },
+
     /// A header field breaks a format rule.
     #[error("invalid header: {reason}")]
     InvalidHeader {

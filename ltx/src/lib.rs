@@ -40,6 +40,7 @@ mod encoder;
 mod error;
 mod frame;
 mod header;
+mod history;
 mod index;
 mod layout;
 mod lz4_frame;
@@ -58,6 +59,7 @@ pub use frame::{
     END_MARKER, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageEncoding, PageHeader, decode_page_frame,
 };
 pub use header::{HEADER_SIZE, Header, HeaderFlags, MAGIC};
+pub use history::common_node_id;
 pub use index::{
     FileTail, MIN_FILE_SIZE, PageIndex, PageIndexEntry, TAIL_FETCH_SIZE, TailParse, parse_tail,
     read_file_tail, tail_fetch_range,

@@ -42,7 +42,7 @@ use ltx::{PageEncoding, PageSize, Txid};
 use tokio::sync::watch;
 
 use crate::compact::{Clock, CompactionStatus, Compactor, Monitor};
-use crate::storage::{Level, LevelIndex, Replica, SharedIndex, StorageError};
+use crate::storage::{FileInfo, Level, LevelIndex, Replica, SharedIndex, StorageError};
 use position::Position;
 use sqlite::{Mode, Sqlite};
 use staging::Staging;
@@ -198,13 +198,24 @@ pub enum CaptureError {
     /// The replica already holds a different file for a TXID strata wrote: another process
     /// replicates the same database to the same place.
     #[error(
-        "TXID {txid} in {replica} was not written by this capture: is another process replicating (this or another database) there?"
+        "TXID {txid} in {replica} was not written by this capture: is another process replicating (this or another database) there? This replica is stopped"
     )]
     Conflict {
         /// The TXID.
         txid: Txid,
         /// The replica.
         replica: String,
+    },
+    /// Files of another history were found in the replica (by a merge, a check or a
+    /// restore plan): another process replicates another database there.
+    #[error(
+        "{replica} holds files of another history ({detail}): is another process replicating (this or another database) there? This replica is stopped"
+    )]
+    ForeignHistory {
+        /// The replica.
+        replica: String,
+        /// What was found.
+        detail: String,
     },
 }
 
@@ -349,10 +360,11 @@ impl Capture {
             live: false,
             next_txid: known.next(),
             rebase: position.is_none() && known > Txid::ZERO,
-            replica_lost: Arc::default(),
+            full_copy: Arc::default(),
             max_wal_bytes: options.max_wal_bytes,
             encoding: options.encoding,
             last_index: None,
+            history: position.map_or(0, |p| p.history),
         };
         Ok(Capture {
             sqlite,
@@ -377,7 +389,7 @@ impl Capture {
         let closed = Closed {
             db: syncer.db.path.clone(),
             staging: syncer.staging.clone(),
-            replica_lost: syncer.replica_lost.clone(),
+            full_copy: syncer.full_copy.clone(),
             last: syncer.next_txid.prev(),
             options,
         };
@@ -593,7 +605,7 @@ impl Capture {
 struct Closed {
     db: PathBuf,
     staging: Staging,
-    replica_lost: Arc<std::sync::atomic::AtomicBool>,
+    full_copy: Arc<sync::FullCopyRequest>,
     /// The last TXID used.
     last: Txid,
     options: CaptureOptions,
@@ -613,7 +625,7 @@ impl Closed {
         )?;
         capture.syncer.position = None;
         capture.syncer.rebase = true;
-        capture.syncer.replica_lost = self.replica_lost.clone();
+        capture.syncer.full_copy = self.full_copy.clone();
         Ok(capture)
     }
 }
@@ -667,6 +679,9 @@ pub struct ReplicaStatus {
     /// Since when the replica has lacked something staged (`None`: it holds everything
     /// staged). Its lag is the time since then.
     pub behind_since: Option<jiff::Timestamp>,
+    /// Why this replica is no longer written to (another history found in it), if it is
+    /// not; the database's other replicas go on.
+    pub stopped: Option<String>,
     /// Requests made to it so far, by kind.
     pub requests: crate::storage::RequestCounts,
     /// Files and bytes in each level that has any, as strata's index of the replica holds
@@ -696,12 +711,17 @@ pub struct LevelFiles {
 }
 
 impl CaptureError {
-    /// Whether retrying cannot help and the replication must stop: another writer in the
-    /// replica, or the staging directory lost.
+    /// Whether retrying cannot help and the capture must stop: the staging directory lost.
     pub fn is_fatal(&self) -> bool {
+        matches!(self, CaptureError::StagingLost { .. })
+    }
+
+    /// Whether the replica it concerns must no longer be written to (another writer's or
+    /// another history's files are in it); the other replicas go on.
+    pub fn stops_replica(&self) -> bool {
         matches!(
             self,
-            CaptureError::Conflict { .. } | CaptureError::StagingLost { .. }
+            CaptureError::Conflict { .. } | CaptureError::ForeignHistory { .. }
         )
     }
 }
@@ -730,6 +750,15 @@ pub enum StopError {
     Replica {
         /// Why.
         error: CaptureError,
+    },
+    /// A replica was stopped while running (another history found in it): what was staged
+    /// since is not in it.
+    #[error("{replica} was stopped: {reason}")]
+    ReplicaStopped {
+        /// The replica.
+        replica: String,
+        /// Why.
+        reason: String,
     },
     /// Staged files could not all be uploaded before the shutdown timeout.
     #[error(
@@ -774,6 +803,8 @@ struct Target {
     index: SharedIndex,
     upload: tokio::task::JoinHandle<()>,
     uploaded: watch::Receiver<Txid>,
+    /// Wakes the upload task out of its backoff (a sync is waiting).
+    retry: Arc<tokio::sync::Notify>,
     status: Arc<Mutex<ReplicaStatus>>,
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
     monitor: Option<crate::compact::Monitor>,
@@ -819,6 +850,14 @@ pub enum SyncError {
     /// The replication stopped (a fatal error or a bug): nothing more will be uploaded.
     #[error("the replication has stopped: {0}")]
     Stopped(String),
+    /// A replica was stopped (another history found in it): it will not hold the commits.
+    #[error("{replica} is stopped: {reason}")]
+    ReplicaStopped {
+        /// The replica.
+        replica: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Reports a panic of the thread or task it lives in when dropped while unwinding.
@@ -876,43 +915,30 @@ impl Replication {
             path: db.clone(),
             error: source,
         })?;
-        // Each replica: what it restores to, and the newest TXID any of its files reaches.
-        let mut listings = Vec::with_capacity(replicas.len());
-        for replica in &replicas {
-            // Scratch objects of large uploads a killed process left; an hour is far longer
-            // than any upload in progress takes to finish.
-            match replica
-                .remove_stale_uploads(Duration::from_secs(3600))
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    replica = replica.name(),
-                    n,
-                    "removed stale upload scratch objects"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not clean up stale upload scratch objects");
-                }
-            }
-            // A replica that does not restore to its newest TXID (files missing in the
-            // middle) cannot be continued: only what it restores to counts.
-            let listed = replica.list_all().await?;
-            let restores_to = upload::latest_restorable(&listed);
-            if listed.iter().any(|f| f.range.max > restores_to) {
-                tracing::warn!(replica = replica.name(), restores_to = %restores_to, "the replica does not restore to its newest file: the next file is a full copy");
-            }
-            let newest = listed
-                .iter()
-                .map(|f| f.range.max)
-                .max()
-                .unwrap_or(Txid::ZERO);
-            listings.push((listed, restores_to, newest));
+        // Each replica: what it restores to, and the newest TXID any of its files reaches,
+        // from one listing (which also finds the scratch objects of uploads a killed process
+        // left). A replica that cannot be listed now is listed before its first upload, as
+        // long as another one can be: one replica down does not stop the others.
+        let listed = futures::future::join_all(replicas.iter().map(list_at_start)).await;
+        if listed.iter().all(Result::is_err) {
+            let first = listed.into_iter().find_map(Result::err);
+            return Err(first.expect("at least one replica").into());
         }
+        let listings: Vec<Option<(Vec<FileInfo>, Txid, Txid)>> = replicas
+            .iter()
+            .zip(listed)
+            .map(|(replica, listed)| match listed {
+                Ok(listed) => Some(listed),
+                Err(e) => {
+                    tracing::warn!(replica = replica.name(), error = %e, "cannot list the replica; the others start now, it is listed before its first upload");
+                    None
+                }
+            })
+            .collect();
         // The capture continues the furthest replica; one behind asks for a full copy when
         // the staged files do not reach back to it.
-        let replica_max = listings.iter().map(|l| l.1).max().unwrap_or(Txid::ZERO);
-        let newest = listings.iter().map(|l| l.2).max().unwrap_or(Txid::ZERO);
+        let replica_max = listings.iter().flatten().map(|l| l.1).max().unwrap_or(Txid::ZERO);
+        let newest = listings.iter().flatten().map(|l| l.2).max().unwrap_or(Txid::ZERO);
         let opened = {
             let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
             tokio::task::spawn_blocking(move || {
@@ -946,7 +972,7 @@ impl Replication {
         let (staged_tx, staged_rx) = watch::channel(opened.syncer.next_txid.prev());
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
-        let replica_lost = opened.syncer.replica_lost.clone();
+        let full_copy = opened.syncer.full_copy.clone();
         let job = Arc::new(CaptureJob {
             state: Mutex::new(JobState {
                 db: Some(Db::Open(Box::new(opened))),
@@ -965,18 +991,24 @@ impl Replication {
         let ticker = ticker.unwrap_or_else(|| Ticker::new(1));
         let job_id = ticker.add(job.clone(), Some(&db));
         let peers = upload::StagedUse::new(replicas.len());
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(replicas.len()));
         let targets = replicas
             .into_iter()
             .zip(listings)
             .enumerate()
-            .map(|(slot, (replica, (listed, restores_to, newest)))| {
+            .map(|(slot, (replica, listing))| {
+                let (listed, start) = match listing {
+                    Some((listed, restores_to, newest)) => (listed, Some((restores_to, newest))),
+                    None => (Vec::new(), None),
+                };
+                let restores_to = start.map_or(Txid::ZERO, |s| s.0);
                 let index =
                     SharedIndex::new(LevelIndex::from_files(listed, jiff::Timestamp::now()));
                 let uploader = upload::Uploader::new(
                     staging.clone(),
                     replica.clone(),
-                    (restores_to, newest),
-                    replica_lost.clone(),
+                    start,
+                    full_copy.clone(),
                     (options.replica_check_interval, options.replica_list_every),
                     (index.clone(), options.compaction.is_some()),
                     (peers.clone(), slot),
@@ -999,12 +1031,17 @@ impl Replication {
                     ..ReplicaStatus::default()
                 }));
                 let (uploaded_tx, uploaded_rx) = watch::channel(restores_to);
+                let retry = Arc::new(tokio::sync::Notify::new());
                 let upload = tokio::spawn(upload_loop(
                     uploader.clone(),
-                    staged_rx.clone(),
-                    uploaded_tx,
+                    UploadSignals {
+                        staged: staged_rx.clone(),
+                        uploaded: uploaded_tx,
+                        retry: retry.clone(),
+                        live: live.clone(),
+                    },
                     target_status.clone(),
-                    options.sync_interval,
+                    (options.sync_interval, index.clone()),
                     PanicAlarm {
                         what: "upload task",
                         fatal: fatal_tx.clone(),
@@ -1015,6 +1052,7 @@ impl Replication {
                     index,
                     upload,
                     uploaded: uploaded_rx,
+                    retry,
                     status: target_status,
                     uploader,
                     monitor,
@@ -1085,7 +1123,18 @@ impl Replication {
         self.ticker.wake(self.job_id);
         let mut fatal = self.fatal.clone();
         let staged = self.staged.clone();
-        let uploaded: Vec<_> = self.targets.iter().map(|t| t.uploaded.clone()).collect();
+        let replicas: Vec<_> = self
+            .targets
+            .iter()
+            .map(|t| {
+                (
+                    t.uploaded.clone(),
+                    t.retry.clone(),
+                    t.status.clone(),
+                    t.replica.name().to_owned(),
+                )
+            })
+            .collect();
         async move {
             let stopped = |fatal: &watch::Receiver<Option<String>>| {
                 SyncError::Stopped(fatal.borrow().clone().unwrap_or_default())
@@ -1100,17 +1149,38 @@ impl Replication {
             if let Some(error) = error {
                 return Err(SyncError::Sync(error));
             }
-            // Every replica must hold it.
+            // Every replica must hold it; one waiting out a backoff tries at once.
             let target = *staged.borrow();
-            let all =
-                futures::future::join_all(uploaded.into_iter().map(|mut u| async move {
-                    u.wait_for(|t| *t >= target).await.map(|t| *t).ok()
-                }));
+            let all = futures::future::join_all(replicas.into_iter().map(
+                |(mut uploaded, retry, status, replica)| async move {
+                    retry.notify_one();
+                    match uploaded.wait_for(|t| *t >= target).await {
+                        Ok(t) => Ok(*t),
+                        // The upload task ended: the replica was stopped.
+                        Err(_) => Err(SyncError::ReplicaStopped {
+                            reason: status
+                                .lock()
+                                .unwrap()
+                                .stopped
+                                .clone()
+                                .unwrap_or_else(|| "its upload task ended".to_owned()),
+                            replica,
+                        }),
+                    }
+                },
+            ));
             let reached = tokio::select! {
-                r = all => r.into_iter().collect::<Option<Vec<Txid>>>().and_then(|r| r.into_iter().min()),
+                r = all => Some(r),
                 _ = fatal.wait_for(Option::is_some) => None,
             };
-            reached.ok_or_else(|| stopped(&fatal))
+            let Some(reached) = reached else {
+                return Err(stopped(&fatal));
+            };
+            let mut lowest = Txid::MAX;
+            for r in reached {
+                lowest = lowest.min(r?);
+            }
+            Ok(lowest)
         }
     }
 
@@ -1158,14 +1228,31 @@ impl Replication {
             targets.push(target);
         }
         futures::future::join_all(monitors.into_iter().map(Monitor::stop)).await;
+        for target in &mut targets {
+            let _ = (&mut target.upload).await;
+        }
+        let deadline = Instant::now() + self.timeout;
+        // Each replica is checked before the final sync: one that lost files (wiped, put
+        // back from an older copy) is owed a full copy, which the final sync then writes,
+        // however idle the database.
+        futures::future::join_all(targets.iter().map(|t| async move {
+            if t.status.lock().unwrap().stopped.is_some() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut uploader = t.uploader.lock().await;
+            match tokio::time::timeout(left, uploader.check_now()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the replica before the final sync"),
+                Err(_) => tracing::warn!(replica = t.replica.name(), "the replica did not answer its check before the final sync"),
+            }
+        }))
+        .await;
         self.job
             .stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.ticker.wake(self.job_id);
         let finished = self.finished.await;
-        for target in &mut targets {
-            let _ = (&mut target.upload).await;
-        }
         let final_sync = match finished {
             Ok(Ok(result)) => result,
             Ok(Err(message)) => {
@@ -1181,10 +1268,15 @@ impl Replication {
                 });
             }
         };
-        let deadline = Instant::now() + self.timeout;
         let staged = *self.staged.borrow();
         let (db, ticker) = (&self.db, &self.ticker);
         let finished = futures::future::join_all(targets.iter().map(|t| async move {
+            if let Some(reason) = t.status.lock().unwrap().stopped.clone() {
+                return Err(StopError::ReplicaStopped {
+                    replica: t.replica.name().to_owned(),
+                    reason,
+                });
+            }
             // A turn among the store's stops, within the same deadline.
             let left = deadline.saturating_duration_since(Instant::now());
             let _turn = tokio::time::timeout(left, ticker.stop_turn()).await;
@@ -1213,6 +1305,31 @@ impl Replication {
         })?;
         Ok(status)
     }
+}
+
+/// Lists a replica at the start of a replication: its files, what they restore to, and the
+/// newest TXID any reaches. Removes the scratch objects of this database's interrupted
+/// uploads found on the way, whatever their age: no other process writes this replica.
+async fn list_at_start(replica: &Replica) -> Result<(Vec<FileInfo>, Txid, Txid), StorageError> {
+    let (listed, scratch) = replica.list_all_with_scratch().await?;
+    if !scratch.is_empty() {
+        match replica.delete_scratch(scratch).await {
+            Ok(n) => tracing::info!(replica = replica.name(), n, "removed the scratch objects of interrupted uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not remove the scratch objects of interrupted uploads"),
+        }
+    }
+    // A replica that does not restore to its newest TXID (files missing in the middle)
+    // cannot be continued: only what it restores to counts.
+    let restores_to = upload::latest_restorable(&listed);
+    if listed.iter().any(|f| f.range.max > restores_to) {
+        tracing::warn!(replica = replica.name(), restores_to = %restores_to, "the replica does not restore to its newest file: the next file is a full copy");
+    }
+    let newest = listed
+        .iter()
+        .map(|f| f.range.max)
+        .max()
+        .unwrap_or(Txid::ZERO);
+    Ok((listed, restores_to, newest))
 }
 
 /// The newest TXID every replica holds.
@@ -1455,20 +1572,36 @@ fn step(
     }
 }
 
-/// The upload task: uploads when something is staged, and retries on an interval with
-/// growing backoff after errors.
+/// How long an upload task waits at most between attempts while its replica fails.
+const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What an upload task is told by the rest of the replication.
+struct UploadSignals {
+    /// Files staged so far.
+    staged: watch::Receiver<Txid>,
+    /// Where this replica stands, for [`Replication::sync`].
+    uploaded: watch::Sender<Txid>,
+    /// Try now (a sync is waiting), whatever the backoff says.
+    retry: Arc<tokio::sync::Notify>,
+    /// Replicas of the database still written to.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The upload task of one replica: uploads when something is staged or a check of the
+/// replica is asked for, and retries with growing backoff after errors (at once when a
+/// sync asks). A replica that holds another history is stopped and the task ends; the
+/// other replicas go on, and the replication stops only once none is left.
 async fn upload_loop(
     uploader: Arc<tokio::sync::Mutex<upload::Uploader>>,
-    mut staged: watch::Receiver<Txid>,
-    uploaded_tx: watch::Sender<Txid>,
+    mut signals: UploadSignals,
     status: Arc<Mutex<ReplicaStatus>>,
-    interval: Duration,
+    (interval, index): (Duration, SharedIndex),
     alarm: PanicAlarm,
 ) {
     let mut backoff = interval;
     loop {
         let started = Instant::now();
-        let staged_now = *staged.borrow_and_update();
+        let staged_now = *signals.staged.borrow_and_update();
         {
             // Behind from the moment it lacks something staged: set before the round, so a
             // round that hangs (a server that stopped answering) shows as growing lag.
@@ -1491,27 +1624,56 @@ async fn upload_loop(
             if result.is_ok() {
                 s.last_upload = Some(jiff::Timestamp::now());
             }
-            // Caught up once it holds everything staged when a round finishes.
-            if uploaded >= *staged.borrow() {
+            // Caught up once it holds everything staged when a round finishes; behind (again)
+            // if a check found it restores to less.
+            if uploaded >= *signals.staged.borrow() {
                 s.behind_since = None;
+            } else if s.behind_since.is_none() {
+                s.behind_since = Some(jiff::Timestamp::now());
             }
         }
-        uploaded_tx.send_replace(uploaded);
+        signals.uploaded.send_replace(uploaded);
         if let Err(e) = result {
+            if e.stops_replica() {
+                let reason = e.to_string();
+                tracing::error!(error = %e, "replica stopped; the database's other replicas go on");
+                uploader.lock().await.stop(&reason);
+                status.lock().unwrap().stopped = Some(reason.clone());
+                if signals
+                    .live
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+                    == 1
+                {
+                    alarm
+                        .fatal
+                        .send_replace(Some(format!("every replica is stopped: {reason}")));
+                }
+                return;
+            }
             if e.is_fatal() {
                 tracing::error!(error = %e, "upload failed; stopping");
                 alarm.fatal.send_replace(Some(e.to_string()));
                 return;
             }
             tracing::warn!(error = %e, "upload failed; retrying");
-            backoff = (backoff * 2).min(Duration::from_secs(300));
-            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(UPLOAD_BACKOFF_MAX);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = signals.retry.notified() => {}
+            }
             continue;
         }
         backoff = interval;
-        // Nothing to do until the capture stages a file: no request is made while idle.
-        if staged.changed().await.is_err() {
-            tokio::time::sleep(interval).await;
+        // Nothing to do until the capture stages a file or the replica must be checked: no
+        // request is made while idle.
+        tokio::select! {
+            changed = signals.staged.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+            () = index.check_requested() => {}
+            () = signals.retry.notified() => {}
         }
     }
 }

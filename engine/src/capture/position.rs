@@ -54,12 +54,14 @@ pub struct Position {
     /// Where in the WAL it ends; `None` if the log held nothing committed that was not also
     /// captured (the position stands at the start of whatever generation comes next).
     pub wal: Option<WalPosition>,
+    /// The identity of the history the files belong to (their header's node ID).
+    pub history: u64,
 }
 
 const FILE: &str = "position";
-/// Positions saved by earlier versions, which trusted the checksum chain alone, are not
-/// resumed from.
-const VERSION: &str = "2";
+/// Positions saved by earlier versions (which trusted the checksum chain alone, or named
+/// no history) are not resumed from.
+const VERSION: &str = "3";
 
 impl Position {
     /// Saves atomically: written beside and renamed over. Not synced: the L0 file it points at
@@ -67,8 +69,8 @@ impl Position {
     /// copy, while syncing it would add two disk flushes to every sync.
     pub fn save(&self, dir: &Path) -> io::Result<()> {
         let mut s = format!(
-            "version={VERSION}\ntxid={}\ncommit={}\npage_size={}\ndev={}\nino={}\n",
-            self.txid, self.commit, self.page_size, self.db.dev, self.db.ino
+            "version={VERSION}\ntxid={}\ncommit={}\npage_size={}\ndev={}\nino={}\nhistory={:016x}\n",
+            self.txid, self.commit, self.page_size, self.db.dev, self.db.ino, self.history
         );
         if let Some(w) = &self.wal {
             let g = &w.generation;
@@ -121,6 +123,9 @@ impl Position {
                 ino: get("ino")?.parse().ok()?,
             },
             wal,
+            history: u64::from_str_radix(get("history")?, 16)
+                .ok()
+                .filter(|h| *h != 0)?,
         })
     }
 }
@@ -148,6 +153,7 @@ mod tests {
                 offset: 32 + 5 * 4120,
                 checksum: (1, u32::MAX),
             }),
+            history: 0x1234_5678_9abc_def0,
         };
         p.save(dir.path()).unwrap();
         assert_eq!(Position::load(dir.path()), Some(p));

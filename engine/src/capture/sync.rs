@@ -5,7 +5,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ltx::{
     Checksum, Encoder, Header, HeaderFlags, PageEncoding, PageNum, PageSize, Txid, TxidRange,
@@ -210,15 +210,19 @@ pub struct Syncer {
     /// The next full copy is named as a snapshot (`1-<txid>`): the replica does not hold
     /// the history it would continue.
     pub rebase: bool,
-    /// Set by the uploader when the replica lost files it had: the next file is a full
-    /// copy named as a snapshot.
-    pub replica_lost: Arc<AtomicBool>,
+    /// Set by an uploader when its replica lost files it had, or cannot be continued from
+    /// the staged files: the next file is a full copy named as a snapshot.
+    pub full_copy: Arc<FullCopyRequest>,
     /// Bytes of WAL one L0 file takes at most (cut at a commit boundary).
     pub max_wal_bytes: u64,
     pub encoding: PageEncoding,
     /// The wal-index header the last sync read: while the header reads the same, nothing
     /// was committed and the log did not restart (see [`Syncer::unchanged`]).
     pub last_index: Option<IndexHeader>,
+    /// The identity of the history being written (every file's node ID): kept while the
+    /// position is, new with every full copy made without one (nothing is known of the
+    /// history it would continue) or after a page-size change. 0 until the first file.
+    pub history: u64,
 }
 
 impl Syncer {
@@ -265,7 +269,7 @@ impl Syncer {
             });
         }
         let wal = open_if_exists(&self.wal_path).map_err(|e| self.io(e))?;
-        let source = if self.replica_lost.load(Ordering::SeqCst) {
+        let source = if self.full_copy.is_asked() {
             Source::Full {
                 reason: "a replica does not continue from the staged files (added later, or it lost files)",
                 base: true,
@@ -403,11 +407,20 @@ impl Syncer {
         } else {
             db_pages(db, self.page_size)?
         };
-        let range = if base || self.rebase {
+        let rebase = base || self.rebase || self.full_copy.is_asked();
+        if rebase {
+            // Above every TXID a replica is known to hold, so none is ever used twice.
+            self.next_txid = self.next_txid.max(self.full_copy.above().next());
+        }
+        let range = if rebase {
             TxidRange::new(Txid::ONE, self.next_txid)
         } else {
             TxidRange::single(self.next_txid)
         };
+        if base || self.position.is_none() || self.history == 0 {
+            self.history = new_history();
+            tracing::info!(db = %self.db.path.display(), history = %format!("{:016x}", self.history), "a new history starts");
+        }
         let wal_range = generation.map(|g| (g, wal::HEADER_SIZE, scan.end));
         let ltx_header = self.l0_header(range, commit, wal_range);
         let lock = self.page_size.lock_page().get();
@@ -437,7 +450,7 @@ impl Syncer {
             }),
         )?;
         self.rebase = false;
-        self.replica_lost.store(false, Ordering::SeqCst);
+        self.full_copy.done();
         Ok(Synced::Staged {
             range,
             more: false,
@@ -454,6 +467,7 @@ impl Syncer {
         let mut h = Header::new(self.page_size, commit, range);
         h.flags = HeaderFlags::NO_CHECKSUM;
         h.timestamp = jiff::Timestamp::now().as_millisecond();
+        h.node_id = self.history;
         if let Some((generation, from, end)) = wal {
             h.wal_offset = from as i64;
             h.wal_size = (end - from) as i64;
@@ -485,6 +499,7 @@ impl Syncer {
             page_size: self.page_size.get(),
             db: self.db.id,
             wal,
+            history: self.history,
         });
         written.and(saved)
     }
@@ -496,6 +511,52 @@ impl Syncer {
         self.live = true;
         position.save(self.staging.dir())
     }
+}
+
+/// A replica's request for a full copy named as a snapshot, shared by the uploaders and the
+/// capture: a replica lost files, or the staged files do not continue it.
+#[derive(Debug, Default)]
+pub struct FullCopyRequest {
+    asked: AtomicBool,
+    /// The copy's TXID must be above this: a replica holds files up to it.
+    above: AtomicU64,
+}
+
+impl FullCopyRequest {
+    /// Asks for a full copy with a TXID above `txid`.
+    pub fn ask_above(&self, txid: Txid) {
+        self.above.fetch_max(txid.get(), Ordering::SeqCst);
+        self.asked.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a full copy is asked for.
+    pub fn is_asked(&self) -> bool {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// The TXID the next full copy must be above.
+    fn above(&self) -> Txid {
+        Txid::new(self.above.load(Ordering::SeqCst))
+    }
+
+    /// A full copy was staged.
+    fn done(&self) {
+        self.asked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A random history identity, never 0 (0 is Litestream's "unknown").
+pub fn new_history() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let mut id = u64::from_ne_bytes(bytes);
+    if got != bytes.len() as isize {
+        // No kernel randomness: the time and the process are unique enough for an identity.
+        let nanos = jiff::Timestamp::now().as_nanosecond() as u64;
+        id = nanos.rotate_left(17) ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    id.max(1)
 }
 
 fn open_if_exists(path: &Path) -> io::Result<Option<File>> {
@@ -683,6 +744,7 @@ mod tests {
                     offset: idx.committed_end(),
                     checksum: idx.frame_checksum,
                 }),
+                history: 1,
             }
         }
 

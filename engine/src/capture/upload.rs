@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -11,6 +10,7 @@ use ltx::{Txid, TxidRange};
 
 use super::CaptureError;
 use super::staging::Staging;
+use super::sync::FullCopyRequest;
 use crate::restore::{PlanError, plan_files};
 use crate::storage::{FileInfo, Level, Replica, SharedIndex};
 
@@ -50,6 +50,11 @@ impl StagedUse {
     fn replicas(&self) -> usize {
         self.slots.lock().map_or(1, |s| s.len())
     }
+
+    /// A replica given up on: it holds back no staged file any more.
+    fn release(&self, slot: usize) {
+        self.set(slot, Txid::MAX, Txid::MAX);
+    }
 }
 
 /// Ships staged files to one replica and watches that the replica keeps them.
@@ -66,17 +71,22 @@ pub struct Uploader {
     recent: Vec<TxidRange>,
     /// Header fields of files uploaded, by max TXID (the newest
     /// [`HEADERS_KEPT`]): what a merge of this history ending there carries.
-    headers: std::collections::BTreeMap<Txid, (i64, u32, ltx::PageSize)>,
+    headers: std::collections::BTreeMap<Txid, MergedFields>,
     checked: Instant,
+    /// The next round checks the replica first (the last one failed: the replica may have
+    /// been wiped or replaced meanwhile).
+    check_first: bool,
+    /// The replica could not be listed at start: it is listed before its first upload.
+    unlisted: bool,
     /// When the replica was last listed whole.
     listed: Instant,
     /// One check in this many lists the replica whole.
     list_every: u32,
     /// How often to check the replica while uploading.
     check_every: Duration,
-    /// Set when the replica lost the history: the capture's next file is a full copy named
-    /// as a snapshot.
-    rebase: Arc<AtomicBool>,
+    /// Asked when the replica lost the history, or cannot be continued: the capture's next
+    /// file is a full copy named as a snapshot.
+    rebase: Arc<FullCopyRequest>,
     /// What the replica holds, shared with compaction: files uploaded are added, and each
     /// check's listing replaces it.
     index: SharedIndex,
@@ -90,16 +100,17 @@ pub struct Uploader {
 
 impl Uploader {
     /// An uploader for a replica that restores to `uploaded` and whose newest file ends at
-    /// `known`.
+    /// `known`, or (`None`) one that could not be listed yet.
     pub fn new(
         staging: Staging,
         replica: Replica,
-        (uploaded, known): (Txid, Txid),
-        rebase: Arc<AtomicBool>,
+        listed: Option<(Txid, Txid)>,
+        rebase: Arc<FullCopyRequest>,
         (check_every, list_every): (Duration, u32),
         (index, keep_staged_for_compaction): (SharedIndex, bool),
         peers: (Arc<StagedUse>, usize),
     ) -> Uploader {
+        let (uploaded, known) = listed.unwrap_or((Txid::ZERO, Txid::ZERO));
         peers.0.set(peers.1, uploaded, Txid::ZERO);
         Uploader {
             staging,
@@ -109,6 +120,8 @@ impl Uploader {
             recent: Vec::new(),
             headers: std::collections::BTreeMap::new(),
             checked: Instant::now(),
+            check_first: false,
+            unlisted: listed.is_none(),
             listed: Instant::now(),
             list_every: list_every.max(1),
             check_every,
@@ -129,17 +142,31 @@ impl Uploader {
     /// replica still restores to what it holds (see [`Uploader::verify`]). While a full copy
     /// is awaited after a loss, files that cannot continue the replica wait quietly.
     pub async fn upload(&mut self) -> Result<usize, CaptureError> {
-        if self.checked.elapsed() >= self.check_every {
-            // The cheap check (one HEAD: is the newest file still there?) catches a wiped or
-            // replaced replica; every `list_every`-th is a full listing, which also
-            // catches files missing in the middle and another writer's files.
-            let full = self.listed.elapsed() >= self.check_every * self.list_every
-                || !self.newest_is_there().await?;
+        if let Some(detail) = self.index.foreign() {
+            return Err(CaptureError::ForeignHistory {
+                replica: self.replica.name().to_owned(),
+                detail,
+            });
+        }
+        if self.unlisted {
+            self.first_listing().await?;
+        }
+        let asked = self.index.take_check_request();
+        if asked || self.check_first || self.checked.elapsed() >= self.check_every {
+            // The cheap check (HEADs: are the newest file and the base its chain starts
+            // from still there?) catches a wiped or replaced replica; every `list_every`-th
+            // is a full listing, which also catches files missing in the middle and another
+            // writer's files. A check asked for (compaction found the index stale) lists.
+            let full = asked
+                || self.listed.elapsed() >= self.check_every * self.list_every
+                || !self.newest_is_there().await?
+                || !self.base_is_there().await?;
             if full {
                 self.check_replica().await?;
             } else {
                 self.checked = Instant::now();
             }
+            self.check_first = false;
         }
         let sent = self.recent.len();
         // With compaction on, L1 reads uploaded L0 files from the staging directory (no GET
@@ -177,17 +204,14 @@ impl Uploader {
             };
             index.insert(file.clone(), jiff::Timestamp::now());
             index.mark_verified(&file);
-            self.headers.insert(
-                range.max,
-                (header.timestamp, header.commit, header.page_size),
-            );
+            self.headers.insert(range.max, MergedFields::of(&header));
         }
         drop(index);
         while self.headers.len() > HEADERS_KEPT {
             self.headers.pop_first();
         }
         match result {
-            Err(CaptureError::Gap { .. }) if self.rebase.load(Ordering::SeqCst) => Ok(0),
+            Err(CaptureError::Gap { .. }) if self.rebase.is_asked() => Ok(0),
             // The staged files do not continue this replica (it was down while they were
             // removed, or was added later): ask the capture for a full copy, which
             // continues every replica, and upload from there.
@@ -196,7 +220,7 @@ impl Uploader {
                     tracing::warn!(replica = self.replica.name(), uploaded = %self.uploaded, staged = range.file_name(), "the staged files do not continue this replica: the next file is a full copy");
                 }
                 self.asked_full_copy = true;
-                self.rebase.store(true, Ordering::SeqCst);
+                self.rebase.ask_above(self.known);
                 Ok(0)
             }
             Ok(n) => {
@@ -205,17 +229,75 @@ impl Uploader {
                 }
                 Ok(n)
             }
-            other => other,
+            Err(e) => {
+                // Whatever failed, the replica may have changed meanwhile (wiped, replaced,
+                // recreated): the next round looks before it builds on it.
+                self.check_first = true;
+                Err(e)
+            }
         }
     }
 
-    /// Checks now that the replica restores to `uploaded` and holds nothing this uploader
-    /// did not send since it was last checked: an error if not. A replica wiped, put back
-    /// from an older copy, or missing files in the middle restores no further than some
-    /// earlier TXID: then the capture is asked for a full copy, and files this uploader sent
-    /// since the last good check that no longer restore are deleted, being of no use.
-    /// Files from another writer stop the replication.
+    /// The listing a replica that could not be listed at start gets before its first upload:
+    /// where it stands, and, if it holds TXIDs the capture may have used since, a full copy
+    /// above them (no TXID is used twice).
+    async fn first_listing(&mut self) -> Result<(), CaptureError> {
+        let files = self.list_whole().await?;
+        let restores_to = latest_restorable(&files);
+        let newest = files.iter().map(|f| f.range.max).max().unwrap_or(Txid::ZERO);
+        let staged = self
+            .staging
+            .staged()
+            .map_err(|error| CaptureError::Io {
+                path: self.staging.dir().to_owned(),
+                error,
+            })?
+            .last()
+            .map_or(Txid::ZERO, |r| r.max);
+        self.index.lock().replace(files, jiff::Timestamp::now());
+        self.uploaded = restores_to;
+        self.known = newest;
+        self.unlisted = false;
+        self.checked = Instant::now();
+        self.listed = self.checked;
+        self.peers.0.set(self.peers.1, restores_to, Txid::ZERO);
+        tracing::info!(replica = self.replica.name(), restores_to = %restores_to, newest = %newest, "listed the replica");
+        if newest > staged || newest > restores_to {
+            tracing::warn!(replica = self.replica.name(), %newest, "the replica cannot be continued from the staged files: the next file is a full copy");
+            self.rebase.ask_above(newest);
+            self.asked_full_copy = true;
+        }
+        Ok(())
+    }
+
+    /// Gives up on this replica (another history is in it): it keeps no staged file from
+    /// removal and its compaction and retention stop.
+    pub fn stop(&self, why: &str) {
+        self.peers.0.release(self.peers.1);
+        self.index.report_foreign(why.to_owned());
+    }
+
+    /// Lists and checks the replica now (see [`Uploader::verify`]), without failing on a
+    /// loss: a replica that lost files asks the capture for a full copy, which the final
+    /// sync of a stop then writes.
+    pub async fn check_now(&mut self) -> Result<(), CaptureError> {
+        if self.unlisted {
+            return self.first_listing().await;
+        }
+        self.check_replica().await
+    }
+
+    /// Checks that the replica restores to `uploaded` and holds nothing this uploader did
+    /// not send since it was last checked: an error if not. The newest file and the base its
+    /// chain starts from are looked at first (HEADs); if either is gone, the replica is
+    /// listed. A replica wiped, put back from an older copy, or missing files in the middle
+    /// restores no further than some earlier TXID: then the capture is asked for a full copy,
+    /// and files this uploader sent since the last good check that no longer restore are
+    /// deleted, being of no use. Files from another writer are an error.
     pub async fn verify(&mut self) -> Result<(), CaptureError> {
+        if self.newest_is_there().await? && self.base_is_there().await? {
+            return Ok(());
+        }
         let before = self.uploaded;
         self.check_replica().await?;
         if self.uploaded < before {
@@ -230,10 +312,9 @@ impl Uploader {
 
     /// Whether `snapshot` (not written by this process) is a merge of this capture's own
     /// files: a compaction takes its last input's header timestamp (to the millisecond),
-    /// database size and page size, so it matches this process's file ending at the same
-    /// TXID. (Capture files carry no database checksum to compare.)
+    /// database size, page size and history, so it matches this process's file ending at
+    /// the same TXID. (Capture files carry no database checksum to compare.)
     async fn same_history(&self, snapshot: &FileInfo, trusted: &[FileInfo]) -> bool {
-        let fields = |h: ltx::Header| (h.timestamp, h.commit, h.page_size);
         let ours = match self.headers.get(&snapshot.range.max) {
             Some(&ours) => ours,
             None => {
@@ -241,7 +322,7 @@ impl Uploader {
                     return false;
                 };
                 match self.replica.read_header(ours).await {
-                    Ok(h) => fields(h),
+                    Ok(h) => MergedFields::of(&h),
                     Err(_) => return false,
                 }
             }
@@ -249,7 +330,26 @@ impl Uploader {
         self.replica
             .read_header(snapshot)
             .await
-            .is_ok_and(|h| fields(h) == ours)
+            .is_ok_and(|h| MergedFields::of(&h) == ours)
+    }
+
+    /// Whether the file the replica's chain to `uploaded` starts from (a snapshot, as the
+    /// index knows it) is still there (one HEAD): a replica wiped and written again since
+    /// holds the newest file but restores nothing.
+    async fn base_is_there(&self) -> Result<bool, CaptureError> {
+        if self.uploaded == Txid::ZERO {
+            return Ok(true);
+        }
+        let base = {
+            let index = self.index.lock();
+            plan_files(&index.all(), Txid::ZERO, Some(self.uploaded), &[])
+                .ok()
+                .and_then(|p| p.files.into_iter().next())
+        };
+        match base {
+            Some(f) => Ok(self.replica.exists(f.level, f.range).await?),
+            None => Ok(false),
+        }
     }
 
     /// Every level, listed while this process deletes nothing.
@@ -364,7 +464,7 @@ impl Uploader {
         self.uploaded = holds_through;
         self.known = newest(&kept);
         self.recent.clear();
-        self.rebase.store(true, Ordering::SeqCst);
+        self.rebase.ask_above(self.known);
         Ok(())
     }
 }
@@ -445,12 +545,18 @@ pub async fn upload(
                 });
             }
             Ok(_) => {}
+            // A conditional create that failed is a conflict only if the file is there now
+            // and is not this one.
             Err(e) if e.is_already_exists() => {
-                if !same_as_replica(replica, level, range, &path).await? {
-                    return Err(CaptureError::Conflict {
-                        txid,
-                        replica: replica.name().to_owned(),
-                    });
+                match compare_with_replica(replica, level, range, &path).await? {
+                    Existing::Same => {}
+                    Existing::Different => {
+                        return Err(CaptureError::Conflict {
+                            txid,
+                            replica: replica.name().to_owned(),
+                        });
+                    }
+                    Existing::Missing => return Err(e.into()),
                 }
             }
             Err(e) => return Err(e.into()),
@@ -471,6 +577,17 @@ pub async fn upload(
         }
     }
     Ok(count)
+}
+
+/// What a merge of this history ending at a file carries of that file's header: its
+/// timestamp, database size, page size and history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MergedFields(i64, u32, ltx::PageSize, u64);
+
+impl MergedFields {
+    fn of(h: &ltx::Header) -> MergedFields {
+        MergedFields(h.timestamp, h.commit, h.page_size, h.node_id)
+    }
 }
 
 /// A staged file's size and header, from one open.
@@ -508,21 +625,32 @@ fn staged_age(staging: &Staging, range: TxidRange) -> Option<Duration> {
         .ok()
 }
 
-/// Whether the replica's file for `range` holds exactly the staged file's bytes, compared
-/// a chunk at a time (a full copy can be as large as the database).
-async fn same_as_replica(
+/// What the replica holds under a staged file's name.
+#[derive(Debug, PartialEq, Eq)]
+enum Existing {
+    /// Exactly the staged file's bytes (an upload retried after a crash).
+    Same,
+    /// Other bytes: another writer's file.
+    Different,
+    /// Nothing.
+    Missing,
+}
+
+/// Compares the replica's file for `range` with the staged file, a chunk at a time (a full
+/// copy can be as large as the database).
+async fn compare_with_replica(
     replica: &Replica,
     level: Level,
     range: TxidRange,
     path: &Path,
-) -> Result<bool, CaptureError> {
+) -> Result<Existing, CaptureError> {
     let Some(existing) = replica
         .list(level, range.min)
         .await?
         .into_iter()
         .find(|f| f.range == range)
     else {
-        return Ok(false);
+        return Ok(Existing::Missing);
     };
     const CHUNK: u64 = 8 << 20;
     let io = |source| CaptureError::Io {
@@ -531,7 +659,7 @@ async fn same_as_replica(
     };
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     if file.metadata().await.map_err(io)?.len() != existing.size {
-        return Ok(false);
+        return Ok(Existing::Different);
     }
     let mut ours = vec![0u8; CHUNK.min(existing.size) as usize];
     let mut at = 0;
@@ -541,11 +669,11 @@ async fn same_as_replica(
         let ours = &mut ours[..(end - at) as usize];
         file.read_exact(ours).await.map_err(io)?;
         if theirs[..] != ours[..] {
-            return Ok(false);
+            return Ok(Existing::Different);
         }
         at = end;
     }
-    Ok(true)
+    Ok(Existing::Same)
 }
 
 /// Where a staged file goes: L0, except a full copy that restarts the history (`1-<n>`,

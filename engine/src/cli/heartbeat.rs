@@ -60,6 +60,9 @@ fn healthy(databases: &[DbStatus], interval: Duration, now: jiff::Timestamp) -> 
             return Err(format!("{path}: sync failing: {e}"));
         }
         for r in &capture.replicas {
+            if let Some(e) = &r.stopped {
+                return Err(format!("{path}: {} stopped: {e}", r.replica));
+            }
             if let Some(e) = &r.upload_error {
                 return Err(format!("{path}: {} failing: {e}", r.replica));
             }

@@ -36,7 +36,8 @@ pub struct ReplicateArgs {
     legacy_frames: bool,
     /// Run this command (split as a shell would, but not run by one) while replicating:
     /// SIGINT and SIGTERM are passed on to it, and when it exits strata syncs a last time and
-    /// exits with its exit code (Litestream's -exec).
+    /// exits with its exit code (Litestream's -exec). A second signal kills it 5 s later
+    /// (a third at once), then the final sync runs.
     #[arg(long)]
     exec: Option<String>,
 }
@@ -180,6 +181,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let mut config = config;
     let mut failed = false;
     let mut exit_code = None;
+    // Stop signals received while the command runs, and when it is to be killed.
+    let mut stop_signals = 0u32;
+    let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             signal = signals.next() => match signal {
@@ -194,8 +198,24 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 Signal::Stop(sig) => match &mut child {
-                    // The child decides when to stop; strata follows once it has exited.
-                    Some(c) if exit_code.is_none() => forward(c, sig),
+                    // The child decides when to stop; strata follows once it has exited. A
+                    // second signal gives it EXEC_GRACE more, then it is killed; a third
+                    // kills it at once. Either way the final sync follows.
+                    Some(c) if exit_code.is_none() => {
+                        forward(c, sig);
+                        stop_signals += 1;
+                        match stop_signals {
+                            1 => {}
+                            2 => {
+                                eprintln!(
+                                    "second signal: the command is killed in {} s unless it exits, then the final sync",
+                                    EXEC_GRACE.as_secs()
+                                );
+                                kill_at = Some(tokio::time::Instant::now() + EXEC_GRACE);
+                            }
+                            _ => kill_at = Some(tokio::time::Instant::now()),
+                        }
+                    }
                     _ => break,
                 },
             },
@@ -210,6 +230,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             _ = rescan.tick(), if watching => {
                 if let Ok(dbs) = source.databases(&config, Some(&store)).await {
                     report_applied(&store, store.apply(dbs).await, &mut reported).await;
+                }
+            }
+            () = async { tokio::time::sleep_until(kill_at.expect("guarded")).await }, if kill_at.is_some() && exit_code.is_none() => {
+                kill_at = None;
+                if let Some(c) = &mut child {
+                    eprintln!("killing the command (SIGKILL)");
+                    let _ = c.start_kill();
                 }
             }
             status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() && exit_code.is_none() => {
@@ -345,6 +372,9 @@ fn print_compaction(db: &str, status: &DbStatus) {
         }
     }
 }
+
+/// How long `-exec`'s command has after a second stop signal before it is killed.
+const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts `-exec`'s command.
 fn spawn(cmd: &str) -> anyhow::Result<tokio::process::Child> {

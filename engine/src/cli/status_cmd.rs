@@ -101,6 +101,9 @@ pub fn render(databases: &[DbStatus], now: jiff::Timestamp) -> String {
                 r.uploads,
                 r.failed_uploads
             );
+            if let Some(e) = &r.stopped {
+                let _ = writeln!(out, "    STOPPED: {e}");
+            }
             if let Some(e) = &r.upload_error {
                 let _ = writeln!(out, "    last upload error: {e}");
             }

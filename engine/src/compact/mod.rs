@@ -110,6 +110,10 @@ pub enum CompactError {
     /// The merge thread panicked: a bug.
     #[error("the merge panicked: {0}")]
     Panicked(String),
+    /// Files of another history are in the replica: nothing more is merged into it or
+    /// deleted from it.
+    #[error("the replica holds files of another history, so compaction and retention are stopped: {0}")]
+    ForeignHistory(String),
 }
 
 impl CompactError {
@@ -252,18 +256,26 @@ impl Compactor {
     /// what is new below it into one file (a snapshot for level 9).
     pub async fn run_level(&self, level: Level, now: Timestamp) -> Result<Outcome, CompactError> {
         let started = std::time::Instant::now();
-        let mut result = self.pass(level, now).await;
+        let mut result = match self.index.foreign() {
+            Some(foreign) => Err(CompactError::ForeignHistory(foreign)),
+            None => self.pass(level, now).await,
+        };
         if let Err(CompactError::Corrupt { .. }) = &result {
             // The corrupt input is left out now (and was logged): build around it at once
             // rather than at the level's next boundary (a day, for snapshots).
             result = self.pass(level, now).await;
         }
-        if let Err(CompactError::Storage(e)) = &result
-            && e.is_not_found()
-        {
-            // A file the index holds is gone (retention elsewhere, a wiped replica): the
-            // index is stale, so list again before the next pass.
-            self.refresh().await?;
+        match &result {
+            Err(CompactError::Storage(e)) if e.is_not_found() => {
+                // A file the index holds is gone (retention elsewhere, a wiped replica): the
+                // index is stale, so list again before the next pass, and have the replica
+                // checked (a replica that lost its history gets a full copy).
+                self.index.request_check();
+                self.refresh().await?;
+            }
+            // The replica's files do not chain to a restorable state: the same.
+            Err(CompactError::Plan(_)) => self.index.request_check(),
+            _ => {}
         }
         self.update(|s| {
             let l = s.levels.entry(level).or_default();
@@ -377,6 +389,14 @@ impl Compactor {
         .await
         {
             Ok(merged) => merged,
+            // The inputs chain by TXID but belong to two histories: another process writes
+            // another database here. Nothing more is written to or deleted from it.
+            Err(CompactError::Ltx(e @ ltx::Error::TwoHistories { .. })) => {
+                let what = format!("{level} merge: {e}");
+                tracing::error!(replica = self.replica.name(), error = %what, "files of another history: compaction and retention stop");
+                self.index.report_foreign(what.clone());
+                return Err(CompactError::ForeignHistory(what));
+            }
             Err(e) if e.is_bad_data() => {
                 // Find the input at fault, name it, and keep it out of every later merge,
                 // plan and retention decision of this process.
@@ -433,7 +453,10 @@ impl Compactor {
     /// many files went.
     pub async fn run_retention(&self, now: Timestamp) -> Result<usize, CompactError> {
         let started = std::time::Instant::now();
-        let result = self.retain(now).await;
+        let result = match self.index.foreign() {
+            Some(foreign) => Err(CompactError::ForeignHistory(foreign)),
+            None => self.retain(now).await,
+        };
         self.update(|s| {
             s.retention_passes += 1;
             s.failed_retention_passes += u64::from(result.is_err());

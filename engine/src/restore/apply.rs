@@ -24,6 +24,9 @@ pub(crate) struct Applied {
     pub bytes: u64,
     /// The post-apply database checksum of the last file applied, if it carries one.
     pub post_apply: Option<ltx::Checksum>,
+    /// The history of the files applied (their node ID, when one carries it), and the
+    /// first file that carried it.
+    pub history: Option<(u64, FileInfo)>,
 }
 
 impl Applied {
@@ -49,6 +52,15 @@ pub(crate) enum Stop {
         file: FileInfo,
         expected: PageSize,
         found: PageSize,
+    },
+    /// A file of another history than the files before it: they must not be joined.
+    TwoHistories {
+        /// The first earlier file of the other history.
+        earlier: FileInfo,
+        /// The file that does not belong with it.
+        file: FileInfo,
+        /// What the headers say.
+        error: ltx::Error,
     },
     /// Reading failed for another reason.
     Storage(StorageError),
@@ -193,7 +205,8 @@ impl Current {
         applied: &mut Applied,
     ) -> Result<&'c mut Current, Stop> {
         if current.as_ref().is_none_or(|c| c.file != file) {
-            let found = layout.header().page_size;
+            let header = layout.header();
+            let found = header.page_size;
             let expected = *applied.page_size.get_or_insert(found);
             if found != expected {
                 return Err(Stop::PageSize {
@@ -201,6 +214,24 @@ impl Current {
                     expected,
                     found,
                 });
+            }
+            if header.node_id != 0 {
+                match &applied.history {
+                    Some((id, earlier)) if *id != header.node_id => {
+                        return Err(Stop::TwoHistories {
+                            earlier: earlier.clone(),
+                            file: files[file].clone(),
+                            error: ltx::Error::TwoHistories {
+                                first: earlier.range,
+                                first_node: *id,
+                                second: header.txid_range(),
+                                second_node: header.node_id,
+                            },
+                        });
+                    }
+                    Some(_) => {}
+                    None => applied.history = Some((header.node_id, files[file].clone())),
+                }
             }
             *current = Some(Current {
                 file,

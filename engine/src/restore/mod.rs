@@ -150,6 +150,13 @@ pub enum RestoreError {
         /// What is wrong with it.
         error: ltx::Error,
     },
+    /// The only plans join files of two histories (two databases replicated to one place):
+    /// they would make a database that never existed.
+    #[error("cannot restore: {error}; no plan avoids joining them")]
+    TwoHistories {
+        /// What the headers say.
+        error: ltx::Error,
+    },
     /// A file's page size differs from the rest of the plan.
     #[error("{file} has page size {found}, the files before it have {expected}")]
     PageSizeMismatch {
@@ -308,6 +315,25 @@ pub async fn restore(
                     });
                 }
                 (Txid::ZERO, reason)
+            }
+            // The files of the history that reaches the target are kept: the earlier file is
+            // left out first, the later one if no plan goes around the earlier.
+            Stop::TwoHistories {
+                earlier,
+                file,
+                error,
+            } => {
+                let files = replica.list_all().await?;
+                let around = [earlier.clone(), file.clone()].into_iter().find(|f| {
+                    let mut without = excluded.clone();
+                    without.push(f.clone());
+                    plan_files(&files, Txid::ZERO, Some(target_txid), &without).is_ok()
+                });
+                let Some(left_out) = around else {
+                    return Err(RestoreError::TwoHistories { error });
+                };
+                excluded.push(left_out.clone());
+                (Txid::ZERO, format!("{error}: leaving {left_out} out"))
             }
             Stop::PageSize {
                 file,

@@ -197,6 +197,18 @@ pub struct SharedIndex {
     /// several levels never sees this process's deletions half done (one level listed
     /// before a deletion, the next after).
     listing: Arc<tokio::sync::Mutex<()>>,
+    alarms: Arc<Alarms>,
+}
+
+/// What the tasks of one replica tell each other about it beyond its files.
+#[derive(Debug, Default)]
+struct Alarms {
+    /// The index may no longer describe the replica (a planned file is gone, a snapshot
+    /// cannot be built): it should be listed and checked now.
+    check: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+    /// Files of another history were found in it: nothing more is written or deleted.
+    foreign: Mutex<Option<String>>,
 }
 
 impl SharedIndex {
@@ -205,6 +217,7 @@ impl SharedIndex {
         SharedIndex {
             index: Arc::new(Mutex::new(index)),
             listing: Arc::default(),
+            alarms: Arc::default(),
         }
     }
 
@@ -223,6 +236,47 @@ impl SharedIndex {
     /// A copy of the index as it is now.
     pub fn snapshot(&self) -> LevelIndex {
         self.lock().clone()
+    }
+
+    /// Asks whoever keeps the index current (the uploader) to list and check the replica
+    /// now: something suggests it no longer holds what the index says.
+    pub fn request_check(&self) {
+        self.alarms
+            .check
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.alarms.wake.notify_one();
+    }
+
+    /// Whether a check was asked for since the last call (which takes the request).
+    pub fn take_check_request(&self) -> bool {
+        self.alarms
+            .check
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when a check is asked for.
+    pub async fn check_requested(&self) {
+        self.alarms.wake.notified().await;
+    }
+
+    /// Records that files of another history are in the replica (`what` says which): from
+    /// now on nothing is written to it or deleted from it. The first report stays.
+    pub fn report_foreign(&self, what: String) {
+        let mut foreign = self.alarms.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        if foreign.is_none() {
+            *foreign = Some(what);
+        }
+        drop(foreign);
+        self.alarms.wake.notify_one();
+    }
+
+    /// Why the replica holds another history, if it was found to.
+    pub fn foreign(&self) -> Option<String> {
+        self.alarms
+            .foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -63,6 +63,27 @@ impl Layout {
         self.level_dir(root, level).join(range.file_name())
     }
 
+    /// The level and file name of an object listed under `root`, if it sits where this
+    /// layout keeps a level's files (a name in a level directory, nothing deeper).
+    pub fn locate<'a>(self, root: &Path, location: &'a Path) -> Option<(Level, &'a str)> {
+        let parts: Vec<_> = location.prefix_match(root)?.collect();
+        let level = match (self, &parts[..]) {
+            (Layout::File, [ltx, level, _]) if ltx.as_ref() == "ltx" => {
+                let level = level.as_ref();
+                let n: u8 = level.parse().ok().filter(|n: &u8| n.to_string() == level)?;
+                Level::new(n)?
+            }
+            (Layout::S3, [level, _]) => {
+                let level = level.as_ref();
+                let n = u8::from_str_radix(level, 16).ok()?;
+                (format!("{n:04x}") == level).then_some(())?;
+                Level::new(n)?
+            }
+            _ => return None,
+        };
+        Some((level, location.filename()?))
+    }
+
     /// The other layout.
     pub fn other(self) -> Layout {
         match self {
@@ -114,5 +135,23 @@ mod tests {
             Layout::File.level_dir(&Path::default(), Level::L0).as_ref(),
             "ltx/0"
         );
+    }
+
+    #[test]
+    fn listed_objects_are_placed_by_their_path() {
+        let root = Path::from("db");
+        let name = "0000000000000001-0000000000000010.ltx";
+        for layout in [Layout::File, Layout::S3] {
+            for level in Level::all() {
+                let path = layout.file_path(&root, level, TxidRange::new(Txid::ONE, Txid::new(0x10)));
+                assert_eq!(layout.locate(&root, &path), Some((level, name)));
+                assert_eq!(layout.other().locate(&root, &path), None);
+            }
+        }
+        for stray in ["db/ltx/00/x.ltx", "db/ltx/10/x.ltx", "db/ltx/1/a/x.ltx", "db/000a/x.ltx", "db/0001", "dbx/0001/x.ltx", "db/strata-uploads/x"] {
+            let p = Path::from(stray);
+            assert_eq!(Layout::File.locate(&root, &p), None, "{stray}");
+            assert_eq!(Layout::S3.locate(&root, &p), None, "{stray}");
+        }
     }
 }

@@ -110,7 +110,7 @@ impl ReplicaUrl {
         }
         let key_prefix = || url.path().trim_matches('/').to_owned();
         let bucket = || match url.host_str() {
-            Some(h) if !h.is_empty() => Ok(h.to_owned()),
+            Some(h) if !h.is_empty() => check_bucket(s, h).map(|()| h.to_owned()),
             _ => Err(url_error(s, "missing bucket name")),
         };
         match scheme {
@@ -178,6 +178,53 @@ impl ReplicaUrl {
                     supported_schemes()
                 ),
             )),
+        }
+    }
+
+    /// Where the replica is, one string for every spelling of it (a relative or absolute
+    /// path, `file://`, a prefix with or without slashes): two databases replicated to one
+    /// location would mix their files. Credentials and client options are not part of it.
+    pub fn location(&self) -> String {
+        let prefix = |p: &str| {
+            p.split('/')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        match self {
+            ReplicaUrl::File { root } => {
+                let absolute = std::fs::canonicalize(root)
+                    .or_else(|_| std::path::absolute(root))
+                    .unwrap_or_else(|_| root.clone());
+                let mut normal = PathBuf::new();
+                for c in absolute.components() {
+                    match c {
+                        std::path::Component::CurDir => {}
+                        std::path::Component::ParentDir => {
+                            normal.pop();
+                        }
+                        c => normal.push(c),
+                    }
+                }
+                format!("file://{}", normal.display())
+            }
+            ReplicaUrl::S3 {
+                bucket,
+                prefix: p,
+                endpoint,
+                ..
+            } => {
+                let endpoint = endpoint
+                    .as_deref()
+                    .map_or("", |e| e.trim_end_matches('/'));
+                format!("s3://{endpoint}/{bucket}/{}", prefix(p))
+            }
+            #[cfg(feature = "gcs")]
+            ReplicaUrl::Gcs { bucket, prefix: p } => format!("gs://{bucket}/{}", prefix(p)),
+            #[cfg(feature = "azure")]
+            ReplicaUrl::Azure { container, prefix: p } => {
+                format!("abs://{container}/{}", prefix(p))
+            }
         }
     }
 
@@ -434,6 +481,33 @@ impl fmt::Display for ReplicaUrl {
             #[cfg(feature = "azure")]
             ReplicaUrl::Azure { container, prefix } => write!(f, "abs://{container}/{prefix}"),
         }
+    }
+}
+
+/// What is wrong with a bucket (or container) name, if anything: it takes letters, digits,
+/// `.`, `-` and `_`, starts and ends with a letter or digit, has no `..` and at most 255
+/// bytes. A name such as `..` would otherwise be normalised away in a path-style request
+/// and address another bucket.
+pub(crate) fn bucket_problem(name: &str) -> Option<String> {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && !name.contains("..");
+    (!valid).then(|| {
+        format!(
+            "{name:?} is not a valid bucket name (letters, digits, '.', '-' and '_', starting and ending with a letter or digit, no '..')"
+        )
+    })
+}
+
+fn check_bucket(url: &str, name: &str) -> Result<(), UrlError> {
+    match bucket_problem(name) {
+        Some(problem) => Err(url_error(url, problem)),
+        None => Ok(()),
     }
 }
 

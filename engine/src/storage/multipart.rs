@@ -48,15 +48,18 @@ pub(super) enum UploadError {
     Store(Path, object_store::Error),
 }
 
+/// Where the scratch objects of a replica under `root` are.
+pub(super) fn scratch_dir(root: &Path) -> Path {
+    root.clone().join("strata-uploads")
+}
+
 /// The scratch key for uploading `dest` under `root`, unique to this process and moment.
 pub(super) fn scratch_path(root: &Path, dest: &Path) -> Path {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let name = dest.filename().unwrap_or("file");
-    root.clone()
-        .join("strata-uploads")
-        .join(format!("{name}.{}.{nanos}", std::process::id()))
+    scratch_dir(root).join(format!("{name}.{}.{nanos}", std::process::id()))
 }
 
 /// Uploads `source` in parts to `scratch`, then copies it to `dest` unless `dest` exists

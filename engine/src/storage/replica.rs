@@ -302,12 +302,50 @@ impl Replica {
         Ok(files)
     }
 
-    /// Every file in every level, ordered by level then TXID. One LIST per level, issued
-    /// together.
+    /// Every file in every level, ordered by level then TXID: one recursive listing of the
+    /// replica (paginated by the store), not a listing per level.
     pub async fn list_all(&self) -> Result<Vec<FileInfo>, StorageError> {
-        let levels =
-            futures::future::try_join_all(Level::all().map(|l| self.list(l, Txid::ZERO))).await?;
-        Ok(levels.into_iter().flatten().collect())
+        Ok(self.list_all_with_scratch().await?.0)
+    }
+
+    /// [`Replica::list_all`], and the scratch objects of interrupted uploads (see
+    /// `multipart`) the same listing found.
+    pub async fn list_all_with_scratch(
+        &self,
+    ) -> Result<(Vec<FileInfo>, Vec<Path>), StorageError> {
+        let root = &self.inner.root;
+        let scratch_dir = multipart::scratch_dir(root);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .store
+            .list(Some(root))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(Operation::List, root, e))?;
+        let mut files = Vec::new();
+        let mut scratch = Vec::new();
+        for m in metas {
+            if m.location.prefix_match(&scratch_dir).is_some_and(|rest| rest.count() == 1) {
+                scratch.push(m.location);
+                continue;
+            }
+            let Some((level, name)) = self.inner.layout.locate(root, &m.location) else {
+                continue;
+            };
+            let Ok(range) = TxidRange::parse_file_name(name) else {
+                tracing::debug!(path = %m.location, "ignoring a file that is not named like an LTX file");
+                continue;
+            };
+            files.push(FileInfo {
+                level,
+                range,
+                size: m.size,
+                modified: jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            });
+        }
+        files.sort_by_key(|f| (f.level, f.range));
+        Ok((files, scratch))
     }
 
     /// Bytes `range` of `file`. A body that breaks mid-transfer is resumed from where it
@@ -617,32 +655,47 @@ impl Replica {
         let path = self.path(level, range);
         let dest = root.join(path.as_ref());
         let source = source.to_owned();
-        let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        // Only a link that found the name taken means the file exists; any other failure
+        // (a level directory that cannot be made, a full disk) is a failed write.
+        let result = tokio::task::spawn_blocking(move || -> Result<u64, (ErrorKind, std::io::Error)> {
+            let other = |e: std::io::Error| (ErrorKind::Other, e);
+            let link = |from: &std::path::Path, to: &std::path::Path| {
+                std::fs::hard_link(from, to).map_err(|e| {
+                    let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        ErrorKind::AlreadyExists
+                    } else {
+                        ErrorKind::Other
+                    };
+                    (kind, e)
+                })
+            };
             let dir = dest.parent().expect("level directories have a parent");
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(other)?;
             std::fs::File::options()
                 .write(true)
-                .open(&source)?
-                .set_modified(timestamp.into())?;
-            match std::fs::hard_link(&source, &dest) {
+                .open(&source)
+                .and_then(|f| f.set_modified(timestamp.into()))
+                .map_err(other)?;
+            match link(&source, &dest) {
                 Ok(()) => {
-                    std::fs::File::open(dir)?.sync_all()?;
-                    return Ok(std::fs::metadata(&dest)?.len());
+                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(other)?;
+                    return std::fs::metadata(&dest).map(|m| m.len()).map_err(other);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+                Err((_, e)) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
                 Err(e) => return Err(e),
             }
             let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
-            let size = std::fs::copy(&source, &tmp)?;
+            let size = std::fs::copy(&source, &tmp).map_err(other)?;
             let linked = std::fs::File::open(&tmp)
                 .and_then(|f| {
                     f.sync_all()?;
                     f.set_modified(timestamp.into())
                 })
-                .and_then(|()| std::fs::hard_link(&tmp, &dest));
+                .map_err(other)
+                .and_then(|()| link(&tmp, &dest));
             let _ = std::fs::remove_file(&tmp);
             linked?;
-            std::fs::File::open(dir)?.sync_all()?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(other)?;
             Ok(size)
         })
         .await
@@ -655,20 +708,13 @@ impl Replica {
                 size,
                 modified: timestamp,
             }),
-            Err(e) => {
-                let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    ErrorKind::AlreadyExists
-                } else {
-                    ErrorKind::Other
-                };
-                Err(StorageError::new(
-                    &self.inner.name,
-                    Operation::Put,
-                    &path,
-                    kind,
-                    e.to_string(),
-                ))
-            }
+            Err((kind, e)) => Err(StorageError::new(
+                &self.inner.name,
+                Operation::Put,
+                &path,
+                kind,
+                e.to_string(),
+            )),
         }
     }
 
@@ -753,27 +799,14 @@ impl Replica {
         }
     }
 
-    /// Deletes scratch objects of large uploads (see `multipart`) older than `age`: what a
-    /// process killed mid-upload leaves behind. Returns how many were deleted. (An
-    /// incomplete multipart upload of such a process is the bucket lifecycle's to abort:
+    /// Deletes scratch objects of interrupted uploads (see `multipart`, and
+    /// [`Replica::list_all_with_scratch`]). Returns how many were deleted. (An incomplete
+    /// multipart upload of a killed process is the bucket lifecycle's to abort:
     /// `object_store` cannot list them.)
-    pub async fn remove_stale_uploads(&self, age: Duration) -> Result<usize, StorageError> {
-        let dir = self.inner.root.clone().join("strata-uploads");
-        let metas: Vec<object_store::ObjectMeta> = self
-            .inner
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(|e| self.error(Operation::List, &dir, e))?;
-        let cutoff = millis_ago(age);
-        let stale: Vec<_> = metas
-            .into_iter()
-            .filter(|m| m.last_modified.timestamp_millis() < cutoff)
-            .map(|m| m.location)
-            .collect();
-        let count = stale.len();
-        self.delete_paths(stale, dir.as_ref()).await?;
+    pub async fn delete_scratch(&self, scratch: Vec<Path>) -> Result<usize, StorageError> {
+        let count = scratch.len();
+        let dir = multipart::scratch_dir(&self.inner.root);
+        self.delete_paths(scratch, dir.as_ref()).await?;
         Ok(count)
     }
 
@@ -801,11 +834,6 @@ impl Replica {
         }
         Ok(())
     }
-}
-
-/// Unix milliseconds `age` ago.
-fn millis_ago(age: Duration) -> i64 {
-    jiff::Timestamp::now().as_millisecond() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Cuts a body arriving in chunks into pieces ending at given offsets.

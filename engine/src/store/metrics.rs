@@ -167,6 +167,7 @@ impl Collector for Scrape {
 struct Replicas {
     txid: Family,
     lag: Family,
+    stopped: Family,
     uploads: Family,
     upload_errors: Family,
     upload_time: Family,
@@ -194,6 +195,10 @@ impl Default for Replicas {
                 "How long the replica has lacked something staged (0: it holds everything).",
             )
             .seconds(),
+            stopped: Family::gauge(
+                "replica_stopped",
+                "1 if the replica is no longer written to (another history found in it).",
+            ),
             uploads: Family::counter("uploads", "Upload rounds run."),
             upload_errors: Family::counter("upload_errors", "Upload rounds that failed."),
             upload_time: Family::counter("upload", "Time spent uploading.").seconds(),
@@ -234,6 +239,8 @@ impl Replicas {
         };
         self.txid.add(labels.clone(), r.uploaded.get() as f64);
         self.lag.add(labels.clone(), r.lag(now).as_secs_f64());
+        self.stopped
+            .add(labels.clone(), f64::from(u8::from(r.stopped.is_some())));
         self.uploads.add(labels.clone(), r.uploads as f64);
         self.upload_errors
             .add(labels.clone(), r.failed_uploads as f64);
@@ -278,6 +285,7 @@ impl Replicas {
         for family in [
             &self.txid,
             &self.lag,
+            &self.stopped,
             &self.uploads,
             &self.upload_errors,
             &self.upload_time,

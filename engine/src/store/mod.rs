@@ -168,6 +168,16 @@ pub enum StoreError {
     /// The database is in the store already.
     #[error("{} is already in the store", .0.display())]
     AlreadyAdded(PathBuf),
+    /// Another database in the store is replicated to the same place.
+    #[error("{}: {replica} is already the replica of {}: each database needs a replica of its own", path.display(), other.display())]
+    ReplicaShared {
+        /// The database being added.
+        path: PathBuf,
+        /// The replica.
+        replica: String,
+        /// The database that has it.
+        other: PathBuf,
+    },
     /// The database is in the store but disabled.
     #[error("{} is disabled", .0.display())]
     Disabled(PathBuf),
@@ -246,6 +256,8 @@ pub struct Applied {
 
 struct Entry {
     spec: Database,
+    /// Where its replicas are ([`ReplicaUrl::location`]).
+    locations: Vec<String>,
     running: Option<Replication>,
 }
 
@@ -290,11 +302,22 @@ impl Store {
         if dbs.contains_key(&path) {
             return Err(StoreError::AlreadyAdded(path));
         }
+        let locations: Vec<String> = db.replicas.iter().map(ReplicaUrl::location).collect();
+        for (other, entry) in dbs.iter() {
+            if let Some(i) = locations.iter().position(|l| entry.locations.contains(l)) {
+                return Err(StoreError::ReplicaShared {
+                    path,
+                    replica: db.replicas[i].to_string(),
+                    other: other.clone(),
+                });
+            }
+        }
         let running = self.start(&path, &db).await?;
         dbs.insert(
             path.clone(),
             Entry {
                 spec: db,
+                locations,
                 running: Some(running),
             },
         );

@@ -358,14 +358,17 @@ async fn a_replica_missing_files_or_put_back_gets_a_full_copy_and_a_stop_says_so
     running.stop().await.unwrap();
     latest_equals_source(&setup).await;
 
-    // A file goes missing and the replication stops at once: it must not claim success.
+    // A file goes missing and the replication stops at once: the stop finds the loss and
+    // writes the full copy it owes before it claims success, idle as the database is.
     let running = start_in_process(&setup, &setup.replica_url).await;
     tokio::task::block_in_place(|| wait_all(setup.writers(1, 0.5)));
     sleep_ms(300);
+    let before = running.status().full_copies;
     let files = l0_files(&setup);
     std::fs::remove_file(&files[files.len() - 2]).unwrap();
-    let err = running.stop().await.unwrap_err().to_string();
-    assert!(err.contains("no longer holds"), "{err}");
+    let status = running.stop().await.unwrap();
+    assert_eq!(status.full_copies, before + 1, "{status:?}");
+    latest_equals_source(&setup).await;
 
     // Missing files found at start: the first file is a full copy.
     let running = start_in_process(&setup, &setup.replica_url).await;

@@ -174,7 +174,7 @@ fn ls_lists_every_level() {
         lines[29]
     );
     assert!(
-        lines[30].starts_with("29 files, ") && lines[30].contains("11 LIST"),
+        lines[30].starts_with("29 files, ") && lines[30].contains(" 2 LIST"),
         "{}",
         lines[30]
     );

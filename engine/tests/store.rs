@@ -8,68 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::capture::quick_capture_options;
+use common::table::{create, insert, restored_rows, rows, url};
 use strata::capture::CaptureOptions;
-use strata::restore::{NoProgress, RestoreOptions, Target};
-use strata::storage::{Replica, ReplicaUrl};
+use strata::storage::ReplicaUrl;
 use strata::store::{Database, Store, StoreError, StoreOptions};
-
-type Rows = Vec<(i64, Vec<u8>)>;
-
-fn create(db: &Path) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
-    )
-    .unwrap();
-}
-
-fn rows(db: &Path) -> Rows {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn insert(conn: &rusqlite::Connection, n: usize) {
-    for _ in 0..n {
-        conn.execute(
-            "INSERT INTO t(v) VALUES (randomblob(100 + abs(random()) % 3000))",
-            [],
-        )
-        .unwrap();
-    }
-}
-
-fn url(root: &Path) -> ReplicaUrl {
-    ReplicaUrl::File {
-        root: root.to_owned(),
-    }
-}
-
-/// Restores the latest state of `replica` and returns its rows.
-async fn restored_rows(replica: &ReplicaUrl, work: &Path) -> Rows {
-    let out = work.join(format!("restored-{}.db", rand_suffix()));
-    strata::restore::restore(
-        &Replica::open(replica).unwrap(),
-        Target::Latest,
-        &out,
-        &RestoreOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("restore of {replica}: {e}"));
-    let rows = rows(&out);
-    std::fs::remove_file(&out).unwrap();
-    rows
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::AtomicU64;
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
 
 fn options() -> CaptureOptions {
     // Compaction at its (slow) defaults: 200 databases compacting every second would be a

@@ -116,6 +116,24 @@ pub fn bucket_keys(bucket: &str) -> Vec<String> {
         .collect()
 }
 
+/// Deletes every object of a bucket of the test S3 server (the bucket stays), with boto3
+/// (moto refuses unsigned deletions).
+pub fn empty_bucket(bucket: &str) {
+    let script = format!(
+        "import boto3\nb = boto3.resource('s3', endpoint_url='{}').Bucket('{bucket}')\nb.objects.all().delete()\n",
+        s3_endpoint()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "emptying {bucket}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One unsigned request to the test S3 server; the whole response, headers and body.
 fn s3_request(method: &str, target: &str) -> String {
     let endpoint = url::Url::parse(&s3_endpoint()).unwrap();
@@ -201,6 +219,7 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
 
 /// The `litestream` 0.5.17 binary the test command installed.
 pub mod capture;
+pub mod table;
 
 pub fn litestream() -> std::process::Command {
     let mut cmd = std::process::Command::new("litestream");

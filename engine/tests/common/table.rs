@@ -1,0 +1,78 @@
+//! A database of one table `t(id, v)` written with random rows, and its rows read back from
+//! the source or from a restore of a replica.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use strata::restore::{NoProgress, RestoreError, RestoreOptions, Target};
+use strata::storage::{Replica, ReplicaUrl};
+
+/// The rows of `t`, by id.
+pub type Rows = Vec<(i64, Vec<u8>)>;
+
+/// Creates the database in WAL mode with its table.
+pub fn create(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
+    )
+    .unwrap();
+}
+
+/// The rows of the database at `db`.
+pub fn rows(db: &Path) -> Rows {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// `n` transactions of one random row each.
+pub fn insert(conn: &rusqlite::Connection, n: usize) {
+    for _ in 0..n {
+        conn.execute(
+            "INSERT INTO t(v) VALUES (randomblob(100 + abs(random()) % 3000))",
+            [],
+        )
+        .unwrap();
+    }
+}
+
+/// A directory replica.
+pub fn url(root: &Path) -> ReplicaUrl {
+    ReplicaUrl::File {
+        root: root.to_owned(),
+    }
+}
+
+/// Restores the latest state of `replica` and returns its rows.
+pub async fn restored_rows(replica: &ReplicaUrl, work: &Path) -> Rows {
+    try_restored_rows(replica, work)
+        .await
+        .unwrap_or_else(|e| panic!("restore of {replica}: {e}"))
+}
+
+/// [`restored_rows`], or why the restore failed; the restored database must pass SQLite's
+/// integrity check.
+pub async fn try_restored_rows(replica: &ReplicaUrl, work: &Path) -> Result<Rows, RestoreError> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let out = work.join(format!("restored-{}.db", N.fetch_add(1, Ordering::Relaxed)));
+    let options = RestoreOptions {
+        integrity_check: strata::restore::IntegrityCheck::Full,
+        ..RestoreOptions::default()
+    };
+    strata::restore::restore(
+        &Replica::open(replica).unwrap(),
+        Target::Latest,
+        &out,
+        &options,
+        Arc::new(NoProgress),
+    )
+    .await?;
+    let rows = rows(&out);
+    std::fs::remove_file(&out).unwrap();
+    Ok(rows)
+}

@@ -1,0 +1,412 @@
+//! What goes wrong in one replica stays there: a broken replica stops neither the capture
+//! nor the database's other replicas, another history found in a replica stops that replica
+//! only, two databases replicated to one place are never joined into one, and a replica
+//! that lost its files is noticed, reported behind, and given a full copy (at stop too).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::capture::quick_capture_options;
+use common::table::{create, insert, rows, try_restored_rows, url};
+use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
+use strata::capture::ReplicaStatus;
+use strata::storage::ReplicaUrl;
+use strata::store::{Database, Store, StoreOptions};
+
+/// A thread inserting a row every `every` until told to stop.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(db: &Path, every: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (db, stop) = (db.to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&db).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    insert(&conn, 1);
+                    std::thread::sleep(every);
+                }
+            })
+        };
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+async fn replicas(store: &Store) -> (Txid, Vec<ReplicaStatus>) {
+    let status = store.status().await;
+    let capture = status[0].capture.clone().unwrap();
+    assert!(status[0].failed.is_none(), "{:?}", status[0].failed);
+    (capture.staged, capture.replicas)
+}
+
+/// Polls `check` every 100 ms until it holds, for at most `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_replica_stops_nothing_and_catches_up_once_repaired() {
+    common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let store = Store::new(StoreOptions::default());
+    let key = store
+        .add(
+            Database::new(&db, url(&a))
+                .with_replica(url(&b))
+                .with_options(quick_capture_options()),
+        )
+        .await
+        .unwrap();
+    let writer = Writer::start(&db, Duration::from_millis(30));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.sync(&key).await.unwrap();
+
+    // B's L0 directory becomes a plain file: every upload to B fails with "File exists"
+    // (a failed mkdir, not another writer).
+    let l0 = b.join("ltx/0");
+    std::fs::remove_dir_all(&l0).unwrap();
+    std::fs::write(&l0, b"not a directory").unwrap();
+    let mut b_failed = false;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (staged, r) = replicas(&store).await;
+        let now = jiff::Timestamp::now();
+        assert!(
+            staged.get() - r[0].uploaded.get() <= 10 && r[0].lag(now) < Duration::from_secs(3),
+            "A fell behind while B was broken: staged {staged}, A {:?}",
+            r[0]
+        );
+        assert!(r[1].stopped.is_none(), "B was stopped: {:?}", r[1].stopped);
+        b_failed |= r[1].upload_error.is_some();
+    }
+    let (_, r) = replicas(&store).await;
+    assert!(b_failed, "B never reported its failure: {:?}", r[1]);
+    assert!(
+        r[1].lag(jiff::Timestamp::now()) > Duration::from_secs(2),
+        "B's lag hides its failure: {:?}",
+        r[1]
+    );
+
+    // Repaired: B catches up (its lost L0 files need a full copy) and both restore equal.
+    std::fs::remove_file(&l0).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), store.sync(&key))
+        .await
+        .expect("B caught up within a minute")
+        .unwrap();
+    writer.stop();
+    store.sync(&key).await.unwrap();
+    for (_, stopped) in store.shutdown().await {
+        stopped.unwrap();
+    }
+    let source = rows(&db);
+    for replica in [&a, &b] {
+        let restored = try_restored_rows(&url(replica), dir.path()).await.unwrap();
+        assert_eq!(restored, source, "{}", replica.display());
+    }
+}
+
+/// An LTX file of another history for `txid`: one page of `fill`, node ID `history`.
+fn foreign_file(txid: u64, history: u64, fill: u8) -> Vec<u8> {
+    let page_size = PageSize::new(4096).unwrap();
+    let mut header = Header::new(page_size, 1, TxidRange::single(Txid::new(txid)));
+    header.flags = HeaderFlags::NO_CHECKSUM;
+    header.node_id = history;
+    header.timestamp = jiff::Timestamp::now().as_millisecond();
+    let mut enc = Encoder::new(Vec::new(), &header).unwrap();
+    enc.encode_page(PageNum::ONE, &[fill; 4096]).unwrap();
+    enc.finish(Checksum::ZERO).unwrap().writer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writers_file_stops_that_replica_and_only_that_one() {
+    common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut options = quick_capture_options();
+    options.compaction = None;
+    let store = Store::new(StoreOptions::default());
+    let key = store
+        .add(
+            Database::new(&db, url(&a))
+                .with_replica(url(&b))
+                .with_options(options),
+        )
+        .await
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        insert(&conn, 3);
+    }
+    let at = store.sync(&key).await.unwrap();
+    // Another process takes the next TXIDs in B first.
+    for txid in at.get() + 1..=at.get() + 5 {
+        let name = TxidRange::single(Txid::new(txid)).file_name();
+        std::fs::write(b.join("ltx/0").join(name), foreign_file(txid, 0xdead, 7)).unwrap();
+    }
+    let writer = Writer::start(&db, Duration::from_millis(30));
+    eventually(Duration::from_secs(20), "B stopped", || async {
+        replicas(&store).await.1[1].stopped.is_some()
+    })
+    .await;
+    // A goes on as if nothing happened.
+    let (_, r) = replicas(&store).await;
+    let stopped_at = r[0].uploaded;
+    eventually(Duration::from_secs(10), "A moved on", || async {
+        replicas(&store).await.1[0].uploaded > stopped_at
+    })
+    .await;
+    writer.stop();
+    let err = store.sync(&key).await.unwrap_err().to_string();
+    assert!(err.contains("is stopped") && err.contains(&b.display().to_string()), "{err}");
+    let (_, r) = replicas(&store).await;
+    assert!(
+        r[1].stopped.as_deref().unwrap().contains("another process"),
+        "{:?}",
+        r[1].stopped
+    );
+    // The foreign files are left alone, and the stop says B fell short.
+    assert!(b.join("ltx/0").join(TxidRange::single(at.next()).file_name()).exists());
+    let stopped = store.shutdown().await;
+    let err = stopped[0].1.as_ref().unwrap_err().to_string();
+    assert!(err.contains("was stopped"), "{err}");
+    assert_eq!(
+        try_restored_rows(&url(&a), dir.path()).await.unwrap(),
+        rows(&db)
+    );
+}
+
+/// Rows of one database: every value starts with its tag, ids run 1..=n.
+fn check_one_database(rows: &[(i64, Vec<u8>)]) -> Option<u8> {
+    let tag = rows.first().map(|r| r.1[0]);
+    for (i, (id, v)) in rows.iter().enumerate() {
+        assert_eq!(*id, i as i64 + 1, "ids do not run 1..=n: a mix of two databases");
+        assert_eq!(Some(v[0]), tag, "rows of two databases in one restore");
+    }
+    tag
+}
+
+fn insert_tagged(db: &Path, tag: u8, n: usize) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    for _ in 0..n {
+        conn.execute(
+            "INSERT INTO t(v) VALUES (CAST(?1 || randomblob(200 + abs(random()) % 2000) AS BLOB))",
+            [vec![tag]],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_in_one_replica_are_never_joined() {
+    common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let replica = url(&dir.path().join("shared"));
+    let dbs: Vec<PathBuf> = ["one.db", "two.db"].iter().map(|n| dir.path().join(n)).collect();
+    for db in &dbs {
+        create(db);
+    }
+    // Two stores stand for two processes, each sure the replica is its own.
+    let stores = [Store::new(StoreOptions::default()), Store::new(StoreOptions::default())];
+    let first = stores[0]
+        .add(Database::new(&dbs[0], replica.clone()).with_options(quick_capture_options()))
+        .await
+        .unwrap();
+    insert_tagged(&dbs[0], b'A', 4);
+    stores[0].sync(&first).await.unwrap();
+    let second = stores[1]
+        .add(Database::new(&dbs[1], replica.clone()).with_options(quick_capture_options()))
+        .await
+        .unwrap();
+    let keys = [first, second];
+    // Both write on, compaction and retention running in both, until each has found the
+    // other's files and stopped the replica.
+    let started = Instant::now();
+    loop {
+        for (i, tag) in [(0, b'A'), (1, b'B')] {
+            insert_tagged(&dbs[i], tag, 2);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut stopped = 0;
+        for (store, key) in stores.iter().zip(&keys) {
+            let status = store.status().await;
+            let capture = status[0].capture.as_ref().unwrap();
+            stopped += usize::from(capture.replicas[0].stopped.is_some());
+            let _ = key;
+        }
+        if stopped == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "both writers went on in one replica for 30 s"
+        );
+    }
+    for store in &stores {
+        store.shutdown().await;
+    }
+    // Whatever the replica restores to is one of the two databases, whole; or it says why
+    // it cannot be restored. Never a mix that passes for a database.
+    let files = strata::storage::Replica::open(&replica)
+        .unwrap()
+        .list_all()
+        .await
+        .unwrap();
+    let mut points: Vec<Txid> = files.iter().map(|f| f.range.max).collect();
+    points.sort();
+    points.dedup();
+    let mut restored = 0;
+    for txid in points {
+        let out = dir.path().join(format!("at-{txid}.db"));
+        let result = strata::restore::restore(
+            &strata::storage::Replica::open(&replica).unwrap(),
+            strata::restore::Target::Txid(txid),
+            &out,
+            &strata::restore::RestoreOptions {
+                integrity_check: strata::restore::IntegrityCheck::Full,
+                ..Default::default()
+            },
+            Arc::new(strata::restore::NoProgress),
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                check_one_database(&rows(&out));
+                restored += 1;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.contains("integrity check failed"), "TXID {txid}: {e}");
+            }
+        }
+    }
+    assert!(restored > 0, "nothing in the replica restores");
+    let latest = try_restored_rows(&replica, dir.path()).await;
+    if let Ok(rows) = latest {
+        check_one_database(&rows);
+    }
+}
+
+#[test]
+fn a_config_with_two_databases_in_one_replica_is_refused() {
+    let config = "dbs:\n  - path: /a.db\n    replica:\n      url: s3://bucket/app\n  - path: /b.db\n    replica:\n      url: s3://bucket//app/\n";
+    let err = strata::config::Config::parse(config).unwrap_err().to_string();
+    assert!(err.contains("dbs[1]") && err.contains("also the replica of dbs[0]"), "{err}");
+    let config = "dbs:\n  - path: /a.db\n    replica:\n      path: /tmp/r/x/..\n  - path: /b.db\n    replica:\n      url: file:///tmp/r\n";
+    assert!(strata::config::Config::parse(config).is_err());
+    let ok = "dbs:\n  - path: /a.db\n    replica:\n      url: s3://bucket/app\n  - path: /b.db\n    replica:\n      url: s3://bucket/app2\n";
+    strata::config::Config::parse(ok).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_database_on_a_replica_in_use_is_refused_by_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+    create(&one);
+    create(&two);
+    let store = Store::new(StoreOptions::default());
+    store
+        .add(Database::new(&one, url(&dir.path().join("r"))))
+        .await
+        .unwrap();
+    let err = store
+        .add(Database::new(&two, url(&dir.path().join("r/./"))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, strata::store::StoreError::ReplicaShared { .. }), "{err}");
+    store.shutdown().await;
+}
+
+async fn wiped_replica_gets_a_full_copy(replica: ReplicaUrl, wipe: impl Fn()) {
+    common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    let store = Store::new(StoreOptions::default());
+    let key = store
+        .add(Database::new(&db, replica.clone()).with_options(quick_capture_options()))
+        .await
+        .unwrap();
+    let writer = Writer::start(&db, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    store.sync(&key).await.unwrap();
+    let full_copies = || async {
+        store.status().await[0]
+            .capture
+            .as_ref()
+            .unwrap()
+            .full_copies
+    };
+    let before = full_copies().await;
+    // Wiped while written: the loss is found (by the replica check, or by compaction
+    // failing to build on it) and a full copy makes it restorable again.
+    wipe();
+    eventually(Duration::from_secs(20), "a full copy after the wipe", || async {
+        full_copies().await > before
+    })
+    .await;
+    writer.stop();
+    store.sync(&key).await.unwrap();
+    assert_eq!(
+        try_restored_rows(&replica, dir.path()).await.unwrap(),
+        rows(&db)
+    );
+    // Wiped while idle: the stop finds the loss and writes the full copy it owes.
+    let before = full_copies().await;
+    wipe();
+    let stopped = store.shutdown().await;
+    let status = stopped.into_iter().next().unwrap().1.unwrap();
+    assert_eq!(status.full_copies, before + 1, "{status:?}");
+    assert_eq!(
+        try_restored_rows(&replica, dir.path()).await.unwrap(),
+        rows(&db)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_directory_replica_gets_a_full_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("replica");
+    let wipe = || {
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+    };
+    wiped_replica_gets_a_full_copy(url(&root), wipe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_s3_replica_gets_a_full_copy() {
+    let bucket = common::new_bucket();
+    let replica = ReplicaUrl::parse(&common::s3_url_in(&bucket, "app")).unwrap();
+    wiped_replica_gets_a_full_copy(replica, || common::empty_bucket(&bucket)).await;
+}

@@ -7,47 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::capture::quick_capture_options;
-use common::table::{create, insert, rows, try_restored_rows, url};
-use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
+use common::table::{Writer, create, insert, rows, try_restored_rows, url};
+use ltx::{Txid, TxidRange};
 use strata::capture::ReplicaStatus;
 use strata::storage::ReplicaUrl;
 use strata::store::{Database, Store, StoreOptions};
-
-/// A thread inserting a row every `every` until told to stop.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(db: &Path, every: Duration) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (db, stop) = (db.to_owned(), stop.clone());
-            std::thread::spawn(move || {
-                let conn = rusqlite::Connection::open(&db).unwrap();
-                conn.busy_timeout(Duration::from_secs(10)).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    insert(&conn, 1);
-                    std::thread::sleep(every);
-                }
-            })
-        };
-        Writer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-    }
-}
 
 async fn replicas(store: &Store) -> (Txid, Vec<ReplicaStatus>) {
     let status = store.status().await;
@@ -133,18 +100,6 @@ async fn a_broken_replica_stops_nothing_and_catches_up_once_repaired() {
     }
 }
 
-/// An LTX file of another history for `txid`: one page of `fill`, node ID `history`.
-fn foreign_file(txid: u64, history: u64, fill: u8) -> Vec<u8> {
-    let page_size = PageSize::new(4096).unwrap();
-    let mut header = Header::new(page_size, 1, TxidRange::single(Txid::new(txid)));
-    header.flags = HeaderFlags::NO_CHECKSUM;
-    header.node_id = history;
-    header.timestamp = jiff::Timestamp::now().as_millisecond();
-    let mut enc = Encoder::new(Vec::new(), &header).unwrap();
-    enc.encode_page(PageNum::ONE, &[fill; 4096]).unwrap();
-    enc.finish(Checksum::ZERO).unwrap().writer
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_writers_file_stops_that_replica_and_only_that_one() {
     common::init_logging();
@@ -171,7 +126,11 @@ async fn another_writers_file_stops_that_replica_and_only_that_one() {
     // Another process takes the next TXIDs in B first.
     for txid in at.get() + 1..=at.get() + 5 {
         let name = TxidRange::single(Txid::new(txid)).file_name();
-        std::fs::write(b.join("ltx/0").join(name), foreign_file(txid, 0xdead, 7)).unwrap();
+        std::fs::write(
+            b.join("ltx/0").join(name),
+            common::foreign_ltx(txid, 0xdead, 7),
+        )
+        .unwrap();
     }
     let writer = Writer::start(&db, Duration::from_millis(30));
     eventually(Duration::from_secs(20), "B stopped", || async {
@@ -187,7 +146,10 @@ async fn another_writers_file_stops_that_replica_and_only_that_one() {
     .await;
     writer.stop();
     let err = store.sync(&key).await.unwrap_err().to_string();
-    assert!(err.contains("is stopped") && err.contains(&b.display().to_string()), "{err}");
+    assert!(
+        err.contains("is stopped") && err.contains(&b.display().to_string()),
+        "{err}"
+    );
     let (_, r) = replicas(&store).await;
     assert!(
         r[1].stopped.as_deref().unwrap().contains("another process"),
@@ -195,7 +157,11 @@ async fn another_writers_file_stops_that_replica_and_only_that_one() {
         r[1].stopped
     );
     // The foreign files are left alone, and the stop says B fell short.
-    assert!(b.join("ltx/0").join(TxidRange::single(at.next()).file_name()).exists());
+    assert!(
+        b.join("ltx/0")
+            .join(TxidRange::single(at.next()).file_name())
+            .exists()
+    );
     let stopped = store.shutdown().await;
     let err = stopped[0].1.as_ref().unwrap_err().to_string();
     assert!(err.contains("was stopped"), "{err}");
@@ -209,7 +175,11 @@ async fn another_writers_file_stops_that_replica_and_only_that_one() {
 fn check_one_database(rows: &[(i64, Vec<u8>)]) -> Option<u8> {
     let tag = rows.first().map(|r| r.1[0]);
     for (i, (id, v)) in rows.iter().enumerate() {
-        assert_eq!(*id, i as i64 + 1, "ids do not run 1..=n: a mix of two databases");
+        assert_eq!(
+            *id,
+            i as i64 + 1,
+            "ids do not run 1..=n: a mix of two databases"
+        );
         assert_eq!(Some(v[0]), tag, "rows of two databases in one restore");
     }
     tag
@@ -232,12 +202,18 @@ async fn two_databases_in_one_replica_are_never_joined() {
     common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let replica = url(&dir.path().join("shared"));
-    let dbs: Vec<PathBuf> = ["one.db", "two.db"].iter().map(|n| dir.path().join(n)).collect();
+    let dbs: Vec<PathBuf> = ["one.db", "two.db"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
     for db in &dbs {
         create(db);
     }
     // Two stores stand for two processes, each sure the replica is its own.
-    let stores = [Store::new(StoreOptions::default()), Store::new(StoreOptions::default())];
+    let stores = [
+        Store::new(StoreOptions::default()),
+        Store::new(StoreOptions::default()),
+    ];
     let first = stores[0]
         .add(Database::new(&dbs[0], replica.clone()).with_options(quick_capture_options()))
         .await
@@ -320,8 +296,13 @@ async fn two_databases_in_one_replica_are_never_joined() {
 #[test]
 fn a_config_with_two_databases_in_one_replica_is_refused() {
     let config = "dbs:\n  - path: /a.db\n    replica:\n      url: s3://bucket/app\n  - path: /b.db\n    replica:\n      url: s3://bucket//app/\n";
-    let err = strata::config::Config::parse(config).unwrap_err().to_string();
-    assert!(err.contains("dbs[1]") && err.contains("also the replica of dbs[0]"), "{err}");
+    let err = strata::config::Config::parse(config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dbs[1]") && err.contains("also the replica of dbs[0]"),
+        "{err}"
+    );
     let config = "dbs:\n  - path: /a.db\n    replica:\n      path: /tmp/r/x/..\n  - path: /b.db\n    replica:\n      url: file:///tmp/r\n";
     assert!(strata::config::Config::parse(config).is_err());
     let ok = "dbs:\n  - path: /a.db\n    replica:\n      url: s3://bucket/app\n  - path: /b.db\n    replica:\n      url: s3://bucket/app2\n";
@@ -343,7 +324,10 @@ async fn a_second_database_on_a_replica_in_use_is_refused_by_the_store() {
         .add(Database::new(&two, url(&dir.path().join("r/./"))))
         .await
         .unwrap_err();
-    assert!(matches!(err, strata::store::StoreError::ReplicaShared { .. }), "{err}");
+    assert!(
+        matches!(err, strata::store::StoreError::ReplicaShared { .. }),
+        "{err}"
+    );
     store.shutdown().await;
 }
 
@@ -371,9 +355,11 @@ async fn wiped_replica_gets_a_full_copy(replica: ReplicaUrl, wipe: impl Fn()) {
     // Wiped while written: the loss is found (by the replica check, or by compaction
     // failing to build on it) and a full copy makes it restorable again.
     wipe();
-    eventually(Duration::from_secs(20), "a full copy after the wipe", || async {
-        full_copies().await > before
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a full copy after the wipe",
+        || async { full_copies().await > before },
+    )
     .await;
     writer.stop();
     store.sync(&key).await.unwrap();

@@ -284,67 +284,9 @@ async fn apply_touches_only_what_changed() {
     store.shutdown().await;
 }
 
-/// A moto_server of this test's own, so it can be paused without disturbing other tests.
-struct PrivateS3 {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl PrivateS3 {
-    fn start() -> PrivateS3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server on PATH (scripts/test installs it)");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let made = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket='two')",
-                &endpoint,
-            ])
-            .status()
-            .unwrap();
-        assert!(made.success());
-        PrivateS3 { child, endpoint }
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_paused_the_other_keeps_up_and_both_restore_equal() {
-    let s3 = PrivateS3::start();
+    let s3 = common::PrivateS3::start("two");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     create(&db);

@@ -127,4 +127,3 @@ fn output_header<R: BufRead>(inputs: &[Decoder<R>], options: CompactOptions) -> 
     }
     Ok(header)
 }
-

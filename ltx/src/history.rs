@@ -35,7 +35,11 @@ mod tests {
     use crate::{PageSize, Txid, TxidRange};
 
     fn header(txid: u64, node_id: u64) -> Header {
-        let mut h = Header::new(PageSize::new(512).unwrap(), 1, TxidRange::single(Txid::new(txid)));
+        let mut h = Header::new(
+            PageSize::new(512).unwrap(),
+            1,
+            TxidRange::single(Txid::new(txid)),
+        );
         h.node_id = node_id;
         h
     }
@@ -43,10 +47,20 @@ mod tests {
     #[test]
     fn unknown_identities_join_anything_two_known_ones_never() {
         assert_eq!(common_node_id(&[header(1, 0), header(2, 0)]).unwrap(), 0);
-        assert_eq!(common_node_id(&[header(1, 0), header(2, 7), header(3, 0), header(4, 7)]).unwrap(), 7);
+        assert_eq!(
+            common_node_id(&[header(1, 0), header(2, 7), header(3, 0), header(4, 7)]).unwrap(),
+            7
+        );
         let e = common_node_id(&[header(1, 7), header(2, 0), header(3, 8)]).unwrap_err();
         assert!(
-            matches!(e, Error::TwoHistories { first_node: 7, second_node: 8, .. }),
+            matches!(
+                e,
+                Error::TwoHistories {
+                    first_node: 7,
+                    second_node: 8,
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("0000000000000003"), "{e}");

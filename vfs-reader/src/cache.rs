@@ -1,27 +1,23 @@
-//! The page cache: decoded pages by where their frame is (file and offset), least recently
-//! used evicted first, bounded in bytes. Keyed by frame, not page number, so a newer map
-//! never finds a stale page: a rewritten page has a new frame.
+//! The page cache: decoded pages by where their frame is (the identity of the file's bytes
+//! and the offset), least recently used evicted first, bounded in bytes. Keyed by frame, not
+//! page number, so a newer map never finds a stale page: a rewritten page has a new frame;
+//! and by the file's content, not its name, so a replica written again under the same names
+//! never finds the old bytes.
 
 use hashlink::LruCache;
-use ltx::TxidRange;
-use strata::storage::{FileInfo, Level};
 
 /// Identifies one frame in the replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FrameKey {
-    level: Level,
-    range: TxidRange,
+    file: u64,
     offset: u64,
 }
 
 impl FrameKey {
-    /// The frame at `offset` in `file`.
-    pub fn new(file: &FileInfo, offset: u64) -> FrameKey {
-        FrameKey {
-            level: file.level,
-            range: file.range,
-            offset,
-        }
+    /// The frame at `offset` in the file whose content identity is `file` (see
+    /// [`content_id`](crate::page_map::content_id)).
+    pub fn new(file: u64, offset: u64) -> FrameKey {
+        FrameKey { file, offset }
     }
 }
 
@@ -81,7 +77,7 @@ impl PageCache {
 /// bounded in bytes: a page in one is decoded from memory, with no request, even after
 /// retention deleted the file.
 pub struct FileBodies {
-    files: LruCache<(Level, TxidRange), bytes::Bytes>,
+    files: LruCache<u64, bytes::Bytes>,
     bytes: usize,
     capacity: usize,
 }
@@ -96,25 +92,25 @@ impl FileBodies {
         }
     }
 
-    /// The bytes of `file`, if held.
-    pub fn get(&mut self, file: &FileInfo) -> Option<bytes::Bytes> {
-        self.files.get(&(file.level, file.range)).cloned()
+    /// The bytes of the file whose content identity is `file`, if held.
+    pub fn get(&mut self, file: u64) -> Option<bytes::Bytes> {
+        self.files.get(&file).cloned()
     }
 
     /// Keeps the bytes of each file.
-    pub fn keep(&mut self, bodies: Vec<(FileInfo, bytes::Bytes)>) {
-        for (file, body) in bodies {
-            self.insert(&file, body);
+    pub fn keep(&mut self, bodies: Vec<crate::state::Body>) {
+        for (_, id, body) in bodies {
+            self.insert(id, body);
         }
     }
 
-    /// Keeps `body` as the bytes of `file`.
-    fn insert(&mut self, file: &FileInfo, body: bytes::Bytes) {
+    /// Keeps `body` as the bytes of the file `id`.
+    fn insert(&mut self, id: u64, body: bytes::Bytes) {
         if body.len() > self.capacity {
             return;
         }
         self.bytes += body.len();
-        if let Some(old) = self.files.insert((file.level, file.range), body) {
+        if let Some(old) = self.files.insert(id, body) {
             self.bytes -= old.len();
         }
         while self.bytes > self.capacity {

@@ -17,7 +17,7 @@ use crate::disk_cache::DiskCache;
 use crate::hydrate::{self, Hydrated};
 use crate::page_map::{Frame, PageMap};
 use crate::runtime;
-use crate::state::{self, Loaded, Polled, Target, VfsError};
+use crate::state::{self, Body, Change, Loaded, Newer, Polled, Target, VfsError};
 
 /// The most pages one read-ahead fetches.
 const MAX_WINDOW: u32 = 4096;
@@ -70,12 +70,15 @@ struct Inner {
     streams: Vec<Stream>,
     /// The local copy reads come from where it holds the page (`Options::hydrate_dir`).
     hydrated: Option<Hydrated>,
+    /// The TXID the next read transaction shows was reported (`strata_txid` outside a
+    /// transaction, or inside a deferred one before its first read): it shows that one.
+    promised: bool,
 }
 
 /// A map to show, with the small files fetched whole to build it.
 struct Pending {
     map: Arc<PageMap>,
-    bodies: Vec<(strata::storage::FileInfo, bytes::Bytes)>,
+    bodies: Vec<Body>,
 }
 
 impl From<Loaded> for Pending {
@@ -97,6 +100,11 @@ struct Follow {
     polled: Mutex<Option<Instant>>,
     /// When the newest map was last planned from a full listing.
     planned: Mutex<Instant>,
+    /// Plan afresh at the next poll (the state shown is gone from the replica).
+    replan_now: AtomicBool,
+    /// The snapshots (L9) the replica held when last listed: one that appears there alone
+    /// is a new restore point, and snapshots going back are a history restarted.
+    snapshots: Mutex<Vec<FileInfo>>,
     /// Until when the poller runs (see [`ACTIVE_INTERVALS`]); `None`: pinned, no polling.
     active_until: Mutex<Option<Instant>>,
     wake: tokio::sync::Notify,
@@ -113,16 +121,31 @@ impl Follow {
             return;
         }
         *self.polled.lock().unwrap() = Some(Instant::now());
-        if let Polled::Newer(loaded) = polled {
-            self.offer(loaded);
+        *self.snapshots.lock().unwrap() = polled.snapshots;
+        if let Some(newer) = polled.newer {
+            self.offer(newer);
         }
     }
 
-    /// A newer map from a poll: kept unless a map at least as new is already known (a
-    /// poll from an older base can finish after one from a newer).
-    fn offer(&self, loaded: Loaded) {
+    /// A newer map from a poll. An extension of an earlier map, or a plan that continues
+    /// it, is kept only if no map at least as new is known (a poll from an older base can
+    /// finish after one from a newer); a map that replaces the state followed (checked to be
+    /// gone from the replica) is kept whatever its TXID, in a new epoch.
+    fn offer(&self, newer: Newer) {
         let mut newest = self.newest.lock().unwrap();
-        if loaded.map.txid >= newest.txid {
+        let Newer { mut loaded, change } = newer;
+        let keep = match change {
+            Change::Extends => loaded.map.epoch == newest.epoch && loaded.map.txid >= newest.txid,
+            Change::Planned => {
+                loaded.map.epoch = newest.epoch;
+                loaded.map.txid >= newest.txid
+            }
+            Change::Replaces => {
+                loaded.map.epoch = newest.epoch + 1;
+                true
+            }
+        };
+        if keep {
             let pending = Pending::from(loaded);
             *newest = pending.map.clone();
             if let Some(hydration) = &self.hydration {
@@ -152,7 +175,8 @@ impl Db {
                 Ok((replica, map))
             })?
         };
-        let (replica, loaded) = map;
+        let (replica, mut loaded) = map;
+        let snapshots = loaded.snapshots.take().unwrap_or_default();
         let Pending { map, bodies } = Pending::from(loaded);
         let page_size = map.page_size.bytes();
         let mut held = FileBodies::new(options.cache_size);
@@ -163,6 +187,8 @@ impl Db {
             pending: Mutex::new(None),
             polled: Mutex::new(Some(now)),
             planned: Mutex::new(now),
+            replan_now: AtomicBool::new(false),
+            snapshots: Mutex::new(snapshots),
             active_until: Mutex::new((target == Target::Latest).then_some(now)),
             wake: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
@@ -202,6 +228,7 @@ impl Db {
                 lock: 0,
                 streams: Vec::with_capacity(STREAMS),
                 hydrated: None,
+                promised: false,
             }),
             options,
             follow,
@@ -227,6 +254,19 @@ impl Db {
     }
 
     fn begin_read(&self, inner: &mut Inner) -> Result<(), VfsError> {
+        // A TXID reported before the transaction started is the one it shows.
+        if !std::mem::take(&mut inner.promised) {
+            self.choose_next(inner);
+        }
+        if let Some(hydration) = &self.follow.hydration {
+            hydration.adopt(&mut inner.hydrated, &inner.map);
+        }
+        Ok(())
+    }
+
+    /// Moves the state shown to the one the next read transaction is to show: a target set
+    /// meanwhile, or the newest state known when following.
+    fn choose_next(&self, inner: &mut Inner) {
         if let Some((target, pending)) = inner.next.take() {
             inner.target = target;
             self.show(inner, pending);
@@ -237,10 +277,6 @@ impl Db {
         if inner.target == Target::Latest {
             self.follow_newest(inner);
         }
-        if let Some(hydration) = &self.follow.hydration {
-            hydration.adopt(&mut inner.hydrated, &inner.map);
-        }
-        Ok(())
     }
 
     /// At the start of a read transaction that shows the newest state: the poller runs
@@ -266,9 +302,10 @@ impl Db {
         if stale {
             let replica = self.replica.clone();
             let base = self.follow.newest.lock().unwrap().clone();
+            let known = self.follow.snapshots.lock().unwrap().clone();
             let whole = self.options.whole_file_max;
             match runtime::run(self.options.timeout, async move {
-                state::poll(&replica, &base, whole).await
+                state::poll(&replica, &base, &known, whole).await
             }) {
                 Ok(polled) => self.follow.record(polled),
                 // The state already shown still reads; the lag says how old it is.
@@ -276,7 +313,9 @@ impl Db {
             }
         }
         let pending = self.follow.pending.lock().unwrap().take();
-        if let Some(pending) = pending.filter(|p| p.map.txid >= inner.map.txid) {
+        if let Some(pending) =
+            pending.filter(|p| p.map.epoch > inner.map.epoch || p.map.txid >= inner.map.txid)
+        {
             self.show(inner, pending);
         }
     }
@@ -298,30 +337,41 @@ impl Db {
             state::load(&replica, target, whole).await
         })?;
         let mut inner = self.inner.lock().unwrap();
-        let map = Pending::from(map);
+        let mut map = Pending::from(map);
+        {
+            // The newest state of another history, or below the newest known, does not
+            // continue what a hydrated copy holds: a new epoch.
+            let newest = self.follow.newest.lock().unwrap();
+            let planned = Arc::get_mut(&mut map.map).expect("not shared yet");
+            let other_history =
+                planned.history != 0 && newest.history != 0 && planned.history != newest.history;
+            let went_back = target == Target::Latest && planned.txid < newest.txid;
+            planned.epoch = newest.epoch + u64::from(other_history || went_back);
+        }
         if target == Target::Latest {
             *self.follow.polled.lock().unwrap() = Some(Instant::now());
             *self.follow.planned.lock().unwrap() = Instant::now();
         }
         let txid = map.map.txid;
         inner.next = Some((target, map));
+        // A target set now supersedes a TXID reported before.
+        inner.promised = false;
         if inner.lock == 0 {
             self.begin_read(&mut inner)?;
         }
         Ok(txid)
     }
 
-    /// The TXID the open read transaction shows; outside one, the TXID the next will show.
+    /// The TXID the open read transaction shows; outside one (or inside a deferred one
+    /// before its first read), the TXID the next will show: it is chosen now, and that
+    /// transaction shows it.
     pub fn txid(&self) -> Txid {
-        let inner = self.inner.lock().unwrap();
-        if inner.lock > 0 {
-            // Inside a transaction: the state it reads, not the one asked for next.
-            return inner.map.txid;
+        let mut inner = self.inner.lock().unwrap();
+        if inner.lock == 0 && !inner.promised {
+            self.choose_next(&mut inner);
+            inner.promised = true;
         }
-        inner
-            .next
-            .as_ref()
-            .map_or(inner.map.txid, |(_, p)| p.map.txid)
+        inner.map.txid
     }
 
     /// Seconds since the last successful poll; `None` if none has succeeded.
@@ -412,7 +462,7 @@ impl Db {
                 reason,
             });
         }
-        let key = FrameKey::new(file, frame.offset);
+        let key = FrameKey::new(inner.map.ids[frame.file as usize], frame.offset);
         if let Some(page) = inner.cache.get(&key) {
             out.copy_from_slice(&page[within..within + out.len()]);
             return Ok(());
@@ -425,13 +475,40 @@ impl Db {
                 let whole = self.options.whole_file_max;
                 let loaded = runtime::run(self.options.timeout, async move {
                     state::load(&replica, Target::Txid(txid), whole).await
-                })
-                .map_err(|e| match e {
-                    VfsError::Plan(plan) => VfsError::Gone { txid, plan },
-                    e => e,
-                })?;
+                });
+                let history = inner.map.history;
+                let loaded = match loaded {
+                    // The same TXID of another history is not the state this transaction
+                    // reads: as good as gone.
+                    Ok(l) if l.map.history != 0 && history != 0 && l.map.history != history => {
+                        Err(VfsError::Gone {
+                            txid,
+                            plan: strata::restore::PlanError::Unavailable {
+                                target: txid,
+                                available: "the replica holds another history now".to_owned(),
+                            },
+                        })
+                    }
+                    Ok(l) => Ok(l),
+                    Err(VfsError::Plan(plan)) => Err(VfsError::Gone { txid, plan }),
+                    Err(e) => Err(e),
+                };
+                let loaded = match loaded {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        // The state is gone: the next transaction shows what the replica
+                        // restores to now, planned at the next poll.
+                        if matches!(e, VfsError::Gone { .. }) && inner.target == Target::Latest {
+                            self.follow.replan_now.store(true, Ordering::SeqCst);
+                            self.follow.wake.notify_one();
+                        }
+                        return Err(e);
+                    }
+                };
+                let mut map = loaded.map;
+                map.epoch = inner.map.epoch;
                 inner.bodies.keep(loaded.bodies);
-                inner.map = Arc::new(loaded.map);
+                inner.map = Arc::new(map);
                 return self.read_page(inner, pgno, within, out, false);
             }
             r => r?,
@@ -453,7 +530,7 @@ impl Db {
         let mut bytes: Vec<Option<bytes::Bytes>> = runs
             .iter()
             .map(|run| {
-                let body = inner.bodies.get(&inner.map.files[run.file as usize])?;
+                let body = inner.bodies.get(inner.map.ids[run.file as usize])?;
                 let range = run.range.start as usize..run.range.end as usize;
                 body.get(range.clone()).map(|_| body.slice(range))
             })
@@ -461,24 +538,25 @@ impl Db {
         if let Some(disk) = &self.disk {
             for (i, run) in runs.iter().enumerate() {
                 if bytes[i].is_none() {
-                    bytes[i] = disk.get(&inner.map.files[run.file as usize], &run.range);
+                    let f = run.file as usize;
+                    bytes[i] = disk.get(&inner.map.files[f], inner.map.ids[f], &run.range);
                 }
             }
         }
-        let missing: Vec<(usize, FileInfo, std::ops::Range<u64>)> = runs
+        let missing: Vec<(usize, FileInfo, u64, std::ops::Range<u64>)> = runs
             .iter()
             .enumerate()
             .filter(|(i, _)| bytes[*i].is_none())
             .map(|(i, run)| {
                 let info = FileInfo::clone(&inner.map.files[run.file as usize]);
-                (i, info, run.range.clone())
+                (i, info, inner.map.ids[run.file as usize], run.range.clone())
             })
             .collect();
         if !missing.is_empty() {
             let replica = self.replica.clone();
             let disk = self.disk.clone();
             let fetched = runtime::run(self.options.timeout, async move {
-                let reads = missing.into_iter().map(|(i, info, range)| {
+                let reads = missing.into_iter().map(|(i, info, id, range)| {
                     let replica = replica.clone();
                     let disk = disk.clone();
                     async move {
@@ -487,7 +565,7 @@ impl Db {
                             // Kept in the background, checksummed as fetched.
                             tokio::task::spawn_blocking({
                                 let b = b.clone();
-                                move || disk.put(&info, &range, &b)
+                                move || disk.put(&info, id, &range, &b)
                             });
                         }
                         Ok::<_, VfsError>(b)
@@ -516,6 +594,7 @@ impl Db {
                 continue;
             };
             let file = inner.map.files[run.file as usize].clone();
+            let id = inner.map.ids[run.file as usize];
             for (p, f) in run.frames {
                 let start = (f.offset - run.range.start) as usize;
                 let Some(frame_bytes) = bytes.get(start..start + f.size as usize) else {
@@ -530,7 +609,7 @@ impl Db {
                 let mut page = inner.cache.spare(page_size.bytes());
                 f.decode(frame_bytes, p, page_size, &mut page)
                     .map_err(|e| self.corrupt(&file, e))?;
-                inner.cache.insert(FrameKey::new(&file, f.offset), page);
+                inner.cache.insert(FrameKey::new(id, f.offset), page);
             }
         }
         Ok(())
@@ -664,8 +743,9 @@ fn at_hand(inner: &Inner, pgno: u32) -> bool {
     let Some(f) = inner.map.frame(pgno) else {
         return true;
     };
-    let file = &inner.map.files[f.file as usize];
-    inner.cache.contains(&FrameKey::new(file, f.offset))
+    inner
+        .cache
+        .contains(&FrameKey::new(inner.map.ids[f.file as usize], f.offset))
         || inner
             .hydrated
             .as_ref()
@@ -720,16 +800,16 @@ async fn poller(replica: Replica, options: Options, follow: Arc<Follow>) {
             return;
         }
         let base = follow.newest.lock().unwrap().clone();
-        let replan = follow.planned.lock().unwrap().elapsed() >= options.replan_interval;
+        let known = follow.snapshots.lock().unwrap().clone();
+        let replan = follow.planned.lock().unwrap().elapsed() >= options.replan_interval
+            || follow.replan_now.swap(false, Ordering::SeqCst);
         let polled = tokio::time::timeout(options.timeout, async {
             if replan {
                 // Pages that never change keep pointing at old files; retention deletes
                 // those in time. A fresh plan points at what the replica holds now.
-                state::load(&replica, Target::Latest, options.whole_file_max)
-                    .await
-                    .map(Polled::Newer)
+                state::replan(&replica, &base, options.whole_file_max).await
             } else {
-                state::poll(&replica, &base, options.whole_file_max).await
+                state::poll(&replica, &base, &known, options.whole_file_max).await
             }
         })
         .await

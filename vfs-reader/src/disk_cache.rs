@@ -2,9 +2,11 @@
 //! of a replica file is kept as a file under the cache directory, so a reader started again
 //! (another process, after a restart) reads those bytes without a request.
 //!
-//! Layout: `<dir>/<replica>/<level>-<min>-<max>-<size>/<start>-<end>`, the replica named by
-//! a hash of its URL and an LTX file by its level, TXID range and size (files are never
-//! rewritten in place under one name and size). Each entry is its bytes after their CRC-64;
+//! Layout: `<dir>/<replica>/<level>-<min>-<max>-<size>-<content>/<start>-<end>`, the
+//! replica named by a hash of its URL and an LTX file by its level, TXID range, size and the
+//! identity of its bytes (header and file checksum, see
+//! [`content_id`](crate::page_map::content_id)): a replica wiped and written again reuses
+//! names and sizes, never contents. Each entry is its bytes after their CRC-64;
 //! an entry that does not match (a torn write, a flipped bit) is removed and fetched again.
 //! Entries are written to a temporary name and renamed, so readers in other processes see
 //! whole entries or none. The total is bounded: past `limit` bytes, the least recently
@@ -41,7 +43,7 @@ struct State {
 impl DiskCache {
     /// The cache of the replica named `replica` under `dir`, at most `limit` bytes.
     pub fn open(dir: &Path, replica: &str, limit: u64) -> std::io::Result<DiskCache> {
-        let root = dir.join(format!("{:016x}", fnv1a(replica.as_bytes())));
+        let root = dir.join(format!("{:016x}", crate::fnv1a(replica.as_bytes())));
         std::fs::create_dir_all(&root)?;
         let bytes = entries(&root).iter().map(|e| e.len).sum();
         Ok(DiskCache {
@@ -54,9 +56,9 @@ impl DiskCache {
         })
     }
 
-    fn file_dir(file: &FileInfo) -> String {
+    fn file_dir(file: &FileInfo, id: u64) -> String {
         format!(
-            "{}-{}-{}-{}",
+            "{}-{}-{}-{}-{id:016x}",
             file.level.get(),
             file.range.min,
             file.range.max,
@@ -64,9 +66,10 @@ impl DiskCache {
         )
     }
 
-    /// Bytes `range` of `file`, if an entry holds them all and is intact.
-    pub fn get(&self, file: &FileInfo, range: &Range<u64>) -> Option<Bytes> {
-        let name = Self::file_dir(file);
+    /// Bytes `range` of `file` (whose content identity is `id`), if an entry holds them all
+    /// and is intact.
+    pub fn get(&self, file: &FileInfo, id: u64, range: &Range<u64>) -> Option<Bytes> {
+        let name = Self::file_dir(file, id);
         let (start, end) = {
             let mut state = self.state.lock().unwrap();
             let held = state
@@ -99,12 +102,13 @@ impl DiskCache {
         Some(Bytes::from(data).slice(from..to))
     }
 
-    /// Keeps `bytes`, bytes `range` of `file`. A failure to write only loses the entry.
-    pub fn put(&self, file: &FileInfo, range: &Range<u64>, bytes: &[u8]) {
+    /// Keeps `bytes`, bytes `range` of `file` (whose content identity is `id`). A failure to
+    /// write only loses the entry.
+    pub fn put(&self, file: &FileInfo, id: u64, range: &Range<u64>, bytes: &[u8]) {
         if range.end - range.start != bytes.len() as u64 || bytes.is_empty() {
             return;
         }
-        let name = Self::file_dir(file);
+        let name = Self::file_dir(file, id);
         let dir = self.root.join(&name);
         {
             let mut state = self.state.lock().unwrap();
@@ -228,12 +232,6 @@ fn entries(root: &Path) -> Vec<Entry> {
 }
 
 /// FNV-1a, 64-bit: a stable name for a replica's directory.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,42 +252,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = DiskCache::open(dir.path(), "s3://bucket/db", 10_000).unwrap();
         let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        cache.put(&file(1), &(100..3100), &bytes);
+        cache.put(&file(1), 1, &(100..3100), &bytes);
         assert_eq!(
-            &cache.get(&file(1), &(200..300)).unwrap()[..],
+            &cache.get(&file(1), 1, &(200..300)).unwrap()[..],
             &bytes[100..200]
         );
-        assert!(cache.get(&file(1), &(50..300)).is_none(), "not covered");
-        assert!(cache.get(&file(2), &(200..300)).is_none(), "another file");
+        assert!(cache.get(&file(1), 1, &(50..300)).is_none(), "not covered");
+        assert!(
+            cache.get(&file(2), 2, &(200..300)).is_none(),
+            "another file"
+        );
+        assert!(
+            cache.get(&file(1), 7, &(200..300)).is_none(),
+            "the same name and size with other bytes (a replica written again)"
+        );
 
         // Another process (or a restart) finds it.
         let again = DiskCache::open(dir.path(), "s3://bucket/db", 10_000).unwrap();
-        assert_eq!(&again.get(&file(1), &(100..3100)).unwrap()[..], &bytes[..]);
+        assert_eq!(
+            &again.get(&file(1), 1, &(100..3100)).unwrap()[..],
+            &bytes[..]
+        );
         let other = DiskCache::open(dir.path(), "s3://bucket/other", 10_000).unwrap();
         assert!(
-            other.get(&file(1), &(200..300)).is_none(),
+            other.get(&file(1), 1, &(200..300)).is_none(),
             "another replica"
         );
 
         // A flipped byte is a miss, and the entry is gone.
         let path = again
             .root
-            .join(DiskCache::file_dir(&file(1)))
+            .join(DiskCache::file_dir(&file(1), 1))
             .join(entry_name(100, 3100));
         let mut data = std::fs::read(&path).unwrap();
         data[500] ^= 1;
         std::fs::write(&path, &data).unwrap();
-        assert!(again.get(&file(1), &(200..300)).is_none());
+        assert!(again.get(&file(1), 1, &(200..300)).is_none());
         assert!(!path.exists());
 
         // Past the limit, the oldest entries go.
         for n in 10..20 {
-            cache.put(&file(n), &(0..3000), &bytes);
+            cache.put(&file(n), n, &(0..3000), &bytes);
         }
         let total: u64 = entries(&cache.root).iter().map(|e| e.len).sum();
         assert!(total <= 10_000, "{total} bytes kept");
         assert!(
-            cache.get(&file(19), &(0..3000)).is_some(),
+            cache.get(&file(19), 19, &(0..3000)).is_some(),
             "the newest is kept"
         );
     }

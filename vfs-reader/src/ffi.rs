@@ -18,6 +18,7 @@ pub const SQLITE_IOERR_SHORT_READ: c_int = SQLITE_IOERR | (2 << 8);
 pub const SQLITE_OK_LOAD_PERMANENTLY: c_int = SQLITE_OK | (1 << 8);
 
 pub const SQLITE_OPEN_READONLY: c_int = 0x0000_0001;
+pub const SQLITE_OPEN_CREATE: c_int = 0x0000_0004;
 pub const SQLITE_OPEN_MAIN_DB: c_int = 0x0000_0100;
 
 pub const SQLITE_FCNTL_PRAGMA: c_int = 14;

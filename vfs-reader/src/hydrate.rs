@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ltx::{PageSize, Txid, TxidRange};
+use ltx::{PageSize, Txid};
 use strata::restore::{NoProgress, RestoreOptions, Target};
-use strata::storage::{FileInfo, Level, Replica};
+use strata::storage::{FileInfo, Replica};
 
 use crate::page_map::{Frame, PageMap};
 use crate::state::{self, VfsError};
@@ -40,6 +40,9 @@ pub struct Hydrated {
     path: PathBuf,
     txid: Txid,
     page_size: PageSize,
+    /// The epoch of the maps it was made for (see [`PageMap::epoch`]): a state of another
+    /// epoch does not continue it, whatever the TXIDs say.
+    epoch: u64,
 }
 
 impl Hydrated {
@@ -51,6 +54,7 @@ impl Hydrated {
     /// Whether `frame`, page `pgno`'s frame in `map`, may be read from the file instead.
     pub fn holds(&self, map: &PageMap, frame: Frame) -> bool {
         map.page_size == self.page_size
+            && map.epoch == self.epoch
             && self.txid <= map.txid
             && map.files[frame.file as usize].range.max <= self.txid
     }
@@ -98,9 +102,9 @@ enum Ready {
 #[derive(Default)]
 pub struct Shared {
     ready: Mutex<Vec<Ready>>,
-    /// Files the poller fetched whole since the task last looked: an update needs no second
-    /// request for them.
-    bodies: Mutex<HashMap<(Level, TxidRange), Bytes>>,
+    /// Files the poller fetched whole since the task last looked, by content identity: an
+    /// update needs no second request for them.
+    bodies: Mutex<HashMap<u64, Bytes>>,
     /// Files a restore found corrupt (file as `L<level>/<name>`, and why): their pages are
     /// not served from the replica either, since a ranged read cannot check them.
     corrupt: Mutex<HashMap<String, String>>,
@@ -109,11 +113,11 @@ pub struct Shared {
 
 impl Shared {
     /// A newer state is known; `bodies` are files fetched whole for it.
-    pub fn newer(&self, bodies: &[(FileInfo, Bytes)]) {
+    pub fn newer(&self, bodies: &[crate::state::Body]) {
         self.bodies
             .lock()
             .unwrap()
-            .extend(bodies.iter().map(|(f, b)| ((f.level, f.range), b.clone())));
+            .extend(bodies.iter().map(|(_, id, b)| (*id, b.clone())));
         self.wake.notify_one();
     }
 
@@ -180,8 +184,8 @@ pub async fn run(
     while !closed() {
         let target = newest();
         let step = match &base {
-            Some(b) if b.txid >= target.txid => None,
-            Some(b) if b.page_size == target.page_size => {
+            Some(b) if b.epoch == target.epoch && b.txid >= target.txid => None,
+            Some(b) if b.epoch == target.epoch && b.page_size == target.page_size => {
                 let bodies = std::mem::take(&mut *shared.bodies.lock().unwrap());
                 Some(match update(&replica, b.txid, &target, bodies).await {
                     Ok(Some(u)) => Ok(Ready::Update(u)),
@@ -269,6 +273,7 @@ async fn restore(
         path,
         txid: restored.txid,
         page_size: restored.page_size,
+        epoch: map.epoch,
     })
 }
 
@@ -278,7 +283,7 @@ async fn update(
     replica: &Replica,
     from: Txid,
     map: &PageMap,
-    mut bodies: HashMap<(Level, TxidRange), Bytes>,
+    mut bodies: HashMap<u64, Bytes>,
 ) -> Result<Option<Update>, VfsError> {
     let newer: Vec<usize> = (0..map.files.len())
         .filter(|&i| map.files[i].range.max > from)
@@ -290,9 +295,9 @@ async fn update(
     let mut fetched: HashMap<usize, Bytes> = HashMap::new();
     for &i in &newer {
         let info = &map.files[i];
-        let body = match bodies.remove(&(info.level, info.range)) {
+        let body = match bodies.remove(&map.ids[i]) {
             Some(body) => body,
-            None => state::fetch_whole(replica, info).await?.2,
+            None => state::fetch_whole(replica, info).await?.3,
         };
         fetched.insert(i, body);
     }

@@ -158,6 +158,13 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// The SQLite functions, set once by whichever way the VFS was registered first.
 static API: OnceLock<ffi::Api> = OnceLock::new();
 
+/// FNV-1a: a short stable name for a longer one (a replica URL) in file names.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn api() -> Option<&'static ffi::Api> {
     API.get()
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ltx::{Header, PageIndex, PageSize, Txid};
+use ltx::{Checksum, Header, PageIndex, PageSize, Txid};
 use strata::storage::FileInfo;
 
 /// Where one page's frame is: a file of [`PageMap::files`], a byte offset and a length.
@@ -50,6 +50,15 @@ pub struct PageMap {
     pub page_size: PageSize,
     /// The files frames point into.
     pub files: Vec<Arc<FileInfo>>,
+    /// The identity of each file's bytes ([`content_id`]), beside `files`: what caches key
+    /// frames by, since a replica wiped and written again reuses names and sizes.
+    pub ids: Vec<u64>,
+    /// The history the files belong to (their node ID; 0 if none carries one).
+    pub history: u64,
+    /// Counts the times the state followed was replaced by one that does not continue it
+    /// (the replica's history restarted, or it lost its newest files): what a hydrated
+    /// copy of an earlier epoch holds is not this state's.
+    pub epoch: u64,
     /// Indexed by page number - 1; `file == NO_FILE` for a page no file holds (the lock
     /// page, or a database built from nothing).
     frames: Vec<Frame>,
@@ -74,15 +83,38 @@ pub enum MapError {
         /// The file.
         file: String,
     },
+    /// A file of another history than the files before it: never joined.
+    #[error("{file}: {error}")]
+    TwoHistories {
+        /// The earlier file of the map's history.
+        earlier: FileInfo,
+        /// The file of another history.
+        file: FileInfo,
+        /// What the headers say.
+        error: ltx::Error,
+    },
+}
+
+/// The identity of an LTX file's bytes: its header (TXIDs, time, history, size of the
+/// database), its file checksum and its size. Two files of one name and size from two
+/// histories (a replica wiped and written again) differ in it.
+pub fn content_id(info: &FileInfo, header: &Header, file_checksum: Checksum) -> u64 {
+    let mut crc = ltx::Crc64::new();
+    crc.update(&header.to_bytes());
+    crc.update(&file_checksum.get().to_be_bytes());
+    crc.update(&info.size.to_be_bytes());
+    crc.update(&[info.level.get()]);
+    crc.value()
 }
 
 impl PageMap {
-    /// A map from `files` in plan order, each with its header and page index.
+    /// A map from `files` in plan order, each with its header, page index and file
+    /// checksum.
     pub fn build<'a>(
-        files: impl IntoIterator<Item = (&'a FileInfo, &'a Header, &'a PageIndex)>,
+        files: impl IntoIterator<Item = (&'a FileInfo, &'a Header, &'a PageIndex, Checksum)>,
     ) -> Result<Option<PageMap>, MapError> {
         let mut map: Option<PageMap> = None;
-        for (info, header, index) in files {
+        for (info, header, index, checksum) in files {
             match &mut map {
                 None => {
                     if !header.is_snapshot() {
@@ -92,12 +124,15 @@ impl PageMap {
                         txid: Txid::ZERO,
                         page_size: header.page_size,
                         files: Vec::new(),
+                        ids: Vec::new(),
+                        history: 0,
+                        epoch: 0,
                         frames: Vec::new(),
                     };
-                    m.apply(info, header, index)?;
+                    m.apply(info, header, index, checksum)?;
                     map = Some(m);
                 }
-                Some(m) => m.apply(info, header, index)?,
+                Some(m) => m.apply(info, header, index, checksum)?,
             }
         }
         Ok(map)
@@ -109,7 +144,31 @@ impl PageMap {
         info: &FileInfo,
         header: &Header,
         index: &PageIndex,
+        checksum: Checksum,
     ) -> Result<(), MapError> {
+        if header.is_snapshot() {
+            self.history = header.node_id;
+        } else if header.node_id != 0 {
+            if self.history != 0 && self.history != header.node_id {
+                let earlier = self
+                    .files
+                    .iter()
+                    .map(|f| FileInfo::clone(f))
+                    .last()
+                    .unwrap_or_else(|| info.clone());
+                return Err(MapError::TwoHistories {
+                    error: ltx::Error::TwoHistories {
+                        first: earlier.range,
+                        first_node: self.history,
+                        second: header.txid_range(),
+                        second_node: header.node_id,
+                    },
+                    earlier,
+                    file: info.clone(),
+                });
+            }
+            self.history = header.node_id;
+        }
         if header.page_size != self.page_size {
             if !header.is_snapshot() {
                 return Err(MapError::PageSize {
@@ -126,9 +185,11 @@ impl PageMap {
             // A snapshot holds every page: nothing before it is needed.
             self.frames.clear();
             self.files.clear();
+            self.ids.clear();
         }
         let file = u32::try_from(self.files.len()).unwrap_or(NO_FILE - 1);
         self.files.push(Arc::new(info.clone()));
+        self.ids.push(content_id(info, header, checksum));
         let pages = header.commit as usize;
         self.frames.resize(
             pages,
@@ -178,13 +239,16 @@ impl PageMap {
         }
         let mut renumber = vec![NO_FILE; self.files.len()];
         let mut kept = Vec::new();
-        for (i, file) in self.files.drain(..).enumerate() {
+        let mut kept_ids = Vec::new();
+        for (i, (file, id)) in self.files.drain(..).zip(self.ids.drain(..)).enumerate() {
             if used[i] {
                 renumber[i] = kept.len() as u32;
                 kept.push(file);
+                kept_ids.push(id);
             }
         }
         self.files = kept;
+        self.ids = kept_ids;
         for f in &mut self.frames {
             if f.file != NO_FILE {
                 f.file = renumber[f.file as usize];
@@ -202,7 +266,12 @@ mod tests {
     use super::*;
     use ltx::{Encoder, PageNum, TxidRange};
 
-    fn file(min: u64, max: u64, pages: &[(u32, u8)], commit: u32) -> (FileInfo, Header, PageIndex) {
+    fn file(
+        min: u64,
+        max: u64,
+        pages: &[(u32, u8)],
+        commit: u32,
+    ) -> (FileInfo, Header, PageIndex, Checksum) {
         let range = TxidRange::new(Txid::new(min), Txid::new(max));
         let mut header = Header::new(PageSize::new(512).unwrap(), commit, range);
         header.timestamp = 1;
@@ -224,7 +293,7 @@ mod tests {
             size: out.len() as u64,
             modified: jiff::Timestamp::UNIX_EPOCH,
         };
-        (info, header, tail.index)
+        (info, header, tail.index, tail.trailer.file_checksum)
     }
 
     #[test]
@@ -232,7 +301,7 @@ mod tests {
         let a = file(1, 1, &[(1, 1), (2, 1), (3, 1)], 3);
         let b = file(2, 2, &[(2, 2)], 3);
         let c = file(3, 3, &[(1, 3)], 2);
-        let map = PageMap::build([&a, &b, &c].map(|(i, h, x)| (i, h, x)))
+        let map = PageMap::build([&a, &b, &c].map(|(i, h, x, c)| (i, h, x, *c)))
             .unwrap()
             .unwrap();
         assert_eq!(map.txid, Txid::new(3));
@@ -253,16 +322,45 @@ mod tests {
     fn an_incremental_file_first_is_refused_and_a_page_size_change_needs_a_snapshot() {
         let b = file(2, 2, &[(2, 2)], 3);
         assert!(matches!(
-            PageMap::build([(&b.0, &b.1, &b.2)]),
+            PageMap::build([(&b.0, &b.1, &b.2, b.3)]),
             Err(MapError::NoBase { .. })
         ));
         let a = file(1, 1, &[(1, 1)], 1);
-        let mut map = PageMap::build([(&a.0, &a.1, &a.2)]).unwrap().unwrap();
+        let mut map = PageMap::build([(&a.0, &a.1, &a.2, a.3)]).unwrap().unwrap();
         let mut other = b.1;
         other.page_size = PageSize::new(1024).unwrap();
         assert!(matches!(
-            map.apply(&b.0, &other, &b.2),
+            map.apply(&b.0, &other, &b.2, b.3),
             Err(MapError::PageSize { .. })
         ));
+    }
+
+    #[test]
+    fn files_of_two_histories_are_never_joined() {
+        let mut a = file(1, 1, &[(1, 1)], 1);
+        a.1.node_id = 7;
+        let mut b = file(2, 2, &[(1, 2)], 1);
+        b.1.node_id = 8;
+        let mut map = PageMap::build([(&a.0, &a.1, &a.2, a.3)]).unwrap().unwrap();
+        assert_eq!(map.history, 7);
+        assert!(matches!(
+            map.apply(&b.0, &b.1, &b.2, b.3),
+            Err(MapError::TwoHistories { .. })
+        ));
+        // Unknown (Litestream's 0) joins any history; a snapshot starts its own.
+        b.1.node_id = 0;
+        map.apply(&b.0, &b.1, &b.2, b.3).unwrap();
+        let mut c = file(1, 3, &[(1, 3)], 1);
+        c.1.node_id = 9;
+        map.apply(&c.0, &c.1, &c.2, c.3).unwrap();
+        assert_eq!(map.history, 9);
+    }
+
+    #[test]
+    fn the_same_name_and_size_with_other_bytes_is_another_file() {
+        let a = file(1, 1, &[(1, 1)], 1);
+        let b = file(1, 1, &[(1, 2)], 1);
+        assert_eq!(a.0.size, b.0.size);
+        assert_ne!(content_id(&a.0, &a.1, a.3), content_id(&b.0, &b.1, b.3));
     }
 }

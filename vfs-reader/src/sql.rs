@@ -83,9 +83,21 @@ pub fn parse_time(text: &str) -> Result<Target, String> {
     }
     let bad = || {
         format!(
-            "{text:?} is not a time: give latest, an RFC 3339 time (2026-01-02T03:04:05Z) or \"5 minutes ago\""
+            "{text:?} is not a time: give latest, an RFC 3339 time (2026-01-02T03:04:05Z), a date (2026-01-02, midnight UTC) or \"5 minutes ago\""
         )
     };
+    // A date alone is its first instant, in UTC.
+    if let Ok(date) = t.parse::<jiff::civil::Date>() {
+        return date
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map(|z| Target::Timestamp(z.timestamp()))
+            .map_err(|_| bad());
+    }
+    // A well-formed time past the last one representable (9999-12-30) is "the newest state
+    // at or before the far future": every state.
+    if t.len() >= 10 && t.as_bytes()[4] == b'-' && t[..4].parse::<u32>().is_ok_and(|y| y >= 9999) {
+        return Ok(Target::Timestamp(jiff::Timestamp::MAX));
+    }
     let words: Vec<&str> = t.split_whitespace().collect();
     let [n, unit, ago] = words[..] else {
         return Err(bad());
@@ -93,7 +105,7 @@ pub fn parse_time(text: &str) -> Result<Target, String> {
     if !ago.eq_ignore_ascii_case("ago") {
         return Err(bad());
     }
-    let n: i64 = n.parse().map_err(|_| bad())?;
+    let n: i64 = n.parse().ok().filter(|n| *n >= 0).ok_or_else(bad)?;
     let unit = unit.to_ascii_lowercase();
     let seconds = match unit.trim_end_matches('s') {
         "second" | "sec" => 1,
@@ -272,6 +284,19 @@ mod tests {
         let ago = jiff::Timestamp::now().duration_since(t).as_secs();
         assert!((299..=301).contains(&ago), "{ago}");
         assert!(parse_time("2 fortnights ago").is_err());
+        assert!(
+            parse_time("-5 minutes ago").is_err(),
+            "not a time in the future"
+        );
+        assert_eq!(
+            parse_time("2026-01-02"),
+            Ok(Target::Timestamp("2026-01-02T00:00:00Z".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_time("9999-12-31T23:59:59Z"),
+            Ok(Target::Timestamp(jiff::Timestamp::MAX))
+        );
+        assert!(parse_time("2999-06-01T00:00:00+02:00").is_ok());
         assert!(parse_time("soon").is_err());
         assert_eq!(parse_txid("000000000000000a"), Ok(Txid::new(10)));
         assert!(parse_txid("0").is_err());

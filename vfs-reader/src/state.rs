@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use ltx::{Header, PageIndex, Txid};
+use ltx::{Checksum, Header, PageIndex, Txid};
 use strata::restore::{PlanError, plan_files, resolve_timestamp};
 use strata::storage::{FileInfo, Level, Replica, StorageError};
 
-use crate::page_map::{MapError, PageMap};
+use crate::page_map::{MapError, PageMap, content_id};
 
 /// How many files' headers and indexes are fetched at once.
 const FETCHES_AT_ONCE: usize = 16;
@@ -81,12 +81,13 @@ impl VfsError {
     }
 }
 
-/// One file's header and page index, and its bytes if it was fetched whole
+/// One file's header, page index and file checksum, and its bytes if it was fetched whole
 /// (`Options::whole_file_max`).
 struct Indexed {
     info: FileInfo,
     header: Header,
     index: PageIndex,
+    checksum: Checksum,
     body: Option<bytes::Bytes>,
 }
 
@@ -94,77 +95,237 @@ struct Indexed {
 pub struct Loaded {
     /// The map.
     pub map: PageMap,
-    /// (file, bytes) of the files fetched whole.
-    pub bodies: Vec<(FileInfo, bytes::Bytes)>,
+    /// (file, content identity, bytes) of the files fetched whole.
+    pub bodies: Vec<Body>,
+    /// The snapshots (L9) the listing behind the map held, if it listed them.
+    pub snapshots: Option<Vec<FileInfo>>,
 }
 
-fn bodies(indexed: Vec<Indexed>) -> Vec<(FileInfo, bytes::Bytes)> {
+/// A file fetched whole: what the listing says of it, the identity of its bytes, the bytes.
+pub type Body = (FileInfo, u64, bytes::Bytes);
+
+fn bodies(indexed: Vec<Indexed>) -> Vec<Body> {
     indexed
         .into_iter()
-        .filter_map(|f| Some((f.info, f.body?)))
+        .filter_map(|f| {
+            let id = content_id(&f.info, &f.header, f.checksum);
+            Some((f.info, id, f.body?))
+        })
         .collect()
 }
 
-/// The map of `target`: one listing of every level, a plan, and each planned file's header
+/// The map of `target`: one listing of the replica, a plan, and each planned file's header
 /// and index (the whole file, checksum verified, if it is at most `whole` bytes).
 pub async fn load(replica: &Replica, target: Target, whole: u64) -> Result<Loaded, VfsError> {
     let files = replica.list_all().await?;
     let txid = match target {
-        Target::Latest => None,
-        Target::Txid(t) => Some(t),
-        Target::Timestamp(ts) => Some(resolve_timestamp(replica, &files, ts).await??),
+        Target::Latest => plan_files(&files, Txid::ZERO, None, &[])?.txid,
+        Target::Txid(t) => t,
+        Target::Timestamp(ts) => resolve_timestamp(replica, &files, ts).await??,
     };
-    let plan = plan_files(&files, Txid::ZERO, txid, &[])?;
-    let indexed = fetch_indexes(replica, &plan.files, whole).await?;
-    let map = PageMap::build(indexed.iter().map(|f| (&f.info, &f.header, &f.index)))?
-        .ok_or(VfsError::Plan(PlanError::Empty))?;
-    Ok(Loaded {
-        map,
-        bodies: bodies(indexed),
-    })
+    // Files of two histories are never joined: the earlier file of a pair is left out
+    // (the history that reaches the target is kept), else the later, a few times at most.
+    let mut excluded: Vec<FileInfo> = Vec::new();
+    loop {
+        let plan = plan_files(&files, Txid::ZERO, Some(txid), &excluded)?;
+        let indexed = fetch_indexes(replica, &plan.files, whole).await?;
+        let built = PageMap::build(
+            indexed
+                .iter()
+                .map(|f| (&f.info, &f.header, &f.index, f.checksum)),
+        );
+        match built {
+            Ok(Some(map)) => {
+                return Ok(Loaded {
+                    map,
+                    bodies: bodies(indexed),
+                    snapshots: Some(snapshots(&files)),
+                });
+            }
+            Ok(None) => return Err(VfsError::Plan(PlanError::Empty)),
+            Err(MapError::TwoHistories {
+                earlier,
+                file,
+                error,
+            }) => {
+                let around = [earlier.clone(), file.clone()].into_iter().find(|f| {
+                    let mut without = excluded.clone();
+                    without.push(f.clone());
+                    plan_files(&files, Txid::ZERO, Some(txid), &without).is_ok()
+                });
+                match around {
+                    Some(f) if excluded.len() < MAX_EXCLUDED => {
+                        tracing::warn!(replica = replica.name(), %error, left_out = %f, "files of two histories in the replica");
+                        excluded.push(f);
+                    }
+                    _ => {
+                        return Err(VfsError::Map(MapError::TwoHistories {
+                            earlier,
+                            file,
+                            error,
+                        }));
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How many files of another history a plan leaves out before it gives up.
+const MAX_EXCLUDED: usize = 16;
+
+/// The snapshots among `files`.
+fn snapshots(files: &[FileInfo]) -> Vec<FileInfo> {
+    files
+        .iter()
+        .filter(|f| f.level == Level::SNAPSHOT)
+        .cloned()
+        .collect()
+}
+
+/// How a newer state found relates to the state followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The state followed, extended by new files that continue it.
+    Extends,
+    /// Planned afresh from a listing; it continues the state followed (a newer TXID of the
+    /// same history, or the same state from files compaction wrote since).
+    Planned,
+    /// Planned afresh; it replaces the state followed rather than continuing it: the
+    /// replica's history restarted (another database, a restore put in place) or it lost
+    /// its newest files, so it may be at a lower TXID. Checked before it is offered: the
+    /// state followed is no longer in the replica.
+    Replaces,
+}
+
+/// A newer state a poll found.
+pub struct Newer {
+    /// Its map.
+    pub loaded: Loaded,
+    /// How it relates to the state followed.
+    pub change: Change,
 }
 
 /// What a poll found.
-pub enum Polled {
-    /// Nothing after the map's TXID.
-    Nothing,
-    /// A newer map: `map` extended by the files that continue it, or planned afresh when
-    /// they do not (compaction moved on, or the history restarted).
-    Newer(Loaded),
+pub struct Polled {
+    /// A newer state, if any.
+    pub newer: Option<Newer>,
+    /// The snapshots in the replica now.
+    pub snapshots: Vec<FileInfo>,
 }
 
-/// Looks for files after `map`'s TXID: one start-after listing of L0, where every new
-/// transaction lands first.
-pub async fn poll(replica: &Replica, map: &Arc<PageMap>, whole: u64) -> Result<Polled, VfsError> {
-    let listed = replica.list(Level::L0, map.txid.next()).await?;
-    if listed.is_empty() {
-        return Ok(Polled::Nothing);
+/// Looks for what changed after `map` (whose listing held the snapshots `known`): a
+/// start-after listing of L0, where every new transaction lands first, and a listing of L9,
+/// where a full copy that restarts the history lands alone (a page-size change, a replaced
+/// database, a replica re-seeded). New L0 files that continue the map extend it; anything
+/// else is planned afresh.
+pub async fn poll(
+    replica: &Replica,
+    map: &Arc<PageMap>,
+    known: &[FileInfo],
+    whole: u64,
+) -> Result<Polled, VfsError> {
+    let (listed, snapshots) = futures::try_join!(
+        replica.list(Level::L0, map.txid.next()),
+        replica.list(Level::SNAPSHOT, Txid::ZERO)
+    )?;
+    let newest_known = known
+        .iter()
+        .map(|f| f.range.max)
+        .max()
+        .unwrap_or(Txid::ZERO);
+    let newest = snapshots
+        .iter()
+        .map(|f| f.range.max)
+        .max()
+        .unwrap_or(Txid::ZERO);
+    let snapshots_changed = snapshots != known;
+    // A new restore point in L9 alone, or snapshots going back (the replica wiped and
+    // written again): plan afresh.
+    if snapshots_changed && (newest > map.txid || newest < newest_known) {
+        return replan(replica, map, whole).await;
+    }
+    // A new snapshot of another history (another database put in the replica).
+    if snapshots_changed && map.history != 0 {
+        let fresh = snapshots.iter().rfind(|f| !known.contains(f)).cloned();
+        if let Some(f) = fresh {
+            let h = replica.read_header(&f).await?;
+            if h.node_id != 0 && h.node_id != map.history {
+                return replan(replica, map, whole).await;
+            }
+        }
     }
     let mut chain = Vec::new();
     let mut reached = map.txid;
-    for f in listed {
+    for f in listed.iter() {
         if f.range.min == reached.next() {
             reached = f.range.max;
-            chain.push(f);
+            chain.push(f.clone());
         } else if f.range.max > reached {
             break;
         }
     }
     if chain.is_empty() {
+        if listed.is_empty() {
+            return Ok(Polled {
+                newer: None,
+                snapshots,
+            });
+        }
         // The next L0 files are already gone, or the history restarted: plan again.
-        return Ok(Polled::Newer(load(replica, Target::Latest, whole).await?));
+        return replan(replica, map, whole).await;
     }
     let indexed = fetch_indexes(replica, &chain, whole).await?;
     let mut next = PageMap::clone(map);
     for f in &indexed {
-        next.apply(&f.info, &f.header, &f.index)?;
+        if let Err(e) = next.apply(&f.info, &f.header, &f.index, f.checksum) {
+            tracing::warn!(replica = replica.name(), error = %e, "new files do not continue the state shown; planning afresh");
+            return replan(replica, map, whole).await;
+        }
     }
-    Ok(Polled::Newer(Loaded {
-        map: next,
-        bodies: bodies(indexed),
-    }))
+    Ok(Polled {
+        newer: Some(Newer {
+            loaded: Loaded {
+                map: next,
+                bodies: bodies(indexed),
+                snapshots: None,
+            },
+            change: Change::Extends,
+        }),
+        snapshots,
+    })
 }
 
+/// The newest state planned afresh from a full listing, compared with `map`, the state
+/// followed. A state that does not continue `map` (a lower TXID, another history) is taken
+/// only once `map`'s newest file is confirmed gone, so a listing that raced compaction and
+/// retention never sends a reader back.
+pub async fn replan(replica: &Replica, map: &PageMap, whole: u64) -> Result<Polled, VfsError> {
+    let mut loaded = load(replica, Target::Latest, whole).await?;
+    let snapshots = loaded.snapshots.take().unwrap_or_default();
+    let other_history =
+        loaded.map.history != 0 && map.history != 0 && loaded.map.history != map.history;
+    let change = if loaded.map.txid >= map.txid && !other_history {
+        Some(Change::Planned)
+    } else if loaded.map.txid > map.txid {
+        Some(Change::Replaces)
+    } else {
+        let newest = map.files.iter().find(|f| f.range.max == map.txid);
+        let gone = match newest {
+            Some(f) => !replica.exists(f.level, f.range).await?,
+            None => true,
+        };
+        (gone || other_history).then_some(Change::Replaces)
+    };
+    if change == Some(Change::Replaces) {
+        tracing::warn!(replica = replica.name(), from = %map.txid, to = %loaded.map.txid, "the replica no longer holds the state followed: following what it restores to now");
+    }
+    Ok(Polled {
+        newer: change.map(|change| Newer { loaded, change }),
+        snapshots,
+    })
+}
 async fn fetch_indexes(
     replica: &Replica,
     files: &[FileInfo],
@@ -180,14 +341,16 @@ async fn fetch_indexes(
                     info,
                     header,
                     index: tail.index,
+                    checksum: tail.trailer.file_checksum,
                     body: None,
                 });
             }
-            let (header, index, body) = fetch_whole(replica, &info).await?;
+            let (header, index, checksum, body) = fetch_whole(replica, &info).await?;
             Ok(Indexed {
                 info,
                 header,
                 index,
+                checksum,
                 body: Some(body),
             })
         })
@@ -196,12 +359,12 @@ async fn fetch_indexes(
         .await
 }
 
-/// The whole of `info` in one read, its header and page index, its checksum verified (the
-/// file checksum covers the decoded pages, so it is checked by decoding the file once).
+/// The whole of `info` in one read, its header, page index and file checksum, the checksum
+/// verified (it covers the decoded pages, so it is checked by decoding the file once).
 pub async fn fetch_whole(
     replica: &Replica,
     info: &FileInfo,
-) -> Result<(Header, PageIndex, bytes::Bytes), VfsError> {
+) -> Result<(Header, PageIndex, Checksum, bytes::Bytes), VfsError> {
     let body = replica.read(info).await?;
     let invalid = |error| VfsError::ltx(replica, info, error);
     let head: &[u8; ltx::HEADER_SIZE] = body
@@ -215,12 +378,12 @@ pub async fn fetch_whole(
         })?;
     let header = Header::from_bytes(head).map_err(invalid)?;
     named_as(replica, info, &header)?;
-    let index = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
+    let (index, checksum) = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
         ltx::TailParse::Complete(tail) => {
             ltx::Decoder::new(&body[..])
                 .and_then(ltx::Decoder::finish)
                 .map_err(invalid)?;
-            tail.index
+            (tail.index, tail.trailer.file_checksum)
         }
         ltx::TailParse::NeedMore(_) => {
             return Err(invalid(ltx::Error::Truncated {
@@ -229,7 +392,7 @@ pub async fn fetch_whole(
             }));
         }
     };
-    Ok((header, index, body))
+    Ok((header, index, checksum, body))
 }
 
 /// Checks that `header` covers the TXIDs `info`'s name says: a misnamed file would show

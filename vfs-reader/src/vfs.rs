@@ -126,22 +126,72 @@ fn uri_parameter(api: &Api, name: *const c_char, key: &CStr) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-/// The replica a main database reads: the `replica` URI parameter, then
-/// `STRATA_REPLICA_URL`, then `LITESTREAM_REPLICA_URL`.
-fn replica_url(api: &Api, name: *const c_char) -> Option<String> {
-    uri_parameter(api, name, c"replica").or_else(|| {
-        ["STRATA_REPLICA_URL", "LITESTREAM_REPLICA_URL"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-    })
+/// The replica URL of the environment: `STRATA_REPLICA_URL`, then Litestream's
+/// `LITESTREAM_REPLICA_URL`.
+fn environment_replica() -> Option<String> {
+    ["STRATA_REPLICA_URL", "LITESTREAM_REPLICA_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
 }
 
-fn open_db(api: &Api, data: &VfsData, name: *const c_char) -> Result<Db, VfsError> {
-    let url = replica_url(api, name).ok_or_else(|| {
-        VfsError::Config(
-            "no replica: give ?replica=URL in the file name or set STRATA_REPLICA_URL".to_owned(),
-        )
-    })?;
+/// What a database name opened on this VFS is.
+enum Kind {
+    /// A replica, at this URL.
+    Replica(String),
+    /// Asked for as a replica (`vfs=strata` in its URI) with no replica given.
+    NoReplica,
+    /// An ordinary local database (an ATTACH by plain name, the target of VACUUM INTO):
+    /// the default VFS serves it.
+    Local,
+}
+
+/// Which names are replicas: one with `replica=URL` is that replica; one with `vfs=strata`
+/// in its URI is the environment's replica. Anything else is a local file.
+fn kind_by_uri(api: &Api, name: *const c_char) -> Kind {
+    if let Some(url) = uri_parameter(api, name, c"replica") {
+        return Kind::Replica(url);
+    }
+    if uri_parameter(api, name, c"vfs").is_some() {
+        return environment_replica().map_or(Kind::NoReplica, Kind::Replica);
+    }
+    Kind::Local
+}
+
+/// The full pathnames given to replicas (see [`x_full_pathname`]), and their URLs.
+fn replica_names() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+/// The replica a name opened as a main database is, if it is one: a full pathname given to
+/// a replica, or (see [`kind_by_uri`]) a name whose URI says so. A name opened through the
+/// VFS by name (no URI) with the environment's replica set is that replica when it is
+/// opened read-only and no local file has that name.
+fn kind_at_open(api: &Api, name: *const c_char, flags: c_int) -> Kind {
+    if name.is_null() {
+        return Kind::Local;
+    }
+    // SAFETY: a NUL-terminated name.
+    let text = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    if let Some(url) = replica_names().lock().unwrap().get(text.as_ref()) {
+        return Kind::Replica(url.clone());
+    }
+    match kind_by_uri(api, name) {
+        Kind::Local => match environment_replica() {
+            Some(url)
+                if flags & ffi::SQLITE_OPEN_CREATE == 0
+                    && !std::path::Path::new(text.as_ref()).exists() =>
+            {
+                Kind::Replica(url)
+            }
+            _ => Kind::Local,
+        },
+        kind => kind,
+    }
+}
+
+fn open_db(api: &Api, data: &VfsData, name: *const c_char, url: String) -> Result<Db, VfsError> {
     let parsed = strata::storage::ReplicaUrl::parse(&url)
         .map_err(|e| VfsError::Config(format!("replica {url}: {e}")))?;
     let replica = crate::runtime::run(data.options.timeout, async move {
@@ -164,23 +214,38 @@ unsafe extern "C" fn x_open(
 ) -> c_int {
     // SAFETY: vfs is ours.
     let data = unsafe { data(vfs) };
-    if flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
-        // Temporary databases, sort files, statement journals: local, the default VFS's.
+    let kind = match crate::api() {
+        Some(api) if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 => kind_at_open(api, name, flags),
+        _ => Kind::Local,
+    };
+    let url = match kind {
+        Kind::Replica(url) => url,
+        Kind::NoReplica => {
+            report(
+                ffi::SQLITE_CANTOPEN,
+                "strata VFS: no replica: give ?replica=URL in the file name or set STRATA_REPLICA_URL",
+            );
+            return ffi::SQLITE_CANTOPEN;
+        }
+        // Temporary databases, sort files, statement journals, and local databases: the
+        // default VFS's.
         // SAFETY: the default VFS's xOpen on a buffer of at least its szOsFile.
-        return unsafe {
-            match (*data.default).open {
-                Some(open) => open(data.default, name, file, flags, out_flags),
-                None => ffi::SQLITE_CANTOPEN,
-            }
-        };
-    }
+        Kind::Local => {
+            return unsafe {
+                match (*data.default).open {
+                    Some(open) => open(data.default, name, file, flags, out_flags),
+                    None => ffi::SQLITE_CANTOPEN,
+                }
+            };
+        }
+    };
     guard("xOpen", ffi::SQLITE_CANTOPEN, || {
         // SAFETY: SQLite sets pMethods to null before xOpen; it stays null on failure.
         unsafe { (*file).methods = std::ptr::null() };
         let Some(api) = crate::api() else {
             return ffi::SQLITE_CANTOPEN;
         };
-        match open_db(api, data, name) {
+        match open_db(api, data, name, url) {
             Ok(db) => {
                 // SAFETY: file has room for a StrataFile (szOsFile).
                 unsafe {
@@ -346,8 +411,31 @@ unsafe extern "C" fn x_device_characteristics(_: *mut sqlite3_file) -> c_int {
     0
 }
 
-unsafe extern "C" fn x_delete(_: *mut sqlite3_vfs, _: *const c_char, _: c_int) -> c_int {
-    ffi::SQLITE_READONLY
+unsafe extern "C" fn x_delete(vfs: *mut sqlite3_vfs, name: *const c_char, sync: c_int) -> c_int {
+    // A replica's name has no files beside it to delete; a local database's journal does.
+    if name.is_null() || belongs_to_replica(name) {
+        return ffi::SQLITE_READONLY;
+    }
+    // SAFETY: delegated to the default VFS.
+    unsafe {
+        let default = data(vfs).default;
+        match (*default).delete {
+            Some(f) => f(default, name, sync),
+            None => ffi::SQLITE_READONLY,
+        }
+    }
+}
+
+/// Whether `name` is a replica's full pathname or a file beside one (`-journal`, `-wal`,
+/// `-shm`).
+fn belongs_to_replica(name: *const c_char) -> bool {
+    // SAFETY: a NUL-terminated name.
+    let text = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    let base = ["-journal", "-wal", "-shm"]
+        .iter()
+        .find_map(|s| text.strip_suffix(s))
+        .unwrap_or(&text);
+    replica_names().lock().unwrap().contains_key(base)
 }
 
 unsafe extern "C" fn x_access(
@@ -361,6 +449,7 @@ unsafe extern "C" fn x_access(
     if [&b"-journal"[..], b"-wal", b"-shm"]
         .iter()
         .any(|s| n.ends_with(s))
+        && belongs_to_replica(name)
     {
         // A replica has no journal or log beside it: nothing hot to roll back.
         // SAFETY: an out pointer.
@@ -377,21 +466,45 @@ unsafe extern "C" fn x_access(
     }
 }
 
+/// A replica's full pathname is its name and a hash of its URL: SQLite shares one cache
+/// between connections of one full pathname (`cache=shared`), so two replicas opened under
+/// one name must get two. A local database gets the default VFS's (an absolute path).
 unsafe extern "C" fn x_full_pathname(
-    _: *mut sqlite3_vfs,
+    vfs: *mut sqlite3_vfs,
     name: *const c_char,
     n: c_int,
     out: *mut c_char,
 ) -> c_int {
-    // The name is not a local path: it is kept as given.
-    // SAFETY: name is NUL-terminated and out holds n bytes.
-    unsafe {
-        let bytes = CStr::from_ptr(name).to_bytes_with_nul();
-        if bytes.len() > usize::try_from(n).unwrap_or(0) {
-            return ffi::SQLITE_CANTOPEN;
-        }
-        std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), out, bytes.len());
+    let url = match crate::api().map(|api| kind_by_uri(api, name)) {
+        Some(Kind::Replica(url)) => Some(url),
+        Some(Kind::NoReplica) => Some(String::new()),
+        _ => None,
+    };
+    let Some(url) = url else {
+        // SAFETY: delegated to the default VFS.
+        return unsafe {
+            let default = data(vfs).default;
+            match (*default).full_pathname {
+                Some(f) => f(default, name, n, out),
+                None => ffi::SQLITE_CANTOPEN,
+            }
+        };
+    };
+    // SAFETY: name is NUL-terminated.
+    let given = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    let full = format!("{given}@{:016x}", crate::fnv1a(url.as_bytes()));
+    let Ok(full_c) = std::ffi::CString::new(full.clone()) else {
+        return ffi::SQLITE_CANTOPEN;
+    };
+    let bytes = full_c.as_bytes_with_nul();
+    if bytes.len() > usize::try_from(n).unwrap_or(0) {
+        return ffi::SQLITE_CANTOPEN;
     }
+    if !url.is_empty() {
+        replica_names().lock().unwrap().insert(full, url);
+    }
+    // SAFETY: out holds n bytes, checked above.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), out, bytes.len()) };
     ffi::SQLITE_OK
 }
 

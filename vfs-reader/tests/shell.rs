@@ -124,3 +124,73 @@ fn an_empty_or_unreachable_replica_is_a_clear_error_in_bounded_time() {
     assert!(!ok);
     assert!(err.contains("STRATA_VFS_POLL_INTERVAL"), "{err}");
 }
+
+/// A copy of the fixture replica holding only the files that end at or before `txid`: a
+/// replica of the same database at an earlier state.
+fn fixture_until(txid: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for level in std::fs::read_dir(fixture_dir().join("ltx")).unwrap() {
+        let level = level.unwrap().path();
+        let to = dir.path().join("ltx").join(level.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for file in std::fs::read_dir(&level).unwrap() {
+            let file = file.unwrap().path();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let max = u64::from_str_radix(&name[17..33], 16).unwrap();
+            if max <= txid {
+                std::fs::copy(&file, to.join(&name)).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[test]
+fn two_replicas_under_one_name_share_no_cache() {
+    let early = fixture_until(3);
+    let (a, b) = (
+        fixture_dir().display().to_string(),
+        early.path().display().to_string(),
+    );
+    // Both under one file name, both asking for a shared cache.
+    let script = format!(
+        ".load {}\n.open file:app.db?vfs=strata&replica={a}&cache=shared\nATTACH 'file:app.db?vfs=strata&replica={b}&cache=shared' AS b;\nSELECT count(*) FROM main.kv;\nSELECT count(*) FROM b.kv;\nPRAGMA b.strata_txid;\nPRAGMA main.strata_txid = '0000000000000005';\nPRAGMA b.strata_txid;\nSELECT count(*) FROM b.kv;\n",
+        extension().display()
+    );
+    let (ok, out, err) = shell(&script, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out, "301\n502\n0000000000000003\n0000000000000005\n0000000000000003\n502\n",
+        "each replica its own state, a pin on one leaves the other"
+    );
+}
+
+#[test]
+fn with_the_replica_in_the_environment_local_files_stay_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.db");
+    let (ok, _, err) = shell(
+        &format!(
+            ".open {}\nCREATE TABLE notes(x);\nINSERT INTO notes VALUES ('kept locally');\n",
+            local.display()
+        ),
+        &[],
+    );
+    assert!(ok, "{err}");
+    let copy = dir.path().join("copy.db");
+    let url = fixture_dir().display().to_string();
+    let script = format!(
+        ".load {}\n.open file:fixture.db?vfs=strata\nATTACH '{}' AS l;\nSELECT x FROM l.notes;\nSELECT count(*) FROM kv;\nVACUUM INTO '{}';\n",
+        extension().display(),
+        local.display(),
+        copy.display()
+    );
+    let (ok, out, err) = shell(&script, &[("STRATA_REPLICA_URL", &url)]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "kept locally\n301\n");
+    // VACUUM INTO wrote a local copy of the replica's newest state.
+    assert_eq!(
+        dump_file(&copy),
+        dump_file(&testdata("litestream-0.5.17/source-final.db"))
+    );
+}

@@ -937,8 +937,18 @@ impl Replication {
             .collect();
         // The capture continues the furthest replica; one behind asks for a full copy when
         // the staged files do not reach back to it.
-        let replica_max = listings.iter().flatten().map(|l| l.1).max().unwrap_or(Txid::ZERO);
-        let newest = listings.iter().flatten().map(|l| l.2).max().unwrap_or(Txid::ZERO);
+        let replica_max = listings
+            .iter()
+            .flatten()
+            .map(|l| l.1)
+            .max()
+            .unwrap_or(Txid::ZERO);
+        let newest = listings
+            .iter()
+            .flatten()
+            .map(|l| l.2)
+            .max()
+            .unwrap_or(Txid::ZERO);
         let opened = {
             let (path, staging, options) = (db.clone(), staging.clone(), options.clone());
             tokio::task::spawn_blocking(move || {
@@ -1243,8 +1253,13 @@ impl Replication {
             let mut uploader = t.uploader.lock().await;
             match tokio::time::timeout(left, uploader.check_now()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the replica before the final sync"),
-                Err(_) => tracing::warn!(replica = t.replica.name(), "the replica did not answer its check before the final sync"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot check the replica before the final sync")
+                }
+                Err(_) => tracing::warn!(
+                    replica = t.replica.name(),
+                    "the replica did not answer its check before the final sync"
+                ),
             }
         }))
         .await;
@@ -1314,8 +1329,14 @@ async fn list_at_start(replica: &Replica) -> Result<(Vec<FileInfo>, Txid, Txid),
     let (listed, scratch) = replica.list_all_with_scratch().await?;
     if !scratch.is_empty() {
         match replica.delete_scratch(scratch).await {
-            Ok(n) => tracing::info!(replica = replica.name(), n, "removed the scratch objects of interrupted uploads"),
-            Err(e) => tracing::warn!(error = %e, "could not remove the scratch objects of interrupted uploads"),
+            Ok(n) => tracing::info!(
+                replica = replica.name(),
+                n,
+                "removed the scratch objects of interrupted uploads"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove the scratch objects of interrupted uploads")
+            }
         }
     }
     // A replica that does not restore to its newest TXID (files missing in the middle)

@@ -554,7 +554,8 @@ pub fn new_history() -> u64 {
     if got != bytes.len() as isize {
         // No kernel randomness: the time and the process are unique enough for an identity.
         let nanos = jiff::Timestamp::now().as_nanosecond() as u64;
-        id = nanos.rotate_left(17) ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        id = nanos.rotate_left(17)
+            ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     id.max(1)
 }

@@ -244,7 +244,11 @@ impl Uploader {
     async fn first_listing(&mut self) -> Result<(), CaptureError> {
         let files = self.list_whole().await?;
         let restores_to = latest_restorable(&files);
-        let newest = files.iter().map(|f| f.range.max).max().unwrap_or(Txid::ZERO);
+        let newest = files
+            .iter()
+            .map(|f| f.range.max)
+            .max()
+            .unwrap_or(Txid::ZERO);
         let staged = self
             .staging
             .staged()

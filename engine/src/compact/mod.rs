@@ -112,7 +112,9 @@ pub enum CompactError {
     Panicked(String),
     /// Files of another history are in the replica: nothing more is merged into it or
     /// deleted from it.
-    #[error("the replica holds files of another history, so compaction and retention are stopped: {0}")]
+    #[error(
+        "the replica holds files of another history, so compaction and retention are stopped: {0}"
+    )]
     ForeignHistory(String),
 }
 

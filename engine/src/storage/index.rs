@@ -262,7 +262,11 @@ impl SharedIndex {
     /// Records that files of another history are in the replica (`what` says which): from
     /// now on nothing is written to it or deleted from it. The first report stays.
     pub fn report_foreign(&self, what: String) {
-        let mut foreign = self.alarms.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        let mut foreign = self
+            .alarms
+            .foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if foreign.is_none() {
             *foreign = Some(what);
         }

@@ -143,12 +143,21 @@ mod tests {
         let name = "0000000000000001-0000000000000010.ltx";
         for layout in [Layout::File, Layout::S3] {
             for level in Level::all() {
-                let path = layout.file_path(&root, level, TxidRange::new(Txid::ONE, Txid::new(0x10)));
+                let path =
+                    layout.file_path(&root, level, TxidRange::new(Txid::ONE, Txid::new(0x10)));
                 assert_eq!(layout.locate(&root, &path), Some((level, name)));
                 assert_eq!(layout.other().locate(&root, &path), None);
             }
         }
-        for stray in ["db/ltx/00/x.ltx", "db/ltx/10/x.ltx", "db/ltx/1/a/x.ltx", "db/000a/x.ltx", "db/0001", "dbx/0001/x.ltx", "db/strata-uploads/x"] {
+        for stray in [
+            "db/ltx/00/x.ltx",
+            "db/ltx/10/x.ltx",
+            "db/ltx/1/a/x.ltx",
+            "db/000a/x.ltx",
+            "db/0001",
+            "dbx/0001/x.ltx",
+            "db/strata-uploads/x",
+        ] {
             let p = Path::from(stray);
             assert_eq!(Layout::File.locate(&root, &p), None, "{stray}");
             assert_eq!(Layout::S3.locate(&root, &p), None, "{stray}");

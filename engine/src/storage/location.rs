@@ -214,15 +214,16 @@ impl ReplicaUrl {
                 endpoint,
                 ..
             } => {
-                let endpoint = endpoint
-                    .as_deref()
-                    .map_or("", |e| e.trim_end_matches('/'));
+                let endpoint = endpoint.as_deref().map_or("", |e| e.trim_end_matches('/'));
                 format!("s3://{endpoint}/{bucket}/{}", prefix(p))
             }
             #[cfg(feature = "gcs")]
             ReplicaUrl::Gcs { bucket, prefix: p } => format!("gs://{bucket}/{}", prefix(p)),
             #[cfg(feature = "azure")]
-            ReplicaUrl::Azure { container, prefix: p } => {
+            ReplicaUrl::Azure {
+                container,
+                prefix: p,
+            } => {
                 format!("abs://{container}/{}", prefix(p))
             }
         }

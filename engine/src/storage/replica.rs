@@ -310,9 +310,7 @@ impl Replica {
 
     /// [`Replica::list_all`], and the scratch objects of interrupted uploads (see
     /// `multipart`) the same listing found.
-    pub async fn list_all_with_scratch(
-        &self,
-    ) -> Result<(Vec<FileInfo>, Vec<Path>), StorageError> {
+    pub async fn list_all_with_scratch(&self) -> Result<(Vec<FileInfo>, Vec<Path>), StorageError> {
         let root = &self.inner.root;
         let scratch_dir = multipart::scratch_dir(root);
         let metas: Vec<object_store::ObjectMeta> = self
@@ -325,7 +323,10 @@ impl Replica {
         let mut files = Vec::new();
         let mut scratch = Vec::new();
         for m in metas {
-            if m.location.prefix_match(&scratch_dir).is_some_and(|rest| rest.count() == 1) {
+            if m.location
+                .prefix_match(&scratch_dir)
+                .is_some_and(|rest| rest.count() == 1)
+            {
                 scratch.push(m.location);
                 continue;
             }
@@ -657,49 +658,54 @@ impl Replica {
         let source = source.to_owned();
         // Only a link that found the name taken means the file exists; any other failure
         // (a level directory that cannot be made, a full disk) is a failed write.
-        let result = tokio::task::spawn_blocking(move || -> Result<u64, (ErrorKind, std::io::Error)> {
-            let other = |e: std::io::Error| (ErrorKind::Other, e);
-            let link = |from: &std::path::Path, to: &std::path::Path| {
-                std::fs::hard_link(from, to).map_err(|e| {
-                    let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        ErrorKind::AlreadyExists
-                    } else {
-                        ErrorKind::Other
-                    };
-                    (kind, e)
-                })
-            };
-            let dir = dest.parent().expect("level directories have a parent");
-            std::fs::create_dir_all(dir).map_err(other)?;
-            std::fs::File::options()
-                .write(true)
-                .open(&source)
-                .and_then(|f| f.set_modified(timestamp.into()))
-                .map_err(other)?;
-            match link(&source, &dest) {
-                Ok(()) => {
-                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(other)?;
-                    return std::fs::metadata(&dest).map(|m| m.len()).map_err(other);
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<u64, (ErrorKind, std::io::Error)> {
+                let other = |e: std::io::Error| (ErrorKind::Other, e);
+                let link = |from: &std::path::Path, to: &std::path::Path| {
+                    std::fs::hard_link(from, to).map_err(|e| {
+                        let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            ErrorKind::AlreadyExists
+                        } else {
+                            ErrorKind::Other
+                        };
+                        (kind, e)
+                    })
+                };
+                let dir = dest.parent().expect("level directories have a parent");
+                std::fs::create_dir_all(dir).map_err(other)?;
+                std::fs::File::options()
+                    .write(true)
+                    .open(&source)
+                    .and_then(|f| f.set_modified(timestamp.into()))
+                    .map_err(other)?;
+                match link(&source, &dest) {
+                    Ok(()) => {
+                        std::fs::File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(other)?;
+                        return std::fs::metadata(&dest).map(|m| m.len()).map_err(other);
+                    }
+                    Err((_, e)) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+                    Err(e) => return Err(e),
                 }
-                Err((_, e)) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
-                Err(e) => return Err(e),
-            }
-            let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
-            let size = std::fs::copy(&source, &tmp).map_err(other)?;
-            let linked = std::fs::File::open(&tmp)
-                .and_then(|f| {
-                    f.sync_all()?;
-                    f.set_modified(timestamp.into())
-                })
-                .map_err(other)
-                .and_then(|()| link(&tmp, &dest));
-            let _ = std::fs::remove_file(&tmp);
-            linked?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(other)?;
-            Ok(size)
-        })
-        .await
-        .expect("local copy panicked");
+                let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+                let size = std::fs::copy(&source, &tmp).map_err(other)?;
+                let linked = std::fs::File::open(&tmp)
+                    .and_then(|f| {
+                        f.sync_all()?;
+                        f.set_modified(timestamp.into())
+                    })
+                    .map_err(other)
+                    .and_then(|()| link(&tmp, &dest));
+                let _ = std::fs::remove_file(&tmp);
+                linked?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(other)?;
+                Ok(size)
+            })
+            .await
+            .expect("local copy panicked");
         self.inner.counter.record_put();
         match result {
             Ok(size) => Ok(FileInfo {

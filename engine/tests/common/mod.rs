@@ -78,6 +78,19 @@ pub fn init_logging() {
     }
 }
 
+/// An LTX file of another history for `txid`: one page of `fill`, node ID `history`.
+pub fn foreign_ltx(txid: u64, history: u64, fill: u8) -> Vec<u8> {
+    use ltx::{Checksum, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
+    let page_size = PageSize::new(4096).unwrap();
+    let mut header = Header::new(page_size, 1, TxidRange::single(Txid::new(txid)));
+    header.flags = HeaderFlags::NO_CHECKSUM;
+    header.node_id = history;
+    header.timestamp = jiff::Timestamp::now().as_millisecond();
+    let mut enc = Encoder::new(Vec::new(), &header).unwrap();
+    enc.encode_page(PageNum::ONE, &[fill; 4096]).unwrap();
+    enc.finish(Checksum::ZERO).unwrap().writer
+}
+
 /// The S3-compatible server the test command started (moto_server on loopback).
 pub fn s3_endpoint() -> String {
     std::env::var("STRATA_TEST_S3_ENDPOINT").expect(
@@ -119,9 +132,17 @@ pub fn bucket_keys(bucket: &str) -> Vec<String> {
 /// Deletes every object of a bucket of the test S3 server (the bucket stays), with boto3
 /// (moto refuses unsigned deletions).
 pub fn empty_bucket(bucket: &str) {
+    boto3(
+        &s3_endpoint(),
+        &format!("s3.Bucket('{bucket}').objects.all().delete()"),
+    );
+}
+
+/// Runs Python `code` with `s3`, a boto3 resource of the S3 server at `endpoint`
+/// (`s3.meta.client` is its client).
+pub fn boto3(endpoint: &str, code: &str) {
     let script = format!(
-        "import boto3\nb = boto3.resource('s3', endpoint_url='{}').Bucket('{bucket}')\nb.objects.all().delete()\n",
-        s3_endpoint()
+        "import boto3\ns3 = boto3.resource('s3', endpoint_url='{endpoint}')\nclient = s3.meta.client\n{code}\n"
     );
     let out = std::process::Command::new("python3")
         .args(["-c", &script])
@@ -129,9 +150,73 @@ pub fn empty_bucket(bucket: &str) {
         .unwrap();
     assert!(
         out.status.success(),
-        "emptying {bucket}: {}",
+        "{code}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A moto_server of this test's own, so it can be paused without disturbing other tests.
+pub struct PrivateS3 {
+    child: std::process::Child,
+    /// Its URL.
+    pub endpoint: String,
+}
+
+impl PrivateS3 {
+    /// Starts it with one empty bucket.
+    pub fn start(bucket: &str) -> PrivateS3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (scripts/test installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let s3 = PrivateS3 { child, endpoint };
+        s3.boto3(&format!("s3.create_bucket(Bucket='{bucket}')"));
+        s3
+    }
+
+    /// Runs `code` with `s3`, a boto3 client of this server.
+    pub fn boto3(&self, code: &str) {
+        boto3(&self.endpoint, code);
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends the server a signal (`-STOP`, `-CONT`).
+    pub fn signal(&self, sig: &str) {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One unsigned request to the test S3 server; the whole response, headers and body.

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use strata::restore::{NoProgress, RestoreError, RestoreOptions, Target};
 use strata::storage::{Replica, ReplicaUrl};
@@ -75,4 +76,38 @@ pub async fn try_restored_rows(replica: &ReplicaUrl, work: &Path) -> Result<Rows
     let rows = rows(&out);
     std::fs::remove_file(&out).unwrap();
     Ok(rows)
+}
+
+/// A thread inserting a row every `every` until told to stop.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts writing to `db`.
+    pub fn start(db: &Path, every: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (db, stop) = (db.to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&db).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    insert(&conn, 1);
+                    std::thread::sleep(every);
+                }
+            })
+        };
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
 }

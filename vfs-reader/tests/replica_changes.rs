@@ -13,14 +13,14 @@ use rusqlite::{Connection, OpenFlags};
 use strata::ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
 
 /// Every test of this file reads through one registration: polls every 50 ms, plans afresh
-/// every second, a page cache of a few pages and no whole-file fetches (so reads reach the
-/// replica), and an on-disk frame cache in `disk_cache()`.
+/// from a full listing only every 5 minutes (the default: nothing here may wait for it), a
+/// page cache of a few pages and no whole-file fetches (so reads reach the replica), and an
+/// on-disk frame cache in `disk_cache()`.
 fn open(replica: &Path) -> Connection {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
         let mut o = strata_vfs::Options::default();
         o.poll_interval = Duration::from_millis(50);
-        o.replan_interval = Duration::from_secs(1);
         o.cache_size = 0;
         o.whole_file_max = 0;
         o.disk_cache_dir = Some(disk_cache());

@@ -828,6 +828,32 @@ dbs:
     }
 
     #[test]
+    fn aliases_that_multiply_are_refused_before_they_are_expanded() {
+        // Nine levels of ten aliases each: 10^9 nodes from a few hundred bytes.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        bomb.push_str("dbs: [{path: a, replica: {url: /x}}]\n");
+        let started = std::time::Instant::now();
+        let e = Config::parse(&bomb).unwrap_err().to_string();
+        assert!(e.contains("aliases"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Aliases used modestly still work (and are unknown keys here, named as such).
+        let fine = "base: &b {url: /x}\ndbs: [{path: a, replica: *b}]\n";
+        let e = Config::parse(fine).unwrap_err().to_string();
+        assert!(e.contains("base"), "{e}");
+        // Deep nesting and huge input are refused too, not crashed on.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Config::parse(&deep).is_err());
+        let huge = format!("dbs: []\n#{}\n", "x".repeat(MAX_CONFIG_BYTES));
+        assert!(Config::parse(&huge).unwrap_err().to_string().contains("at most"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         for (yaml, key) in [
             (

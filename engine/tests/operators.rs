@@ -170,6 +170,17 @@ fn sighup_applies_a_changed_config_and_leaves_the_rest_running() {
         "the broken config reported",
         || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("config not applied")),
     );
+    // So is one whose aliases would expand to gigabytes (a few hundred bytes of YAML).
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{p}"); 10].join(", ")));
+    }
+    std::fs::write(&config, bomb).unwrap();
+    signal(&strata, "-HUP");
+    wait_for(Duration::from_secs(10), "the alias bomb refused", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("aliases are resolved"))
+    });
     std::fs::write(
         &config,
         format!("dbs:\n{}{}", entry(&a, "ra"), entry(&b, "rb")),
@@ -235,6 +246,52 @@ fn exec_runs_the_application_and_exits_with_its_code_after_a_final_sync() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn exec_a_command_that_ignores_signals_is_killed_after_a_second_one_then_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db, 1);
+    let replica = dir.path().join("replica");
+    // The application commits 50 rows, then ignores SIGTERM and SIGINT and sleeps.
+    let app = format!(
+        "python3 -c 'import signal, sqlite3, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nc = sqlite3.connect(sys.argv[1])\nfor i in range(50):\n    c.execute(\"INSERT INTO t(v) VALUES (?)\", (\"app %d\" % i,)); c.commit()\ntime.sleep(600)' {}",
+        db.display()
+    );
+    let log = dir.path().join("log");
+    let mut strata = Command::new(strata_bin())
+        .arg("replicate")
+        .arg(&db)
+        .arg(format!("file://{}", replica.display()))
+        .args(["-exec", &app])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the application's rows", || {
+        dump(&db).len() == 51
+    });
+    signal(&strata, "-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Instant::now();
+    signal(&strata, "-TERM");
+    let status = loop {
+        if let Some(status) = strata.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            second.elapsed() < Duration::from_secs(20),
+            "strata still waits for its command 20 s after a second signal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    // Killed by SIGKILL, as a shell reports it; after the final sync.
+    assert_eq!(status.code(), Some(128 + 9), "{log}");
+    assert!(log.contains("second signal") && log.contains("replicated through"), "{log}");
+    let restored = dir.path().join("restored.db");
+    assert!(restore(&replica, &restored).status.success());
+    assert_eq!(dump(&restored), dump(&db));
 }
 
 #[test]

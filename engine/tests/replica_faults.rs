@@ -396,3 +396,59 @@ async fn a_wiped_s3_replica_gets_a_full_copy() {
     let replica = ReplicaUrl::parse(&common::s3_url_in(&bucket, "app")).unwrap();
     wiped_replica_gets_a_full_copy(replica, || common::empty_bucket(&bucket)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_objects_of_an_interrupted_upload_go_at_the_next_start_whatever_their_age() {
+    let bucket = common::new_bucket();
+    let url = common::s3_url_in(&bucket, "app");
+    // What a process killed mid-upload leaves: a scratch object a moment old.
+    common::boto3(
+        &common::s3_endpoint(),
+        &format!(
+            "client.put_object(Bucket='{bucket}', Key='app/strata-uploads/0000000000000001-0000000000000009.ltx.4242.1', Body=b'x' * 1000)"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    let store = Store::new(StoreOptions::default());
+    store
+        .add(Database::new(&db, ReplicaUrl::parse(&url).unwrap()))
+        .await
+        .unwrap();
+    let keys = common::bucket_keys(&bucket);
+    assert!(
+        keys.iter().all(|k| !k.contains("strata-uploads")),
+        "{keys:?}"
+    );
+    for (_, stopped) in store.shutdown().await {
+        stopped.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_lists_its_replica_once_at_start_and_once_at_stop() {
+    let url = common::s3_url("app");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    // The default intervals: a replica check every minute, compaction from 30 s on.
+    let replica = strata::storage::Replica::create(&ReplicaUrl::parse(&url).unwrap()).unwrap();
+    let options = strata::capture::CaptureOptions::default();
+    let replication = strata::capture::Replication::start(&db, replica.clone(), options)
+        .await
+        .unwrap();
+    let writer = Writer::start(&db, Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    writer.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    replication.stop().await.unwrap();
+    let requests = replica.requests();
+    assert!(requests.list <= 2, "{requests:?}");
+    assert_eq!(
+        try_restored_rows(&ReplicaUrl::parse(&url).unwrap(), dir.path())
+            .await
+            .unwrap(),
+        rows(&db)
+    );
+}

@@ -163,8 +163,30 @@ async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
         println!("  empty: no LTX files");
         return Ok(ExitCode::FAILURE);
     }
-    let plan = strata::restore::plan(&replica, strata::restore::Target::Latest).await;
+    let mut plan = strata::restore::plan(&replica, strata::restore::Target::Latest)
+        .await
+        .map_err(|e| e.to_string());
     let newest = files.iter().max_by_key(|f| f.modified).expect("not empty");
+    // The planned files' headers (100 bytes each) say whether they are of one history; the
+    // newest file of each level says which histories the replica holds.
+    if let Ok(p) = &plan {
+        let headers = read_headers(&replica, &p.files).await?;
+        if let Err(e) = ltx::common_node_id(headers.iter()) {
+            plan = Err(format!("the plan joins {e}"));
+        }
+    }
+    let newest_per_level: Vec<_> = Level::all()
+        .filter_map(|l| files.iter().filter(|f| f.level == l).max_by_key(|f| f.range))
+        .cloned()
+        .collect();
+    let mut histories: Vec<u64> = read_headers(&replica, &newest_per_level)
+        .await?
+        .iter()
+        .map(|h| h.node_id)
+        .filter(|id| *id != 0)
+        .collect();
+    histories.sort_unstable();
+    histories.dedup();
     match &plan {
         // From the listing alone: the bytes are read and checked only by a restore.
         Ok(plan) => println!(
@@ -176,6 +198,14 @@ async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
             ago(Some(newest.modified), now)
         ),
         Err(e) => println!("  DOES NOT RESTORE: {e}"),
+    }
+    if histories.len() > 1 {
+        let ids: Vec<String> = histories.iter().map(|h| format!("{h:016x}")).collect();
+        println!(
+            "  files of {} histories ({}): a database replaced (retention removes the old files in time), or another database replicated here",
+            histories.len(),
+            ids.join(", ")
+        );
     }
     for level in Level::all() {
         let in_level: Vec<_> = files.iter().filter(|f| f.level == level).collect();
@@ -204,6 +234,18 @@ async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The headers of `files`, a few reads at a time.
+async fn read_headers(
+    replica: &Replica,
+    files: &[strata::storage::FileInfo],
+) -> anyhow::Result<Vec<ltx::Header>> {
+    use futures::{StreamExt, TryStreamExt};
+    Ok(futures::stream::iter(files.iter().map(|f| replica.read_header(f)))
+        .buffered(8)
+        .try_collect()
+        .await?)
 }
 
 fn level_name(level: Level) -> String {

@@ -723,10 +723,27 @@ mod tests {
             ("file:///tmp/a#b", "no fragment"),
             ("file:/tmp/a", "file:///absolute/path"),
             ("", "empty"),
+            // Normalised away in a path-style request, `..` would address another bucket.
+            ("s3://../other/x", "not a valid bucket name"),
+            ("s3://a..b/x", "not a valid bucket name"),
+            ("s3://-bucket/x", "not a valid bucket name"),
         ] {
             let e = ReplicaUrl::parse(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn every_spelling_of_one_place_is_one_location() {
+        let location = |u: &str| ReplicaUrl::parse(u).unwrap().location();
+        assert_eq!(location("/tmp/r"), location("file:///tmp/r/"));
+        assert_eq!(location("/tmp/r"), location("/tmp/x/../r/."));
+        assert_eq!(location("s3://b/app"), location("s3://b//app/"));
+        assert_ne!(location("s3://b/app"), location("s3://b/app2"));
+        assert_ne!(
+            location("s3://b/app?endpoint=http://h:1"),
+            location("s3://b/app?endpoint=http://h:2")
+        );
     }
 
     #[test]

@@ -850,7 +850,12 @@ dbs:
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(Config::parse(&deep).is_err());
         let huge = format!("dbs: []\n#{}\n", "x".repeat(MAX_CONFIG_BYTES));
-        assert!(Config::parse(&huge).unwrap_err().to_string().contains("at most"));
+        assert!(
+            Config::parse(&huge)
+                .unwrap_err()
+                .to_string()
+                .contains("at most")
+        );
     }
 
     #[test]

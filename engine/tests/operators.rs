@@ -174,7 +174,10 @@ fn sighup_applies_a_changed_config_and_leaves_the_rest_running() {
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..10 {
         let p = i - 1;
-        bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{p}"); 10].join(", ")));
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*a{p}"); 10].join(", ")
+        ));
     }
     std::fs::write(&config, bomb).unwrap();
     signal(&strata, "-HUP");
@@ -288,7 +291,10 @@ fn exec_a_command_that_ignores_signals_is_killed_after_a_second_one_then_synced(
     let log = std::fs::read_to_string(&log).unwrap();
     // Killed by SIGKILL, as a shell reports it; after the final sync.
     assert_eq!(status.code(), Some(128 + 9), "{log}");
-    assert!(log.contains("second signal") && log.contains("replicated through"), "{log}");
+    assert!(
+        log.contains("second signal") && log.contains("replicated through"),
+        "{log}"
+    );
     let restored = dir.path().join("restored.db");
     assert!(restore(&replica, &restored).status.success());
     assert_eq!(dump(&restored), dump(&db));

@@ -39,9 +39,10 @@ pub enum VfsError {
     },
     /// A file the open read transaction needs is gone and its state with it: retention
     /// removed it while the transaction ran (a transaction longer than the replica's L0
-    /// retention can see this). A new transaction reads the newest state.
+    /// retention can see this), or the replica lost it or was written again. A new
+    /// transaction reads what the replica restores to now.
     #[error(
-        "the state this read transaction shows (TXID {txid}) is no longer in the replica: retention removed its files during the transaction; run it again ({plan})"
+        "the state this read transaction shows (TXID {txid}) is no longer in the replica (retention removed its files during the transaction, or the replica changed under it); run it again ({plan})"
     )]
     Gone {
         /// The TXID the transaction shows.

@@ -176,7 +176,12 @@ async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
         }
     }
     let newest_per_level: Vec<_> = Level::all()
-        .filter_map(|l| files.iter().filter(|f| f.level == l).max_by_key(|f| f.range))
+        .filter_map(|l| {
+            files
+                .iter()
+                .filter(|f| f.level == l)
+                .max_by_key(|f| f.range)
+        })
         .cloned()
         .collect();
     let mut histories: Vec<u64> = read_headers(&replica, &newest_per_level)
@@ -242,10 +247,12 @@ async fn read_headers(
     files: &[strata::storage::FileInfo],
 ) -> anyhow::Result<Vec<ltx::Header>> {
     use futures::{StreamExt, TryStreamExt};
-    Ok(futures::stream::iter(files.iter().map(|f| replica.read_header(f)))
-        .buffered(8)
-        .try_collect()
-        .await?)
+    Ok(
+        futures::stream::iter(files.iter().map(|f| replica.read_header(f)))
+            .buffered(8)
+            .try_collect()
+            .await?,
+    )
 }
 
 fn level_name(level: Level) -> String {

@@ -93,9 +93,15 @@ impl Campaign {
         match (&self.replicas[i].1, fault) {
             (Where::Directory(root), Fault::FileForDirectory) => {
                 let level = root.join("ltx/0");
-                let _ = std::fs::remove_dir_all(&level);
-                let _ = std::fs::create_dir_all(root.join("ltx"));
-                std::fs::write(&level, b"in the way").unwrap();
+                // The capture may make the directory again in between: until the file wins.
+                for attempt in 0.. {
+                    let _ = std::fs::remove_dir_all(&level);
+                    let _ = std::fs::create_dir_all(root.join("ltx"));
+                    match std::fs::write(&level, b"in the way") {
+                        Ok(()) => break,
+                        Err(e) => assert!(attempt < 100, "cannot put a file in the way: {e}"),
+                    }
+                }
                 Box::new(move || std::fs::remove_file(&level).unwrap())
             }
             // A directory has no bucket or server: it is wiped instead.

@@ -235,7 +235,17 @@ fn reader(
                     }
                 }
             }
-            let _ = conn.query_row("PRAGMA strata_time = 'latest'", [], |_| Ok(()));
+            // Back to following; a replica that cannot be planned right now (being written
+            // again) refuses, and the connection stays pinned until it can.
+            while conn
+                .query_row("PRAGMA strata_time = 'latest'", [], |_| Ok(()))
+                .is_err()
+            {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }

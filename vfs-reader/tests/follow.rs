@@ -152,6 +152,41 @@ fn reader(
     Ok((transactions, last, hydrated))
 }
 
+/// For a reader's failure that names a TXID ("at <txid>: ..."): what a restore of that
+/// TXID holds, so a failure says whether the replica or the reader was wrong.
+async fn restored_there(url: &str, failure: &str) -> String {
+    let Some(txid) = failure
+        .split("at ")
+        .nth(1)
+        .and_then(|t| t.get(..16))
+        .and_then(|t| strata::ltx::Txid::from_hex(t).ok())
+    else {
+        return String::new();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("there.db");
+    let replica = Replica::open(&ReplicaUrl::parse(url).unwrap()).unwrap();
+    let restored = strata::restore::restore(
+        &replica,
+        strata::restore::Target::Txid(txid),
+        &out,
+        &Default::default(),
+        Arc::new(strata::restore::NoProgress),
+    )
+    .await;
+    if let Err(e) = restored {
+        return format!("; a restore of {txid} fails: {e}");
+    }
+    let state: rusqlite::Result<(i64, i64, i64)> = Connection::open(&out).and_then(|c| {
+        c.query_row(
+            "SELECT (SELECT sum(bal) FROM acct), (SELECT max(n) FROM ledger), (SELECT count(*) FROM ledger)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+    });
+    format!("; a restore of {txid} holds (sum, ledger max, ledger count) {state:?}")
+}
+
 async fn readers_follow_a_compacted_replica(url: String) {
     let mut vfs = strata_vfs::Options::default();
     vfs.poll_interval = POLL;
@@ -202,33 +237,8 @@ async fn readers_follow_a_compacted_replica(url: String) {
     stop.store(true, Ordering::SeqCst);
     for (i, r) in readers.into_iter().enumerate() {
         let (transactions, seen, hydrated) = match r.join().unwrap() {
-            Ok(x) => x,
-            Err(e) => {
-                eprintln!("DIAG reader {i} failed: {e}");
-                if let Some(t) = e.split("at ").nth(1).map(|t| t[..16].to_owned()) {
-                    let txid = strata::ltx::Txid::from_hex(&t).unwrap();
-                    let out = dir.path().join("diag.db");
-                    let replica = Replica::open(&ReplicaUrl::parse(&url).unwrap()).unwrap();
-                    let r = strata::restore::restore(
-                        &replica,
-                        strata::restore::Target::Txid(txid),
-                        &out,
-                        &Default::default(),
-                        std::sync::Arc::new(strata::restore::NoProgress),
-                    )
-                    .await;
-                    eprintln!("DIAG restore {t}: {:?}", r.map(|s| s.txid));
-                    let c = Connection::open(&out).unwrap();
-                    let q: (i64, i64, i64) = c.query_row("SELECT (SELECT sum(bal) FROM acct), (SELECT max(n) FROM ledger), (SELECT count(*) FROM ledger)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
-                    eprintln!("DIAG restored state: sum {} max {} count {}", q.0, q.1, q.2);
-                    for f in replica.list_all().await.unwrap() {
-                        if f.range.max >= txid.prev() && f.range.min <= txid.next() {
-                            eprintln!("DIAG file {f} size {}", f.size);
-                        }
-                    }
-                }
-                panic!("a reader failed: {e}");
-            }
+            Ok(seen) => seen,
+            Err(e) => panic!("a reader failed: {e}{}", restored_there(&url, &e).await),
         };
         assert!(transactions > 10, "{transactions} read transactions");
         eprintln!("reader: {transactions} transactions, last at {seen}, hydrated at {hydrated:?}");

@@ -430,16 +430,16 @@ fn check_replicas_unshared(dbs: &[DbConfig]) -> Result<(), ConfigError> {
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, db) in dbs.iter().enumerate() {
         for url in &db.replicas {
-            if let Some(&j) = seen.get(&url.location()) {
-                if j != i {
-                    return Err(error(
-                        &format!("dbs[{i}]"),
-                        format!(
-                            "{url} is also the replica of dbs[{j}] ({}): each database needs a replica of its own",
-                            dbs[j].path.display()
-                        ),
-                    ));
-                }
+            if let Some(&j) = seen.get(&url.location())
+                && j != i
+            {
+                return Err(error(
+                    &format!("dbs[{i}]"),
+                    format!(
+                        "{url} is also the replica of dbs[{j}] ({}): each database needs a replica of its own",
+                        dbs[j].path.display()
+                    ),
+                ));
             }
             seen.insert(url.location(), i);
         }

@@ -118,8 +118,10 @@ impl Campaign {
                 Box::new(|| {})
             }
             (Where::S3, Fault::BucketRecreated) => {
-                self.s3
-                    .boto3("b = s3.Bucket('campaign'); b.objects.all().delete(); b.delete()");
+                // strata may upload between the deletions and the bucket's: until it goes.
+                self.s3.boto3(
+                    "import time\nb = s3.Bucket('campaign')\nfor attempt in range(100):\n    try:\n        b.objects.all().delete()\n        b.delete()\n        break\n    except Exception:\n        time.sleep(0.05)\nelse:\n    raise SystemExit('the bucket never emptied')",
+                );
                 let endpoint = self.s3.endpoint.clone();
                 Box::new(move || common::boto3(&endpoint, "s3.create_bucket(Bucket='campaign')"))
             }
@@ -217,7 +219,21 @@ async fn run(seed: u64, steps: usize) {
             "seed {seed}: the capture stopped at {staged_after}"
         );
         repair();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Repaired, it catches up (with a full copy where it lost files) before the next.
+        let target = store.status().await[0].capture.clone().unwrap().staged;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(2), store.sync(&key)).await;
+            let capture = store.status().await[0].capture.clone().unwrap();
+            let r = &capture.replicas[i];
+            if r.stopped.is_some() || r.uploaded >= target {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed} step {step}: replica {i} never caught up to {target} once repaired: {r:?}"
+            );
+        }
     }
     writer.stop();
     // Every replica that is not stopped catches up.

@@ -84,15 +84,19 @@ pub enum MapError {
         file: String,
     },
     /// A file of another history than the files before it: never joined.
-    #[error("{file}: {error}")]
-    TwoHistories {
-        /// The earlier file of the map's history.
-        earlier: FileInfo,
-        /// The file of another history.
-        file: FileInfo,
-        /// What the headers say.
-        error: ltx::Error,
-    },
+    #[error("{}: {}", .0.file, .0.error)]
+    TwoHistories(Box<TwoHistories>),
+}
+
+/// Two files of two histories that a map would have joined.
+#[derive(Debug)]
+pub struct TwoHistories {
+    /// The earlier file, of the map's history.
+    pub earlier: FileInfo,
+    /// The file of another history.
+    pub file: FileInfo,
+    /// What the headers say.
+    pub error: ltx::Error,
 }
 
 /// The identity of an LTX file's bytes: its header (TXIDs, time, history, size of the
@@ -152,11 +156,9 @@ impl PageMap {
             if self.history != 0 && self.history != header.node_id {
                 let earlier = self
                     .files
-                    .iter()
-                    .map(|f| FileInfo::clone(f))
                     .last()
-                    .unwrap_or_else(|| info.clone());
-                return Err(MapError::TwoHistories {
+                    .map_or_else(|| info.clone(), |f| FileInfo::clone(f));
+                return Err(MapError::TwoHistories(Box::new(TwoHistories {
                     error: ltx::Error::TwoHistories {
                         first: earlier.range,
                         first_node: self.history,
@@ -165,7 +167,7 @@ impl PageMap {
                     },
                     earlier,
                     file: info.clone(),
-                });
+                })));
             }
             self.history = header.node_id;
         }

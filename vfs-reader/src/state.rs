@@ -144,28 +144,20 @@ pub async fn load(replica: &Replica, target: Target, whole: u64) -> Result<Loade
                 });
             }
             Ok(None) => return Err(VfsError::Plan(PlanError::Empty)),
-            Err(MapError::TwoHistories {
-                earlier,
-                file,
-                error,
-            }) => {
-                let around = [earlier.clone(), file.clone()].into_iter().find(|f| {
-                    let mut without = excluded.clone();
-                    without.push(f.clone());
-                    plan_files(&files, Txid::ZERO, Some(txid), &without).is_ok()
-                });
+            Err(MapError::TwoHistories(two)) => {
+                let around = [two.earlier.clone(), two.file.clone()]
+                    .into_iter()
+                    .find(|f| {
+                        let mut without = excluded.clone();
+                        without.push(f.clone());
+                        plan_files(&files, Txid::ZERO, Some(txid), &without).is_ok()
+                    });
                 match around {
                     Some(f) if excluded.len() < MAX_EXCLUDED => {
-                        tracing::warn!(replica = replica.name(), %error, left_out = %f, "files of two histories in the replica");
+                        tracing::warn!(replica = replica.name(), error = %two.error, left_out = %f, "files of two histories in the replica");
                         excluded.push(f);
                     }
-                    _ => {
-                        return Err(VfsError::Map(MapError::TwoHistories {
-                            earlier,
-                            file,
-                            error,
-                        }));
-                    }
+                    _ => return Err(VfsError::Map(MapError::TwoHistories(two))),
                 }
             }
             Err(e) => return Err(e.into()),

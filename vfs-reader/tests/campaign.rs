@@ -193,7 +193,7 @@ fn reader(
     } else {
         vec![open(&replica, false)]
     };
-    let mut rng = Rng(seed ^ (id as u64 + 1) * 0x9e37_79b9);
+    let mut rng = Rng(seed ^ ((id as u64 + 1) * 0x9e37_79b9));
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
@@ -221,18 +221,19 @@ fn reader(
             // Pin the state just seen (another connection's pin must not move this one),
             // read it again, and go back to following.
             let (tag, txid, _) = &seen;
-            if conn
+            let pinned = conn
                 .query_row(&format!("PRAGMA strata_txid = '{txid}'"), [], |_| Ok(()))
-                .is_ok()
-            {
-                if let Ok(again) = read_state(conn) {
-                    let expected = model.known(tag, txid);
-                    if again.1 != *txid || Some(again.2) != expected && again.0 == *tag {
-                        model.failures.lock().unwrap().push(format!(
-                            "reader {id}: pinned {txid} of {tag}, read {again:?}, expected {expected:?}"
-                        ));
-                        return;
-                    }
+                .is_ok();
+            if pinned && let Ok(again) = read_state(conn) {
+                // Pinned, it reads that TXID; of the same database, the same state there.
+                let expected = model.known(tag, txid);
+                let wrong_txid = again.1 != *txid;
+                let wrong_state = again.0 == *tag && Some(again.2) != expected;
+                if wrong_txid || wrong_state {
+                    model.failures.lock().unwrap().push(format!(
+                        "reader {id}: pinned {txid} of {tag}, read {again:?}, expected {expected:?}"
+                    ));
+                    return;
                 }
             }
             // Back to following; a replica that cannot be planned right now (being written
@@ -348,7 +349,9 @@ async fn run(seed: u64, steps: usize) {
                 primary.stop_writer();
                 let conn = Connection::open(&primary.db).unwrap();
                 conn.busy_timeout(Duration::from_secs(30)).unwrap();
-                let current: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+                let current: u32 = conn
+                    .query_row("PRAGMA page_size", [], |r| r.get(0))
+                    .unwrap();
                 let next = if current == 4096 { 8192 } else { 4096 };
                 let copy = dir.path().join("resized.db");
                 let _ = std::fs::remove_file(&copy);

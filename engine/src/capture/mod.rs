@@ -1254,7 +1254,7 @@ impl Replication {
             match tokio::time::timeout(left, uploader.check_now()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot check the replica before the final sync")
+                    tracing::warn!(error = %e, "cannot check the replica before the final sync");
                 }
                 Err(_) => tracing::warn!(
                     replica = t.replica.name(),
@@ -1335,7 +1335,7 @@ async fn list_at_start(replica: &Replica) -> Result<(Vec<FileInfo>, Txid, Txid),
                 "removed the scratch objects of interrupted uploads"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "could not remove the scratch objects of interrupted uploads")
+                tracing::warn!(error = %e, "could not remove the scratch objects of interrupted uploads");
             }
         }
     }

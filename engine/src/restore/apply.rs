@@ -54,18 +54,22 @@ pub(crate) enum Stop {
         found: PageSize,
     },
     /// A file of another history than the files before it: they must not be joined.
-    TwoHistories {
-        /// The first earlier file of the other history.
-        earlier: FileInfo,
-        /// The file that does not belong with it.
-        file: FileInfo,
-        /// What the headers say.
-        error: ltx::Error,
-    },
+    TwoHistories(Box<TwoHistories>),
     /// Reading failed for another reason.
     Storage(StorageError),
     /// Writing the output failed.
     Output(io::Error),
+}
+
+/// Two files of a plan that belong to two histories.
+#[derive(Debug)]
+pub(crate) struct TwoHistories {
+    /// The first earlier file of the other history.
+    pub earlier: FileInfo,
+    /// The file that does not belong with it.
+    pub file: FileInfo,
+    /// What the headers say.
+    pub error: ltx::Error,
 }
 
 /// Writes what the pipeline delivers: each segment's pages at their offsets, and at each
@@ -218,7 +222,7 @@ impl Current {
             if header.node_id != 0 {
                 match &applied.history {
                     Some((id, earlier)) if *id != header.node_id => {
-                        return Err(Stop::TwoHistories {
+                        return Err(Stop::TwoHistories(Box::new(TwoHistories {
                             earlier: earlier.clone(),
                             file: files[file].clone(),
                             error: ltx::Error::TwoHistories {
@@ -227,7 +231,7 @@ impl Current {
                                 second: header.txid_range(),
                                 second_node: header.node_id,
                             },
-                        });
+                        })));
                     }
                     Some(_) => {}
                     None => applied.history = Some((header.node_id, files[file].clone())),

@@ -318,11 +318,12 @@ pub async fn restore(
             }
             // The files of the history that reaches the target are kept: the earlier file is
             // left out first, the later one if no plan goes around the earlier.
-            Stop::TwoHistories {
-                earlier,
-                file,
-                error,
-            } => {
+            Stop::TwoHistories(two) => {
+                let apply::TwoHistories {
+                    earlier,
+                    file,
+                    error,
+                } = *two;
                 let files = replica.list_all().await?;
                 let around = [earlier.clone(), file.clone()].into_iter().find(|f| {
                     let mut without = excluded.clone();

@@ -179,7 +179,9 @@ impl Db {
         let snapshots = loaded.snapshots.take().unwrap_or_default();
         let Pending { map, bodies } = Pending::from(loaded);
         let page_size = map.page_size.bytes();
-        let mut held = FileBodies::new(options.cache_size);
+        // Within the cache's budget: decoded pages, files held whole and a read-ahead together
+        // stay near `cache_size`.
+        let mut held = FileBodies::new(options.cache_size / 4);
         held.keep(bodies);
         let now = Instant::now();
         let follow = Arc::new(Follow {

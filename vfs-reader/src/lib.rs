@@ -56,7 +56,7 @@ pub struct Options {
     /// The longest any request to the replica may take before the SQLite call fails (30 s).
     pub timeout: Duration,
     /// Files up to this size are fetched whole (one GET instead of two for the header and
-    /// index), their checksum verified, and kept (up to `cache_size` bytes of them): their
+    /// index), their checksum verified, and kept (up to a quarter of `cache_size` in all): their
     /// pages then need no request, and still read if retention deletes the file while a
     /// transaction needs it. Most L0 files are this small (256 KiB).
     pub whole_file_max: u64,

@@ -13,6 +13,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Local reads run on the blocking pool: a few threads are plenty, and each
+            // thread that allocates may hold an allocator arena of its own, which a scan's
+            // buffers, freed on SQLite's thread, would otherwise spread over.
+            .max_blocking_threads(4)
             .thread_name("strata-vfs")
             .enable_all()
             .build()

@@ -64,8 +64,8 @@ pub struct Uploader {
     replica: Replica,
     /// The highest TXID known to be in the replica.
     pub uploaded: Txid,
-    /// The newest TXID of any file in the replica when it was last checked (or opened):
-    /// files above it are this uploader's (`recent`) or another writer's.
+    /// The newest TXID of any file seen in the replica when it was checked (or opened),
+    /// never lowered: files above it are this uploader's (`recent`) or another writer's.
     known: Txid,
     /// Files uploaded since the last check.
     recent: Vec<TxidRange>,
@@ -260,7 +260,7 @@ impl Uploader {
             .map_or(Txid::ZERO, |r| r.max);
         self.index.lock().replace(files, jiff::Timestamp::now());
         self.uploaded = restores_to;
-        self.known = newest;
+        self.known = self.known.max(newest);
         self.unlisted = false;
         self.checked = Instant::now();
         self.listed = self.checked;
@@ -413,10 +413,7 @@ impl Uploader {
         for theirs in &suspects {
             // A snapshot of this history made by another strata (`strata compact`) ends in
             // the same database checksum as this capture's file ending at its TXID.
-            if theirs.level == Level::SNAPSHOT
-                && theirs.range.max <= self.uploaded
-                && self.same_history(theirs, &trusted).await
-            {
+            if theirs.level == Level::SNAPSHOT && self.same_history(theirs, &trusted).await {
                 continue;
             }
             // Another writer's files are never taken as known: every later check finds them.
@@ -435,8 +432,10 @@ impl Uploader {
                 .max()
                 .unwrap_or(Txid::ZERO)
         };
+        // `known` only grows: a file at or below a TXID seen before is not another writer's
+        // new file (a replica put back from an older copy holds such files again).
         if self.uploaded == Txid::ZERO || restores_to(&files, self.uploaded) {
-            self.known = newest(&files);
+            self.known = self.known.max(newest(&files));
             self.recent.clear();
             return Ok(());
         }
@@ -444,7 +443,7 @@ impl Uploader {
         // between the listings of two levels.
         let files = self.list_whole().await?;
         if restores_to(&files, self.uploaded) {
-            self.known = newest(&files);
+            self.known = self.known.max(newest(&files));
             self.recent.clear();
             return Ok(());
         }
@@ -466,7 +465,7 @@ impl Uploader {
             "the replica lost files already uploaded: the next file is a full copy"
         );
         self.uploaded = holds_through;
-        self.known = newest(&kept);
+        self.known = self.known.max(newest(&kept));
         self.recent.clear();
         self.rebase.ask_above(self.known);
         Ok(())

@@ -52,6 +52,9 @@ pub struct Db {
     disk: Option<Arc<DiskCache>>,
     inner: Mutex<Inner>,
     follow: Arc<Follow>,
+    /// Where SQLite keeps the connection that uses the file (`SQLITE_FCNTL_PDB`), to ask
+    /// whether the application has a transaction open.
+    connection: std::sync::atomic::AtomicPtr<*mut crate::ffi::sqlite3>,
 }
 
 struct Inner {
@@ -72,7 +75,15 @@ struct Inner {
     hydrated: Option<Hydrated>,
     /// The TXID the next read transaction shows was reported (`strata_txid` outside a
     /// transaction, or inside a deferred one before its first read): it shows that one.
-    promised: bool,
+    promise: Option<Promise>,
+}
+
+/// A TXID reported before the read transaction that shows it started.
+#[derive(Clone, Copy, Debug)]
+struct Promise {
+    /// Reported inside a transaction the application opened (`BEGIN`): every read
+    /// transaction SQLite starts before it ends (loading the schema is one) shows it.
+    until_commit: bool,
 }
 
 /// A map to show, with the small files fetched whole to build it.
@@ -230,11 +241,34 @@ impl Db {
                 lock: 0,
                 streams: Vec::with_capacity(STREAMS),
                 hydrated: None,
-                promised: false,
+                promise: None,
             }),
             options,
             follow,
+            connection: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
         })
+    }
+
+    /// Where SQLite keeps the connection using this file (`SQLITE_FCNTL_PDB`).
+    pub fn set_connection(&self, connection: *mut *mut crate::ffi::sqlite3) {
+        self.connection.store(connection, Ordering::SeqCst);
+    }
+
+    /// Whether the connection has a transaction of the application's open (`BEGIN` ...
+    /// `COMMIT`); `None` if SQLite did not say which connection it is.
+    fn in_application_transaction(&self) -> Option<bool> {
+        let connection = self.connection.load(Ordering::SeqCst);
+        let api = crate::api()?;
+        if connection.is_null() {
+            return None;
+        }
+        // SAFETY: SQLite passed the address of the field that names the connection using
+        // the file, which lives as long as the file is open; it calls the VFS on that
+        // connection's thread, so reading the field and its flag does not race.
+        unsafe {
+            let db = *connection;
+            (!db.is_null()).then(|| (api.get_autocommit)(db) == 0)
+        }
     }
 
     /// The database size in bytes, at the state shown.
@@ -248,16 +282,40 @@ impl Db {
     pub fn set_lock(&self, level: i32) -> Result<(), VfsError> {
         let mut inner = self.inner.lock().unwrap();
         let starting = inner.lock == 0 && level > 0;
+        let ending = inner.lock > 0 && level == 0;
         inner.lock = level;
         if starting {
             self.begin_read(&mut inner)?;
+        }
+        // The application's transaction is over (SQLite has left it by the time it lets go
+        // of the file): a TXID reported in it binds no later one.
+        if ending
+            && inner.promise.is_some_and(|p| p.until_commit)
+            && self.in_application_transaction() == Some(false)
+        {
+            inner.promise = None;
         }
         Ok(())
     }
 
     fn begin_read(&self, inner: &mut Inner) -> Result<(), VfsError> {
-        // A TXID reported before the transaction started is the one it shows.
-        if !std::mem::take(&mut inner.promised) {
+        // A TXID reported before the transaction started is the one it shows: for one read
+        // transaction, or for each until the application's transaction ends.
+        let keep = match inner.promise {
+            Some(p) if p.until_commit => {
+                let open = self.in_application_transaction() != Some(false);
+                if !open {
+                    inner.promise = None;
+                }
+                open
+            }
+            Some(_) => {
+                inner.promise = None;
+                true
+            }
+            None => false,
+        };
+        if !keep {
             self.choose_next(inner);
         }
         if let Some(hydration) = &self.follow.hydration {
@@ -357,7 +415,7 @@ impl Db {
         let txid = map.map.txid;
         inner.next = Some((target, map));
         // A target set now supersedes a TXID reported before.
-        inner.promised = false;
+        inner.promise = None;
         if inner.lock == 0 {
             self.begin_read(&mut inner)?;
         }
@@ -366,12 +424,14 @@ impl Db {
 
     /// The TXID the open read transaction shows; outside one (or inside a deferred one
     /// before its first read), the TXID the next will show: it is chosen now, and that
-    /// transaction shows it.
+    /// transaction shows it (inside the application's `BEGIN`, every read until `COMMIT`).
     pub fn txid(&self) -> Txid {
         let mut inner = self.inner.lock().unwrap();
-        if inner.lock == 0 && !inner.promised {
+        if inner.lock == 0 && inner.promise.is_none() {
             self.choose_next(&mut inner);
-            inner.promised = true;
+            inner.promise = Some(Promise {
+                until_commit: self.in_application_transaction() == Some(true),
+            });
         }
         inner.map.txid
     }

@@ -22,6 +22,9 @@ pub const SQLITE_OPEN_CREATE: c_int = 0x0000_0004;
 pub const SQLITE_OPEN_MAIN_DB: c_int = 0x0000_0100;
 
 pub const SQLITE_FCNTL_PRAGMA: c_int = 14;
+/// A hint SQLite gives when it opens a database: a pointer to the field holding the
+/// connection that uses the file (`sqlite3 **`).
+pub const SQLITE_FCNTL_PDB: c_int = 30;
 
 pub const SQLITE_UTF8: c_int = 1;
 pub const SQLITE_NULL: c_int = 5;
@@ -150,12 +153,14 @@ pub struct Api {
     pub uri_parameter: unsafe extern "C" fn(*const c_char, *const c_char) -> *const c_char,
     pub auto_extension: unsafe extern "C" fn(Option<unsafe extern "C" fn()>) -> c_int,
     pub log: unsafe extern "C" fn(c_int, *const c_char, ...),
+    pub get_autocommit: unsafe extern "C" fn(*mut sqlite3) -> c_int,
 }
 
 /// Where each function sits in `sqlite3_api_routines` (sqlite3ext.h): the struct is a list
 /// of function pointers, in an order SQLite never changes, only appends to. The highest slot
 /// used (`auto_extension`) came with SQLite 3.8.7.
 mod slot {
+    pub const GET_AUTOCOMMIT: usize = 60;
     pub const MALLOC: usize = 68;
     pub const RESULT_ERROR: usize = 80;
     pub const RESULT_INT64: usize = 83;
@@ -199,6 +204,7 @@ impl Api {
         // SAFETY: the struct is at least as long as the highest slot read (SQLite >= 3.8.7).
         let at = |i: usize| unsafe { slots.add(i).read() };
         let used = [
+            slot::GET_AUTOCOMMIT,
             slot::MALLOC,
             slot::RESULT_ERROR,
             slot::RESULT_INT64,
@@ -235,6 +241,7 @@ impl Api {
                 uri_parameter: cast(at(slot::URI_PARAMETER)),
                 auto_extension: cast(at(slot::AUTO_EXTENSION)),
                 log: cast(at(slot::LOG)),
+                get_autocommit: cast(at(slot::GET_AUTOCOMMIT)),
             })
         }
     }
@@ -261,6 +268,7 @@ impl Api {
                 uri_parameter: cast(sys::sqlite3_uri_parameter as *const c_void),
                 auto_extension: cast(sys::sqlite3_auto_extension as *const c_void),
                 log: cast(sys::sqlite3_log as *const c_void),
+                get_autocommit: cast(sys::sqlite3_get_autocommit as *const c_void),
             }
         }
     }

@@ -367,6 +367,10 @@ unsafe extern "C" fn x_file_control(file: *mut sqlite3_file, op: c_int, arg: *mu
                 unsafe { *arg.cast::<*const Db>() = db };
                 ffi::SQLITE_OK
             }
+            ffi::SQLITE_FCNTL_PDB => {
+                db.set_connection(arg.cast());
+                ffi::SQLITE_NOTFOUND
+            }
             ffi::SQLITE_FCNTL_PRAGMA => {
                 // SAFETY: SQLite passes char*[3]: result out, pragma name, value or null.
                 unsafe { pragma(db, arg.cast::<*mut c_char>()) }

@@ -194,3 +194,36 @@ fn with_the_replica_in_the_environment_local_files_stay_local() {
         dump_file(&testdata("litestream-0.5.17/source-final.db"))
     );
 }
+
+#[test]
+fn a_txid_reported_in_a_deferred_transaction_is_the_one_it_reads_schema_load_and_all() {
+    // A fresh connection loads the schema in a read of its own before the transaction's
+    // first read: both show the TXID reported.
+    let replica = fixture_until(8);
+    let url = replica.path().display().to_string();
+    let script = format!(
+        ".load {}\n.open file:fixture.db?vfs=strata&replica={url}\nBEGIN;\nSELECT strata_txid();\n.shell cp -rn {}/ltx/. {url}/ltx/\n.shell sleep 0.5\nSELECT count(*) FROM kv;\nSELECT strata_txid();\nCOMMIT;\n.shell sleep 0.5\nSELECT count(*) FROM kv;\n",
+        extension().display(),
+        fixture_dir().display()
+    );
+    let (ok, out, err) = shell(&script, &[("STRATA_VFS_POLL_INTERVAL", "50ms")]);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let rows_at = |txid| {
+        let out = dir.path().join(format!("{txid}.db"));
+        restore_at(&fixture_dir().display().to_string(), Some(txid), &out);
+        let (_, count, _) = shell(
+            &format!(".open {}\nSELECT count(*) FROM kv;\n", out.display()),
+            &[],
+        );
+        count
+    };
+    assert_eq!(
+        out,
+        format!(
+            "0000000000000008\n{}0000000000000008\n{}",
+            rows_at(8),
+            rows_at(16)
+        )
+    );
+}

@@ -326,10 +326,14 @@ impl Config {
 /// thousands of databases need, and a bound on the memory reading one takes.
 const MAX_CONFIG_BYTES: usize = 4 << 20;
 
-/// The most YAML nodes a config may stand for once every alias is expanded. Aliases are
-/// copied where they are used, so a few lines that alias aliases (a "billion laughs") would
-/// otherwise expand to gigabytes.
-const MAX_CONFIG_NODES: u64 = 1_000_000;
+/// The most a config may stand for once every alias is expanded, counting each node as
+/// [`NODE_WEIGHT`] bytes plus the bytes of its text. Aliases are copied where they are
+/// used, so a few lines that alias aliases (a "billion laughs"), or one long string aliased
+/// many times, would otherwise expand to gigabytes.
+const MAX_CONFIG_EXPANDED: u64 = 64 << 20;
+
+/// What one node costs once loaded, besides its text.
+const NODE_WEIGHT: u64 = 64;
 
 /// Reads a config file, refusing one larger than [`MAX_CONFIG_BYTES`] without reading it all.
 fn read_config(path: &std::path::Path) -> Result<String, ConfigError> {
@@ -349,75 +353,77 @@ fn read_config(path: &std::path::Path) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// Counts the nodes the YAML text stands for with every alias expanded, without expanding
-/// any, and refuses more than [`MAX_CONFIG_NODES`].
+/// Weighs what the YAML text stands for with every alias expanded, without expanding any,
+/// and refuses more than [`MAX_CONFIG_EXPANDED`].
 fn check_expansion(text: &str) -> Result<(), ConfigError> {
     use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
     use yaml_rust2::scanner::Marker;
 
-    /// Nodes per open collection and per anchor, and in all.
+    /// Weights per open collection and per anchor, and in all.
     #[derive(Default)]
-    struct Count {
-        /// Open collections: (anchor, nodes in it so far).
+    struct Weight {
+        /// Open collections: (anchor, weight so far).
         open: Vec<(usize, u64)>,
-        /// Nodes each anchor stands for.
+        /// What each anchor weighs.
         anchors: std::collections::HashMap<usize, u64>,
-        /// Every node so far, aliases expanded.
+        /// Everything so far, aliases expanded.
         all: u64,
     }
-    impl Count {
-        /// `n` more nodes in the innermost open collection.
-        fn add(&mut self, n: u64) {
-            self.all = self.all.saturating_add(n);
-            if let Some((_, count)) = self.open.last_mut() {
-                *count = count.saturating_add(n);
+    impl Weight {
+        /// `w` more in the innermost open collection.
+        fn add(&mut self, w: u64) {
+            self.all = self.all.saturating_add(w);
+            if let Some((_, weight)) = self.open.last_mut() {
+                *weight = weight.saturating_add(w);
             }
         }
     }
-    impl MarkedEventReceiver for Count {
+    impl MarkedEventReceiver for Weight {
         fn on_event(&mut self, event: Event, _: Marker) {
-            if self.all > MAX_CONFIG_NODES {
+            if self.all > MAX_CONFIG_EXPANDED {
                 return;
             }
             match event {
                 Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                    self.all = self.all.saturating_add(1);
-                    self.open.push((anchor, 1));
+                    self.all = self.all.saturating_add(NODE_WEIGHT);
+                    self.open.push((anchor, NODE_WEIGHT));
                 }
                 Event::SequenceEnd | Event::MappingEnd => {
-                    if let Some((anchor, n)) = self.open.pop() {
+                    if let Some((anchor, w)) = self.open.pop() {
                         if anchor > 0 {
-                            self.anchors.insert(anchor, n);
+                            self.anchors.insert(anchor, w);
                         }
-                        // Counted in `all` as they came; now part of the enclosing one.
-                        if let Some((_, count)) = self.open.last_mut() {
-                            *count = count.saturating_add(n);
+                        // Counted in `all` as it came; now part of the enclosing one.
+                        if let Some((_, weight)) = self.open.last_mut() {
+                            *weight = weight.saturating_add(w);
                         }
                     }
                 }
-                Event::Scalar(_, _, anchor, _) => {
+                Event::Scalar(value, _, anchor, _) => {
+                    let w = NODE_WEIGHT + value.len() as u64;
                     if anchor > 0 {
-                        self.anchors.insert(anchor, 1);
+                        self.anchors.insert(anchor, w);
                     }
-                    self.add(1);
+                    self.add(w);
                 }
                 Event::Alias(anchor) => {
-                    let n = self.anchors.get(&anchor).copied().unwrap_or(1);
-                    self.add(n);
+                    let w = self.anchors.get(&anchor).copied().unwrap_or(NODE_WEIGHT);
+                    self.add(w);
                 }
                 _ => {}
             }
         }
     }
-    let mut count = Count::default();
+    let mut weight = Weight::default();
     Parser::new_from_str(text)
-        .load(&mut count, true)
+        .load(&mut weight, true)
         .map_err(|e| error("(file)", e.to_string()))?;
-    if count.all > MAX_CONFIG_NODES {
+    if weight.all > MAX_CONFIG_EXPANDED {
         return Err(error(
             "(file)",
             format!(
-                "the YAML expands to more than {MAX_CONFIG_NODES} nodes once its aliases are resolved (aliases of aliases multiply): refused"
+                "the YAML stands for more than {} MiB once its aliases are resolved (aliases are copied where they are used): refused",
+                MAX_CONFIG_EXPANDED >> 20
             ),
         ));
     }
@@ -574,7 +580,7 @@ fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
                     ],
                 )?;
                 if endpoint.is_none() {
-                    *endpoint = string(m, key, "endpoint")?;
+                    *endpoint = endpoint_value(m, key)?;
                 }
                 if region.is_none() {
                     *region = string(m, key, "region")?;
@@ -611,7 +617,7 @@ fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
                     None => Ok(b),
                 })?,
             prefix: path.unwrap_or_default().trim_matches('/').to_owned(),
-            endpoint: string(m, key, "endpoint")?,
+            endpoint: endpoint_value(m, key)?,
             region: string(m, key, "region")?,
             force_path_style: boolean(m, key, "force-path-style")?.unwrap_or(true),
             skip_verify: boolean(m, key, "skip-verify")?.unwrap_or(false),
@@ -621,6 +627,15 @@ fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
             format!("unsupported replica type {other:?} (file or s3)"),
         )),
     }
+}
+
+/// `endpoint`, checked and in its normal form.
+fn endpoint_value(m: &Map, key: &str) -> Result<Option<String>, ConfigError> {
+    string(m, key, "endpoint")?
+        .map(|e| {
+            crate::storage::normal_endpoint(&e).map_err(|p| error(&format!("{key}.endpoint"), p))
+        })
+        .transpose()
 }
 
 type Map = yaml_rust2::yaml::Hash;
@@ -846,6 +861,12 @@ dbs:
         let fine = "base: &b {url: /x}\ndbs: [{path: a, replica: *b}]\n";
         let e = Config::parse(fine).unwrap_err().to_string();
         assert!(e.contains("base"), "{e}");
+        // One long string aliased many times is refused too.
+        let mut long = format!("big: &b \"{}\"\nlst: [", "x".repeat(100_000));
+        long.push_str(&vec!["*b"; 5_000].join(", "));
+        long.push_str("]\ndbs: [{path: a, replica: {url: /x}}]\n");
+        let e = Config::parse(&long).unwrap_err().to_string();
+        assert!(e.contains("aliases"), "{e}");
         // Deep nesting and huge input are refused too, not crashed on.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(Config::parse(&deep).is_err());

@@ -367,7 +367,23 @@ async fn wiped_replica_gets_a_full_copy(replica: ReplicaUrl, wipe: impl Fn()) {
         try_restored_rows(&replica, dir.path()).await.unwrap(),
         rows(&db)
     );
-    // Wiped while idle: the stop finds the loss and writes the full copy it owes.
+    // Wiped while idle: the replica is looked at now and then even so, shows as behind,
+    // and gets its full copy without a write.
+    let before = full_copies().await;
+    wipe();
+    eventually(
+        Duration::from_secs(60),
+        "a full copy while idle",
+        || async { full_copies().await > before },
+    )
+    .await;
+    store.sync(&key).await.unwrap();
+    assert_eq!(
+        try_restored_rows(&replica, dir.path()).await.unwrap(),
+        rows(&db)
+    );
+    // Wiped while idle and stopped at once: the stop finds the loss and writes the full
+    // copy it owes.
     let before = full_copies().await;
     wipe();
     let stopped = store.shutdown().await;
@@ -451,4 +467,89 @@ async fn a_replication_lists_its_replica_once_at_start_and_once_at_stop() {
             .unwrap(),
         rows(&db)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_holds_up_neither_the_start_nor_the_stop_of_the_others() {
+    let s3 = common::PrivateS3::start("hung");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create(&db);
+    let local = url(&dir.path().join("local"));
+    let remote = ReplicaUrl::parse(&format!(
+        "s3://hung/app?endpoint={}&region=us-east-1&forcePathStyle=true",
+        s3.endpoint
+    ))
+    .unwrap();
+    // The S3 server stops answering (a hung process, a black-holed network) before start.
+    s3.signal("-STOP");
+    let store = Arc::new(Store::new(StoreOptions::default()));
+    let started = Instant::now();
+    store
+        .add(
+            Database::new(&db, local.clone())
+                .with_replica(remote.clone())
+                .with_options(quick_capture_options()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the start waited {:?} for the hung replica",
+        started.elapsed()
+    );
+    // A database whose only replica hangs does not start, but the store answers meanwhile.
+    let other = dir.path().join("other.db");
+    create(&other);
+    let adding = tokio::spawn({
+        let (store, other) = (store.clone(), other.clone());
+        let url = ReplicaUrl::parse(&format!(
+            "s3://hung/other?endpoint={}&region=us-east-1&forcePathStyle=true",
+            s3.endpoint
+        ))
+        .unwrap();
+        async move { store.add(Database::new(&other, url)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let status = store.status().await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "the store is stuck behind a start"
+    );
+    assert_eq!(status.len(), 1);
+    // The directory replica keeps up, up to the last write before the stop.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        insert(&conn, 20);
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the directory replica caught up",
+        || async {
+            let (staged, r) = replicas(&store).await;
+            r[0].uploaded == staged
+        },
+    )
+    .await;
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        insert(&conn, 5);
+    }
+    let stopping = Instant::now();
+    let stopped = store.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "the stop took {:?}",
+        stopping.elapsed()
+    );
+    let err = stopped[0].1.as_ref().unwrap_err().to_string();
+    assert!(err.contains("hung/app"), "{err}");
+    assert_eq!(
+        try_restored_rows(&local, dir.path()).await.unwrap(),
+        rows(&db),
+        "the final sync reached the directory replica"
+    );
+    s3.signal("-CONT");
+    let _ = tokio::time::timeout(Duration::from_secs(30), adding).await;
 }

@@ -209,7 +209,8 @@ pub struct Polled {
 }
 
 /// Looks for what changed after `map` (whose listing held the snapshots `known`): a
-/// start-after listing of L0, where every new transaction lands first, and a listing of L9,
+/// start-after listing of L0 from the map's TXID, where every new transaction lands first
+/// (and the map's newest L0 file must still be), and a listing of L9,
 /// where a full copy that restarts the history lands alone (a page-size change, a replaced
 /// database, a replica re-seeded). New L0 files that continue the map extend it; anything
 /// else is planned afresh.
@@ -220,9 +221,19 @@ pub async fn poll(
     whole: u64,
 ) -> Result<Polled, VfsError> {
     let (listed, snapshots) = futures::try_join!(
-        replica.list(Level::L0, map.txid.next()),
+        replica.list(Level::L0, map.txid),
         replica.list(Level::SNAPSHOT, Txid::ZERO)
     )?;
+    // The listing starts at the map's own TXID: if the map's newest file is an L0 file, it
+    // must still be there. If not, the replica lost it (or retention removed it after
+    // compaction): plan afresh, which tells the two apart.
+    let newest_l0 = map
+        .files
+        .iter()
+        .find(|f| f.level == Level::L0 && f.range.max == map.txid);
+    if newest_l0.is_some_and(|f| !listed.iter().any(|l| l.range == f.range)) {
+        return replan(replica, map, whole).await;
+    }
     let newest_known = known
         .iter()
         .map(|f| f.range.max)
@@ -260,7 +271,7 @@ pub async fn poll(
         }
     }
     if chain.is_empty() {
-        if listed.is_empty() {
+        if listed.iter().all(|f| f.range.max <= map.txid) {
             return Ok(Polled {
                 newer: None,
                 snapshots,

@@ -236,3 +236,25 @@ fn the_disk_cache_never_serves_another_replicas_bytes_under_the_same_names() {
     );
     let _ = std::fs::remove_dir_all(disk_cache());
 }
+
+#[test]
+fn a_reader_whose_newest_l0_files_are_lost_goes_back_to_what_the_replica_restores_to() {
+    // L0 alone, as a replica without compaction holds it: the newest two files go, nothing
+    // in L9 changes, and SQLite's own cache may answer every query without a read.
+    let root = tempfile::tempdir().unwrap();
+    let l0 = root.path().join("ltx/0");
+    std::fs::create_dir_all(&l0).unwrap();
+    for entry in std::fs::read_dir(fixture_dir().join("ltx/0")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, l0.join(path.file_name().unwrap())).unwrap();
+    }
+    let conn = open(root.path());
+    assert_eq!(state(&conn).unwrap().1, format!("{:016x}", 16));
+    for txid in [15u64, 16] {
+        std::fs::remove_file(l0.join(TxidRange::single(Txid::new(txid)).file_name())).unwrap();
+    }
+    let seen = eventually("TXID 14 shown", || {
+        state(&conn).ok().filter(|s| s.1 == format!("{:016x}", 14))
+    });
+    assert_eq!(seen.0, rows_at(14));
+}

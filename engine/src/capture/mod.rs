@@ -350,6 +350,18 @@ impl Capture {
             }
             usable
         });
+        // Staged files the replica lacks are uploaded only as part of a history this capture
+        // resumes: without a usable position they may describe another file that had this
+        // path (deleted and made again), and the full copy that follows covers them anyway.
+        if position.is_none() && continues {
+            let stale: Vec<_> = staged.iter().filter(|r| r.max > replica_max).collect();
+            if !stale.is_empty() {
+                tracing::info!(db = %db.display(), files = stale.len(), "dropping staged files no saved position vouches for");
+            }
+            for r in stale {
+                staging.remove(*r).map_err(io_err(&staging.path(*r)))?;
+            }
+        }
         let syncer = Syncer {
             db: db_file,
             shm,
@@ -416,6 +428,7 @@ impl Capture {
         };
         self.sqlite.is_holding()
             && !checkpoint_due
+            && !self.syncer.full_copy.is_asked()
             && self.held == Some(now)
             && !self.following_checkpoint(&now)
             && self.syncer.unchanged(now.index, thorough)
@@ -919,7 +932,7 @@ impl Replication {
         // from one listing (which also finds the scratch objects of uploads a killed process
         // left). A replica that cannot be listed now is listed before its first upload, as
         // long as another one can be: one replica down does not stop the others.
-        let listed = futures::future::join_all(replicas.iter().map(list_at_start)).await;
+        let listed = list_replicas_at_start(&replicas).await;
         if listed.iter().all(Result::is_err) {
             let first = listed.into_iter().find_map(Result::err);
             return Err(first.expect("at least one replica").into());
@@ -1244,15 +1257,25 @@ impl Replication {
         let deadline = Instant::now() + self.timeout;
         // Each replica is checked before the final sync: one that lost files (wiped, put
         // back from an older copy) is owed a full copy, which the final sync then writes,
-        // however idle the database.
+        // however idle the database. A replica that does not answer gets a part of the
+        // shutdown timeout, never all of it: the others' final uploads need the rest.
+        let check_by = Instant::now() + (self.timeout / 3).min(STOP_CHECK_MAX);
         futures::future::join_all(targets.iter().map(|t| async move {
             if t.status.lock().unwrap().stopped.is_some() {
                 return;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = check_by.saturating_duration_since(Instant::now());
             let mut uploader = t.uploader.lock().await;
             match tokio::time::timeout(left, uploader.check_now()).await {
                 Ok(Ok(())) => {}
+                // Another writer found at the last moment stops the replica, as it would
+                // have while running: the stop then says so.
+                Ok(Err(e)) if e.stops_replica() => {
+                    let reason = e.to_string();
+                    tracing::error!(error = %e, "replica stopped; the database's other replicas go on");
+                    uploader.stop(&reason);
+                    t.status.lock().unwrap().stopped = Some(reason);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot check the replica before the final sync");
                 }
@@ -1320,6 +1343,58 @@ impl Replication {
         })?;
         Ok(status)
     }
+}
+
+/// How long the other replicas get to answer their first listing once one has: one that
+/// has not answered by then (a server that hangs) is listed before its first upload
+/// instead, and holds up neither the capture nor the other replicas.
+const START_LISTING_GRACE: Duration = Duration::from_secs(5);
+
+/// Lists every replica at once (see [`list_at_start`]), waiting for the first answer
+/// however long it takes, then [`START_LISTING_GRACE`] more for the rest.
+async fn list_replicas_at_start(
+    replicas: &[Replica],
+) -> Vec<Result<(Vec<FileInfo>, Txid, Txid), StorageError>> {
+    use futures::StreamExt;
+    let mut pending: futures::stream::FuturesUnordered<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| async move { (i, list_at_start(r).await) })
+        .collect();
+    let mut results: Vec<Option<Result<_, StorageError>>> = replicas.iter().map(|_| None).collect();
+    let mut grace_ends: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_ends {
+            Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => pending.next().await,
+        };
+        let Some((i, result)) = next else { break };
+        if result.is_ok() && grace_ends.is_none() {
+            grace_ends = Some(tokio::time::Instant::now() + START_LISTING_GRACE);
+        }
+        results[i] = Some(result);
+    }
+    results
+        .into_iter()
+        .zip(replicas)
+        .map(|(result, replica)| {
+            result.unwrap_or_else(|| {
+                Err(StorageError::new(
+                    replica.name(),
+                    crate::storage::Operation::List,
+                    "",
+                    crate::storage::ErrorKind::Unavailable,
+                    format!(
+                        "no answer within {} s of the other replicas'",
+                        START_LISTING_GRACE.as_secs()
+                    ),
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Lists a replica at the start of a replication: its files, what they restore to, and the
@@ -1593,6 +1668,10 @@ fn step(
     }
 }
 
+/// The longest a stop waits for a replica's check before the final sync (at most a third
+/// of the shutdown timeout): one that hangs must leave time for the others' uploads.
+const STOP_CHECK_MAX: Duration = Duration::from_secs(10);
+
 /// How long an upload task waits at most between attempts while its replica fails.
 const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -1685,8 +1764,10 @@ async fn upload_loop(
             continue;
         }
         backoff = interval;
-        // Nothing to do until the capture stages a file or the replica must be checked: no
-        // request is made while idle.
+        // Nothing to do until the capture stages a file or the replica must be checked; an
+        // idle replica is looked at (two HEADs) now and then, so one wiped meanwhile shows
+        // as behind, and gets its full copy, without waiting for a write.
+        let idle_check = uploader.lock().await.idle_check_interval();
         tokio::select! {
             changed = signals.staged.changed() => {
                 if changed.is_err() {
@@ -1695,6 +1776,7 @@ async fn upload_loop(
             }
             () = index.check_requested() => {}
             () = signals.retry.notified() => {}
+            () = tokio::time::sleep(idle_check) => {}
         }
     }
 }

@@ -133,6 +133,12 @@ impl Uploader {
         }
     }
 
+    /// How often the replica is checked while nothing is uploaded: as often as it is
+    /// listed whole while uploading (every tenth check).
+    pub fn idle_check_interval(&self) -> Duration {
+        self.check_every * self.list_every
+    }
+
     /// The replica.
     pub fn replica(&self) -> &Replica {
         &self.replica

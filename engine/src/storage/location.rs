@@ -137,7 +137,10 @@ impl ReplicaUrl {
                     (None, None, true, false);
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
-                        "endpoint" => endpoint = Some(v.into_owned()),
+                        "endpoint" => {
+                            endpoint =
+                                Some(normal_endpoint(&v).map_err(|problem| url_error(s, problem))?);
+                        }
                         "region" => region = Some(v.into_owned()),
                         "forcePathStyle" => force_path_style = parse_bool(s, &k, &v)?,
                         "skipVerify" => skip_verify = parse_bool(s, &k, &v)?,
@@ -347,8 +350,15 @@ impl ReplicaUrl {
                         .with_allow_http(endpoint.starts_with("http://"));
                 } else if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL")
                     .or_else(|_| std::env::var("AWS_ENDPOINT_URL_S3"))
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 {
-                    b = b.with_allow_http(endpoint.starts_with("http://"));
+                    // Checked here too: the client panics on one without a scheme.
+                    let endpoint = normal_endpoint(&endpoint).map_err(|m| {
+                        connect_error(ErrorKind::Other, format!("AWS_ENDPOINT_URL: {m}"))
+                    })?;
+                    b = b
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_endpoint(endpoint);
                 }
                 let profile = shared_profile();
                 if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
@@ -483,6 +493,25 @@ impl fmt::Display for ReplicaUrl {
             ReplicaUrl::Azure { container, prefix } => write!(f, "abs://{container}/{prefix}"),
         }
     }
+}
+
+/// An S3 endpoint as a URL in its normal form (`http://host:port`, no trailing slash), or
+/// what is wrong with it: it must be an absolute `http` or `https` URL with a host.
+pub(crate) fn normal_endpoint(endpoint: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!("endpoint {endpoint:?} {why} (give it as http://host:port or https://host)")
+    };
+    let parsed = url::Url::parse(endpoint).map_err(|_| bad("is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("is not an http or https URL"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("takes no query or fragment"));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 /// What is wrong with a bucket (or container) name, if anything: it takes letters, digits,
@@ -727,6 +756,16 @@ mod tests {
             ("s3://../other/x", "not a valid bucket name"),
             ("s3://a..b/x", "not a valid bucket name"),
             ("s3://-bucket/x", "not a valid bucket name"),
+            // object_store panics on an endpoint without a scheme: refused here instead.
+            (
+                "s3://b/x?endpoint=127.0.0.1:5555",
+                "give it as http://host:port",
+            ),
+            (
+                "s3://b/x?endpoint=localhost:5555",
+                "give it as http://host:port",
+            ),
+            ("s3://b/x?endpoint=ftp://h:1", "is not an http or https URL"),
         ] {
             let e = ReplicaUrl::parse(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
@@ -743,6 +782,10 @@ mod tests {
         assert_ne!(
             location("s3://b/app?endpoint=http://h:1"),
             location("s3://b/app?endpoint=http://h:2")
+        );
+        assert_eq!(
+            location("s3://b/app?endpoint=http://h:0001/"),
+            location("s3://b/app?endpoint=HTTP://H:1")
         );
     }
 

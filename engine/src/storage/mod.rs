@@ -21,7 +21,7 @@ pub use counting::{CountingStore, RequestCounter, RequestCounts};
 pub use error::{ErrorKind, Operation, StorageError};
 pub use index::{Indexed, LevelIndex, SharedIndex};
 pub use layout::{Layout, Level};
-pub(crate) use location::bucket_problem;
 pub use location::{ReplicaUrl, UrlError};
+pub(crate) use location::{bucket_problem, normal_endpoint};
 pub use multipart::UploadLimits;
 pub use replica::{Clients, FileInfo, Replica};

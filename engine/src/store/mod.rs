@@ -269,6 +269,9 @@ pub struct Store {
     ticker: Ticker,
     clients: Clients,
     dbs: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
+    /// Databases being started, with their replicas' locations: kept apart from `dbs`, so a
+    /// slow start (a replica that takes long to answer) leaves the store answering.
+    starting: std::sync::Mutex<Vec<(PathBuf, Vec<String>)>>,
     failures: (
         mpsc::UnboundedSender<Failure>,
         tokio::sync::Mutex<mpsc::UnboundedReceiver<Failure>>,
@@ -290,6 +293,7 @@ impl Store {
             ticker: Ticker::new(options.max_concurrent_syncs),
             clients: Clients::default(),
             dbs: tokio::sync::Mutex::new(BTreeMap::new()),
+            starting: std::sync::Mutex::new(Vec::new()),
             failures: (tx, tokio::sync::Mutex::new(rx)),
         }
     }
@@ -298,27 +302,37 @@ impl Store {
     /// calls. Fails if it is already in the store (under any spelling).
     pub async fn add(&self, db: Database) -> Result<PathBuf, StoreError> {
         let path = canonical(&db.path)?;
-        let mut dbs = self.dbs.lock().await;
-        if dbs.contains_key(&path) {
-            return Err(StoreError::AlreadyAdded(path));
-        }
         let locations: Vec<String> = db.replicas.iter().map(ReplicaUrl::location).collect();
-        for (other, entry) in dbs.iter() {
-            if let Some(i) = locations.iter().position(|l| entry.locations.contains(l)) {
-                return Err(StoreError::ReplicaShared {
-                    path,
-                    replica: db.replicas[i].to_string(),
-                    other: other.clone(),
-                });
+        {
+            let dbs = self.dbs.lock().await;
+            let mut starting = self.starting.lock().unwrap();
+            if dbs.contains_key(&path) || starting.iter().any(|(p, _)| *p == path) {
+                return Err(StoreError::AlreadyAdded(path));
             }
+            let in_use = dbs
+                .iter()
+                .map(|(p, e)| (p, &e.locations))
+                .chain(starting.iter().map(|(p, l)| (p, l)));
+            for (other, theirs) in in_use {
+                if let Some(i) = locations.iter().position(|l| theirs.contains(l)) {
+                    return Err(StoreError::ReplicaShared {
+                        path,
+                        replica: db.replicas[i].to_string(),
+                        other: other.clone(),
+                    });
+                }
+            }
+            starting.push((path.clone(), locations.clone()));
         }
-        let running = self.start(&path, &db).await?;
+        let started = self.start(&path, &db).await;
+        let mut dbs = self.dbs.lock().await;
+        self.starting.lock().unwrap().retain(|(p, _)| *p != path);
         dbs.insert(
             path.clone(),
             Entry {
                 spec: db,
                 locations,
-                running: Some(running),
+                running: Some(started?),
             },
         );
         Ok(path)
@@ -389,18 +403,36 @@ impl Store {
     /// Starts a disabled (or failed) database again.
     pub async fn enable(&self, db: &Path) -> Result<(), StoreError> {
         let path = self.key(db).await?;
-        let mut dbs = self.dbs.lock().await;
-        let entry = dbs
-            .get_mut(&path)
-            .ok_or_else(|| StoreError::Unknown(path.clone()))?;
-        if entry.running.as_ref().is_some_and(|r| r.fatal().is_none()) {
-            return Ok(());
-        }
-        if let Some(failed) = entry.running.take() {
+        let (spec, failed) = {
+            let mut dbs = self.dbs.lock().await;
+            let entry = dbs
+                .get_mut(&path)
+                .ok_or_else(|| StoreError::Unknown(path.clone()))?;
+            let mut starting = self.starting.lock().unwrap();
+            if entry.running.as_ref().is_some_and(|r| r.fatal().is_none())
+                || starting.iter().any(|(p, _)| *p == path)
+            {
+                return Ok(());
+            }
+            starting.push((path.clone(), entry.locations.clone()));
+            (entry.spec.clone(), entry.running.take())
+        };
+        // Stopped and started without the store locked: the others go on meanwhile.
+        if let Some(failed) = failed {
             let _ = failed.stop().await;
         }
-        let spec = entry.spec.clone();
-        entry.running = Some(self.start(&path, &spec).await?);
+        let started = self.start(&path, &spec).await;
+        let mut dbs = self.dbs.lock().await;
+        self.starting.lock().unwrap().retain(|(p, _)| *p != path);
+        let started = started?;
+        match dbs.get_mut(&path) {
+            Some(entry) => entry.running = Some(started),
+            // Removed meanwhile.
+            None => {
+                drop(dbs);
+                let _ = started.stop().await;
+            }
+        }
         Ok(())
     }
 

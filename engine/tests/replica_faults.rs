@@ -351,37 +351,27 @@ async fn wiped_replica_gets_a_full_copy(replica: ReplicaUrl, wipe: impl Fn()) {
             .unwrap()
             .full_copies
     };
-    let before = full_copies().await;
-    // Wiped while written: the loss is found (by the replica check, or by compaction
-    // failing to build on it) and a full copy makes it restorable again.
-    wipe();
-    eventually(
-        Duration::from_secs(20),
-        "a full copy after the wipe",
-        || async { full_copies().await > before },
-    )
-    .await;
-    writer.stop();
-    store.sync(&key).await.unwrap();
-    assert_eq!(
-        try_restored_rows(&replica, dir.path()).await.unwrap(),
-        rows(&db)
-    );
-    // Wiped while idle: the replica is looked at now and then even so, shows as behind,
-    // and gets its full copy without a write.
-    let before = full_copies().await;
-    wipe();
-    eventually(
-        Duration::from_secs(60),
-        "a full copy while idle",
-        || async { full_copies().await > before },
-    )
-    .await;
-    store.sync(&key).await.unwrap();
-    assert_eq!(
-        try_restored_rows(&replica, dir.path()).await.unwrap(),
-        rows(&db)
-    );
+    // Wiped, and a full copy makes it restorable again: while written (the loss found by
+    // the replica check, or by compaction failing to build on it), then while idle (the
+    // replica is looked at now and then even so, and shows as behind until then).
+    let mut writer = Some(writer);
+    for (what, limit) in [("while written", 20), ("while idle", 60)] {
+        let before = full_copies().await;
+        wipe();
+        eventually(Duration::from_secs(limit), what, || async {
+            full_copies().await > before
+        })
+        .await;
+        if let Some(w) = writer.take() {
+            w.stop();
+        }
+        store.sync(&key).await.unwrap();
+        assert_eq!(
+            try_restored_rows(&replica, dir.path()).await.unwrap(),
+            rows(&db),
+            "{what}"
+        );
+    }
     // Wiped while idle and stopped at once: the stop finds the loss and writes the full
     // copy it owes.
     let before = full_copies().await;

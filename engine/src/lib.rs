@@ -14,5 +14,7 @@ pub mod restore;
 pub mod storage;
 #[cfg(feature = "sqlite")]
 pub mod store;
+#[cfg(feature = "sqlite")]
+mod ticker;
 
 pub use ltx;

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use ltx::Txid;
 use tokio::sync::mpsc;
 
-use crate::capture::ticker::Ticker;
+use crate::ticker::Ticker;
 use crate::capture::{CaptureError, CaptureOptions, Replication, Status, StopError, SyncError};
 use crate::config::Config;
 use crate::storage::{Clients, Replica, ReplicaUrl, StorageError};

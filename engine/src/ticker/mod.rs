@@ -7,7 +7,7 @@
 //! and hands only the changed ones to the blocking pool, a bounded number at a time. There
 //! is no thread and no timer per database, and nothing runs between ticks.
 //!
-//! With file-change notification (see `notify`), a job whose database is watched is probed
+//! With file-change notification (see `watch`), a job whose database is watched is probed
 //! when its files change (not before its interval has passed since it last worked) and,
 //! once quiet for a few intervals, only every [`WATCHED_PROBE_FACTOR`] intervals besides:
 //! what no notification shows (a wal-index rewritten by recovery) is caught then.
@@ -23,6 +23,12 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
+
+mod job;
+mod watch;
+
+pub(crate) use job::{Job, JobId};
+use watch::DirWatch;
 
 /// How early a job may be probed so that it shares a wake-up with others: this, or a tenth
 /// of its interval if that is less (a probe that finds work starts the work, and work must
@@ -44,24 +50,6 @@ const WATCHED_PROBE_FACTOR: u32 = 30;
 /// file event may come before the commit it belongs to is published in the wal-index.
 const HOT_INTERVALS: u32 = 3;
 
-/// What the ticker runs.
-pub(crate) trait Job: Send + Sync + 'static {
-    /// Whether the job has work now. Blocking, but brief: no SQLite, no large reads.
-    /// `thorough` asks for every check; otherwise file-change notification watches what
-    /// only a thorough probe would see (files replaced or deleted), and the probe may be
-    /// reduced to what notification misses.
-    fn probe(&self, thorough: bool) -> bool;
-    /// Does the work. Returns when the job is next due, or `None` once it has finished
-    /// (it is then forgotten).
-    fn work(&self) -> Option<Duration>;
-    /// How long to wait after a probe that found nothing.
-    fn idle_interval(&self) -> Duration;
-    /// The job panicked (a bug): it is forgotten; this reports it.
-    fn panicked(&self, message: String);
-}
-
-/// Identifies a job in its ticker.
-pub(crate) type JobId = u64;
 
 /// Schedules jobs on the blocking pool of the runtime it was made on. Cheap to clone.
 #[derive(Clone)]
@@ -80,7 +68,7 @@ struct Shared {
     /// Where the probe grid starts.
     origin: Instant,
     /// File-change notification, if this system has it.
-    watch: Option<Arc<super::notify::DirWatch>>,
+    watch: Option<Arc<DirWatch>>,
     /// Wakes the scheduling task: a job added, woken or finished, or the ticker dropped.
     changed: Arc<Notify>,
     /// Bounds the jobs working at once.
@@ -202,7 +190,7 @@ impl Ticker {
     /// A ticker running at most `concurrency` jobs' work at once, scheduled from a task on
     /// the current tokio runtime. The task ends when the last handle is dropped.
     pub(crate) fn new(concurrency: usize) -> Ticker {
-        let watch = match super::notify::DirWatch::new() {
+        let watch = match DirWatch::new() {
             Ok(watch) => Some(Arc::new(watch)),
             Err(e) => {
                 tracing::warn!(error = %e, "no file-change notification: idle databases are probed every sync interval");
@@ -386,7 +374,7 @@ async fn work(shared: Arc<Shared>, id: JobId, job: Arc<dyn Job>) {
     let next = match ran {
         Ok(Ok(next)) => next,
         Ok(Err(panic)) => {
-            job.panicked(super::panic_message(&*panic));
+            job.panicked(panic_message(&*panic));
             None
         }
         Err(e) => {
@@ -545,4 +533,12 @@ mod tests {
         // machine may run it late, never early).
         assert!((2..=12).contains(&works), "{works} works in 10 intervals");
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use tokio::io::unix::AsyncFd;
 
-use super::ticker::JobId;
+use super::job::JobId;
 
 /// Directory watches and the jobs their events wake.
 pub(crate) struct DirWatch {

@@ -12,7 +12,7 @@ use super::replication::PanicAlarm;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
 use super::{CaptureError, CaptureOptions, LevelFiles, ReplicaStatus, StopError, upload, uploader};
-use crate::compact::{Clock, Compactor, Monitor};
+use crate::compact::{Clock, Compactor, Runner};
 use crate::storage::{FileInfo, Level, LevelIndex, Replica, SharedIndex, StorageError};
 
 /// One replica: its upload task, position, compaction and retention, independent of the
@@ -27,7 +27,7 @@ pub(super) struct ReplicaTask {
     pub(super) retry: Arc<tokio::sync::Notify>,
     pub(super) status: Arc<Mutex<ReplicaStatus>>,
     pub(super) uploader: Arc<tokio::sync::Mutex<uploader::Uploader>>,
-    pub(super) monitor: Option<crate::compact::Monitor>,
+    pub(super) compaction: Option<crate::compact::Runner>,
 }
 
 /// A replica's listing at start: its files, what they restore to, and the newest TXID
@@ -74,7 +74,7 @@ impl ReplicaTask {
             (index.clone(), options.compaction.is_some()),
             (shared.peers.clone(), slot),
         );
-        let monitor = options.compaction.clone().map(|compaction| {
+        let compaction = options.compaction.clone().map(|compaction| {
             // Each replica compacts in its own scratch directory.
             let scratch = if slot == 0 {
                 shared.staging.dir().join("compact")
@@ -82,7 +82,7 @@ impl ReplicaTask {
                 shared.staging.dir().join(format!("compact-{slot}"))
             };
             let compactor = Compactor::new(replica.clone(), index.clone(), compaction, scratch);
-            Monitor::start(
+            Runner::start(
                 compactor.with_local_l0(shared.staging.l0_dir()),
                 Clock::System,
             )
@@ -118,14 +118,14 @@ impl ReplicaTask {
             retry,
             status,
             uploader,
-            monitor,
+            compaction,
         }
     }
 
     pub(super) fn status(&self) -> ReplicaStatus {
         let mut status = self.status.lock().unwrap().clone();
         status.requests = self.replica.requests();
-        status.compaction = self.monitor.as_ref().map(Monitor::status);
+        status.compaction = self.compaction.as_ref().map(Runner::status);
         let index = self.index.lock();
         status.levels = Level::all()
             .filter_map(|level| {

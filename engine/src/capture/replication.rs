@@ -14,7 +14,7 @@ use super::replica_task::{Listing, ReplicaTask, TaskShared, finish_uploads, list
 use super::staging::Staging;
 use crate::ticker::{self, Ticker};
 use super::{CaptureError, CaptureOptions, ReplicaStatus, Status, StopError, SyncError, upload};
-use crate::compact::{CompactionStatus, Monitor};
+use crate::compact::{CompactionStatus, Runner};
 use crate::storage::Replica;
 
 /// A database being replicated: a capture run by the process's ticker (shared by a
@@ -168,14 +168,14 @@ impl Replication {
     /// What compaction and retention have done in the first replica (`None` if they are
     /// off).
     pub fn compaction_status(&self) -> Option<CompactionStatus> {
-        self.tasks[0].monitor.as_ref().map(Monitor::status)
+        self.tasks[0].compaction.as_ref().map(Runner::status)
     }
 
     /// What compaction and retention have done, per replica.
     pub fn compaction_statuses(&self) -> Vec<Option<CompactionStatus>> {
         self.tasks
             .iter()
-            .map(|t| t.monitor.as_ref().map(Monitor::status))
+            .map(|t| t.compaction.as_ref().map(Runner::status))
             .collect()
     }
 
@@ -295,13 +295,13 @@ impl Replication {
         for task in &self.tasks {
             task.upload.abort();
         }
-        let mut monitors = Vec::new();
+        let mut runners = Vec::new();
         let mut tasks = Vec::new();
         for mut task in self.tasks {
-            monitors.extend(task.monitor.take());
+            runners.extend(task.compaction.take());
             tasks.push(task);
         }
-        futures::future::join_all(monitors.into_iter().map(Monitor::stop)).await;
+        futures::future::join_all(runners.into_iter().map(Runner::stop)).await;
         for task in &mut tasks {
             let _ = (&mut task.upload).await;
         }

@@ -287,7 +287,10 @@ impl Capture {
 
     /// Stages everything committed, reporting each file as it is staged (a backlog cut into
     /// several files starts uploading with the first). Returns how many files were staged.
-    pub(super) fn sync_all(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<usize, CaptureError> {
+    pub(super) fn sync_all(
+        &mut self,
+        report: &mut dyn FnMut(&Synced),
+    ) -> Result<usize, CaptureError> {
         // Every sync runs under a read transaction. If the one held lapsed (a failure in a
         // checkpoint), the log may have restarted in between: the position is no longer live.
         if !self.sqlite.is_holding() {

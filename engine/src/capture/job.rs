@@ -18,7 +18,6 @@ impl std::fmt::Debug for CaptureJob {
     }
 }
 
-
 /// How a capture's work ended: its final sync's outcome, or the panic message of a bug.
 pub(super) type Finished = Result<Result<(), CaptureError>, String>;
 

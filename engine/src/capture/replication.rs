@@ -10,12 +10,14 @@ use tokio::sync::watch;
 
 use super::database::Capture;
 use super::job::{CaptureJob, Db, Finished, JobState};
-use super::replica_task::{Listing, ReplicaTask, TaskShared, finish_uploads, list_replicas_at_start};
+use super::replica_task::{
+    Listing, ReplicaTask, TaskShared, finish_uploads, list_replicas_at_start,
+};
 use super::staging::Staging;
-use crate::ticker::{self, Ticker};
 use super::{CaptureError, CaptureOptions, ReplicaStatus, Status, StopError, SyncError, upload};
 use crate::compact::{CompactionStatus, Runner};
 use crate::storage::Replica;
+use crate::ticker::{self, Ticker};
 
 /// A database being replicated: a capture run by the process's ticker (shared by a
 /// [`Store`](crate::store::Store)'s databases) and an upload task.
@@ -86,7 +88,12 @@ impl Replication {
         // The capture continues the furthest replica; one behind asks for a full copy when
         // the staged files do not reach back to it.
         let furthest = |of: fn(&Listing) -> Txid| {
-            listings.iter().flatten().map(of).max().unwrap_or(Txid::ZERO)
+            listings
+                .iter()
+                .flatten()
+                .map(of)
+                .max()
+                .unwrap_or(Txid::ZERO)
         };
         let reach = (furthest(|l| l.restores_to), furthest(|l| l.newest));
         let opened = open_capture(&db, &staging, reach, &options).await?;

@@ -12,12 +12,11 @@ use ltx::{
 };
 
 use super::CaptureError;
+use super::decide::{Source, decide, inconsistent};
 use super::position::{FileId, Position, WalPosition};
 use super::staging::Staging;
 use super::wal::{self, Generation, Scan};
-use super::decide::{Source, decide, inconsistent};
 use super::wal_index::{IndexHeader, LogState};
-
 
 /// What one sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -560,4 +559,3 @@ fn db_pages(db: &File, page_size: PageSize) -> io::Result<u32> {
     }
     Ok((len / u64::from(page_size.get())) as u32)
 }
-

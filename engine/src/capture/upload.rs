@@ -55,7 +55,6 @@ impl StagedUse {
     }
 }
 
-
 /// Uploads staged files above `uploaded` (the highest TXID known to be in the replica) in
 /// TXID order, then removes the uploaded ones except the newest. Returns how many were
 /// uploaded, and adds each file sent to `sent`. Each file must continue the replica (start at `uploaded + 1`, or at 1 for a
@@ -151,7 +150,6 @@ pub async fn upload(
     }
     Ok(count)
 }
-
 
 /// How long an uploaded staged file waits for L1 to cover it before it goes anyway, so a
 /// compaction that keeps failing cannot make the staging directory grow without bound.

@@ -41,10 +41,10 @@ use std::path::{Path, PathBuf};
 use ltx::Txid;
 use tokio::sync::mpsc;
 
-use crate::ticker::Ticker;
 use crate::capture::{CaptureError, CaptureOptions, Replication, Status, StopError, SyncError};
 use crate::config::Config;
 use crate::storage::{Clients, Replica, ReplicaUrl, StorageError};
+use crate::ticker::Ticker;
 
 pub use crate::config::DirSource;
 pub use dir::scan;

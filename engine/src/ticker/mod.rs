@@ -50,7 +50,6 @@ const WATCHED_PROBE_FACTOR: u32 = 30;
 /// file event may come before the commit it belongs to is published in the wal-index.
 const HOT_INTERVALS: u32 = 3;
 
-
 /// Schedules jobs on the blocking pool of the runtime it was made on. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ticker {

@@ -1,0 +1,187 @@
+//! Litestream configs read, bad values and unknown keys named, bounds held.
+
+use super::*;
+
+#[test]
+fn durations_parse_like_go() {
+    assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    for bad in [
+        "",
+        "30",
+        "5 minutes",
+        "1d",
+        "s",
+        "99999999999999999999h",
+        "1e400s",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn reads_a_litestream_config() {
+    let c = Config::parse(
+        r#"
+levels:
+  - interval: 30s
+  - interval: 5m
+snapshot:
+  interval: 24h
+  retention: 72h
+l0-retention: 5m
+dbs:
+  - path: /data/app.db
+    replica:
+      url: s3://bucket/app?endpoint=http://127.0.0.1:9000&region=us-east-1
+  - path: /data/other.db
+    monitor-interval: 500ms
+    replicas:
+      - type: file
+        path: /backups/other
+  - path: /data/third.db
+    monitor-interval: 2s
+    replica:
+      sync-interval: 10s
+      type: s3
+      bucket: b
+      path: /third/
+      endpoint: http://localhost:9000
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.levels.len(), 2);
+    assert_eq!(c.snapshot_retention, Some(Duration::from_secs(72 * 3600)));
+    assert_eq!(c.l0_retention, Some(Duration::from_secs(300)));
+    assert_eq!(c.dbs.len(), 3);
+    assert_eq!(
+        c.dbs[1].replicas[0],
+        ReplicaUrl::File {
+            root: "/backups/other".into()
+        }
+    );
+    assert_eq!(c.dbs[0].sync_interval, None);
+    assert_eq!(c.dbs[1].sync_interval, Some(Duration::from_millis(500)));
+    assert_eq!(c.dbs[2].sync_interval, Some(Duration::from_secs(10)));
+    assert!(
+        matches!(&c.dbs[2].replicas[0], ReplicaUrl::S3 { bucket, prefix, .. } if bucket == "b" && prefix == "third")
+    );
+}
+
+#[test]
+fn aliases_that_multiply_are_refused_before_they_are_expanded() {
+    // Nine levels of ten aliases each: 10^9 nodes from a few hundred bytes.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    bomb.push_str("dbs: [{path: a, replica: {url: /x}}]\n");
+    let started = std::time::Instant::now();
+    let e = Config::parse(&bomb).unwrap_err().to_string();
+    assert!(e.contains("aliases"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Aliases used modestly still work (and are unknown keys here, named as such).
+    let fine = "base: &b {url: /x}\ndbs: [{path: a, replica: *b}]\n";
+    let e = Config::parse(fine).unwrap_err().to_string();
+    assert!(e.contains("base"), "{e}");
+    // One long string aliased many times is refused too.
+    let mut long = format!("big: &b \"{}\"\nlst: [", "x".repeat(100_000));
+    long.push_str(&vec!["*b"; 5_000].join(", "));
+    long.push_str("]\ndbs: [{path: a, replica: {url: /x}}]\n");
+    let e = Config::parse(&long).unwrap_err().to_string();
+    assert!(e.contains("aliases"), "{e}");
+    // Deep nesting and huge input are refused too, not crashed on.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(Config::parse(&deep).is_err());
+    let huge = format!("dbs: []\n#{}\n", "x".repeat(MAX_CONFIG_BYTES));
+    assert!(
+        Config::parse(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("at most")
+    );
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key() {
+    for (yaml, key) in [
+        (
+            "dbs: [{path: a, replica: {url: /x}}]\nadress: ':9090'",
+            "adress",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x, colour: red}}]",
+            "dbs[0].replica.colour",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x}, monitor-interval: soon}]",
+            "dbs[0].monitor-interval",
+        ),
+        (
+            "dbs: [{path: a, replicas: [{url: /x, sync-interval: 1}]}]",
+            "dbs[0].replicas[0].sync-interval",
+        ),
+        ("dbs: [{replica: {url: /x}}]", "dbs[0].path"),
+        (
+            "levels: [{interval: 1x}]\ndbs: [{path: a, replica: {url: /x}}]",
+            "levels[0].interval",
+        ),
+        ("dbs: []", "dbs"),
+        (
+            "dbs: [{path: a, replica: {type: file, path: /x, bucket: b}}]",
+            "dbs[0].replica.bucket",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x, bucket: r}}]",
+            "dbs[0].replica.bucket",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x}, monitor-interval: 0s}]",
+            "dbs[0].monitor-interval",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x}, checkpoint-interval: 0}]",
+            "dbs[0].checkpoint-interval",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x, sync-interval: 0ms}}]",
+            "dbs[0].replica.sync-interval",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x}, monitor-interval: 99999999999999999999h}]",
+            "dbs[0].monitor-interval",
+        ),
+        (
+            "snapshot: {interval: 0s}\ndbs: [{path: a, replica: {url: /x}}]",
+            "snapshot.interval",
+        ),
+    ] {
+        let e = Config::parse(yaml).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+    }
+}
+
+#[test]
+fn expands_environment_variables() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    assert_eq!(
+        expand_env("a: ${HOME}/x $HOME $"),
+        format!("a: {home}/x {home} $")
+    );
+    // A `$` before a non-ASCII letter is no variable, and the text after it is intact.
+    assert_eq!(expand_env("p: $é/ü $HOME!"), format!("p: $é/ü {home}!"));
+    assert_eq!(
+        expand_env("x: ${STRATA_SURELY_UNSET_VARIABLE}y"),
+        "x: y",
+        "unset is empty, as in Litestream"
+    );
+    let c = Config::parse_with("dbs: [{path: $HOME/a, replica: {url: /x}}]", false).unwrap();
+    assert_eq!(c.dbs[0].path, PathBuf::from("$HOME/a"), "-no-expand-env");
+}

@@ -1,0 +1,100 @@
+//! Reading values out of the parsed YAML, each error naming the key it concerns.
+
+use std::time::Duration;
+
+use yaml_rust2::Yaml;
+
+use super::{ConfigError, error, parse_duration};
+
+pub(super) type Map = yaml_rust2::yaml::Hash;
+
+pub(super) fn get<'a>(m: &'a Map, key: &str) -> Option<&'a Yaml> {
+    m.get(&Yaml::String(key.to_owned()))
+        .filter(|v| !matches!(v, Yaml::Null))
+}
+
+pub(super) fn check_keys(m: &Map, at: &str, known: &[&str]) -> Result<(), ConfigError> {
+    for k in m.keys() {
+        let name = k.as_str().unwrap_or("?");
+        if !known.contains(&name) {
+            let key = if at.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{at}.{name}")
+            };
+            return Err(error(
+                &key,
+                format!("unknown key (known here: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn as_map<'a>(y: &'a Yaml, key: &str) -> Result<&'a Map, ConfigError> {
+    y.as_hash().ok_or_else(|| error(key, "expected a mapping"))
+}
+
+pub(super) fn as_list<'a>(y: &'a Yaml, key: &str) -> Result<&'a Vec<Yaml>, ConfigError> {
+    y.as_vec().ok_or_else(|| error(key, "expected a list"))
+}
+
+pub(super) fn full(at: &str, name: &str) -> String {
+    if at.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{at}.{name}")
+    }
+}
+
+pub(super) fn string(m: &Map, at: &str, name: &str) -> Result<Option<String>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::String(s)) => Ok(Some(s.clone())),
+        Some(Yaml::Integer(i)) => Ok(Some(i.to_string())),
+        Some(_) => Err(error(&full(at, name), "expected a string")),
+    }
+}
+
+pub(super) fn duration(m: &Map, at: &str, name: &str) -> Result<Option<Duration>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::String(s)) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| error(&full(at, name), e)),
+        Some(Yaml::Integer(0)) => Ok(Some(Duration::ZERO)),
+        Some(_) => Err(error(
+            &full(at, name),
+            "expected a duration like 30s, 5m or 24h",
+        )),
+    }
+}
+
+/// Like [`duration`], for an interval: zero is refused.
+pub(super) fn interval(m: &Map, at: &str, name: &str) -> Result<Option<Duration>, ConfigError> {
+    match duration(m, at, name)? {
+        Some(Duration::ZERO) => Err(error(
+            &full(at, name),
+            "an interval must be longer than zero",
+        )),
+        d => Ok(d),
+    }
+}
+
+pub(super) fn number(m: &Map, at: &str, name: &str) -> Result<Option<u32>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::Integer(i)) => u32::try_from(*i)
+            .map(Some)
+            .map_err(|_| error(&full(at, name), "out of range")),
+        Some(_) => Err(error(&full(at, name), "expected a number")),
+    }
+}
+
+pub(super) fn boolean(m: &Map, at: &str, name: &str) -> Result<Option<bool>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::Boolean(b)) => Ok(Some(*b)),
+        Some(_) => Err(error(&full(at, name), "expected true or false")),
+    }
+}

@@ -404,6 +404,15 @@ async fn work(shared: Arc<Shared>, id: JobId, job: Arc<dyn Job>) {
     shared.changed.notify_one();
 }
 
+/// The message of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,12 +541,4 @@ mod tests {
         // machine may run it late, never early).
         assert!((2..=12).contains(&works), "{works} works in 10 intervals");
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_owned())
 }

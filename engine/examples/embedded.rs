@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata::capture::CaptureOptions;
-use strata::restore::{NoProgress, RestoreOptions, Target};
+use strata::restore::{NoProgress, RestoreOptions, RestorePoint};
 use strata::storage::{Replica, ReplicaUrl};
 use strata::store::{Database, Store, StoreOptions};
 
@@ -90,7 +90,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let replica = Replica::open(&url)?;
     strata::restore::restore(
         &replica,
-        Target::Latest,
+        RestorePoint::Latest,
         &restored,
         &RestoreOptions::default(),
         Arc::new(NoProgress),

@@ -4,16 +4,24 @@
 //! - `capture` (feature `sqlite`): a live database's committed transactions as L0 files;
 //! - [`compact`]: levels, snapshots and retention on wall-clock intervals;
 //! - [`storage`]: the replica client over any object store, both Litestream layouts;
-//! - [`restore`]: plan the fewest files reaching a target, fetch them in parallel, apply.
+//! - [`plan`]: the fewest files of one history that reach a restore point, which restore,
+//!   compaction, retention and the VFS all follow;
+//! - [`restore`]: fetch a plan's files in parallel and apply them.
+
+// What is public is the API: everything else is private to its module or the crate.
+#![warn(unreachable_pub)]
 
 #[cfg(feature = "sqlite")]
 pub mod capture;
 pub mod compact;
 pub mod config;
+pub mod plan;
 pub mod restore;
 pub mod storage;
 #[cfg(feature = "sqlite")]
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 #[cfg(feature = "sqlite")]
 mod ticker;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::capture::*;
 use common::s3_url;
-use strata::restore::Target;
+use strata::restore::RestorePoint;
 use strata::storage::{Replica, ReplicaUrl};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,7 +147,7 @@ async fn one_config_replicates_several_databases_and_switches_them_to_wal() {
             root: dir.path().join(replica),
         })
         .unwrap();
-        restore_at(&replica, Target::Latest, &out).await;
+        restore_at(&replica, RestorePoint::Latest, &out).await;
         assert_eq!(
             sqlite3_dump(out.to_str().unwrap()),
             sqlite3_dump(db.to_str().unwrap())

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::capture::*;
+use strata::test_support::copy_dir;
 
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
@@ -132,18 +133,6 @@ async fn a_replica_that_does_not_hold_the_history_gets_a_full_copy_at_once() {
     stop(&setup, strata);
     check_history(&setup).await;
     assert_litestream_restores_the_source(&setup);
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,7 +291,12 @@ async fn two_databases_writing_one_replica_is_an_error_not_a_mix() {
 async fn latest_equals_source(setup: &Setup) {
     let out = setup.dir.join("latest-only.db");
     let _ = std::fs::remove_file(&out);
-    restore_at(&setup.replica(), strata::restore::Target::Latest, &out).await;
+    restore_at(
+        &setup.replica(),
+        strata::restore::RestorePoint::Latest,
+        &out,
+    )
+    .await;
     assert_eq!(
         sqlite3_dump(out.to_str().unwrap()),
         sqlite3_dump(setup.db.to_str().unwrap()),

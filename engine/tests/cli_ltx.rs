@@ -1,13 +1,8 @@
 //! `strata ltx verify` and `strata ltx dump`, run as a user runs them.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel)
-}
+use strata::test_support::testdata;
 
 fn strata(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_strata"))

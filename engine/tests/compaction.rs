@@ -16,7 +16,7 @@ use common::{restore_to, s3_url};
 use ltx::Txid;
 use strata::capture::Replication;
 use strata::compact::CompactionOptions;
-use strata::restore::Target;
+use strata::restore::RestorePoint;
 use strata::storage::{FileInfo, Level, Replica, ReplicaUrl};
 
 /// The intervals: L1 2 s, L2 6 s, snapshots 12 s kept 24 s, L0 kept 3 s.
@@ -69,7 +69,7 @@ async fn end_to_end(setup: Setup) {
         tokio::spawn(async move {
             while !*stopped.borrow_and_update() {
                 let _ = std::fs::remove_file(&out);
-                match restore_to(&reader, Target::Latest, &out).await {
+                match restore_to(&reader, RestorePoint::Latest, &out).await {
                     Ok(_) => {
                         restores.fetch_add(1, Ordering::Relaxed);
                     }

@@ -293,30 +293,13 @@ async fn run(seed: u64, steps: usize) {
     }
 }
 
-fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("STRATA_CAMPAIGN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![seed];
-    }
-    let n: u64 = std::env::var("STRATA_CAMPAIGN_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let base = jiff::Timestamp::now().as_second() as u64;
-    (0..n)
-        .map(|i| base.wrapping_mul(2_654_435_761).wrapping_add(i))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_broken_replica_at_a_time_stops_nothing() {
     let steps = std::env::var("STRATA_CAMPAIGN_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    for seed in seeds() {
+    for seed in strata::test_support::campaign_seeds() {
         eprintln!("replica campaign: seed {seed} (STRATA_CAMPAIGN_SEED={seed} runs it again)");
         run(seed, steps).await;
     }

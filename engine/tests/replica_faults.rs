@@ -266,7 +266,7 @@ async fn two_databases_in_one_replica_are_never_joined() {
         let out = dir.path().join(format!("at-{txid}.db"));
         let result = strata::restore::restore(
             &strata::storage::Replica::open(&replica).unwrap(),
-            strata::restore::Target::Txid(txid),
+            strata::restore::RestorePoint::Txid(txid),
             &out,
             &strata::restore::RestoreOptions {
                 integrity_check: strata::restore::IntegrityCheck::Full,

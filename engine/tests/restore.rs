@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use ltx::{Txid, TxidRange};
-use strata::restore::{self, NoProgress, PlanError, RestoreError, RestoreOptions, Target};
+use strata::restore::{self, NoProgress, PlanError, RestoreError, RestoreOptions, RestorePoint};
 use strata::storage::{Layout, Level, Replica, ReplicaUrl};
 
 /// Restores at every TXID and compares with Litestream's own restores.
@@ -15,7 +15,7 @@ async fn check_every_txid(replica: &Replica) {
     let dir = tempfile::tempdir().unwrap();
     for (txid, sha, size) in expected_restores() {
         let out = dir.path().join(format!("{txid}.db"));
-        let s = restore_to(replica, Target::Txid(Txid::new(txid)), &out)
+        let s = restore_to(replica, RestorePoint::Txid(Txid::new(txid)), &out)
             .await
             .unwrap_or_else(|e| panic!("TXID {txid}: {e}"));
         assert_eq!(s.txid.get(), txid);
@@ -23,7 +23,9 @@ async fn check_every_txid(replica: &Replica) {
         assert_eq!(sha256_file(&out), sha, "TXID {txid}");
     }
     let out = dir.path().join("latest.db");
-    let s = restore_to(replica, Target::Latest, &out).await.unwrap();
+    let s = restore_to(replica, RestorePoint::Latest, &out)
+        .await
+        .unwrap();
     assert_eq!(s.txid.get(), 16);
     assert_eq!(
         s.files, 1,
@@ -60,7 +62,7 @@ async fn a_replica_in_the_other_layout_is_detected() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("db");
-    restore_to(&Replica::open(&url).unwrap(), Target::Latest, &out)
+    restore_to(&Replica::open(&url).unwrap(), RestorePoint::Latest, &out)
         .await
         .unwrap();
     assert_eq!(sha256_file(&out), expected_restores()[15].1);
@@ -82,12 +84,12 @@ async fn timestamps_resolve_to_the_newest_state_at_or_before_them() {
         (at(13) - 1, 12),
     ] {
         let out = dir.path().join(format!("{ts}.db"));
-        let target = Target::Timestamp(jiff::Timestamp::from_millisecond(ts).unwrap());
+        let target = RestorePoint::Timestamp(jiff::Timestamp::from_millisecond(ts).unwrap());
         let s = restore_to(&replica, target, &out).await.unwrap();
         assert_eq!(s.txid.get(), txid, "timestamp {ts}");
         assert_eq!(sha256_file(&out), expected[txid as usize - 1].1);
     }
-    let too_early = Target::Timestamp(jiff::Timestamp::from_millisecond(at(1) - 1).unwrap());
+    let too_early = RestorePoint::Timestamp(jiff::Timestamp::from_millisecond(at(1) - 1).unwrap());
     let err = restore_to(&replica, too_early, &dir.path().join("early.db"))
         .await
         .unwrap_err();
@@ -102,7 +104,7 @@ async fn the_output_is_not_replaced_without_force_and_sidecars_go_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("app.db");
     std::fs::write(&out, b"precious").unwrap();
-    let err = restore_to(&fixture_replica(), Target::Latest, &out)
+    let err = restore_to(&fixture_replica(), RestorePoint::Latest, &out)
         .await
         .unwrap_err();
     assert!(matches!(err, RestoreError::OutputExists { .. }), "{err}");
@@ -116,7 +118,7 @@ async fn the_output_is_not_replaced_without_force_and_sidecars_go_with_it() {
     };
     restore::restore(
         &fixture_replica(),
-        Target::Latest,
+        RestorePoint::Latest,
         &out,
         &options,
         Arc::new(NoProgress),
@@ -133,7 +135,7 @@ async fn the_output_is_not_replaced_without_force_and_sidecars_go_with_it() {
 
 /// Runs a restore expected to fail, checks nothing is left in the output directory, and
 /// returns the error.
-async fn failing(replica: &Replica, target: Target) -> RestoreError {
+async fn failing(replica: &Replica, target: RestorePoint) -> RestoreError {
     let dir = tempfile::tempdir().unwrap();
     let err = restore_to(replica, target, &dir.path().join("out.db"))
         .await
@@ -155,7 +157,7 @@ async fn a_missing_replica_directory_is_named() {
 
 #[tokio::test]
 async fn an_empty_replica_says_so() {
-    let err = failing(&Replica::memory(Layout::File), Target::Latest).await;
+    let err = failing(&Replica::memory(Layout::File), RestorePoint::Latest).await;
     assert!(matches!(err, RestoreError::Plan(PlanError::Empty)), "{err}");
 }
 
@@ -178,7 +180,7 @@ async fn a_gap_between_levels_names_where_the_chain_breaks() {
                 .unwrap();
         }
     }
-    let err = failing(&gapped, Target::Latest).await;
+    let err = failing(&gapped, RestorePoint::Latest).await;
     assert!(
         matches!(err, RestoreError::Plan(PlanError::Gap { .. })),
         "{err}"
@@ -187,7 +189,7 @@ async fn a_gap_between_levels_names_where_the_chain_breaks() {
     // Up to the gap still restores.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("db");
-    restore_to(&gapped, Target::Txid(Txid::new(5)), &out)
+    restore_to(&gapped, RestorePoint::Txid(Txid::new(5)), &out)
         .await
         .unwrap();
     assert_eq!(sha256_file(&out), expected_restores()[4].1);
@@ -209,7 +211,7 @@ async fn a_txid_that_is_not_a_restore_point_names_the_nearest_ones() {
             .await
             .unwrap();
     }
-    let err = failing(&compacted, Target::Txid(Txid::new(7))).await;
+    let err = failing(&compacted, RestorePoint::Txid(Txid::new(7))).await;
     let text = err.to_string();
     assert!(
         text.contains("TXID 0000000000000007 is not a restore point"),
@@ -236,7 +238,7 @@ async fn a_corrupt_file_without_an_alternative_fails_naming_it() {
     only.write(snap.level, snap.range, bytes.into(), snap.modified)
         .await
         .unwrap();
-    let err = failing(&only, Target::Latest).await;
+    let err = failing(&only, RestorePoint::Latest).await;
     assert!(matches!(err, RestoreError::Corrupt { .. }), "{err}");
     assert!(
         err.to_string()
@@ -273,7 +275,7 @@ async fn a_page_size_change_mid_plan_is_refused() {
         .write(Level::L0, h.txid_range(), bytes.into(), first.modified)
         .await
         .unwrap();
-    let err = failing(&mixed, Target::Latest).await;
+    let err = failing(&mixed, RestorePoint::Latest).await;
     assert!(
         matches!(err, RestoreError::PageSizeMismatch { .. }),
         "{err}"
@@ -290,7 +292,7 @@ async fn an_unreachable_endpoint_fails_fast_and_says_where() {
     let url =
         ReplicaUrl::parse("s3://bucket/db?endpoint=http://127.0.0.1:9&region=us-east-1").unwrap();
     let started = std::time::Instant::now();
-    let err = failing(&Replica::open(&url).unwrap(), Target::Latest).await;
+    let err = failing(&Replica::open(&url).unwrap(), RestorePoint::Latest).await;
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),
         "took {:?}",
@@ -307,16 +309,9 @@ async fn an_unreachable_endpoint_fails_fast_and_says_where() {
     );
 }
 
-/// The fixture in memory behind a fault-injecting store.
+/// The fixture in memory behind a fault-injecting wrapper.
 async fn faulty_fixture() -> (Replica, strata::storage::faults::Faults) {
-    use strata::storage::faults::FaultStore;
-    let (store, faults) = FaultStore::new(object_store::memory::InMemory::new());
-    let replica = Replica::from_store(
-        Arc::new(store),
-        "faulty",
-        object_store::path::Path::default(),
-        Layout::File,
-    );
+    let (replica, faults) = Replica::memory(Layout::File).with_faults();
     copy_raw(&fixture_replica(), &replica).await;
     (replica, faults)
 }
@@ -324,7 +319,7 @@ async fn faulty_fixture() -> (Replica, strata::storage::faults::Faults) {
 async fn restore_ok(replica: &Replica, txid: u64) -> restore::RestoreSummary {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("db");
-    let s = restore_to(replica, Target::Txid(Txid::new(txid)), &out)
+    let s = restore_to(replica, RestorePoint::Txid(Txid::new(txid)), &out)
         .await
         .unwrap();
     assert_eq!(
@@ -341,7 +336,7 @@ async fn a_file_deleted_by_retention_before_it_is_read_is_replanned_around() {
     use strata::storage::faults::Fault;
     let (replica, faults) = faulty_fixture().await;
     // The plan for TXID 10 is L2 1-5, L1 6-9, L0 10; retention takes L1 6-9.
-    let plan = restore::plan(&replica, Target::Txid(Txid::new(10)))
+    let plan = restore::plan(&replica, RestorePoint::Txid(Txid::new(10)))
         .await
         .unwrap();
     assert_eq!(
@@ -385,7 +380,7 @@ async fn a_file_deleted_mid_read_makes_the_restore_start_over() {
     let out = dir.path().join("db");
     let s = restore::restore(
         &replica,
-        Target::Txid(Txid::new(10)),
+        RestorePoint::Txid(Txid::new(10)),
         &out,
         &options,
         Arc::new(NoProgress),
@@ -431,18 +426,33 @@ async fn a_file_damaged_once_on_the_way_is_read_again_and_used() {
     assert_eq!(s.files, 1, "the snapshot alone, the second time");
 }
 
-#[tokio::test]
-async fn a_connection_dropped_mid_file_is_resumed() {
-    use strata::storage::faults::Fault;
-    let (replica, faults) = faulty_fixture().await;
-    faults.inject(
-        "ltx/9/0000000000000001-0000000000000010",
-        Fault::BreakGetAfter(1000),
-        2,
+/// The fixture in a new S3 bucket, and the same replica read through a proxy that cuts the
+/// bodies it is told to.
+async fn proxied_fixture() -> (Replica, CuttingProxy) {
+    let bucket = new_bucket();
+    let direct = Replica::create(&ReplicaUrl::parse(&s3_url_in(&bucket, "fixture")).unwrap())
+        .unwrap()
+        .with_layout(Layout::File);
+    copy_raw(&fixture_replica(), &direct).await;
+    let proxy = CuttingProxy::start(&s3_endpoint());
+    let url = format!(
+        "s3://{bucket}/fixture?endpoint={}&region=us-east-1&forcePathStyle=true",
+        proxy.endpoint()
     );
+    let proxied = Replica::create(&ReplicaUrl::parse(&url).unwrap()).unwrap();
+    (proxied.with_layout(Layout::File), proxy)
+}
+
+/// The one retry layer: the network client resumes a body cut mid-transfer from where it
+/// stopped, and nothing above it reads the file again.
+#[tokio::test]
+async fn a_body_broken_on_the_way_is_resumed_by_the_client() {
+    let (replica, proxy) = proxied_fixture().await;
+    let snapshot = "ltx/9/0000000000000001-0000000000000010";
+    proxy.cut(snapshot, 1000, 2);
     let s = restore_ok(&replica, 16).await;
     assert_eq!(s.replans, 0);
-    assert_eq!(s.requests.get, 3, "one GET, broken twice, resumed twice");
+    assert_eq!(proxy.gets(snapshot), 3, "one GET, cut twice, resumed twice");
 }
 
 #[tokio::test]
@@ -452,7 +462,7 @@ async fn restores_where_direct_writes_are_refused() {
     assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for this test");
     let dir = tempfile::tempdir_in(shm).unwrap();
     let out = dir.path().join("db");
-    restore_to(&fixture_replica(), Target::Txid(Txid::new(9)), &out)
+    restore_to(&fixture_replica(), RestorePoint::Txid(Txid::new(9)), &out)
         .await
         .unwrap();
     assert_eq!(sha256_file(&out), expected_restores()[8].1);
@@ -489,7 +499,9 @@ async fn restores_small_pages_that_direct_writes_cannot_take() {
             .unwrap();
     }
     let out = dir.path().join("db");
-    restore_to(&replica, Target::Latest, &out).await.unwrap();
+    restore_to(&replica, RestorePoint::Latest, &out)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), expected);
 }
 
@@ -510,7 +522,7 @@ async fn restore_remote_ok(
     };
     let s = restore::restore(
         replica,
-        Target::Txid(Txid::new(txid)),
+        RestorePoint::Txid(Txid::new(txid)),
         &out,
         &options,
         Arc::new(NoProgress),
@@ -536,16 +548,16 @@ async fn a_remote_file_is_read_in_spans_of_several_segments() {
     );
 }
 
-/// Span reads under bodies broken at any offset, with random segment sizes and
-/// concurrency: every restore resumes where its bodies broke and equals Litestream's.
+/// Bodies cut at random offsets of random levels' files, read in spans of random size with
+/// random concurrency: every restore resumes where its bodies broke and equals Litestream's.
 /// `STRATA_RESTORE_SEEDS=N` runs more seeds; a failure names the seed that replays it.
 #[tokio::test]
 async fn span_reads_resume_bodies_broken_at_any_offset() {
-    use strata::storage::faults::Fault;
     let seeds: u64 = std::env::var("STRATA_RESTORE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
+    let (replica, proxy) = proxied_fixture().await;
     for seed in 0..seeds {
         // xorshift64*: enough randomness for choosing cases, and the same on every machine.
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -555,16 +567,16 @@ async fn span_reads_resume_bodies_broken_at_any_offset() {
             state ^= state >> 27;
             state.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
         };
-        let (replica, faults) = faulty_fixture().await;
         let txid = 1 + next(16);
         for _ in 0..3 {
             let level = ["ltx/0/", "ltx/1/", "ltx/2/", "ltx/9/"][next(4) as usize];
-            faults.inject(level, Fault::BreakGetAfter(1 + next(40_000)), 2);
+            proxy.cut(level, 1 + next(40_000), 2);
         }
         let chunk = 4096 * (1 + next(4));
         let concurrency = 1 + next(8) as usize;
         if let Err(e) = restore_remote_ok(&replica, txid, chunk, concurrency).await {
             panic!("seed {seed} (TXID {txid}, chunk {chunk}, concurrency {concurrency}): {e}");
         }
+        proxy.clear();
     }
 }

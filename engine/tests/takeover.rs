@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::capture::*;
 use common::{litestream, s3_url, sha256_file};
 use ltx::Txid;
-use strata::restore::Target;
+use strata::restore::RestorePoint;
 
 /// Litestream's config for the setup's database: L1 every 2 s, L2 every 6 s, snapshots
 /// every 12 s, L0 kept 3 s.
@@ -127,7 +127,7 @@ async fn takeover(setup: Setup) {
     for &txid in &points {
         let ours = setup.dir.join("ours.db");
         let _ = std::fs::remove_file(&ours);
-        restore_at(&replica, Target::Txid(Txid::new(txid)), &ours).await;
+        restore_at(&replica, RestorePoint::Txid(Txid::new(txid)), &ours).await;
         let theirs = setup.dir.join("theirs.db");
         match litestream_restore(&setup, txid, &theirs) {
             Ok(()) if sha256_file(&ours) == sha256_file(&theirs) => {}

@@ -32,6 +32,9 @@
 //! # Ok::<(), ltx::Error>(())
 //! ```
 
+// What is public is the API: everything else is private to its module or the crate.
+#![warn(unreachable_pub)]
+
 mod apply;
 mod checksum;
 mod compactor;

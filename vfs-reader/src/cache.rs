@@ -8,7 +8,7 @@ use hashlink::LruCache;
 
 /// Identifies one frame in the replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FrameKey {
+pub(crate) struct FrameKey {
     file: u64,
     offset: u64,
 }
@@ -16,20 +16,20 @@ pub struct FrameKey {
 impl FrameKey {
     /// The frame at `offset` in the file whose content identity is `file` (see
     /// [`content_id`](crate::page_map::content_id)).
-    pub fn new(file: u64, offset: u64) -> FrameKey {
+    pub(crate) fn new(file: u64, offset: u64) -> FrameKey {
         FrameKey { file, offset }
     }
 }
 
 /// Decoded pages, at most `capacity` of them.
-pub struct PageCache {
+pub(crate) struct PageCache {
     pages: LruCache<FrameKey, Box<[u8]>>,
     capacity: usize,
 }
 
 impl PageCache {
     /// A cache of `bytes` for pages of `page_size` bytes (at least a few pages).
-    pub fn new(bytes: usize, page_size: usize) -> PageCache {
+    pub(crate) fn new(bytes: usize, page_size: usize) -> PageCache {
         let capacity = (bytes / page_size.max(1)).max(8);
         PageCache {
             pages: LruCache::new_unbounded(),
@@ -38,22 +38,22 @@ impl PageCache {
     }
 
     /// How many pages it holds at most.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// The page, marked as used.
-    pub fn get(&mut self, key: &FrameKey) -> Option<&[u8]> {
+    pub(crate) fn get(&mut self, key: &FrameKey) -> Option<&[u8]> {
         self.pages.get(key).map(|p| &**p)
     }
 
     /// Whether the page is there (not marked as used).
-    pub fn contains(&self, key: &FrameKey) -> bool {
+    pub(crate) fn contains(&self, key: &FrameKey) -> bool {
         self.pages.contains_key(key)
     }
 
     /// Adds a page, evicting the least recently used beyond the capacity.
-    pub fn insert(&mut self, key: FrameKey, page: Box<[u8]>) {
+    pub(crate) fn insert(&mut self, key: FrameKey, page: Box<[u8]>) {
         self.pages.insert(key, page);
         while self.pages.len() > self.capacity {
             self.pages.remove_lru();
@@ -62,7 +62,7 @@ impl PageCache {
 
     /// A buffer for a page: the least recently used one if the cache is full, so a full
     /// cache reuses its memory instead of allocating per page.
-    pub fn spare(&mut self, page_size: usize) -> Box<[u8]> {
+    pub(crate) fn spare(&mut self, page_size: usize) -> Box<[u8]> {
         if self.pages.len() >= self.capacity
             && let Some((_, page)) = self.pages.remove_lru()
             && page.len() == page_size
@@ -76,7 +76,7 @@ impl PageCache {
 /// Whole small files (see `Options::whole_file_max`), least recently used evicted first,
 /// bounded in bytes: a page in one is decoded from memory, with no request, even after
 /// retention deleted the file.
-pub struct FileBodies {
+pub(crate) struct FileBodies {
     files: LruCache<u64, bytes::Bytes>,
     bytes: usize,
     capacity: usize,
@@ -84,7 +84,7 @@ pub struct FileBodies {
 
 impl FileBodies {
     /// Room for `capacity` bytes of files.
-    pub fn new(capacity: usize) -> FileBodies {
+    pub(crate) fn new(capacity: usize) -> FileBodies {
         FileBodies {
             files: LruCache::new_unbounded(),
             bytes: 0,
@@ -93,12 +93,12 @@ impl FileBodies {
     }
 
     /// The bytes of the file whose content identity is `file`, if held.
-    pub fn get(&mut self, file: u64) -> Option<bytes::Bytes> {
+    pub(crate) fn get(&mut self, file: u64) -> Option<bytes::Bytes> {
         self.files.get(&file).cloned()
     }
 
     /// Keeps the bytes of each file.
-    pub fn keep(&mut self, bodies: Vec<crate::state::Body>) {
+    pub(crate) fn keep(&mut self, bodies: Vec<crate::state::Body>) {
         for (_, id, body) in bodies {
             self.insert(id, body);
         }

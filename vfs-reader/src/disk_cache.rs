@@ -25,7 +25,7 @@ use strata::storage::FileInfo;
 const CRC_BYTES: usize = 8;
 
 /// The cache of one replica.
-pub struct DiskCache {
+pub(crate) struct DiskCache {
     root: PathBuf,
     limit: u64,
     state: Mutex<State>,
@@ -42,7 +42,7 @@ struct State {
 
 impl DiskCache {
     /// The cache of the replica named `replica` under `dir`, at most `limit` bytes.
-    pub fn open(dir: &Path, replica: &str, limit: u64) -> std::io::Result<DiskCache> {
+    pub(crate) fn open(dir: &Path, replica: &str, limit: u64) -> std::io::Result<DiskCache> {
         let root = dir.join(format!("{:016x}", crate::fnv1a(replica.as_bytes())));
         std::fs::create_dir_all(&root)?;
         let bytes = entries(&root).iter().map(|e| e.len).sum();
@@ -68,7 +68,7 @@ impl DiskCache {
 
     /// Bytes `range` of `file` (whose content identity is `id`), if an entry holds them all
     /// and is intact.
-    pub fn get(&self, file: &FileInfo, id: u64, range: &Range<u64>) -> Option<Bytes> {
+    pub(crate) fn get(&self, file: &FileInfo, id: u64, range: &Range<u64>) -> Option<Bytes> {
         let name = Self::file_dir(file, id);
         let (start, end) = {
             let mut state = self.state.lock().unwrap();
@@ -104,7 +104,7 @@ impl DiskCache {
 
     /// Keeps `bytes`, bytes `range` of `file` (whose content identity is `id`). A failure to
     /// write only loses the entry.
-    pub fn put(&self, file: &FileInfo, id: u64, range: &Range<u64>, bytes: &[u8]) {
+    pub(crate) fn put(&self, file: &FileInfo, id: u64, range: &Range<u64>, bytes: &[u8]) {
         if range.end - range.start != bytes.len() as u64 || bytes.is_empty() {
             return;
         }

@@ -7,30 +7,30 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-pub const SQLITE_OK: c_int = 0;
-pub const SQLITE_ERROR: c_int = 1;
-pub const SQLITE_READONLY: c_int = 8;
-pub const SQLITE_IOERR: c_int = 10;
-pub const SQLITE_NOTFOUND: c_int = 12;
-pub const SQLITE_CANTOPEN: c_int = 14;
-pub const SQLITE_IOERR_READ: c_int = SQLITE_IOERR | (1 << 8);
-pub const SQLITE_IOERR_SHORT_READ: c_int = SQLITE_IOERR | (2 << 8);
-pub const SQLITE_OK_LOAD_PERMANENTLY: c_int = SQLITE_OK | (1 << 8);
+pub(crate) const SQLITE_OK: c_int = 0;
+pub(crate) const SQLITE_ERROR: c_int = 1;
+pub(crate) const SQLITE_READONLY: c_int = 8;
+pub(crate) const SQLITE_IOERR: c_int = 10;
+pub(crate) const SQLITE_NOTFOUND: c_int = 12;
+pub(crate) const SQLITE_CANTOPEN: c_int = 14;
+pub(crate) const SQLITE_IOERR_READ: c_int = SQLITE_IOERR | (1 << 8);
+pub(crate) const SQLITE_IOERR_SHORT_READ: c_int = SQLITE_IOERR | (2 << 8);
+pub(crate) const SQLITE_OK_LOAD_PERMANENTLY: c_int = SQLITE_OK | (1 << 8);
 
-pub const SQLITE_OPEN_READONLY: c_int = 0x0000_0001;
-pub const SQLITE_OPEN_CREATE: c_int = 0x0000_0004;
-pub const SQLITE_OPEN_MAIN_DB: c_int = 0x0000_0100;
+pub(crate) const SQLITE_OPEN_READONLY: c_int = 0x0000_0001;
+pub(crate) const SQLITE_OPEN_CREATE: c_int = 0x0000_0004;
+pub(crate) const SQLITE_OPEN_MAIN_DB: c_int = 0x0000_0100;
 
-pub const SQLITE_FCNTL_PRAGMA: c_int = 14;
+pub(crate) const SQLITE_FCNTL_PRAGMA: c_int = 14;
 /// A hint SQLite gives when it opens a database: a pointer to the field holding the
 /// connection that uses the file (`sqlite3 **`).
-pub const SQLITE_FCNTL_PDB: c_int = 30;
+pub(crate) const SQLITE_FCNTL_PDB: c_int = 30;
 
-pub const SQLITE_UTF8: c_int = 1;
-pub const SQLITE_NULL: c_int = 5;
+pub(crate) const SQLITE_UTF8: c_int = 1;
+pub(crate) const SQLITE_NULL: c_int = 5;
 
 /// `SQLITE_TRANSIENT`: SQLite copies the text before the call returns.
-pub const SQLITE_TRANSIENT: isize = -1;
+pub(crate) const SQLITE_TRANSIENT: isize = -1;
 
 /// An opaque `sqlite3` connection.
 #[repr(C)]
@@ -42,27 +42,27 @@ pub struct sqlite3 {
 /// An opaque `sqlite3_context`.
 #[repr(C)]
 #[derive(Debug)]
-pub struct sqlite3_context {
+pub(crate) struct sqlite3_context {
     _opaque: [u8; 0],
 }
 
 /// An opaque `sqlite3_value`.
 #[repr(C)]
 #[derive(Debug)]
-pub struct sqlite3_value {
+pub(crate) struct sqlite3_value {
     _opaque: [u8; 0],
 }
 
 /// `sqlite3_file`: the base every VFS file starts with.
 #[repr(C)]
 #[derive(Debug)]
-pub struct sqlite3_file {
+pub(crate) struct sqlite3_file {
     pub methods: *const sqlite3_io_methods,
 }
 
 /// `sqlite3_io_methods`, version 1 (no shared memory, no memory mapping).
 #[repr(C)]
-pub struct sqlite3_io_methods {
+pub(crate) struct sqlite3_io_methods {
     pub version: c_int,
     pub close: Option<unsafe extern "C" fn(*mut sqlite3_file) -> c_int>,
     pub read: Option<unsafe extern "C" fn(*mut sqlite3_file, *mut c_void, c_int, i64) -> c_int>,
@@ -80,7 +80,7 @@ pub struct sqlite3_io_methods {
 
 /// `sqlite3_vfs`, version 3.
 #[repr(C)]
-pub struct sqlite3_vfs {
+pub(crate) struct sqlite3_vfs {
     pub version: c_int,
     pub os_file_size: c_int,
     pub max_pathname: c_int,
@@ -121,11 +121,11 @@ pub struct sqlite3_vfs {
     pub next_system_call: Option<unsafe extern "C" fn()>,
 }
 
-pub type XFunc = unsafe extern "C" fn(*mut sqlite3_context, c_int, *mut *mut sqlite3_value);
+pub(crate) type XFunc = unsafe extern "C" fn(*mut sqlite3_context, c_int, *mut *mut sqlite3_value);
 
 /// The SQLite functions the VFS calls.
 #[derive(Clone, Copy, Debug)]
-pub struct Api {
+pub(crate) struct Api {
     pub vfs_find: unsafe extern "C" fn(*const c_char) -> *mut sqlite3_vfs,
     pub vfs_register: unsafe extern "C" fn(*mut sqlite3_vfs, c_int) -> c_int,
     #[allow(clippy::type_complexity)]
@@ -160,21 +160,21 @@ pub struct Api {
 /// of function pointers, in an order SQLite never changes, only appends to. The highest slot
 /// used (`auto_extension`) came with SQLite 3.8.7.
 mod slot {
-    pub const GET_AUTOCOMMIT: usize = 60;
-    pub const MALLOC: usize = 68;
-    pub const RESULT_ERROR: usize = 80;
-    pub const RESULT_INT64: usize = 83;
-    pub const RESULT_TEXT: usize = 85;
-    pub const VALUE_TEXT: usize = 109;
-    pub const VALUE_TYPE: usize = 113;
-    pub const FILE_CONTROL: usize = 127;
-    pub const VFS_FIND: usize = 141;
-    pub const VFS_REGISTER: usize = 142;
-    pub const CONTEXT_DB_HANDLE: usize = 149;
-    pub const CREATE_FUNCTION_V2: usize = 162;
-    pub const LOG: usize = 167;
-    pub const URI_PARAMETER: usize = 189;
-    pub const AUTO_EXTENSION: usize = 192;
+    pub(super) const GET_AUTOCOMMIT: usize = 60;
+    pub(super) const MALLOC: usize = 68;
+    pub(super) const RESULT_ERROR: usize = 80;
+    pub(super) const RESULT_INT64: usize = 83;
+    pub(super) const RESULT_TEXT: usize = 85;
+    pub(super) const VALUE_TEXT: usize = 109;
+    pub(super) const VALUE_TYPE: usize = 113;
+    pub(super) const FILE_CONTROL: usize = 127;
+    pub(super) const VFS_FIND: usize = 141;
+    pub(super) const VFS_REGISTER: usize = 142;
+    pub(super) const CONTEXT_DB_HANDLE: usize = 149;
+    pub(super) const CREATE_FUNCTION_V2: usize = 162;
+    pub(super) const LOG: usize = 167;
+    pub(super) const URI_PARAMETER: usize = 189;
+    pub(super) const AUTO_EXTENSION: usize = 192;
 }
 
 /// A function pointer of type `F` from an untyped one.
@@ -196,7 +196,7 @@ impl Api {
     ///
     /// # Safety
     /// `routines` must be the pointer SQLite passed to the entry point.
-    pub unsafe fn from_routines(routines: *const c_void) -> Option<Api> {
+    pub(crate) unsafe fn from_routines(routines: *const c_void) -> Option<Api> {
         if routines.is_null() {
             return None;
         }
@@ -248,7 +248,7 @@ impl Api {
 
     /// The table for the SQLite linked into this process (`libsqlite3-sys`, rusqlite's).
     #[cfg(feature = "rusqlite")]
-    pub fn linked() -> Api {
+    pub(crate) fn linked() -> Api {
         use libsqlite3_sys as sys;
         // SAFETY: each function has the C signature the field's type spells out; only the
         // pointee types differ (sys's opaque structs against these).
@@ -275,7 +275,7 @@ impl Api {
 
     /// `text` copied into memory from `sqlite3_malloc` (what SQLite frees), NUL-terminated;
     /// null if out of memory.
-    pub fn malloc_text(&self, text: &str) -> *mut c_char {
+    pub(crate) fn malloc_text(&self, text: &str) -> *mut c_char {
         let Ok(len) = c_int::try_from(text.len() + 1) else {
             return std::ptr::null_mut();
         };
@@ -294,7 +294,7 @@ impl Api {
     ///
     /// # Safety
     /// `ctx` must be the context SQLite passed to the function being run.
-    pub unsafe fn result_str(&self, ctx: *mut sqlite3_context, text: &str) {
+    pub(crate) unsafe fn result_str(&self, ctx: *mut sqlite3_context, text: &str) {
         let len = c_int::try_from(text.len()).unwrap_or(c_int::MAX);
         // SAFETY: SQLITE_TRANSIENT makes SQLite copy the bytes before returning.
         unsafe { (self.result_text)(ctx, text.as_ptr().cast(), len, SQLITE_TRANSIENT) }
@@ -304,14 +304,14 @@ impl Api {
     ///
     /// # Safety
     /// As for [`Api::result_str`].
-    pub unsafe fn result_err(&self, ctx: *mut sqlite3_context, message: &str) {
+    pub(crate) unsafe fn result_err(&self, ctx: *mut sqlite3_context, message: &str) {
         let len = c_int::try_from(message.len()).unwrap_or(c_int::MAX);
         // SAFETY: SQLite copies the message.
         unsafe { (self.result_error)(ctx, message.as_ptr().cast(), len) }
     }
 
     /// Writes `message` to SQLite's error log (`sqlite3_log`, `SQLITE_CONFIG_LOG`).
-    pub fn log_message(&self, code: c_int, message: &str) {
+    pub(crate) fn log_message(&self, code: c_int, message: &str) {
         let text = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
         // SAFETY: a "%s" format with one NUL-terminated string argument.
         unsafe { (self.log)(code, c"%s".as_ptr(), text.as_ptr()) }

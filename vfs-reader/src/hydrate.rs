@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ltx::{PageSize, Txid};
-use strata::restore::{NoProgress, RestoreOptions, Target};
+use strata::restore::{NoProgress, RestoreOptions, RestorePoint};
 use strata::storage::{FileInfo, Replica};
 
 use crate::page_map::{Frame, PageMap};
@@ -35,7 +35,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// The database at one TXID in a local file, removed when dropped.
-pub struct Hydrated {
+pub(crate) struct Hydrated {
     file: std::fs::File,
     path: PathBuf,
     txid: Txid,
@@ -47,12 +47,12 @@ pub struct Hydrated {
 
 impl Hydrated {
     /// The TXID the file holds.
-    pub fn txid(&self) -> Txid {
+    pub(crate) fn txid(&self) -> Txid {
         self.txid
     }
 
     /// Whether `frame`, page `pgno`'s frame in `map`, may be read from the file instead.
-    pub fn holds(&self, map: &PageMap, frame: Frame) -> bool {
+    pub(crate) fn holds(&self, map: &PageMap, frame: Frame) -> bool {
         map.page_size == self.page_size
             && map.epoch == self.epoch
             && self.txid <= map.txid
@@ -60,7 +60,7 @@ impl Hydrated {
     }
 
     /// Reads bytes `within..within + out.len()` of page `pgno`.
-    pub fn read(&self, pgno: u32, within: usize, out: &mut [u8]) -> std::io::Result<()> {
+    pub(crate) fn read(&self, pgno: u32, within: usize, out: &mut [u8]) -> std::io::Result<()> {
         let at = u64::from(pgno - 1) * self.page_size.bytes() as u64 + within as u64;
         self.file.read_exact_at(out, at)
     }
@@ -84,7 +84,7 @@ impl Drop for Hydrated {
 }
 
 /// The pages that move a hydrated file from one TXID to a newer one.
-pub struct Update {
+pub(crate) struct Update {
     from: Txid,
     to: Txid,
     pages: Vec<(u32, Box<[u8]>)>,
@@ -100,7 +100,7 @@ enum Ready {
 
 /// What the hydration task and the reader share.
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     ready: Mutex<Vec<Ready>>,
     /// Files the poller fetched whole since the task last looked, by content identity: an
     /// update needs no second request for them.
@@ -113,7 +113,7 @@ pub struct Shared {
 
 impl Shared {
     /// A newer state is known; `bodies` are files fetched whole for it.
-    pub fn newer(&self, bodies: &[crate::state::Body]) {
+    pub(crate) fn newer(&self, bodies: &[crate::state::Body]) {
         self.bodies
             .lock()
             .unwrap()
@@ -122,7 +122,7 @@ impl Shared {
     }
 
     /// Why `file` is known to be corrupt, if it is.
-    pub fn corrupt(&self, file: &FileInfo) -> Option<String> {
+    pub(crate) fn corrupt(&self, file: &FileInfo) -> Option<String> {
         let corrupt = self.corrupt.lock().unwrap();
         if corrupt.is_empty() {
             return None;
@@ -131,13 +131,13 @@ impl Shared {
     }
 
     /// Wakes the task (to see that the reader closed).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
 
     /// Brings `hydrated` up to the newest state ready that is not newer than `shown`. A
     /// failed update drops the file: reads go to the replica until a new one is ready.
-    pub fn adopt(&self, hydrated: &mut Option<Hydrated>, shown: &PageMap) {
+    pub(crate) fn adopt(&self, hydrated: &mut Option<Hydrated>, shown: &PageMap) {
         let mut ready = self.ready.lock().unwrap();
         let usable = ready
             .iter()
@@ -171,7 +171,7 @@ impl Shared {
 
 /// The hydration task: restores the newest state into a file in `dir`, then turns each
 /// newer state into an update, until `closed`.
-pub async fn run(
+pub(crate) async fn run(
     replica: Replica,
     dir: PathBuf,
     shared: Arc<Shared>,
@@ -247,7 +247,7 @@ async fn restore(
     };
     let restored = strata::restore::restore(
         replica,
-        Target::Txid(map.txid),
+        RestorePoint::Txid(map.txid),
         &path,
         &options,
         Arc::new(NoProgress),
@@ -297,7 +297,7 @@ async fn update(
         let info = &map.files[i];
         let body = match bodies.remove(&map.ids[i]) {
             Some(body) => body,
-            None => state::fetch_whole(replica, info).await?.3,
+            None => state::fetch_whole(replica, info).await?,
         };
         fetched.insert(i, body);
     }

@@ -25,6 +25,9 @@
 //! `SQLITE_IOERR_READ`, a write `SQLITE_READONLY`); their cause goes to SQLite's error log
 //! and to standard error (`STRATA_VFS_LOG=off` silences the latter).
 
+// What is public is the API: everything else is private to its module or the crate.
+#![warn(unreachable_pub)]
+
 mod cache;
 mod db;
 mod disk_cache;
@@ -40,7 +43,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use state::{Target, VfsError};
+pub use state::{RestorePoint, VfsError};
 
 /// How the VFS reads.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use strata::storage::FileInfo;
 
 /// Where one page's frame is: a file of [`PageMap::files`], a byte offset and a length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// Index into [`PageMap::files`].
     pub file: u32,
     /// Byte offset of the frame in the file.
@@ -21,7 +21,7 @@ pub struct Frame {
 impl Frame {
     /// Decodes page `pgno` from `bytes`, this frame's bytes, into `page`, checking that the
     /// frame holds the page the index says it does.
-    pub fn decode(
+    pub(crate) fn decode(
         &self,
         bytes: &[u8],
         pgno: u32,
@@ -43,7 +43,7 @@ const NO_FILE: u32 = u32::MAX;
 
 /// The database at one TXID, as frames in replica files.
 #[derive(Clone, Debug)]
-pub struct PageMap {
+pub(crate) struct PageMap {
     /// The TXID this map shows.
     pub txid: Txid,
     /// The page size of every file folded in.
@@ -102,7 +102,7 @@ pub struct TwoHistories {
 /// The identity of an LTX file's bytes: its header (TXIDs, time, history, size of the
 /// database), its file checksum and its size. Two files of one name and size from two
 /// histories (a replica wiped and written again) differ in it.
-pub fn content_id(info: &FileInfo, header: &Header, file_checksum: Checksum) -> u64 {
+pub(crate) fn content_id(info: &FileInfo, header: &Header, file_checksum: Checksum) -> u64 {
     let mut crc = ltx::Crc64::new();
     crc.update(&header.to_bytes());
     crc.update(&file_checksum.get().to_be_bytes());
@@ -114,7 +114,7 @@ pub fn content_id(info: &FileInfo, header: &Header, file_checksum: Checksum) -> 
 impl PageMap {
     /// A map from `files` in plan order, each with its header, page index and file
     /// checksum.
-    pub fn build<'a>(
+    pub(crate) fn build<'a>(
         files: impl IntoIterator<Item = (&'a FileInfo, &'a Header, &'a PageIndex, Checksum)>,
     ) -> Result<Option<PageMap>, MapError> {
         let mut map: Option<PageMap> = None;
@@ -143,7 +143,7 @@ impl PageMap {
     }
 
     /// Folds in one more file, which continues this map's TXID (or restarts the history).
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         info: &FileInfo,
         header: &Header,
@@ -218,13 +218,13 @@ impl PageMap {
     }
 
     /// The database size in pages.
-    pub fn pages(&self) -> u32 {
+    pub(crate) fn pages(&self) -> u32 {
         u32::try_from(self.frames.len()).unwrap_or(u32::MAX)
     }
 
     /// The frame holding page `pgno` (1-based); `None` for a page no file holds, which
     /// reads as zeros.
-    pub fn frame(&self, pgno: u32) -> Option<Frame> {
+    pub(crate) fn frame(&self, pgno: u32) -> Option<Frame> {
         let f = *self.frames.get((pgno as usize).checked_sub(1)?)?;
         (f.file != NO_FILE).then_some(f)
     }

@@ -25,7 +25,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// Runs `fut` on the VFS runtime and waits for it, for at most `timeout`.
-pub fn run<T, F>(timeout: Duration, fut: F) -> Result<T, VfsError>
+pub(crate) fn run<T, F>(timeout: Duration, fut: F) -> Result<T, VfsError>
 where
     F: Future<Output = Result<T, VfsError>> + Send + 'static,
     T: Send + 'static,
@@ -46,7 +46,7 @@ where
 }
 
 /// Starts `fut` on the VFS runtime without waiting for it.
-pub fn spawn<F>(fut: F)
+pub(crate) fn spawn<F>(fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {

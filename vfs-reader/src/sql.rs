@@ -9,11 +9,11 @@ use ltx::Txid;
 
 use crate::db::Db;
 use crate::ffi::{self, Api};
-use crate::state::Target;
+use crate::state::RestorePoint;
 
 /// A file-control op the VFS answers with its `Db` (how a SQL function finds the database
 /// of its connection). Outside SQLite's own op codes.
-pub const FCNTL_STRATA_DB: c_int = 0x5354_5201;
+pub(crate) const FCNTL_STRATA_DB: c_int = 0x5354_5201;
 
 /// The pragma or function names, without the `strata_`/`litestream_` prefix.
 fn unprefixed(name: &str) -> Option<&str> {
@@ -25,12 +25,12 @@ fn unprefixed(name: &str) -> Option<&str> {
 
 /// Answers `PRAGMA <name>` or `PRAGMA <name> = <value>`: `Ok(None)` if the pragma is not
 /// the VFS's, `Ok(Some(text))` with the result, `Err(message)` for a bad value or a failure.
-pub fn pragma(db: &Db, name: &str, value: Option<&str>) -> Option<Result<String, String>> {
+pub(crate) fn pragma(db: &Db, name: &str, value: Option<&str>) -> Option<Result<String, String>> {
     let name = name.to_ascii_lowercase();
     let what = unprefixed(&name)?;
     Some(match (what, value) {
         ("txid", None) => Ok(db.txid().to_string()),
-        ("txid", Some(v)) => parse_txid(v).and_then(|t| set(db, Target::Txid(t))),
+        ("txid", Some(v)) => parse_txid(v).and_then(|t| set(db, RestorePoint::Txid(t))),
         ("time", None) => Ok(describe(db.target())),
         ("time", Some(v)) => parse_time(v).and_then(|t| set(db, t)),
         ("lag", None) => Ok(lag(db).to_string()),
@@ -42,7 +42,7 @@ pub fn pragma(db: &Db, name: &str, value: Option<&str>) -> Option<Result<String,
     })
 }
 
-fn set(db: &Db, target: Target) -> Result<String, String> {
+fn set(db: &Db, target: RestorePoint) -> Result<String, String> {
     Ok(db
         .set_target(target)
         .map_err(|e| e.to_string())?
@@ -53,16 +53,16 @@ fn lag(db: &Db) -> i64 {
     db.lag().map_or(-1, |s| s as i64)
 }
 
-fn describe(target: Target) -> String {
+fn describe(target: RestorePoint) -> String {
     match target {
-        Target::Latest => "latest".to_owned(),
-        Target::Txid(t) => format!("txid {t}"),
-        Target::Timestamp(ts) => ts.to_string(),
+        RestorePoint::Latest => "latest".to_owned(),
+        RestorePoint::Txid(t) => format!("txid {t}"),
+        RestorePoint::Timestamp(ts) => ts.to_string(),
     }
 }
 
 /// A TXID as 16 hex digits (fewer are taken too).
-pub fn parse_txid(text: &str) -> Result<Txid, String> {
+pub(crate) fn parse_txid(text: &str) -> Result<Txid, String> {
     let t = text.trim();
     match u64::from_str_radix(t, 16) {
         Ok(n) if n > 0 && t.len() <= 16 => Ok(Txid::new(n)),
@@ -73,13 +73,13 @@ pub fn parse_txid(text: &str) -> Result<Txid, String> {
 }
 
 /// `latest`, an RFC 3339 time, or `<n> <seconds|minutes|hours|days> ago`.
-pub fn parse_time(text: &str) -> Result<Target, String> {
+pub(crate) fn parse_time(text: &str) -> Result<RestorePoint, String> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("latest") || t.eq_ignore_ascii_case("now") {
-        return Ok(Target::Latest);
+        return Ok(RestorePoint::Latest);
     }
     if let Ok(ts) = t.parse::<jiff::Timestamp>() {
-        return Ok(Target::Timestamp(ts));
+        return Ok(RestorePoint::Timestamp(ts));
     }
     let bad = || {
         format!(
@@ -90,13 +90,13 @@ pub fn parse_time(text: &str) -> Result<Target, String> {
     if let Ok(date) = t.parse::<jiff::civil::Date>() {
         return date
             .to_zoned(jiff::tz::TimeZone::UTC)
-            .map(|z| Target::Timestamp(z.timestamp()))
+            .map(|z| RestorePoint::Timestamp(z.timestamp()))
             .map_err(|_| bad());
     }
     // A well-formed time past the last one representable (9999-12-30) is "the newest state
     // at or before the far future": every state.
     if t.len() >= 10 && t.as_bytes()[4] == b'-' && t[..4].parse::<u32>().is_ok_and(|y| y >= 9999) {
-        return Ok(Target::Timestamp(jiff::Timestamp::MAX));
+        return Ok(RestorePoint::Timestamp(jiff::Timestamp::MAX));
     }
     let words: Vec<&str> = t.split_whitespace().collect();
     let [n, unit, ago] = words[..] else {
@@ -117,7 +117,7 @@ pub fn parse_time(text: &str) -> Result<Target, String> {
     let span = jiff::SignedDuration::from_secs(n.checked_mul(seconds).ok_or_else(bad)?);
     jiff::Timestamp::now()
         .checked_sub(span)
-        .map(Target::Timestamp)
+        .map(RestorePoint::Timestamp)
         .map_err(|_| bad())
 }
 
@@ -145,7 +145,7 @@ enum Function {
 ///
 /// # Safety
 /// `conn` must be an open connection of the SQLite `api` belongs to.
-pub unsafe fn register_functions(api: &Api, conn: *mut ffi::sqlite3) -> c_int {
+pub(crate) unsafe fn register_functions(api: &Api, conn: *mut ffi::sqlite3) -> c_int {
     for (name, args, function) in FUNCTIONS {
         let call: ffi::XFunc = match function {
             Function::Txid => txid_fn,
@@ -273,12 +273,14 @@ mod tests {
 
     #[test]
     fn times_and_txids_parse() {
-        assert_eq!(parse_time("latest"), Ok(Target::Latest));
+        assert_eq!(parse_time("latest"), Ok(RestorePoint::Latest));
         assert_eq!(
             parse_time("2026-01-02T03:04:05Z"),
-            Ok(Target::Timestamp("2026-01-02T03:04:05Z".parse().unwrap()))
+            Ok(RestorePoint::Timestamp(
+                "2026-01-02T03:04:05Z".parse().unwrap()
+            ))
         );
-        let Ok(Target::Timestamp(t)) = parse_time("5 minutes ago") else {
+        let Ok(RestorePoint::Timestamp(t)) = parse_time("5 minutes ago") else {
             panic!("relative time");
         };
         let ago = jiff::Timestamp::now().duration_since(t).as_secs();
@@ -290,11 +292,13 @@ mod tests {
         );
         assert_eq!(
             parse_time("2026-01-02"),
-            Ok(Target::Timestamp("2026-01-02T00:00:00Z".parse().unwrap()))
+            Ok(RestorePoint::Timestamp(
+                "2026-01-02T00:00:00Z".parse().unwrap()
+            ))
         );
         assert_eq!(
             parse_time("9999-12-31T23:59:59Z"),
-            Ok(Target::Timestamp(jiff::Timestamp::MAX))
+            Ok(RestorePoint::Timestamp(jiff::Timestamp::MAX))
         );
         assert!(parse_time("2999-06-01T00:00:00+02:00").is_ok());
         assert!(parse_time("soon").is_err());

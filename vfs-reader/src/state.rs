@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use ltx::{Checksum, Header, PageIndex, Txid};
-use strata::restore::{PlanError, plan_files, resolve_timestamp};
+use strata::plan::{PlanError, plan_files, resolve_timestamp};
 use strata::storage::{FileInfo, Level, Replica, StorageError};
 
 use crate::page_map::{MapError, PageMap, content_id};
@@ -15,7 +15,7 @@ const FETCHES_AT_ONCE: usize = 16;
 
 /// Which state of the replica a reader shows: the newest (followed as the primary
 /// writes), or pinned at a TXID or a time. The restore's own target.
-pub use strata::restore::Target;
+pub use strata::restore::RestorePoint;
 
 /// Why a replica could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ impl VfsError {
 
 /// One file's header, page index and file checksum, and its bytes if it was fetched whole
 /// (`Options::whole_file_max`).
-struct Indexed {
+struct Fetched {
     info: FileInfo,
     header: Header,
     index: PageIndex,
@@ -93,7 +93,7 @@ struct Indexed {
 }
 
 /// A map, and the whole bytes of the small files it was built from.
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The map.
     pub map: PageMap,
     /// (file, content identity, bytes) of the files fetched whole.
@@ -103,9 +103,9 @@ pub struct Loaded {
 }
 
 /// A file fetched whole: what the listing says of it, the identity of its bytes, the bytes.
-pub type Body = (FileInfo, u64, bytes::Bytes);
+pub(crate) type Body = (FileInfo, u64, bytes::Bytes);
 
-fn bodies(indexed: Vec<Indexed>) -> Vec<Body> {
+fn bodies(indexed: Vec<Fetched>) -> Vec<Body> {
     indexed
         .into_iter()
         .filter_map(|f| {
@@ -117,12 +117,16 @@ fn bodies(indexed: Vec<Indexed>) -> Vec<Body> {
 
 /// The map of `target`: one listing of the replica, a plan, and each planned file's header
 /// and index (the whole file, checksum verified, if it is at most `whole` bytes).
-pub async fn load(replica: &Replica, target: Target, whole: u64) -> Result<Loaded, VfsError> {
+pub(crate) async fn load(
+    replica: &Replica,
+    target: RestorePoint,
+    whole: u64,
+) -> Result<Loaded, VfsError> {
     let files = replica.list_all().await?;
     let txid = match target {
-        Target::Latest => plan_files(&files, Txid::ZERO, None, &[])?.txid,
-        Target::Txid(t) => t,
-        Target::Timestamp(ts) => resolve_timestamp(replica, &files, ts).await??,
+        RestorePoint::Latest => plan_files(&files, Txid::ZERO, None, &[])?.txid,
+        RestorePoint::Txid(t) => t,
+        RestorePoint::Timestamp(ts) => resolve_timestamp(replica, &files, ts).await??,
     };
     // Files of two histories are never joined: the earlier file of a pair is left out
     // (the history that reaches the target is kept), else the later, a few times at most.
@@ -179,7 +183,7 @@ fn snapshots(files: &[FileInfo]) -> Vec<FileInfo> {
 
 /// How a newer state found relates to the state followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The state followed, extended by new files that continue it.
     Extends,
     /// Planned afresh from a listing; it continues the state followed (a newer TXID of the
@@ -193,7 +197,7 @@ pub enum Change {
 }
 
 /// A newer state a poll found.
-pub struct Newer {
+pub(crate) struct Newer {
     /// Its map.
     pub loaded: Loaded,
     /// How it relates to the state followed.
@@ -201,7 +205,7 @@ pub struct Newer {
 }
 
 /// What a poll found.
-pub struct Polled {
+pub(crate) struct Polled {
     /// A newer state, if any.
     pub newer: Option<Newer>,
     /// The snapshots in the replica now.
@@ -214,7 +218,7 @@ pub struct Polled {
 /// where a full copy that restarts the history lands alone (a page-size change, a replaced
 /// database, a replica re-seeded). New L0 files that continue the map extend it; anything
 /// else is planned afresh.
-pub async fn poll(
+pub(crate) async fn poll(
     replica: &Replica,
     map: &Arc<PageMap>,
     known: &[FileInfo],
@@ -305,8 +309,12 @@ pub async fn poll(
 /// followed. A state that does not continue `map` (a lower TXID, another history) is taken
 /// only once `map`'s newest file is confirmed gone, so a listing that raced compaction and
 /// retention never sends a reader back.
-pub async fn replan(replica: &Replica, map: &PageMap, whole: u64) -> Result<Polled, VfsError> {
-    let mut loaded = load(replica, Target::Latest, whole).await?;
+pub(crate) async fn replan(
+    replica: &Replica,
+    map: &PageMap,
+    whole: u64,
+) -> Result<Polled, VfsError> {
+    let mut loaded = load(replica, RestorePoint::Latest, whole).await?;
     let snapshots = loaded.snapshots.take().unwrap_or_default();
     let other_history =
         loaded.map.history != 0 && map.history != 0 && loaded.map.history != map.history;
@@ -334,28 +342,16 @@ async fn fetch_indexes(
     replica: &Replica,
     files: &[FileInfo],
     whole: u64,
-) -> Result<Vec<Indexed>, VfsError> {
+) -> Result<Vec<Fetched>, VfsError> {
     futures::stream::iter(files.iter().cloned())
         .map(|info| async move {
-            if info.size > whole {
-                let (header, tail) =
-                    futures::try_join!(replica.read_header(&info), replica.read_tail(&info))?;
-                named_as(replica, &info, &header)?;
-                return Ok(Indexed {
-                    info,
-                    header,
-                    index: tail.index,
-                    checksum: tail.trailer.file_checksum,
-                    body: None,
-                });
-            }
-            let (header, index, checksum, body) = fetch_whole(replica, &info).await?;
-            Ok(Indexed {
+            let (header, index, checksum, body) = fetch_layout(replica, &info, whole).await?;
+            Ok(Fetched {
                 info,
                 header,
                 index,
                 checksum,
-                body: Some(body),
+                body,
             })
         })
         .buffered(FETCHES_AT_ONCE)
@@ -363,57 +359,30 @@ async fn fetch_indexes(
         .await
 }
 
-/// The whole of `info` in one read, its header, page index and file checksum, the checksum
-/// verified (it covers the decoded pages, so it is checked by decoding the file once).
-pub async fn fetch_whole(
+/// The header, page index and file checksum of `info`, and its bytes when it is at most
+/// `whole` bytes long: then it is read whole and its checksum verified (it covers the
+/// decoded pages, so it is checked by decoding the file once).
+async fn fetch_layout(
     replica: &Replica,
     info: &FileInfo,
-) -> Result<(Header, PageIndex, Checksum, bytes::Bytes), VfsError> {
-    let body = replica.read(info).await?;
+    whole: u64,
+) -> Result<(Header, PageIndex, Checksum, Option<bytes::Bytes>), VfsError> {
     let invalid = |error| VfsError::ltx(replica, info, error);
-    let head: &[u8; ltx::HEADER_SIZE] = body
-        .get(..ltx::HEADER_SIZE)
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| {
-            invalid(ltx::Error::Truncated {
-                offset: 0,
-                what: "header",
-            })
-        })?;
-    let header = Header::from_bytes(head).map_err(invalid)?;
-    named_as(replica, info, &header)?;
-    let (index, checksum) = match ltx::parse_tail(body.len() as u64, 0, &body).map_err(invalid)? {
-        ltx::TailParse::Complete(tail) => {
-            ltx::Decoder::new(&body[..])
-                .and_then(ltx::Decoder::finish)
-                .map_err(invalid)?;
-            (tail.index, tail.trailer.file_checksum)
-        }
-        ltx::TailParse::NeedMore(_) => {
-            return Err(invalid(ltx::Error::Truncated {
-                offset: 0,
-                what: "page index",
-            }));
-        }
-    };
-    Ok((header, index, checksum, body))
+    let read = replica.read_layout(info, whole).await?.map_err(invalid)?;
+    if let Some(body) = &read.whole {
+        ltx::Decoder::new(&body[..])
+            .and_then(ltx::Decoder::finish)
+            .map_err(invalid)?;
+    }
+    let checksum = read.tail.trailer.file_checksum;
+    Ok((read.header, read.tail.index, checksum, read.whole))
 }
 
-/// Checks that `header` covers the TXIDs `info`'s name says: a misnamed file would show
-/// another state's pages as this one's.
-fn named_as(replica: &Replica, info: &FileInfo, header: &Header) -> Result<(), VfsError> {
-    if header.txid_range() == info.range {
-        return Ok(());
-    }
-    Err(VfsError::ltx(
-        replica,
-        info,
-        ltx::Error::InvalidHeader {
-            reason: format!(
-                "header covers {}, the file name says {}",
-                header.txid_range(),
-                info.range
-            ),
-        },
-    ))
+/// The whole of `info` in one read, its checksum verified.
+pub(crate) async fn fetch_whole(
+    replica: &Replica,
+    info: &FileInfo,
+) -> Result<bytes::Bytes, VfsError> {
+    let (.., body) = fetch_layout(replica, info, u64::MAX).await?;
+    Ok(body.expect("a file read whole"))
 }

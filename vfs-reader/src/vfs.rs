@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::db::Db;
 use crate::ffi::{self, Api, sqlite3_file, sqlite3_io_methods, sqlite3_vfs};
 use crate::sql;
-use crate::state::{Target, VfsError};
+use crate::state::{RestorePoint, VfsError};
 use crate::{Options, report};
 
 /// What the registered VFS carries (its `pAppData`).
@@ -41,7 +41,7 @@ static IO_METHODS: sqlite3_io_methods = sqlite3_io_methods {
 };
 
 /// Registers the VFS as `name` with `api`'s SQLite (not as the default VFS).
-pub fn register(api: &Api, name: &CStr, options: Options) -> Result<(), String> {
+pub(crate) fn register(api: &Api, name: &CStr, options: Options) -> Result<(), String> {
     // SAFETY: vfs_find with null gives the default VFS, which lives as long as SQLite.
     let default = unsafe { (api.vfs_find)(std::ptr::null()) };
     if default.is_null() {
@@ -202,7 +202,7 @@ fn open_db(api: &Api, data: &VfsData, name: *const c_char, url: String) -> Resul
     if let Some(dir) = uri_parameter(api, name, c"hydrate") {
         options.hydrate_dir = (!dir.is_empty()).then(|| dir.into());
     }
-    Db::open(replica, options, Target::Latest)
+    Db::open(replica, options, RestorePoint::Latest)
 }
 
 unsafe extern "C" fn x_open(

@@ -456,23 +456,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("STRATA_CAMPAIGN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![seed];
-    }
-    let n: u64 = std::env::var("STRATA_CAMPAIGN_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let base = jiff::Timestamp::now().as_second() as u64;
-    (0..n)
-        .map(|i| base.wrapping_mul(2_654_435_761).wrapping_add(i))
-        .collect()
-}
-
 fn campaign(disk_cache: bool) {
     let mut vfs = strata_vfs::Options::default();
     vfs.poll_interval = Duration::from_millis(100);
@@ -489,7 +472,7 @@ fn campaign(disk_cache: bool) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    for seed in seeds() {
+    for seed in strata::test_support::campaign_seeds() {
         eprintln!(
             "VFS campaign (disk cache {disk_cache}): seed {seed} (STRATA_CAMPAIGN_SEED={seed} runs it again)"
         );

@@ -187,7 +187,7 @@ async fn restored_there(url: &str, failure: &str) -> String {
     let replica = Replica::open(&ReplicaUrl::parse(url).unwrap()).unwrap();
     let restored = strata::restore::restore(
         &replica,
-        strata::restore::Target::Txid(txid),
+        strata::restore::RestorePoint::Txid(txid),
         &out,
         &Default::default(),
         Arc::new(strata::restore::NoProgress),

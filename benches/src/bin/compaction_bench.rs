@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
 use strata::compact::{CompactionOptions, Compactor, Outcome};
-use strata::storage::{Level, LevelIndex, Replica, ReplicaUrl, SharedIndex};
+use strata::compact::{LevelIndex, SharedIndex};
+use strata::storage::{Level, Replica, ReplicaUrl};
 
 const PAGE: usize = 4096;
 

@@ -10,7 +10,7 @@ use super::wal_index::IndexHeader;
 
 /// What to read for the next L0 file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(super) enum Source {
     /// Committed frames of `generation` from `from` (where the chain stands at `checksum`)
     /// to `to`, the committed end the wal-index gives.
     Frames {
@@ -38,7 +38,7 @@ pub enum Source {
 /// Otherwise (strata restarted) only the same generation, still holding the last frame
 /// captured, proves continuity: the frames of a generation that ended while strata was
 /// not running cannot be told apart from frames a killed writer left uncommitted.
-pub fn decide(
+pub(super) fn decide(
     index: &IndexHeader,
     wal: Option<&File>,
     position: Option<&Position>,
@@ -139,14 +139,14 @@ mod tests {
     use rusqlite::Connection;
 
     /// A WAL-mode database written by a connection that never checkpoints on its own.
-    struct Db {
+    struct WalDb {
         _dir: tempfile::TempDir,
         path: PathBuf,
         conn: Connection,
     }
 
-    impl Db {
-        fn new() -> Db {
+    impl WalDb {
+        fn new() -> WalDb {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("db");
             let conn = Connection::open(&path).unwrap();
@@ -154,7 +154,7 @@ mod tests {
             conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
             conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
                 .unwrap();
-            Db {
+            WalDb {
                 _dir: dir,
                 path,
                 conn,
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_same_generation_continues_where_it_stopped_live_or_not() {
-        let db = Db::new();
+        let db = WalDb::new();
         db.write(5);
         let p = db.position();
         assert_eq!(db.decide(&p, false), Source::Nothing);
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_log_that_no_longer_holds_the_last_frames_needs_a_full_copy() {
-        let db = Db::new();
+        let db = WalDb::new();
         db.write(5);
         let mut p = db.position();
         p.wal.as_mut().unwrap().checksum.0 ^= 1;
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_restart_is_followed_only_while_live() {
-        let db = Db::new();
+        let db = WalDb::new();
         db.write(3);
         let p = db.position();
         db.checkpoint("RESTART");
@@ -278,7 +278,7 @@ mod tests {
         }
         // Even when the old generation's frames after the position are still in the file:
         // they cannot be told apart from frames a killed writer never committed.
-        let db = Db::new();
+        let db = WalDb::new();
         db.write(20);
         let p = db.position();
         db.write(3);
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_new_page_size_starts_a_new_base() {
-        let db = Db::new();
+        let db = WalDb::new();
         db.write(3);
         let mut p = db.position();
         p.page_size = 1024;

@@ -174,7 +174,7 @@ pub enum StopError {
     },
 }
 
-/// Why [`Replication::sync`] could not confirm everything committed is in the replica.
+/// Why [`Replication::sync`](super::Replication::sync) could not confirm everything committed is in the replica.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The sync of the database failed (the replication keeps retrying).

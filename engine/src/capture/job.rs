@@ -40,7 +40,7 @@ pub(super) struct CaptureJob {
 }
 
 pub(super) struct JobState {
-    pub(super) db: Option<Db>,
+    pub(super) db: Option<CaptureSlot>,
     pub(super) backoff: Duration,
     /// The last tick failed: the next one runs without a probe.
     pub(super) failing: bool,
@@ -58,7 +58,7 @@ impl ticker::Job for CaptureJob {
     fn probe(&self, thorough: bool) -> bool {
         let state = self.state.lock().unwrap();
         match &state.db {
-            Some(Db::Open(capture)) => state.failing || !capture.idle(thorough),
+            Some(CaptureSlot::Open(capture)) => state.failing || !capture.idle(thorough),
             _ => true,
         }
     }
@@ -102,7 +102,9 @@ impl ticker::Job for CaptureJob {
                 self.status.lock().unwrap().sync_error = None;
                 let wait = self.interval.saturating_sub(started.elapsed());
                 match &db {
-                    Db::Open(capture) if capture.wants_soon() => wait.min(FOLLOW_CHECKPOINT_POLL),
+                    CaptureSlot::Open(capture) if capture.wants_soon() => {
+                        wait.min(FOLLOW_CHECKPOINT_POLL)
+                    }
                     _ => wait,
                 }
             }
@@ -150,7 +152,7 @@ pub(super) fn fault_point(name: &str) {
 }
 
 /// A capture, or one waiting to reopen its database.
-pub(super) enum Db {
+pub(super) enum CaptureSlot {
     Open(Box<Capture>),
     Closed(Box<Closed>),
 }
@@ -158,16 +160,16 @@ pub(super) enum Db {
 /// One tick (or, when `stopping`, the final sync). A database replaced under its path is
 /// closed and, if `follow`, opened again and synced at once.
 pub(super) fn step(
-    state: Db,
+    state: CaptureSlot,
     stopping: bool,
     follow: bool,
     report: &mut dyn FnMut(&Synced),
-) -> (Db, Result<(), CaptureError>) {
+) -> (CaptureSlot, Result<(), CaptureError>) {
     let mut capture = match state {
-        Db::Open(capture) => capture,
-        Db::Closed(closed) => match closed.reopen() {
+        CaptureSlot::Open(capture) => capture,
+        CaptureSlot::Closed(closed) => match closed.reopen() {
             Ok(capture) => Box::new(capture),
-            Err(e) => return (Db::Closed(closed), Err(e)),
+            Err(e) => return (CaptureSlot::Closed(closed), Err(e)),
         },
     };
     fault_point("tick");
@@ -179,13 +181,13 @@ pub(super) fn step(
     match result {
         Err(e @ CaptureError::Replaced { .. }) => {
             tracing::warn!(error = %e, "following the file now at the path with a full copy");
-            let closed = Db::Closed(Box::new((*capture).close()));
+            let closed = CaptureSlot::Closed(Box::new((*capture).close()));
             if follow {
                 step(closed, stopping, false, report)
             } else {
                 (closed, Err(e))
             }
         }
-        result => (Db::Open(capture), result),
+        result => (CaptureSlot::Open(capture), result),
     }
 }

@@ -28,6 +28,7 @@ mod decide;
 mod error;
 mod job;
 mod options;
+mod panic_alarm;
 mod position;
 mod replica_task;
 mod replication;
@@ -37,8 +38,8 @@ mod status;
 mod sync;
 mod upload;
 mod uploader;
-pub mod wal;
-pub mod wal_index;
+mod wal;
+mod wal_index;
 
 pub use error::{CaptureError, StopError, SyncError};
 pub use options::{CaptureOptions, CheckpointOptions};

@@ -11,7 +11,7 @@ use super::wal::{Checksum, Generation};
 
 /// The WAL position the last L0 file reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WalPosition {
+pub(super) struct WalPosition {
     /// The log generation.
     pub generation: Generation,
     /// Offset just after the last captured commit frame.
@@ -22,7 +22,7 @@ pub struct WalPosition {
 
 /// Which file a database path named: its device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileId {
+pub(super) struct FileId {
     /// Device.
     pub dev: u64,
     /// Inode.
@@ -31,7 +31,7 @@ pub struct FileId {
 
 impl FileId {
     /// The identity of an open file.
-    pub fn of(meta: &std::fs::Metadata) -> FileId {
+    pub(super) fn of(meta: &std::fs::Metadata) -> FileId {
         use std::os::unix::fs::MetadataExt;
         FileId {
             dev: meta.dev(),
@@ -42,7 +42,7 @@ impl FileId {
 
 /// The capture state after a TXID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Position {
+pub(super) struct Position {
     /// The last TXID written.
     pub txid: Txid,
     /// Database size in pages at that TXID.
@@ -67,7 +67,7 @@ impl Position {
     /// Saves atomically: written beside and renamed over. Not synced: the L0 file it points at
     /// is synced before, and a position lost to a crash only means the next file is a full
     /// copy, while syncing it would add two disk flushes to every sync.
-    pub fn save(&self, dir: &Path) -> io::Result<()> {
+    pub(super) fn save(&self, dir: &Path) -> io::Result<()> {
         let mut s = format!(
             "version={VERSION}\ntxid={}\ncommit={}\npage_size={}\ndev={}\nino={}\nhistory={:016x}\n",
             self.txid, self.commit, self.page_size, self.db.dev, self.db.ino, self.history
@@ -87,7 +87,7 @@ impl Position {
 
     /// Loads the saved position; `None` if there is none or it cannot be read (then capture
     /// starts with a full copy, which is always safe).
-    pub fn load(dir: &Path) -> Option<Position> {
+    pub(super) fn load(dir: &Path) -> Option<Position> {
         let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
         let get = |key: &str| {
             text.lines()

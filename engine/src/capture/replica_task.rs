@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use ltx::Txid;
 use tokio::sync::watch;
 
-use super::replication::PanicAlarm;
+use super::panic_alarm::PanicAlarm;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
 use super::{CaptureError, CaptureOptions, LevelFiles, ReplicaStatus, StopError, upload, uploader};
 use crate::compact::{Clock, Compactor, Runner};
-use crate::storage::{FileInfo, Level, LevelIndex, Replica, SharedIndex, StorageError};
+use crate::compact::{LevelIndex, SharedIndex};
+use crate::storage::{FileInfo, Level, Replica, StorageError};
 
 /// One replica: its upload task, position, compaction and retention, independent of the
 /// others' (one that fails or lags holds none of them up).

@@ -9,7 +9,7 @@ use ltx::Txid;
 use tokio::sync::watch;
 
 use super::database::Capture;
-use super::job::{CaptureJob, Db, Finished, JobState};
+use super::job::{CaptureJob, CaptureSlot, Finished, JobState};
 use super::replica_task::{
     Listing, ReplicaTask, TaskShared, finish_uploads, list_replicas_at_start,
 };
@@ -34,21 +34,6 @@ pub struct Replication {
     pub(super) fatal: watch::Receiver<Option<String>>,
     pub(super) tasks: Vec<ReplicaTask>,
     pub(super) timeout: Duration,
-}
-
-/// Reports a panic of the thread or task it lives in when dropped while unwinding.
-pub(super) struct PanicAlarm {
-    pub(super) what: &'static str,
-    pub(super) fatal: watch::Sender<Option<String>>,
-}
-
-impl Drop for PanicAlarm {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.fatal
-                .send_replace(Some(format!("the {} panicked", self.what)));
-        }
-    }
 }
 
 impl Replication {
@@ -109,7 +94,7 @@ impl Replication {
         let full_copy = opened.syncer.full_copy.clone();
         let job = Arc::new(CaptureJob {
             state: Mutex::new(JobState {
-                db: Some(Db::Open(Box::new(opened))),
+                db: Some(CaptureSlot::Open(Box::new(opened))),
                 backoff: options.sync_interval,
                 failing: false,
             }),

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 /// The result of `PRAGMA wal_checkpoint`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CheckpointResult {
+pub(super) struct CheckpointResult {
     /// The checkpoint could not finish because of readers or writers.
     pub busy: bool,
     /// Frames in the log (-1 if it could not run).
@@ -30,7 +30,7 @@ pub struct CheckpointResult {
 
 /// Checkpoint modes strata uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(super) enum Mode {
     /// Copy what readers allow; never blocks anyone.
     Passive,
     /// Copy everything and empty the log file.
@@ -38,7 +38,7 @@ pub enum Mode {
 }
 
 /// strata's connections to one database.
-pub struct Sqlite {
+pub(super) struct Sqlite {
     /// Two readers take turns holding the read transaction, so one is always held.
     readers: [Connection; 2],
     /// Which reader holds it, if any.
@@ -63,7 +63,7 @@ impl std::fmt::Debug for Sqlite {
 impl Sqlite {
     /// Opens the database (which must exist), switches it to WAL mode if needed, and takes
     /// the first read transaction.
-    pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Sqlite> {
+    pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Sqlite> {
         let open = || connect(path, busy_timeout);
         let lock = open_lock(path, busy_timeout)?;
         let mode: String = lock.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -86,13 +86,13 @@ impl Sqlite {
     }
 
     /// The database page size.
-    pub fn page_size(&self) -> rusqlite::Result<u32> {
+    pub(super) fn page_size(&self) -> rusqlite::Result<u32> {
         self.readers[0].query_row("PRAGMA page_size", [], |r| r.get(0))
     }
 
     /// Starts a read transaction on the idle reader, then ends the one held before: at no
     /// moment is none held, so the log cannot restart unless everything in it was copied.
-    pub fn hand_off(&mut self) -> rusqlite::Result<()> {
+    pub(super) fn hand_off(&mut self) -> rusqlite::Result<()> {
         let next = self.holding.map_or(0, |i| 1 - i);
         begin_read(&self.readers[next])?;
         if let Some(prev) = self.holding.replace(next) {
@@ -102,12 +102,12 @@ impl Sqlite {
     }
 
     /// Whether a read transaction is held.
-    pub fn is_holding(&self) -> bool {
+    pub(super) fn is_holding(&self) -> bool {
         self.holding.is_some()
     }
 
     /// Ends the read transaction (for a checkpoint that must copy everything).
-    pub fn release(&mut self) -> rusqlite::Result<()> {
+    pub(super) fn release(&mut self) -> rusqlite::Result<()> {
         if let Some(i) = self.holding.take() {
             self.readers[i].execute_batch("COMMIT")?;
         }
@@ -115,7 +115,7 @@ impl Sqlite {
     }
 
     /// Takes the write lock; `false` if writers kept it busy past the busy timeout.
-    pub fn lock_writes(&self) -> rusqlite::Result<bool> {
+    pub(super) fn lock_writes(&self) -> rusqlite::Result<bool> {
         match self.lock.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => Ok(true),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -128,12 +128,12 @@ impl Sqlite {
     }
 
     /// Releases the write lock (the transaction wrote nothing).
-    pub fn unlock_writes(&self) -> rusqlite::Result<()> {
+    pub(super) fn unlock_writes(&self) -> rusqlite::Result<()> {
         self.lock.execute_batch("ROLLBACK")
     }
 
     /// Runs a checkpoint on the checkpointing connection.
-    pub fn checkpoint(&self, mode: Mode) -> rusqlite::Result<CheckpointResult> {
+    pub(super) fn checkpoint(&self, mode: Mode) -> rusqlite::Result<CheckpointResult> {
         let sql = match mode {
             Mode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
             Mode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",

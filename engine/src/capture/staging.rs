@@ -13,7 +13,7 @@ use super::position::FileId;
 
 /// A database's staging directory, locked for this process.
 #[derive(Clone, Debug)]
-pub struct Staging {
+pub(super) struct Staging {
     dir: PathBuf,
     l0: PathBuf,
     /// Device and inode of `l0`: removing it loses staged files.
@@ -25,7 +25,7 @@ pub struct Staging {
 impl Staging {
     /// The staging directory of the database at `db`, created if missing, and locked.
     /// Fails with `WouldBlock` naming the holder if another capture has it.
-    pub fn open(db: &Path) -> io::Result<Staging> {
+    pub(super) fn open(db: &Path) -> io::Result<Staging> {
         let name = db.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "database path names no file")
         })?;
@@ -81,7 +81,7 @@ impl Staging {
     /// Fails if the lock file at the path is no longer the one locked, or the directory of
     /// staged files is not the one made: the staging directory was deleted or replaced
     /// (staged files may be lost), and another capture may have locked a new one.
-    pub fn check_lock(&self) -> io::Result<()> {
+    pub(super) fn check_lock(&self) -> io::Result<()> {
         let held = FileId::of(&self.lock.metadata()?);
         let names =
             |path: &Path, id: FileId| std::fs::metadata(path).is_ok_and(|m| FileId::of(&m) == id);
@@ -95,23 +95,23 @@ impl Staging {
     }
 
     /// Where staged L0 files are, named as in the replica.
-    pub fn l0_dir(&self) -> PathBuf {
+    pub(super) fn l0_dir(&self) -> PathBuf {
         self.l0.clone()
     }
 
     /// The directory (where the position file lives).
-    pub fn dir(&self) -> &Path {
+    pub(super) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Where the L0 file for `range` is staged.
-    pub fn path(&self, range: TxidRange) -> PathBuf {
+    pub(super) fn path(&self, range: TxidRange) -> PathBuf {
         self.l0.join(range.file_name())
     }
 
     /// Writes the L0 file for `range`: `write` fills a temporary file, which is synced and
     /// renamed into place, so a staged file is always complete.
-    pub fn write<T>(
+    pub(super) fn write<T>(
         &self,
         range: TxidRange,
         write: impl FnOnce(BufWriter<File>) -> io::Result<(BufWriter<File>, T)>,
@@ -142,7 +142,7 @@ impl Staging {
     }
 
     /// Staged L0 files in TXID order (of their max TXIDs).
-    pub fn staged(&self) -> io::Result<Vec<TxidRange>> {
+    pub(super) fn staged(&self) -> io::Result<Vec<TxidRange>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.l0)? {
             if let Ok(range) = TxidRange::parse_file_name(&entry?.file_name().to_string_lossy()) {
@@ -154,7 +154,7 @@ impl Staging {
     }
 
     /// Removes temporary files a crash left half-written. Only when nothing is writing.
-    pub fn remove_leftovers(&self) -> io::Result<()> {
+    pub(super) fn remove_leftovers(&self) -> io::Result<()> {
         for entry in std::fs::read_dir(&self.l0)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().ends_with(".tmp") {
@@ -165,7 +165,7 @@ impl Staging {
     }
 
     /// Removes the staged file for `range`.
-    pub fn remove(&self, range: TxidRange) -> io::Result<()> {
+    pub(super) fn remove(&self, range: TxidRange) -> io::Result<()> {
         match std::fs::remove_file(self.path(range)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

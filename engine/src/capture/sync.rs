@@ -20,7 +20,7 @@ use super::wal_index::{IndexHeader, LogState};
 
 /// What one sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Synced {
+pub(super) enum Synced {
     /// An L0 file was staged.
     Staged {
         range: TxidRange,
@@ -35,7 +35,7 @@ pub enum Synced {
 
 /// A file capture keeps open and checks is still the one at its path.
 #[derive(Debug)]
-pub struct Held {
+pub(super) struct Held {
     pub path: PathBuf,
     pub file: File,
     pub id: FileId,
@@ -43,14 +43,14 @@ pub struct Held {
 
 impl Held {
     /// Opens the file at `path` and remembers which one it is.
-    pub fn open(path: PathBuf) -> io::Result<Held> {
+    pub(super) fn open(path: PathBuf) -> io::Result<Held> {
         let file = File::open(&path)?;
         let id = FileId::of(&file.metadata()?);
         Ok(Held { path, file, id })
     }
 
     /// Fails if the path no longer names the file held open.
-    pub fn check(&self, what: &str) -> Result<(), CaptureError> {
+    pub(super) fn check(&self, what: &str) -> Result<(), CaptureError> {
         match std::fs::metadata(&self.path) {
             Ok(m) if FileId::of(&m) == self.id => Ok(()),
             Ok(m) => Err(CaptureError::Replaced {
@@ -74,7 +74,7 @@ impl Held {
 
 /// The files of one database and how to write L0 files for it.
 #[derive(Debug)]
-pub struct Syncer {
+pub(super) struct Syncer {
     /// The database file, open for as long as capture runs. Never reopened while SQLite's
     /// connections are open: closing any descriptor of a file drops every POSIX lock the
     /// process holds on it, including SQLite's, and an application would then think
@@ -109,7 +109,7 @@ pub struct Syncer {
 
 impl Syncer {
     /// The database path.
-    pub fn db_path(&self) -> &Path {
+    pub(super) fn db_path(&self) -> &Path {
         &self.db.path
     }
 
@@ -122,7 +122,7 @@ impl Syncer {
 
     /// Syncs once: stages an L0 file for what was committed since the last position, or a
     /// full copy when continuity cannot be shown.
-    pub fn sync(&mut self) -> Result<Synced, CaptureError> {
+    pub(super) fn sync(&mut self) -> Result<Synced, CaptureError> {
         self.staging
             .check_lock()
             .map_err(|source| CaptureError::StagingLost {
@@ -195,7 +195,7 @@ impl Syncer {
     }
 
     /// The wal-index as it is now (one read).
-    pub fn log_state(&self) -> io::Result<LogState> {
+    pub(super) fn log_state(&self) -> io::Result<LogState> {
         LogState::read(&self.shm.file)
     }
 
@@ -204,7 +204,7 @@ impl Syncer {
     /// log rewrites it) and, if `thorough`, the files are the ones held and the staging
     /// directory is intact (a few `stat`s). (A staging directory deleted while nothing is
     /// written is found by the next sync, before anything is staged into it.)
-    pub fn unchanged(&self, index: Option<IndexHeader>, thorough: bool) -> bool {
+    pub(super) fn unchanged(&self, index: Option<IndexHeader>, thorough: bool) -> bool {
         let files_held = || {
             self.db.check("database file").is_ok()
                 && self.shm.check("wal-index file (-shm)").is_ok()
@@ -398,7 +398,7 @@ impl Syncer {
 /// A replica's request for a full copy named as a snapshot, shared by the uploaders and the
 /// capture: a replica lost files, or the staged files do not continue it.
 #[derive(Debug, Default)]
-pub struct FullCopyRequest {
+pub(super) struct FullCopyRequest {
     asked: AtomicBool,
     /// The copy's TXID must be above this: a replica holds files up to it.
     above: AtomicU64,
@@ -406,13 +406,13 @@ pub struct FullCopyRequest {
 
 impl FullCopyRequest {
     /// Asks for a full copy with a TXID above `txid`.
-    pub fn ask_above(&self, txid: Txid) {
+    pub(super) fn ask_above(&self, txid: Txid) {
         self.above.fetch_max(txid.get(), Ordering::SeqCst);
         self.asked.store(true, Ordering::SeqCst);
     }
 
     /// Whether a full copy is asked for.
-    pub fn is_asked(&self) -> bool {
+    pub(super) fn is_asked(&self) -> bool {
         self.asked.load(Ordering::SeqCst)
     }
 
@@ -428,7 +428,7 @@ impl FullCopyRequest {
 }
 
 /// A random history identity, never 0 (0 is Litestream's "unknown").
-pub fn new_history() -> u64 {
+pub(super) fn new_history() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };

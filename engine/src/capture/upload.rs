@@ -17,14 +17,14 @@ use crate::storage::{Level, Replica};
 /// covers it). A replica that lags (its server down) keeps files staged for at most
 /// [`LAGGING_KEEP_MAX`]; after that it gets a full copy when it returns.
 #[derive(Debug)]
-pub struct StagedUse {
+pub(super) struct StagedUse {
     /// Per replica: (uploaded, removable).
     slots: std::sync::Mutex<Vec<(Txid, Txid)>>,
 }
 
 impl StagedUse {
     /// For `n` replicas, none of which holds anything yet.
-    pub fn new(n: usize) -> Arc<StagedUse> {
+    pub(super) fn new(n: usize) -> Arc<StagedUse> {
         Arc::new(StagedUse {
             slots: std::sync::Mutex::new(vec![(Txid::ZERO, Txid::ZERO); n]),
         })
@@ -62,7 +62,7 @@ impl StagedUse {
 /// dropped if a full copy staged after it supersedes it, and is an error otherwise.
 /// A file already in the replica counts as uploaded if it holds the same bytes (an upload
 /// retried after a crash); different bytes mean another writer: a conflict.
-pub async fn upload(
+pub(super) async fn upload(
     staging: &Staging,
     replica: &Replica,
     uploaded: &mut Txid,
@@ -229,7 +229,7 @@ async fn compare_with_replica(
 /// after a page-size change, a replaced database or a lost replica), which is a snapshot.
 /// In L9 it is what every reader starts from, Litestream's included: its planner takes the
 /// newest snapshot and the files above it, and would pass over a full copy in L0.
-pub fn level_of(range: TxidRange) -> Level {
+pub(super) fn level_of(range: TxidRange) -> Level {
     if range.min == Txid::ONE && range.max > Txid::ONE {
         Level::SNAPSHOT
     } else {

@@ -12,12 +12,13 @@ use super::CaptureError;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
 use super::upload::{StagedUse, level_of, upload};
-use crate::restore::{PlanError, plan_files};
-use crate::storage::{FileInfo, Level, Replica, SharedIndex};
+use crate::compact::SharedIndex;
+use crate::plan::{PlanError, plan_files};
+use crate::storage::{FileInfo, Level, Replica};
 
 /// Ships staged files to one replica and watches that the replica keeps them.
 #[derive(Debug)]
-pub struct Uploader {
+pub(super) struct Uploader {
     staging: Staging,
     replica: Replica,
     /// The highest TXID known to be in the replica.
@@ -59,7 +60,7 @@ pub struct Uploader {
 impl Uploader {
     /// An uploader for a replica that restores to `uploaded` and whose newest file ends at
     /// `known`, or (`None`) one that could not be listed yet.
-    pub fn new(
+    pub(super) fn new(
         staging: Staging,
         replica: Replica,
         listed: Option<(Txid, Txid)>,
@@ -93,19 +94,19 @@ impl Uploader {
 
     /// How often the replica is checked while nothing is uploaded: as often as it is
     /// listed whole while uploading (every tenth check).
-    pub fn idle_check_interval(&self) -> Duration {
+    pub(super) fn idle_check_interval(&self) -> Duration {
         self.check_every * self.list_every
     }
 
     /// The replica.
-    pub fn replica(&self) -> &Replica {
+    pub(super) fn replica(&self) -> &Replica {
         &self.replica
     }
 
     /// Uploads what is staged (see [`upload`]), first checking, now and then, that the
     /// replica still restores to what it holds (see [`Uploader::verify`]). While a full copy
     /// is awaited after a loss, files that cannot continue the replica wait quietly.
-    pub async fn upload(&mut self) -> Result<usize, CaptureError> {
+    pub(super) async fn upload(&mut self) -> Result<usize, CaptureError> {
         if let Some(detail) = self.index.foreign() {
             return Err(CaptureError::ForeignHistory {
                 replica: self.replica.name().to_owned(),
@@ -240,7 +241,7 @@ impl Uploader {
 
     /// Gives up on this replica (another history is in it): it keeps no staged file from
     /// removal and its compaction and retention stop.
-    pub fn stop(&self, why: &str) {
+    pub(super) fn stop(&self, why: &str) {
         self.peers.0.release(self.peers.1);
         self.index.report_foreign(why.to_owned());
     }
@@ -248,7 +249,7 @@ impl Uploader {
     /// Lists and checks the replica now (see [`Uploader::verify`]), without failing on a
     /// loss: a replica that lost files asks the capture for a full copy, which the final
     /// sync of a stop then writes.
-    pub async fn check_now(&mut self) -> Result<(), CaptureError> {
+    pub(super) async fn check_now(&mut self) -> Result<(), CaptureError> {
         if self.unlisted {
             return self.first_listing().await;
         }
@@ -262,7 +263,7 @@ impl Uploader {
     /// restores no further than some earlier TXID: then the capture is asked for a full copy,
     /// and files this uploader sent since the last good check that no longer restore are
     /// deleted, being of no use. Files from another writer are an error.
-    pub async fn verify(&mut self) -> Result<(), CaptureError> {
+    pub(super) async fn verify(&mut self) -> Result<(), CaptureError> {
         if self.newest_is_there().await? && self.base_is_there().await? {
             return Ok(());
         }
@@ -442,7 +443,7 @@ fn restores_to(files: &[FileInfo], txid: Txid) -> bool {
 }
 
 /// The newest TXID `files` restore to from nothing (0 if none).
-pub fn latest_restorable(files: &[FileInfo]) -> Txid {
+pub(super) fn latest_restorable(files: &[FileInfo]) -> Txid {
     match plan_files(files, Txid::ZERO, None, &[]) {
         Ok(plan) => plan.txid,
         Err(PlanError::Gap { reached, .. }) => reached,

@@ -15,20 +15,20 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 /// Size of the WAL header.
-pub const HEADER_SIZE: u64 = 32;
+pub(super) const HEADER_SIZE: u64 = 32;
 /// Size of a frame header.
-pub const FRAME_HEADER_SIZE: u64 = 24;
+pub(super) const FRAME_HEADER_SIZE: u64 = 24;
 
 const MAGIC_LITTLE: u32 = 0x377f_0682;
 const MAGIC_BIG: u32 = 0x377f_0683;
 const VERSION: u32 = 3_007_000;
 
 /// The running checksum: two 32-bit words.
-pub type Checksum = (u32, u32);
+pub(super) type Checksum = (u32, u32);
 
 /// What identifies one generation of the log, and how its checksums are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Generation {
+pub(super) struct Generation {
     /// Checksum words are big-endian (magic ...83) rather than little-endian (...82).
     pub big_endian: bool,
     /// Database page size.
@@ -41,14 +41,14 @@ pub struct Generation {
 
 impl Generation {
     /// Bytes per frame.
-    pub fn frame_size(&self) -> u64 {
+    pub(super) fn frame_size(&self) -> u64 {
         FRAME_HEADER_SIZE + u64::from(self.page_size)
     }
 }
 
 /// A parsed, valid WAL header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(super) struct Header {
     /// The generation it starts.
     pub generation: Generation,
     /// The checksum of its first 24 bytes, where the frame chain starts.
@@ -58,7 +58,7 @@ pub struct Header {
 impl Header {
     /// Parses a header; `None` if it is not a valid WAL header (an empty or reset file, or
     /// one being written).
-    pub fn parse(b: &[u8; HEADER_SIZE as usize]) -> Option<Header> {
+    pub(super) fn parse(b: &[u8; HEADER_SIZE as usize]) -> Option<Header> {
         let word = |at| be_u32(b, at);
         let big_endian = match word(0) {
             MAGIC_LITTLE => false,
@@ -86,7 +86,7 @@ impl Header {
     }
 
     /// Reads the header of the WAL file; `None` if the file is shorter or not valid.
-    pub fn read(file: &File) -> io::Result<Option<Header>> {
+    pub(super) fn read(file: &File) -> io::Result<Option<Header>> {
         let mut b = [0u8; HEADER_SIZE as usize];
         match file.read_exact_at(&mut b, 0) {
             Ok(()) => Ok(Header::parse(&b)),
@@ -97,7 +97,7 @@ impl Header {
 }
 
 /// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing from `init`.
-pub fn checksum(big_endian: bool, init: Checksum, data: &[u8]) -> Checksum {
+pub(super) fn checksum(big_endian: bool, init: Checksum, data: &[u8]) -> Checksum {
     debug_assert_eq!(data.len() % 8, 0);
     let (mut s0, mut s1) = init;
     for pair in data.chunks_exact(8) {
@@ -115,7 +115,7 @@ pub fn checksum(big_endian: bool, init: Checksum, data: &[u8]) -> Checksum {
 
 /// The committed transactions found after a position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Scan {
+pub(super) struct Scan {
     /// Offset just after the last commit frame read (the scan's start if there was none).
     pub end: u64,
     /// The cumulative checksum at `end`.
@@ -128,19 +128,12 @@ pub struct Scan {
     pub transactions: u32,
 }
 
-impl Scan {
-    /// Whether anything was committed.
-    pub fn is_empty(&self) -> bool {
-        self.transactions == 0
-    }
-}
-
 /// Reads the committed frames of `generation` from `from` (where the chain stands at
 /// `checksum_at`) up to `to`, the end of what the wal-index says is committed. Every frame
 /// before `to` must continue the chain and `to` must follow a commit frame: anything else
 /// means the log is not what the wal-index describes, an error. Stops early at the first
 /// commit after `max_bytes` have been read, so a huge backlog is taken a piece at a time.
-pub fn scan(
+pub(super) fn scan(
     file: &File,
     generation: &Generation,
     from: u64,
@@ -229,7 +222,7 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 
 /// The cumulative checksum stored in the frame that ends at `end`, if that frame belongs to
 /// `generation`: a cheap check that the log still holds the frames a position was taken at.
-pub fn checksum_before(
+pub(super) fn checksum_before(
     file: &File,
     generation: &Generation,
     end: u64,
@@ -315,7 +308,7 @@ mod tests {
         );
         // Resuming from the end finds nothing new.
         let again = scan(&file, &header.generation, s.end, s.checksum, to, u64::MAX).unwrap();
-        assert!(again.is_empty());
+        assert_eq!(again.transactions, 0);
 
         // A flipped byte in a committed frame is an error, not the end of the log.
         let mut bytes = std::fs::read(path.with_file_name("db-wal")).unwrap();
@@ -365,7 +358,7 @@ mod tests {
         let mut pieces = 0;
         while pos.0 < to {
             let s = scan(&file, &header.generation, pos.0, pos.1, to, 10 * 4096).unwrap();
-            assert!(!s.is_empty());
+            assert!(s.transactions > 0);
             assert!(
                 s.end - pos.0 < 20 * 4120,
                 "a piece stops soon after the limit"

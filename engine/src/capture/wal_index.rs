@@ -31,7 +31,7 @@ const VERSION: u32 = 3_007_000;
 
 /// A consistent wal-index header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexHeader {
+pub(super) struct IndexHeader {
     /// Frames committed in the current generation of the log.
     pub max_frame: u32,
     /// Database size in pages after the last commit.
@@ -50,13 +50,13 @@ pub struct IndexHeader {
 
 impl IndexHeader {
     /// Offset in the WAL just after frame `max_frame`: the end of what is committed.
-    pub fn committed_end(&self) -> u64 {
+    pub(super) fn committed_end(&self) -> u64 {
         wal::HEADER_SIZE
             + u64::from(self.max_frame) * (wal::FRAME_HEADER_SIZE + u64::from(self.page_size))
     }
 
     /// Whether the WAL generation `g` is the one this header describes.
-    pub fn is_generation(&self, g: &wal::Generation) -> bool {
+    pub(super) fn is_generation(&self, g: &wal::Generation) -> bool {
         g.salt1 == self.salt1
             && g.salt2 == self.salt2
             && g.page_size == self.page_size
@@ -65,7 +65,7 @@ impl IndexHeader {
 
     /// Parses the two copies at the start of the `-shm` file; `None` unless both are equal,
     /// initialised and checksummed (a writer is halfway through an update, or recovery is due).
-    pub fn parse(b: &[u8; 2 * COPY]) -> Option<IndexHeader> {
+    pub(super) fn parse(b: &[u8; 2 * COPY]) -> Option<IndexHeader> {
         let (first, second) = b.split_at(COPY);
         if first != second {
             return None;
@@ -96,7 +96,7 @@ impl IndexHeader {
 
     /// Reads the header from the `-shm` file, retrying briefly while a writer is updating
     /// it. `None` if no consistent header could be read.
-    pub fn read(shm: &File) -> io::Result<Option<IndexHeader>> {
+    pub(super) fn read(shm: &File) -> io::Result<Option<IndexHeader>> {
         LogState::read(shm).map(|s| s.index)
     }
 }
@@ -104,7 +104,7 @@ impl IndexHeader {
 /// What the wal-index says about the log: the header, and how far checkpoints have copied
 /// it back into the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LogState {
+pub(super) struct LogState {
     /// The header, if a consistent one could be read.
     pub index: Option<IndexHeader>,
     /// Frames copied back (`nBackfill`).
@@ -117,7 +117,7 @@ impl LogState {
     /// Reads the `-shm` file's header and checkpoint information in one read, retrying
     /// briefly while a writer is updating the header. A file too short to hold them reads
     /// as no header and nothing copied.
-    pub fn read(shm: &File) -> io::Result<LogState> {
+    pub(super) fn read(shm: &File) -> io::Result<LogState> {
         let mut b = [0u8; READ_LEN];
         let mut attempt = 0;
         loop {
@@ -151,7 +151,7 @@ impl LogState {
 
     /// Another connection's checkpoint is copying the log back into the database now (or
     /// died doing so).
-    pub fn backfilling(&self) -> bool {
+    pub(super) fn backfilling(&self) -> bool {
         self.backfill_attempted > self.backfilled
     }
 }

@@ -11,8 +11,9 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use strata::compact::{CompactionOptions, Compactor, Outcome};
+use strata::compact::{LevelIndex, SharedIndex};
 use strata::config::Config;
-use strata::storage::{LevelIndex, Replica, ReplicaUrl, SharedIndex};
+use strata::storage::{Replica, ReplicaUrl};
 
 use super::format_bytes;
 

@@ -7,6 +7,7 @@ mod replicate_cmd;
 mod restore_cmd;
 mod serve;
 mod status_cmd;
+mod status_report;
 
 use std::process::ExitCode;
 

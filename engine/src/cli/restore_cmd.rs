@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use strata::restore::{self, IntegrityCheck, NoProgress, Plan, Progress, RestoreOptions, Target};
+use strata::restore::{
+    self, IntegrityCheck, NoProgress, Plan, Progress, RestoreOptions, RestorePoint,
+};
 use strata::storage::{Replica, ReplicaUrl};
 
 use super::{format_bytes, format_time, parse_size, parse_txid};
@@ -79,9 +81,9 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         None => ReplicaUrl::parse(&args.url)?,
     };
     let target = match (args.txid, args.timestamp) {
-        (Some(t), _) => Target::Txid(t),
-        (None, Some(ts)) => Target::Timestamp(ts),
-        (None, None) => Target::Latest,
+        (Some(t), _) => RestorePoint::Txid(t),
+        (None, Some(ts)) => RestorePoint::Timestamp(ts),
+        (None, None) => RestorePoint::Latest,
     };
     if args.if_db_not_exists
         && let Some(output) = &args.output

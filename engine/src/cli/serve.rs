@@ -107,7 +107,7 @@ async fn respond(store: &Store, request: &Request<Incoming>) -> Response<Full<By
         "/status" => reply(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            super::status_cmd::render(&store.status().await, jiff::Timestamp::now()),
+            super::status_report::render(&store.status().await, jiff::Timestamp::now()),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,

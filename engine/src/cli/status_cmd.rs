@@ -1,7 +1,6 @@
 //! `strata status`: what a running `strata replicate` is doing (asked over its `addr:`
 //! endpoint), or what a replica holds (read from the replica alone).
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,8 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use strata::config::Config;
 use strata::storage::{Level, Replica, ReplicaUrl};
-use strata::store::DbStatus;
 
+use super::status_report::{ago, level_name};
 use super::{format_bytes, format_time};
 
 #[derive(Debug, Args)]
@@ -63,97 +62,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The report a running process serves at `/status`.
-pub fn render(databases: &[DbStatus], now: jiff::Timestamp) -> String {
-    let mut out = String::new();
-    if databases.is_empty() {
-        out.push_str("no databases\n");
-    }
-    for db in databases {
-        let _ = writeln!(out, "{}", db.path.display());
-        if let Some(failed) = &db.failed {
-            let _ = writeln!(out, "  FAILED: {failed}");
-        }
-        let Some(capture) = &db.capture else {
-            let _ = writeln!(out, "  disabled");
-            continue;
-        };
-        let _ = writeln!(
-            out,
-            "  staged TXID {}, last sync {}, {} syncs ({} failed), {} full copies",
-            capture.staged,
-            ago(capture.last_sync, now),
-            capture.syncs,
-            capture.failed_syncs,
-            capture.full_copies
-        );
-        if let Some(e) = &capture.sync_error {
-            let _ = writeln!(out, "  last sync error: {e}");
-        }
-        for r in &capture.replicas {
-            let _ = writeln!(out, "  replica {}", r.replica);
-            let _ = writeln!(
-                out,
-                "    TXID {}, lag {:.1} s, last upload {}, {} uploads ({} failed)",
-                r.uploaded,
-                r.lag(now).as_secs_f64(),
-                ago(r.last_upload, now),
-                r.uploads,
-                r.failed_uploads
-            );
-            if let Some(e) = &r.stopped {
-                let _ = writeln!(out, "    STOPPED: {e}");
-            }
-            if let Some(e) = &r.upload_error {
-                let _ = writeln!(out, "    last upload error: {e}");
-            }
-            let q = &r.requests;
-            let _ = writeln!(
-                out,
-                "    requests: {} LIST, {} GET, {} PUT, {} DELETE",
-                q.list, q.get, q.put, q.delete
-            );
-            for (level, files) in &r.levels {
-                let compaction = r
-                    .compaction
-                    .as_ref()
-                    .and_then(|c| c.levels.get(level))
-                    .map(|l| {
-                        let mut s = format!(
-                            "; compacted {} files, last pass {}",
-                            l.files_written,
-                            ago(l.last_run, now)
-                        );
-                        if let Some(e) = &l.error {
-                            let _ = write!(s, ", error: {e}");
-                        }
-                        s
-                    })
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "    {:<9} {:>6} files {:>11}{compaction}",
-                    level_name(*level),
-                    files.files,
-                    format_bytes(files.bytes)
-                );
-            }
-            if let Some(c) = &r.compaction {
-                let _ = writeln!(
-                    out,
-                    "    retention: {} passes ({} failed), {} files deleted",
-                    c.retention_passes, c.failed_retention_passes, c.deleted
-                );
-                if let Some(e) = &c.retention_error {
-                    let _ = writeln!(out, "    last retention error: {e}");
-                }
-            }
-        }
-    }
-    out
-}
-
-/// `strata status URL`: the replica's levels and newest state, from listings alone.
 async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
     let replica = Replica::open(&ReplicaUrl::parse(url)?)?;
     let files = replica.list_all().await?;
@@ -163,7 +71,7 @@ async fn replica_status(url: &str) -> anyhow::Result<ExitCode> {
         println!("  empty: no LTX files");
         return Ok(ExitCode::FAILURE);
     }
-    let mut plan = strata::restore::plan(&replica, strata::restore::Target::Latest)
+    let mut plan = strata::restore::plan(&replica, strata::restore::RestorePoint::Latest)
         .await
         .map_err(|e| e.to_string());
     let newest = files.iter().max_by_key(|f| f.modified).expect("not empty");
@@ -253,22 +161,4 @@ async fn read_headers(
             .try_collect()
             .await?,
     )
-}
-
-fn level_name(level: Level) -> String {
-    if level == Level::SNAPSHOT {
-        "snapshots".to_owned()
-    } else {
-        level.to_string()
-    }
-}
-
-fn ago(t: Option<jiff::Timestamp>, now: jiff::Timestamp) -> String {
-    match t {
-        None => "never".to_owned(),
-        Some(t) => {
-            let secs = now.duration_since(t).as_secs_f64().max(0.0);
-            format!("{secs:.1} s ago")
-        }
-    }
 }

@@ -13,8 +13,9 @@ use super::{
     CompactError, CompactionOptions, CompactionStatus, Outcome, Selection, merge, retention,
     schedule, select,
 };
-use crate::restore::{PlanError, plan_files};
-use crate::storage::{FileInfo, Level, LevelIndex, Replica, SharedIndex};
+use super::{LevelIndex, SharedIndex};
+use crate::plan::{PlanError, plan_files};
+use crate::storage::{FileInfo, Level, Replica};
 
 /// Runs passes against one replica.
 #[derive(Debug)]
@@ -278,7 +279,7 @@ impl Compactor {
         })
     }
 
-    /// One retention pass at `now`: deletes what [`retention::expired`] names. Returns how
+    /// One retention pass at `now`: deletes what retention says no restore point needs. Returns how
     /// many files went.
     pub async fn run_retention(&self, now: Timestamp) -> Result<usize, CompactError> {
         let started = std::time::Instant::now();

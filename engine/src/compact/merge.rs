@@ -28,7 +28,7 @@ const PREFETCH: usize = 8;
 
 /// A merged file in the scratch directory, ready to write to the replica.
 #[derive(Debug)]
-pub struct Merged {
+pub(super) struct Merged {
     /// Where it is; removed when this is dropped.
     pub path: PathBuf,
     /// Its header.
@@ -45,7 +45,7 @@ impl Drop for Merged {
 
 /// Merges `inputs` (in TXID order) into a new file in `scratch`. `read` counts the bytes
 /// fetched, for progress.
-pub async fn merge(
+pub(super) async fn merge(
     replica: &Replica,
     inputs: &[FileInfo],
     local_l0: Option<&Path>,
@@ -137,7 +137,7 @@ fn staged_copy(local_l0: Option<&Path>, file: &FileInfo) -> Option<(PathBuf, Fil
 
 /// The first of `inputs` that does not decode (header, every page, trailer checksum), and
 /// why: after a merge fails on bad data, to name the file and keep it out of later work.
-pub async fn find_corrupt(
+pub(super) async fn find_corrupt(
     replica: &Replica,
     inputs: &[FileInfo],
     local_l0: Option<&Path>,
@@ -181,7 +181,7 @@ async fn check_input(input: Input) -> Option<String> {
 }
 
 /// Whether `file` in the replica decodes to its end; `None` if it does or could not be read.
-pub async fn verify_file(replica: &Replica, file: &FileInfo) -> Option<String> {
+pub(super) async fn verify_file(replica: &Replica, file: &FileInfo) -> Option<String> {
     check_input(Input::Remote(RemoteInput {
         replica: replica.clone(),
         file: file.clone(),
@@ -207,18 +207,8 @@ fn merge_blocking(
         let replica = replica.clone();
         let decoder = Decoder::from_buf_read(r).map_err(|e| ltx_error(&replica, &file, e))?;
         // The name and the header must agree, or the merge would mislabel what it writes.
-        if decoder.header().txid_range() != file.range {
-            return Err(CompactError::Storage(replica.invalid(
-                &file,
-                ltx::Error::Compaction {
-                    reason: format!(
-                        "the header says {}, the name says {}",
-                        decoder.header().txid_range(),
-                        file.range
-                    ),
-                },
-            )));
-        }
+        file.check_named(decoder.header())
+            .map_err(|e| CompactError::Storage(replica.invalid(&file, e)))?;
         decoders.push(decoder);
     }
     let scratch_error = |error| CompactError::Scratch {

@@ -15,11 +15,12 @@
 
 mod clock;
 mod compactor;
+mod level_index;
 mod merge;
-pub mod retention;
+mod retention;
 mod runner;
-pub mod schedule;
-pub mod select;
+mod schedule;
+mod select;
 #[cfg(test)]
 mod tests;
 
@@ -30,10 +31,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use ltx::PageEncoding;
 
-use crate::restore::PlanError;
+use crate::plan::PlanError;
 use crate::storage::{FileInfo, Level, StorageError};
 pub use clock::Clock;
 pub use compactor::Compactor;
+pub use level_index::{IndexedFile, LevelIndex, SharedIndex};
 pub use retention::RetentionOptions;
 pub use runner::{PassReport, Runner};
 pub use schedule::Schedule;

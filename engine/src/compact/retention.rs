@@ -19,9 +19,10 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use ltx::Txid;
 
+use super::LevelIndex;
 use super::select::gaps;
-use crate::restore::plan_files;
-use crate::storage::{FileInfo, Level, LevelIndex};
+use crate::plan::plan_files;
+use crate::storage::{FileInfo, Level};
 
 /// How long files are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,11 @@ fn ago(now: Timestamp, d: Duration) -> Timestamp {
 }
 
 /// The files retention deletes from `index` at `now`, lowest level first.
-pub fn expired(index: &LevelIndex, options: &RetentionOptions, now: Timestamp) -> Vec<FileInfo> {
+pub(super) fn expired(
+    index: &LevelIndex,
+    options: &RetentionOptions,
+    now: Timestamp,
+) -> Vec<FileInfo> {
     if !options.enabled {
         return Vec::new();
     }

@@ -9,14 +9,14 @@ use crate::storage::Level;
 /// The most recent multiple of `interval` since the Unix epoch at or before `now`: for
 /// intervals that divide a day, :00 and :30 seconds, every fifth minute, the top of the
 /// hour, UTC midnight (Litestream's `PrevCompactionAt`).
-pub fn prev_boundary(now: Timestamp, interval: Duration) -> Timestamp {
+pub(super) fn prev_boundary(now: Timestamp, interval: Duration) -> Timestamp {
     let step = interval.as_millis().max(1) as i64;
     let ms = now.as_millisecond();
     Timestamp::from_millisecond(ms - ms.rem_euclid(step)).unwrap_or(now)
 }
 
 /// The first multiple of `interval` after `now`.
-pub fn next_boundary(now: Timestamp, interval: Duration) -> Timestamp {
+pub(super) fn next_boundary(now: Timestamp, interval: Duration) -> Timestamp {
     let step = SignedDuration::try_from(interval).unwrap_or(SignedDuration::MAX);
     prev_boundary(now, interval)
         .checked_add(step)

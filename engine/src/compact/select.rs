@@ -1,9 +1,10 @@
 //! Which files a compaction merges, and whether a level is contiguous.
 
-use ltx::{Txid, TxidRange};
+use ltx::Txid;
 
-use crate::restore::{PlanError, plan_files};
-use crate::storage::{FileInfo, Level, LevelIndex};
+use super::LevelIndex;
+use crate::plan::{PlanError, plan_files};
+use crate::storage::{FileInfo, Level};
 
 /// What one pass of a level would do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl std::fmt::Display for Gap {
 /// compaction into a level is not a rewrite of the whole database. A full copy (a file
 /// starting at 1) in `src` that reaches further than the incremental files supersedes
 /// them, as in a restore plan.
-pub fn select(index: &LevelIndex, src: Level, dst: Level) -> Selection {
+pub(super) fn select(index: &LevelIndex, src: Level, dst: Level) -> Selection {
     let snapshot = index
         .newest(Level::SNAPSHOT)
         .map_or(Txid::ZERO, |s| s.range.max);
@@ -112,7 +113,7 @@ fn chain_from(files: &[FileInfo], floor: Txid) -> Option<Vec<FileInfo>> {
 
 /// The files that could repair `gap` from the level below: a chain of `src` files from the
 /// gap's start to just before its end.
-pub fn repair(index: &LevelIndex, src: Level, gap: Gap) -> Option<Vec<FileInfo>> {
+pub(super) fn repair(index: &LevelIndex, src: Level, gap: Gap) -> Option<Vec<FileInfo>> {
     let files = index.files(src);
     let plan = plan_files(&files, gap.after, Some(gap.before.prev()), &[]).ok()?;
     (!plan.files.is_empty()).then_some(plan.files)
@@ -121,7 +122,7 @@ pub fn repair(index: &LevelIndex, src: Level, gap: Gap) -> Option<Vec<FileInfo>>
 /// The gaps in `level`: consecutive files (by max TXID) where the next starts more than one
 /// TXID after the previous ends. A file starting at TXID 1 (a full copy) restarts the
 /// chain, and so does one continuing a snapshot: neither is a gap.
-pub fn gaps(index: &LevelIndex, level: Level) -> Vec<Gap> {
+pub(super) fn gaps(index: &LevelIndex, level: Level) -> Vec<Gap> {
     let snapshot_ends: Vec<Txid> = index
         .level(Level::SNAPSHOT)
         .iter()
@@ -142,24 +143,25 @@ pub fn gaps(index: &LevelIndex, level: Level) -> Vec<Gap> {
         .collect()
 }
 
-/// The range a merge of `inputs` covers.
-pub fn merged_range(inputs: &[FileInfo]) -> TxidRange {
-    let min = inputs
-        .iter()
-        .map(|f| f.range.min)
-        .min()
-        .unwrap_or(Txid::ZERO);
-    let max = inputs
-        .iter()
-        .map(|f| f.range.max)
-        .max()
-        .unwrap_or(Txid::ZERO);
-    TxidRange::new(min, max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ltx::TxidRange;
+
+    /// The range a merge of `inputs` covers.
+    fn merged_range(inputs: &[FileInfo]) -> TxidRange {
+        let min = inputs
+            .iter()
+            .map(|f| f.range.min)
+            .min()
+            .unwrap_or(Txid::ZERO);
+        let max = inputs
+            .iter()
+            .map(|f| f.range.max)
+            .max()
+            .unwrap_or(Txid::ZERO);
+        TxidRange::new(min, max)
+    }
 
     fn file(level: u8, min: u64, max: u64) -> FileInfo {
         FileInfo {

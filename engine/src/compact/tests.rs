@@ -7,7 +7,8 @@ use jiff::Timestamp;
 use ltx::{Checksum, Encoder, Header, HeaderFlags, PageNum, PageSize, Txid, TxidRange};
 
 use super::*;
-use crate::storage::{LevelIndex, Replica, SharedIndex};
+use super::{LevelIndex, SharedIndex};
+use crate::storage::Replica;
 
 fn at(s: &str) -> Timestamp {
     format!("2026-12-01T{s}Z").parse().unwrap()
@@ -233,7 +234,7 @@ async fn a_corrupt_snapshot_is_left_out_not_built_on() {
     let out = dir.path().join("restored.db");
     crate::restore::restore(
         &replica,
-        crate::restore::Target::Latest,
+        crate::restore::RestorePoint::Latest,
         &out,
         &crate::restore::RestoreOptions::default(),
         Arc::new(crate::restore::NoProgress),

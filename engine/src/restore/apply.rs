@@ -31,7 +31,7 @@ pub(crate) struct Applied {
 
 impl Applied {
     /// Nothing applied yet, keeping the tally of work done.
-    pub fn restart(&self) -> Applied {
+    pub(super) fn restart(&self) -> Applied {
         Applied {
             files: self.files,
             bytes: self.bytes,

@@ -19,7 +19,6 @@
 mod apply;
 mod output;
 mod pipeline;
-mod plan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +27,8 @@ use std::time::{Duration, Instant};
 use ltx::{PageSize, Txid};
 use tokio::sync::mpsc;
 
-pub use plan::{Plan, PlanError, plan_files, resolve_timestamp};
+pub use crate::plan::{Plan, PlanError};
+use crate::plan::{plan_files, resolve_timestamp};
 
 use crate::storage::{FileInfo, Replica, RequestCounts, StorageError};
 use apply::{Applied, Stop};
@@ -40,7 +40,7 @@ const REMOTE_CONCURRENCY: usize = 16;
 
 /// The point to restore to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum RestorePoint {
     /// The newest TXID in the replica.
     Latest,
     /// Exactly this TXID (it must be the end of some file).
@@ -217,7 +217,7 @@ impl From<PlanError> for RestoreError {
 
 /// Works out the plan for `target` without fetching any file content (listings, and for a
 /// timestamp a few 100-byte header reads).
-pub async fn plan(replica: &Replica, target: Target) -> Result<Plan, RestoreError> {
+pub async fn plan(replica: &Replica, target: RestorePoint) -> Result<Plan, RestoreError> {
     list_and_plan(replica, target, Txid::ZERO, &[]).await
 }
 
@@ -227,7 +227,7 @@ pub async fn plan(replica: &Replica, target: Target) -> Result<Plan, RestoreErro
 /// after) can see a gap that is not there.
 async fn list_and_plan(
     replica: &Replica,
-    target: Target,
+    target: RestorePoint,
     start: Txid,
     exclude: &[FileInfo],
 ) -> Result<Plan, RestoreError> {
@@ -249,14 +249,14 @@ async fn list_and_plan(
 async fn plan_for(
     replica: &Replica,
     files: &[FileInfo],
-    target: Target,
+    target: RestorePoint,
     start: Txid,
     exclude: &[FileInfo],
 ) -> Result<Plan, RestoreError> {
     let txid = match target {
-        Target::Latest => None,
-        Target::Txid(t) => Some(t),
-        Target::Timestamp(ts) => Some(resolve_timestamp(replica, files, ts).await??),
+        RestorePoint::Latest => None,
+        RestorePoint::Txid(t) => Some(t),
+        RestorePoint::Timestamp(ts) => Some(resolve_timestamp(replica, files, ts).await??),
     };
     Ok(plan_files(files, start, txid, exclude)?)
 }
@@ -267,7 +267,7 @@ async fn plan_for(
 /// backend wrote it.
 pub async fn restore(
     replica: &Replica,
-    target: Target,
+    target: RestorePoint,
     output: &Path,
     options: &RestoreOptions,
     progress: Arc<dyn Progress>,
@@ -297,9 +297,11 @@ pub async fn restore(
                 let start = if partial { Txid::ZERO } else { applied.txid };
                 (start, format!("{file} disappeared (retention?)"))
             }
-            // Bytes from a remote store may have been damaged on the way: such a file is
+            // Bytes that crossed a network may have been damaged on the way: such a file is
             // read once more before it counts as corrupt.
-            Stop::Corrupt { file, error } if !replica.is_local() && !suspect.contains(&file) => {
+            Stop::Corrupt { file, error }
+                if replica.capabilities().networked && !suspect.contains(&file) =>
+            {
                 let reason = format!("{file} read corrupt ({error}); reading it again");
                 suspect.push(file);
                 (Txid::ZERO, reason)
@@ -365,7 +367,7 @@ pub async fn restore(
             out.reset()?;
             applied = applied.restart();
         }
-        plan = list_and_plan(&replica, Target::Txid(target_txid), start, &excluded).await?;
+        plan = list_and_plan(&replica, RestorePoint::Txid(target_txid), start, &excluded).await?;
         progress.planned(&plan);
     }
 
@@ -438,7 +440,7 @@ async fn run_plan(
     let (tx, rx) = mpsc::channel(2);
     let concurrency = options.concurrency.unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        if replica.is_local() {
+        if !replica.capabilities().networked {
             2 * cores
         } else {
             REMOTE_CONCURRENCY

@@ -25,7 +25,7 @@ pub(crate) struct Output {
 
 impl Output {
     /// Checks the target can be written and creates the temporary file beside it.
-    pub fn create(target: &Path, force: bool) -> Result<Output, RestoreError> {
+    pub(super) fn create(target: &Path, force: bool) -> Result<Output, RestoreError> {
         let err = |error| RestoreError::Output {
             path: target.to_owned(),
             error,
@@ -76,12 +76,12 @@ impl Output {
     }
 
     /// The temporary file's path (for an integrity check before the rename).
-    pub fn temp_path(&self) -> &Path {
+    pub(super) fn temp_path(&self) -> &Path {
         &self.temp
     }
 
     /// A failure to write or read the temporary file.
-    pub fn error(&self, error: io::Error) -> RestoreError {
+    pub(super) fn error(&self, error: io::Error) -> RestoreError {
         RestoreError::Output {
             path: self.temp.clone(),
             error,
@@ -90,7 +90,7 @@ impl Output {
 
     /// The temporary file opened again for direct (uncached) writes, where the platform and
     /// filesystem allow it.
-    pub fn open_direct(&self) -> Option<File> {
+    pub(super) fn open_direct(&self) -> Option<File> {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -105,7 +105,7 @@ impl Output {
     }
 
     /// Empties the temporary file to start over.
-    pub fn reset(&self) -> Result<(), RestoreError> {
+    pub(super) fn reset(&self) -> Result<(), RestoreError> {
         self.file.set_len(0).map_err(|error| self.error(error))
     }
 
@@ -113,7 +113,7 @@ impl Output {
     /// target and syncs the directory so the rename survives a crash. The rename happens in
     /// this future, so a caller that drops it (on a signal, say) either has the output or,
     /// once the `Output` drops, nothing.
-    pub async fn commit(mut self) -> Result<(), RestoreError> {
+    pub(super) async fn commit(mut self) -> Result<(), RestoreError> {
         let at = |path: &Path| {
             let path = path.to_owned();
             move |error| RestoreError::Output { path, error }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream;
-use ltx::{FileLayout, Segment, SegmentSum, TailParse};
+use ltx::{FileLayout, Segment, SegmentSum};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::storage::{ErrorKind, FileInfo, Operation, Replica, StorageError};
@@ -30,11 +30,11 @@ const SPAN_SEGMENTS: usize = 8;
 pub(crate) struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl Pool {
-    pub fn get(&self) -> Vec<u8> {
+    pub(super) fn get(&self) -> Vec<u8> {
         self.0.lock().unwrap().pop().unwrap_or_default()
     }
 
-    pub fn put(&self, buf: Vec<u8>) {
+    pub(super) fn put(&self, buf: Vec<u8>) {
         self.0.lock().unwrap().push(buf);
     }
 }
@@ -58,7 +58,7 @@ impl PageBuf {
         PageBuf { vec, start, len }
     }
 
-    pub fn as_slice(&self) -> &[u8] {
+    pub(super) fn as_slice(&self) -> &[u8] {
         &self.vec[self.start..self.start + self.len]
     }
 
@@ -67,7 +67,7 @@ impl PageBuf {
     }
 
     /// The buffer, for the pool.
-    pub fn into_vec(self) -> Vec<u8> {
+    pub(super) fn into_vec(self) -> Vec<u8> {
         self.vec
     }
 }
@@ -229,7 +229,7 @@ pub(crate) fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let concurrency = concurrency.max(1);
-        let remote = !replica.is_local();
+        let networked = replica.capabilities().networked;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let cpu = Arc::new(Semaphore::new(cores));
         let files = Arc::new(files);
@@ -239,7 +239,7 @@ pub(crate) fn spawn(
                 move |file| prepare(replica.clone(), files[file].clone(), file)
             })
             .buffered(concurrency)
-            .flat_map(move |prepared| stream::iter(split(prepared, chunk_size, remote)));
+            .flat_map(move |prepared| stream::iter(split(prepared, chunk_size, networked)));
         let mut items = work
             .map(move |w| run(w, replica.clone(), files.clone(), pool.clone(), cpu.clone()))
             .buffered(concurrency);
@@ -260,37 +260,13 @@ async fn prepare(
 ) -> Result<Prepared, (usize, Failure)> {
     let (replica, info) = (&replica, &info);
     let inner = async {
-        let (layout, whole) = if info.size <= SMALL_FILE {
-            let bytes = replica.read(info).await?;
-            let layout = FileLayout::from_bytes(&bytes).map_err(Failure::Corrupt)?;
-            (layout, Some(bytes))
-        } else {
-            let mut range = ltx::tail_fetch_range(info.size);
-            let (head, tail) = futures::try_join!(
-                replica.read_range(info, 0..ltx::HEADER_SIZE as u64),
-                replica.read_range(info, range.clone())
-            )?;
-            let mut tail = tail.to_vec();
-            if let Ok(TailParse::NeedMore(more)) = ltx::parse_tail(info.size, range.start, &tail) {
-                let mut whole_tail = replica.read_range(info, more.clone()).await?.to_vec();
-                whole_tail.extend_from_slice(&tail);
-                tail = whole_tail;
-                range.start = more.start;
-            }
-            let head: &[u8; ltx::HEADER_SIZE] = head[..].try_into().expect("100 bytes read");
-            let layout =
-                FileLayout::new(head, info.size, range.start, &tail).map_err(Failure::Corrupt)?;
-            (layout, None)
-        };
-        if layout.header().txid_range() != info.range {
-            return Err(Failure::Corrupt(ltx::Error::InvalidHeader {
-                reason: format!(
-                    "header covers {}, the file name says {}",
-                    layout.header().txid_range(),
-                    info.range
-                ),
-            }));
-        }
+        let read = replica
+            .read_layout(info, SMALL_FILE)
+            .await?
+            .map_err(Failure::Corrupt)?;
+        let layout = FileLayout::new(&read.head, info.size, read.tail_start, &read.tail_bytes)
+            .map_err(Failure::Corrupt)?;
+        let whole = read.whole;
         Ok(Prepared {
             file,
             layout: Arc::new(layout),
@@ -300,9 +276,13 @@ async fn prepare(
     inner.await.map_err(|failure| (file, failure))
 }
 
-/// The work for one prepared file: its segments, then its end. A remote file not fetched
-/// whole is read in spans (see [`SPAN_SEGMENTS`]).
-fn split(prepared: Result<Prepared, (usize, Failure)>, chunk_size: u64, remote: bool) -> Vec<Work> {
+/// The work for one prepared file: its segments, then its end. A file not fetched whole
+/// from a networked backend is read in spans (see [`SPAN_SEGMENTS`]).
+fn split(
+    prepared: Result<Prepared, (usize, Failure)>,
+    chunk_size: u64,
+    networked: bool,
+) -> Vec<Work> {
     let p = match prepared {
         Ok(p) => p,
         Err((file, failure)) => return vec![Work::Failed { file, failure }],
@@ -311,7 +291,7 @@ fn split(prepared: Result<Prepared, (usize, Failure)>, chunk_size: u64, remote: 
     let max_pages = (chunk_size / page_size).max(1) as usize;
     let segments = p.layout.segments(chunk_size, max_pages);
     let mut work = Vec::with_capacity(segments.len() + 1);
-    let group = if p.whole.is_none() && remote {
+    let group = if p.whole.is_none() && networked {
         SPAN_SEGMENTS
     } else {
         1
@@ -369,9 +349,9 @@ async fn run(
             .piece(piece, &replica, &files[file])
             .await
             .map(Frames::Shared),
-        // A local file is read straight into a recycled buffer; a remote response already
-        // sits in memory, so it is decoded where it is.
-        Source::Range if replica.is_local() => replica
+        // Where the backend reads into buffers (a file), a recycled one is used; a response
+        // already sits in memory, so it is decoded where it is.
+        Source::Range if replica.capabilities().reads_into_buffers => replica
             .read_range_into(&files[file], range, pool.get())
             .await
             .map(Frames::Owned),

@@ -1,7 +1,8 @@
-//! Counting requests by kind: an `ObjectStore` wrapper around any store.
+//! Counting requests by kind: a [`Backend`] wrapper around any backend.
 
 use std::fmt;
 use std::ops::Range;
+use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -10,10 +11,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-};
+
+use super::backend::{Backend, Body, Capabilities, Listed};
+use super::error::BackendError;
+use super::multipart::UploadLimits;
 
 /// S3 returns at most this many keys per LIST request.
 const KEYS_PER_LIST_PAGE: u64 = 1000;
@@ -56,44 +57,43 @@ struct Counters {
     get_bytes: AtomicU64,
 }
 
-/// Wraps a store and counts every request made through it.
+/// Wraps a backend and counts every request made through it.
 #[derive(Debug)]
-pub struct CountingStore<T> {
-    inner: T,
+pub struct Counting {
+    inner: Arc<dyn Backend>,
     counters: Arc<Counters>,
 }
 
-impl<T: ObjectStore> CountingStore<T> {
+impl Counting {
     /// Starts counting requests to `inner`.
-    pub fn new(inner: T) -> CountingStore<T> {
-        CountingStore {
+    pub fn new(inner: Arc<dyn Backend>) -> Counting {
+        Counting {
             inner,
             counters: Arc::default(),
         }
     }
 
-    /// A handle that reads the counts while the store is in use elsewhere.
+    /// Counts requests to `inner` into the counts `counter` reads (shared with another
+    /// wrapper: the same replica seen another way).
+    #[cfg(any(test, feature = "test-support"))]
+    pub(crate) fn sharing(inner: Arc<dyn Backend>, counter: &RequestCounter) -> Counting {
+        Counting {
+            inner,
+            counters: counter.0.clone(),
+        }
+    }
+
+    /// A handle that reads the counts while the backend is in use elsewhere.
     pub fn counter(&self) -> RequestCounter {
         RequestCounter(self.counters.clone())
     }
 }
 
-/// Reads the counts of a [`CountingStore`].
+/// Reads the counts of a [`Counting`] backend.
 #[derive(Clone, Debug)]
 pub struct RequestCounter(Arc<Counters>);
 
 impl RequestCounter {
-    /// Counts a GET made around the store (a positional read of a local file).
-    pub(crate) fn record_get(&self, bytes: u64) {
-        self.0.get.fetch_add(1, Relaxed);
-        self.0.get_bytes.fetch_add(bytes, Relaxed);
-    }
-
-    /// Counts a PUT made around the store (a local file copy).
-    pub(crate) fn record_put(&self) {
-        self.0.put.fetch_add(1, Relaxed);
-    }
-
     /// The counts so far.
     pub fn get(&self) -> RequestCounts {
         let c = &self.0;
@@ -108,126 +108,99 @@ impl RequestCounter {
     }
 }
 
-impl<T: ObjectStore> fmt::Display for CountingStore<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Counting({})", self.inner)
-    }
-}
-
-/// Counts a listing's pages as the items stream by.
-fn count_pages(
-    counters: Arc<Counters>,
-    stream: BoxStream<'static, Result<ObjectMeta>>,
-) -> BoxStream<'static, Result<ObjectMeta>> {
-    counters.list.fetch_add(1, Relaxed);
-    let mut seen = 0u64;
-    stream
-        .inspect(move |item| {
-            if item.is_ok() {
-                seen += 1;
-                counters.listed.fetch_add(1, Relaxed);
-                if seen > KEYS_PER_LIST_PAGE && seen % KEYS_PER_LIST_PAGE == 1 {
-                    counters.list.fetch_add(1, Relaxed);
-                }
-            }
-        })
-        .boxed()
-}
-
+// A wrapper forwards every method, so it sees all I/O.
+#[warn(clippy::missing_trait_methods)]
 #[async_trait]
-impl<T: ObjectStore> ObjectStore for CountingStore<T> {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        self.counters.put.fetch_add(1, Relaxed);
-        self.inner.put_opts(location, payload, opts).await
+impl Backend for Counting {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
-    async fn put_multipart_opts(
+    /// One LIST, and one more per 1000 keys as S3 pages them.
+    fn list(
         &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.counters.put.fetch_add(1, Relaxed);
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.counters.get.fetch_add(1, Relaxed);
-        let mut result = self.inner.get_opts(location, options).await?;
+        prefix: &Path,
+        after: Option<&Path>,
+    ) -> BoxStream<'static, Result<Listed, BackendError>> {
         let counters = self.counters.clone();
-        let placeholder = GetResultPayload::Stream(futures::stream::empty().boxed());
-        result.payload = match std::mem::replace(&mut result.payload, placeholder) {
-            GetResultPayload::Stream(body) => GetResultPayload::Stream(
-                body.inspect(move |chunk| {
-                    if let Ok(chunk) = chunk {
-                        counters.get_bytes.fetch_add(chunk.len() as u64, Relaxed);
+        counters.list.fetch_add(1, Relaxed);
+        let mut seen = 0u64;
+        self.inner
+            .list(prefix, after)
+            .inspect(move |item| {
+                if item.is_ok() {
+                    seen += 1;
+                    counters.listed.fetch_add(1, Relaxed);
+                    if seen > KEYS_PER_LIST_PAGE && seen % KEYS_PER_LIST_PAGE == 1 {
+                        counters.list.fetch_add(1, Relaxed);
                     }
-                })
-                .boxed(),
-            ),
-            // A local file is read whole; count its range now rather than force a stream.
-            file => {
-                counters
-                    .get_bytes
-                    .fetch_add(result.range.end - result.range.start, Relaxed);
-                file
-            }
-        };
-        Ok(result)
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.counters.get.fetch_add(ranges.len() as u64, Relaxed);
-        let parts = self.inner.get_ranges(location, ranges).await?;
-        let bytes: usize = parts.iter().map(Bytes::len).sum();
-        self.counters.get_bytes.fetch_add(bytes as u64, Relaxed);
-        Ok(parts)
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        let counters = self.counters.clone();
-        let counted = locations
-            .inspect(move |l| {
-                if l.is_ok() {
-                    counters.delete.fetch_add(1, Relaxed);
                 }
             })
-            .boxed();
-        self.inner.delete_stream(counted)
+            .boxed()
     }
 
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        count_pages(self.counters.clone(), self.inner.list(prefix))
-    }
-
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        count_pages(
-            self.counters.clone(),
-            self.inner.list_with_offset(prefix, offset),
-        )
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+    async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, BackendError> {
         self.counters.list.fetch_add(1, Relaxed);
-        let result = self.inner.list_with_delimiter(prefix).await?;
-        let keys = result.objects.len() + result.common_prefixes.len();
-        self.counters.listed.fetch_add(keys as u64, Relaxed);
-        Ok(result)
+        let dirs = self.inner.list_dirs(prefix).await?;
+        self.counters.listed.fetch_add(dirs.len() as u64, Relaxed);
+        Ok(dirs)
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+    async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Body, BackendError> {
+        self.counters.get.fetch_add(1, Relaxed);
+        let counters = self.counters.clone();
+        let body = self.inner.get(path, range).await?;
+        Ok(body
+            .inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    counters.get_bytes.fetch_add(chunk.len() as u64, Relaxed);
+                }
+            })
+            .boxed())
+    }
+
+    async fn read_into(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        buf: Vec<u8>,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.counters.get.fetch_add(1, Relaxed);
+        let buf = self.inner.read_into(path, range, buf).await?;
+        self.counters.get_bytes.fetch_add(buf.len() as u64, Relaxed);
+        Ok(buf)
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool, BackendError> {
+        self.counters.get.fetch_add(1, Relaxed);
+        self.inner.exists(path).await
+    }
+
+    async fn create(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        timestamp: jiff::Timestamp,
+    ) -> Result<(), BackendError> {
         self.counters.put.fetch_add(1, Relaxed);
-        self.inner.copy_opts(from, to, options).await
+        self.inner.create(path, bytes, timestamp).await
+    }
+
+    async fn create_from_file(
+        &self,
+        path: &Path,
+        source: &FsPath,
+        timestamp: jiff::Timestamp,
+        limits: UploadLimits,
+    ) -> Result<u64, BackendError> {
+        self.counters.put.fetch_add(1, Relaxed);
+        self.inner
+            .create_from_file(path, source, timestamp, limits)
+            .await
+    }
+
+    async fn delete(&self, paths: Vec<Path>) -> Result<(), BackendError> {
+        self.counters.delete.fetch_add(paths.len() as u64, Relaxed);
+        self.inner.delete(paths).await
     }
 }

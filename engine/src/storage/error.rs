@@ -46,6 +46,82 @@ pub enum ErrorKind {
     Other,
 }
 
+/// A failed request, before the replica names itself and the operation.
+#[derive(Debug)]
+pub struct BackendError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// One line for a user.
+    pub message: String,
+    /// The object or file the failure was at, when not the one asked for (an upload's
+    /// scratch object, the local file being uploaded).
+    pub at: Option<String>,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackendError {
+    /// An error of `kind`, described by `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> BackendError {
+        BackendError {
+            kind,
+            message: message.into(),
+            at: None,
+            cause: None,
+        }
+    }
+
+    /// The same error, at `at` rather than the object the request was for.
+    pub fn at(mut self, at: impl fmt::Display) -> BackendError {
+        self.at = Some(at.to_string());
+        self
+    }
+
+    /// The error this one was made from, if any.
+    pub fn into_cause(self) -> Option<Box<dyn std::error::Error + Send + Sync>> {
+        self.cause
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl From<object_store::Error> for BackendError {
+    fn from(e: object_store::Error) -> BackendError {
+        let (kind, message) = classify(&e);
+        BackendError {
+            kind,
+            message,
+            at: None,
+            cause: Some(Box::new(e)),
+        }
+    }
+}
+
+impl From<std::io::Error> for BackendError {
+    /// A local file's error: only a missing file has a kind of its own; a short read is
+    /// damaged data; nothing local is worth retrying.
+    fn from(e: std::io::Error) -> BackendError {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            std::io::ErrorKind::UnexpectedEof => ErrorKind::InvalidData,
+            _ => ErrorKind::Other,
+        };
+        BackendError {
+            kind,
+            message: e.to_string(),
+            at: None,
+            cause: Some(Box::new(e)),
+        }
+    }
+}
+
 /// A failed storage request.
 ///
 /// Its message is complete on its own (the cause is summarised into it), so the original
@@ -107,46 +183,25 @@ impl StorageError {
         }
     }
 
-    /// Wraps an `object_store` error, classifying it.
-    pub(crate) fn from_store(
+    /// Names the replica and the request a backend's error was for.
+    pub(crate) fn from_backend(
         backend: &str,
         operation: Operation,
         path: impl fmt::Display,
-        e: object_store::Error,
+        e: BackendError,
     ) -> StorageError {
-        use object_store::Error as E;
-        let (kind, message) = match &e {
-            E::NotFound { .. } => (ErrorKind::NotFound, "not found".to_string()),
-            E::AlreadyExists { .. } => (ErrorKind::AlreadyExists, "already exists".to_string()),
-            E::Precondition { .. } | E::NotModified { .. } => {
-                (ErrorKind::AlreadyExists, "precondition failed".to_string())
-            }
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                (ErrorKind::PermissionDenied, describe(&e))
-            }
-            E::Generic { .. } => {
-                let message = describe(&e);
-                let kind = if message.contains("NoSuchBucket") || message.contains("credentials") {
-                    ErrorKind::Other
-                } else if message.contains("AccessDenied") || message.contains("HTTP 403") {
-                    ErrorKind::PermissionDenied
-                } else if looks_transient(&message) {
-                    ErrorKind::Unavailable
-                } else {
-                    // Unknown: permanent, so it fails fast instead of being retried forever.
-                    ErrorKind::Other
-                };
-                (kind, message)
-            }
-            _ => (ErrorKind::Other, describe(&e)),
+        let path = match &e.at {
+            Some(at) => at.clone(),
+            None => path.to_string(),
         };
+        let (kind, message) = (e.kind, e.message.clone());
         StorageError {
             backend: backend.to_owned(),
             operation,
-            path: path.to_string(),
+            path,
             kind,
             message,
-            cause: Some(Box::new(e)),
+            cause: e.into_cause(),
         }
     }
 
@@ -163,6 +218,36 @@ impl StorageError {
     /// Whether a conditional create found the object already written.
     pub fn is_already_exists(&self) -> bool {
         self.kind == ErrorKind::AlreadyExists
+    }
+}
+
+/// What an `object_store` error means, and one line saying so.
+pub(crate) fn classify(e: &object_store::Error) -> (ErrorKind, String) {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => (ErrorKind::NotFound, "not found".to_string()),
+        E::AlreadyExists { .. } => (ErrorKind::AlreadyExists, "already exists".to_string()),
+        E::Precondition { .. } | E::NotModified { .. } => {
+            (ErrorKind::AlreadyExists, "precondition failed".to_string())
+        }
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+            (ErrorKind::PermissionDenied, describe(e))
+        }
+        E::Generic { .. } => {
+            let message = describe(e);
+            let kind = if message.contains("NoSuchBucket") || message.contains("credentials") {
+                ErrorKind::Other
+            } else if message.contains("AccessDenied") || message.contains("HTTP 403") {
+                ErrorKind::PermissionDenied
+            } else if looks_transient(&message) {
+                ErrorKind::Unavailable
+            } else {
+                // Unknown: permanent, so it fails fast instead of being retried forever.
+                ErrorKind::Other
+            };
+            (kind, message)
+        }
+        _ => (ErrorKind::Other, describe(e)),
     }
 }
 
@@ -250,14 +335,15 @@ mod tests {
     use super::*;
 
     fn generic(message: &str) -> StorageError {
-        StorageError::from_store(
+        StorageError::from_backend(
             "s3",
             Operation::Get,
             "x",
             object_store::Error::Generic {
                 store: "S3",
                 source: message.to_owned().into(),
-            },
+            }
+            .into(),
         )
     }
 

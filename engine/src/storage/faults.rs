@@ -1,8 +1,9 @@
-//! Fault injection: an `ObjectStore` wrapper that makes chosen requests fail, stall, lose
-//! their object or return damaged bytes, for testing how callers cope.
+//! Fault injection: a [`Backend`] wrapper that makes chosen requests fail, stall, lose their
+//! object or return damaged bytes, for testing how callers cope. Built for tests only
+//! (the `test-support` feature).
 
-use std::fmt;
 use std::ops::Range;
+use std::path::Path as FsPath;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +12,11 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-};
+
+use super::backend::{Backend, Body, Capabilities, Listed};
+use super::error::BackendError;
+use super::error::ErrorKind;
+use super::multipart::UploadLimits;
 
 /// One kind of failure.
 #[derive(Clone, Debug)]
@@ -44,7 +46,7 @@ struct Rule {
     remaining: u32,
 }
 
-/// Adds faults to a [`FaultStore`] while it is in use.
+/// Adds faults to a [`FaultyBackend`] while it is in use.
 #[derive(Clone, Debug, Default)]
 pub struct Faults(Arc<Mutex<Vec<Rule>>>);
 
@@ -94,77 +96,30 @@ impl Faults {
     }
 }
 
-/// Wraps a store and injects the [`Faults`] registered on its handle.
+/// Wraps a backend and injects the [`Faults`] registered on its handle.
 #[derive(Debug)]
-pub struct FaultStore<T> {
-    inner: T,
+pub struct FaultyBackend {
+    inner: Arc<dyn Backend>,
     faults: Faults,
 }
 
-impl<T: ObjectStore> FaultStore<T> {
-    /// A store that behaves like `inner` until faults are injected through the handle.
-    pub fn new(inner: T) -> (FaultStore<T>, Faults) {
+impl FaultyBackend {
+    /// A backend that behaves like `inner` until faults are injected through the handle.
+    pub fn new(inner: Arc<dyn Backend>) -> (FaultyBackend, Faults) {
         let faults = Faults::default();
         (
-            FaultStore {
+            FaultyBackend {
                 inner,
                 faults: faults.clone(),
             },
             faults,
         )
     }
-}
 
-impl<T: ObjectStore> fmt::Display for FaultStore<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Faults({})", self.inner)
-    }
-}
-
-fn injected(what: &str) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "faults",
-        // Worded as a timeout so it is classed as transient, like the failures it stands for.
-        source: format!("injected fault: {what} (timed out)").into(),
-    }
-}
-
-async fn delay(faults: &[Fault]) {
-    for f in faults {
-        if let Fault::Delay(d) = f {
-            tokio::time::sleep(*d).await;
-        }
-    }
-}
-
-#[async_trait]
-impl<T: ObjectStore> ObjectStore for FaultStore<T> {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> Result<PutResult> {
-        let hit = self
-            .faults
-            .take(location, |f| matches!(f, Fault::FailPut | Fault::Delay(_)));
-        delay(&hit).await;
-        if hit.iter().any(|f| matches!(f, Fault::FailPut)) {
-            return Err(injected("PUT failed"));
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let hit = self.faults.take(location, |f| {
+    /// The read faults for one request: fails, delays or deletes now, and returns the
+    /// faults left to apply to the bytes.
+    async fn before_read(&self, path: &Path) -> Result<Vec<Fault>, BackendError> {
+        let hit = self.faults.take(path, |f| {
             matches!(
                 f,
                 Fault::FailGet
@@ -178,111 +133,148 @@ impl<T: ObjectStore> ObjectStore for FaultStore<T> {
         for f in &hit {
             match f {
                 Fault::FailGet => return Err(injected("GET failed")),
-                Fault::VanishOnGet => self.inner.delete(location).await?,
+                Fault::VanishOnGet => self.inner.delete(vec![path.clone()]).await?,
                 _ => {}
             }
         }
-        let mut result = self.inner.get_opts(location, options).await?;
-        let start = result.range.start;
-        for f in hit {
-            let body = match f {
-                Fault::BreakGetAfter(n) => break_after(take_body(&mut result), n),
-                Fault::CorruptGetAt(at) => corrupt_at(take_body(&mut result), start, at),
-                _ => continue,
-            };
-            result.payload = GetResultPayload::Stream(body);
-        }
-        Ok(result)
+        Ok(hit)
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        let mut out = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            let opts = GetOptions {
-                range: Some(r.clone().into()),
-                ..Default::default()
-            };
-            out.push(self.get_opts(location, opts).await?.bytes().await?);
-        }
-        Ok(out)
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let at = prefix.cloned().unwrap_or_default();
-        if self
+    fn fail_list(&self, prefix: &Path) -> bool {
+        !self
             .faults
-            .take(&at, |f| matches!(f, Fault::FailList))
+            .take(prefix, |f| matches!(f, Fault::FailList))
             .is_empty()
-        {
-            self.inner.list(prefix)
-        } else {
-            stream::once(async { Err(injected("LIST failed")) }).boxed()
-        }
     }
 
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let at = prefix.cloned().unwrap_or_default();
-        if self
+    async fn before_put(&self, path: &Path) -> Result<(), BackendError> {
+        let hit = self
             .faults
-            .take(&at, |f| matches!(f, Fault::FailList))
-            .is_empty()
-        {
-            self.inner.list_with_offset(prefix, offset)
-        } else {
-            stream::once(async { Err(injected("LIST failed")) }).boxed()
+            .take(path, |f| matches!(f, Fault::FailPut | Fault::Delay(_)));
+        delay(&hit).await;
+        if hit.iter().any(|f| matches!(f, Fault::FailPut)) {
+            return Err(injected("PUT failed"));
         }
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let at = prefix.cloned().unwrap_or_default();
-        if !self
-            .faults
-            .take(&at, |f| matches!(f, Fault::FailList))
-            .is_empty()
-        {
-            return Err(injected("LIST failed"));
-        }
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.inner.copy_opts(from, to, options).await
+        Ok(())
     }
 }
 
-/// The body as a stream (a local file becomes a chunked read), leaving a placeholder.
-fn take_body(result: &mut GetResult) -> BoxStream<'static, Result<Bytes>> {
-    let placeholder = GetResultPayload::Stream(stream::empty().boxed());
-    let payload = std::mem::replace(&mut result.payload, placeholder);
-    GetResult {
-        payload,
-        meta: result.meta.clone(),
-        range: result.range.clone(),
-        attributes: result.attributes.clone(),
-        extensions: Default::default(),
+/// A transient failure, as a timeout or a 503 would be.
+fn injected(what: &str) -> BackendError {
+    BackendError::new(
+        ErrorKind::Unavailable,
+        format!("injected fault: {what} (timed out)"),
+    )
+}
+
+async fn delay(faults: &[Fault]) {
+    for f in faults {
+        if let Fault::Delay(d) = f {
+            tokio::time::sleep(*d).await;
+        }
     }
-    .into_stream()
+}
+
+// A wrapper forwards every method, so it sees all I/O.
+#[warn(clippy::missing_trait_methods)]
+#[async_trait]
+impl Backend for FaultyBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn list(
+        &self,
+        prefix: &Path,
+        after: Option<&Path>,
+    ) -> BoxStream<'static, Result<Listed, BackendError>> {
+        if self.fail_list(prefix) {
+            return stream::once(async { Err(injected("LIST failed")) }).boxed();
+        }
+        self.inner.list(prefix, after)
+    }
+
+    async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, BackendError> {
+        if self.fail_list(prefix) {
+            return Err(injected("LIST failed"));
+        }
+        self.inner.list_dirs(prefix).await
+    }
+
+    async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Body, BackendError> {
+        let hit = self.before_read(path).await?;
+        let start = range.as_ref().map_or(0, |r| r.start);
+        let mut body = self.inner.get(path, range).await?;
+        for f in hit {
+            body = match f {
+                Fault::BreakGetAfter(n) => break_after(body, n),
+                Fault::CorruptGetAt(at) => corrupt_at(body, start, at),
+                _ => continue,
+            };
+        }
+        Ok(body)
+    }
+
+    async fn read_into(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        buf: Vec<u8>,
+    ) -> Result<Vec<u8>, BackendError> {
+        let hit = self.before_read(path).await?;
+        let start = range.start;
+        let mut buf = self.inner.read_into(path, range, buf).await?;
+        for f in hit {
+            match f {
+                Fault::BreakGetAfter(n) if n < buf.len() as u64 => {
+                    return Err(injected("connection reset mid-body"));
+                }
+                Fault::CorruptGetAt(at) if (start..start + buf.len() as u64).contains(&at) => {
+                    buf[(at - start) as usize] ^= 0xff;
+                }
+                _ => {}
+            }
+        }
+        Ok(buf)
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool, BackendError> {
+        self.inner.exists(path).await
+    }
+
+    async fn create(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        timestamp: jiff::Timestamp,
+    ) -> Result<(), BackendError> {
+        self.before_put(path).await?;
+        self.inner.create(path, bytes, timestamp).await
+    }
+
+    async fn create_from_file(
+        &self,
+        path: &Path,
+        source: &FsPath,
+        timestamp: jiff::Timestamp,
+        limits: UploadLimits,
+    ) -> Result<u64, BackendError> {
+        self.before_put(path).await?;
+        self.inner
+            .create_from_file(path, source, timestamp, limits)
+            .await
+    }
+
+    async fn delete(&self, paths: Vec<Path>) -> Result<(), BackendError> {
+        self.inner.delete(paths).await
+    }
 }
 
 /// Passes `n` bytes of the body, then fails as a dropped connection does.
-fn break_after(
-    body: BoxStream<'static, Result<Bytes>>,
-    n: u64,
-) -> BoxStream<'static, Result<Bytes>> {
+fn break_after(body: Body, n: u64) -> Body {
     let mut left = n;
     body.flat_map(move |chunk| {
-        let out: Vec<Result<Bytes>> = match chunk {
+        let out: Vec<Result<Bytes, BackendError>> = match chunk {
             Ok(c) if left == u64::MAX => vec![Ok(c)],
             Ok(c) if (c.len() as u64) <= left => {
                 left -= c.len() as u64;
@@ -309,11 +301,7 @@ fn break_after(
 }
 
 /// Flips the byte at object offset `at` if it passes through a body starting at `start`.
-fn corrupt_at(
-    body: BoxStream<'static, Result<Bytes>>,
-    start: u64,
-    at: u64,
-) -> BoxStream<'static, Result<Bytes>> {
+fn corrupt_at(body: Body, start: u64, at: u64) -> Body {
     let mut pos = start;
     body.map(move |chunk| {
         let c = chunk?;

@@ -1,27 +1,37 @@
-//! Storage: a replica's LTX files in an object store.
+//! Storage: a replica's LTX files in a directory or an object store.
 //!
-//! One client, [`Replica`], over any `object_store` backend (a local directory, S3 and
-//! S3-compatible servers, an in-memory store for tests), reading and writing both of
-//! Litestream's layouts. Behaviours are `ObjectStore` wrappers, as in `object_store` itself:
-//! [`CountingStore`] counts requests, [`faults::FaultStore`] injects failures, and
-//! `object_store::throttle::ThrottledStore` adds latency.
+//! One client, [`Replica`], over one [`Backend`] trait, laid out as `object_store` lays
+//! itself out: a backend per file ([`Directory`], [`ObjectBackend`] over any `object_store`
+//! store: S3 and S3-compatible servers, GCS, Azure, memory), and behaviours as wrappers that
+//! forward every method ([`Counting`] counts requests; `faults`, for tests, injects failures).
+//! The replica reads and writes both of Litestream's layouts.
 
+#[cfg(feature = "s3")]
+mod aws_profile;
+mod backend;
 mod counting;
+mod directory;
 mod error;
+#[cfg(any(test, feature = "test-support"))]
 pub mod faults;
 #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 mod http;
-mod index;
 mod layout;
-mod location;
+mod ltx_read;
 mod multipart;
+mod object;
+mod open;
 mod replica;
+mod url;
 
-pub use counting::{CountingStore, RequestCounter, RequestCounts};
-pub use error::{ErrorKind, Operation, StorageError};
-pub use index::{Indexed, LevelIndex, SharedIndex};
+pub use backend::{Backend, Body, Capabilities, Listed};
+pub use counting::{Counting, RequestCounter, RequestCounts};
+pub use directory::Directory;
+pub use error::{BackendError, ErrorKind, Operation, StorageError};
 pub use layout::{Layout, Level};
-pub use location::{ReplicaUrl, UrlError};
-pub(crate) use location::{bucket_problem, normal_endpoint};
+pub use ltx_read::LtxLayout;
 pub use multipart::UploadLimits;
+pub use object::ObjectBackend;
 pub use replica::{Clients, FileInfo, Replica};
+pub use url::{ReplicaUrl, UrlError};
+pub(crate) use url::{bucket_problem, normal_endpoint};

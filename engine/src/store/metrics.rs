@@ -20,7 +20,7 @@ use crate::capture::ReplicaStatus;
 type Labels = Vec<(&'static str, String)>;
 
 /// The metrics of `databases`, as of `now`, in the OpenMetrics text format.
-pub fn encode(databases: Vec<DbStatus>, now: jiff::Timestamp) -> String {
+pub(super) fn encode(databases: Vec<DbStatus>, now: jiff::Timestamp) -> String {
     let mut registry = Registry::with_prefix("strata");
     registry.register_collector(Box::new(Scrape { databases, now }));
     let mut out = String::new();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use strata::capture::{CaptureOptions, Replication};
 use strata::compact::CompactionOptions;
-use strata::restore::Target;
+use strata::restore::RestorePoint;
 use strata::storage::{Level, Replica, ReplicaUrl};
 
 use super::{litestream, restore_to};
@@ -266,7 +266,7 @@ pub fn stop(setup: &Setup, mut strata: Child) {
     );
 }
 
-pub async fn restore_at(replica: &Replica, target: Target, out: &Path) {
+pub async fn restore_at(replica: &Replica, target: RestorePoint, out: &Path) {
     if let Err(e) = restore_to(replica, target, out).await {
         let files: Vec<String> = replica
             .list_all()
@@ -350,7 +350,7 @@ pub async fn check_history(setup: &Setup) {
     let txids = restore_points(&replica).await;
     let out = setup.dir.join("latest.db");
     let _ = std::fs::remove_file(&out);
-    restore_at(&replica, Target::Latest, &out).await;
+    restore_at(&replica, RestorePoint::Latest, &out).await;
     let history: Vec<String> = std::fs::read_to_string(&setup.states)
         .unwrap()
         .lines()
@@ -385,7 +385,7 @@ async fn assert_restores_a_recorded_state(
 ) {
     let out = setup.dir.join(format!("at-{txid}.db"));
     let _ = std::fs::remove_file(&out);
-    restore_at(replica, Target::Txid(Txid::new(txid)), &out).await;
+    restore_at(replica, RestorePoint::Txid(Txid::new(txid)), &out).await;
     assert_restored_a_recorded_state(setup, states, txid, &out);
 }
 
@@ -423,13 +423,13 @@ pub async fn check_new_restore_points(setup: &Setup, checked: u64) -> u64 {
         let mut attempts = 0;
         let restored = loop {
             let _ = std::fs::remove_file(&out);
-            match restore_to(&replica, Target::Txid(Txid::new(txid)), &out).await {
+            match restore_to(&replica, RestorePoint::Txid(Txid::new(txid)), &out).await {
                 Ok(_) => break true,
                 Err(_) if !restore_points(&replica).await.contains(&txid) => break false,
                 // Still listed: it must restore, unless retention took it in between again.
                 Err(_) if attempts < 3 => attempts += 1,
                 Err(_) => {
-                    restore_at(&replica, Target::Txid(Txid::new(txid)), &out).await;
+                    restore_at(&replica, RestorePoint::Txid(Txid::new(txid)), &out).await;
                     break true;
                 }
             }

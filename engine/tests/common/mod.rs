@@ -1,22 +1,16 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
+// Each test binary uses its own share of these.
+#![allow(unused_imports)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
 use ltx::{Decoder, Encoder};
-use strata::restore::{NoProgress, RestoreError, RestoreOptions, RestoreSummary, Target, restore};
-use strata::storage::{Layout, Replica, ReplicaUrl};
 
-/// The repository's `testdata/` directory.
-pub fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel)
-}
+mod cutting_proxy;
+pub use cutting_proxy::CuttingProxy;
+use strata::storage::{Layout, Replica, ReplicaUrl};
+pub use strata::test_support::*;
 
 /// The Litestream 0.5.17 replica fixture.
 pub fn fixture_replica() -> Replica {
@@ -51,22 +45,6 @@ pub fn sha256_file(path: &Path) -> String {
         .collect()
 }
 
-/// Restores `replica` at `target` into `out` with the default options.
-pub async fn restore_to(
-    replica: &Replica,
-    target: Target,
-    out: &Path,
-) -> Result<RestoreSummary, RestoreError> {
-    restore(
-        replica,
-        target,
-        out,
-        &RestoreOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-}
-
 /// Logs strata's events to stderr when `STRATA_TEST_LOG` is set (e.g. `strata=debug`), to
 /// see what an in-process run did when a test fails.
 pub fn init_logging() {
@@ -89,44 +67,6 @@ pub fn foreign_ltx(txid: u64, history: u64, fill: u8) -> Vec<u8> {
     let mut enc = Encoder::new(Vec::new(), &header).unwrap();
     enc.encode_page(PageNum::ONE, &[fill; 4096]).unwrap();
     enc.finish(Checksum::ZERO).unwrap().writer
-}
-
-/// The S3-compatible server the test command started (moto_server on loopback).
-pub fn s3_endpoint() -> String {
-    std::env::var("STRATA_TEST_S3_ENDPOINT").expect(
-        "STRATA_TEST_S3_ENDPOINT is not set: run the tests with scripts/test, which starts \
-         moto_server on loopback and sets it",
-    )
-}
-
-/// A new, empty bucket on the test S3 server.
-pub fn new_bucket() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "strata-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let response = s3_request("PUT", &format!("/{name}"));
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "creating bucket {name}: {response}"
-    );
-    name
-}
-
-/// Every key in a bucket of the test S3 server (a plain listing: moto takes unsigned ones).
-pub fn bucket_keys(bucket: &str) -> Vec<String> {
-    let response = s3_request("GET", &format!("/{bucket}?list-type=2"));
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "listing {bucket}: {response}"
-    );
-    response
-        .split("<Key>")
-        .skip(1)
-        .map(|s| s.split("</Key>").next().unwrap().to_owned())
-        .collect()
 }
 
 /// Deletes every object of a bucket of the test S3 server (the bucket stays), with boto3
@@ -219,35 +159,6 @@ impl Drop for PrivateS3 {
     }
 }
 
-/// One unsigned request to the test S3 server; the whole response, headers and body.
-fn s3_request(method: &str, target: &str) -> String {
-    let endpoint = url::Url::parse(&s3_endpoint()).unwrap();
-    let host = endpoint.host_str().unwrap();
-    let port = endpoint.port().unwrap();
-    let mut s = TcpStream::connect((host, port)).unwrap();
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// The URL of a prefix in a new bucket, in Litestream's form.
-pub fn s3_url(prefix: &str) -> String {
-    s3_url_in(&new_bucket(), prefix)
-}
-
-/// The URL of a prefix in an existing bucket.
-pub fn s3_url_in(bucket: &str, prefix: &str) -> String {
-    format!(
-        "s3://{bucket}/{prefix}?endpoint={}&region=us-east-1&forcePathStyle=true",
-        s3_endpoint()
-    )
-}
-
 /// Copies every file byte for byte.
 pub async fn copy_raw(src: &Replica, dst: &Replica) {
     for f in src.list_all().await.unwrap() {
@@ -316,6 +227,7 @@ pub fn litestream() -> std::process::Command {
 /// A unique key prefix for one test in the emulators' shared bucket or container.
 #[cfg(feature = "azure")]
 fn unique_prefix(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "{prefix}-{}-{}",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use strata::restore::{NoProgress, RestoreError, RestoreOptions, Target};
+use strata::restore::{NoProgress, RestoreError, RestoreOptions, RestorePoint};
 use strata::storage::{Replica, ReplicaUrl};
 
 /// The rows of `t`, by id.
@@ -67,7 +67,7 @@ pub async fn try_restored_rows(replica: &ReplicaUrl, work: &Path) -> Result<Rows
     };
     strata::restore::restore(
         &Replica::open(replica).unwrap(),
-        Target::Latest,
+        RestorePoint::Latest,
         &out,
         &options,
         Arc::new(NoProgress),

@@ -11,12 +11,12 @@ use super::read_ahead::read_ahead;
 use super::{Db, Inner};
 use crate::cache::FrameKey;
 use crate::runtime;
-use crate::state::{self, Target, VfsError};
+use crate::state::{self, RestorePoint, VfsError};
 
 impl Db {
     /// Fills `buf` from byte `offset` of the database. Returns `false` for a short read
     /// (past the end; the rest is zeroed).
-    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<bool, VfsError> {
+    pub(crate) fn read(&self, buf: &mut [u8], offset: u64) -> Result<bool, VfsError> {
         let mut inner = self.inner.lock().unwrap();
         let page_size = inner.map.page_size.bytes() as u64;
         let mut done = 0usize;
@@ -89,7 +89,7 @@ impl Db {
                 let txid = inner.map.txid;
                 let whole = self.options.whole_file_max;
                 let loaded = runtime::run(self.options.timeout, async move {
-                    state::load(&replica, Target::Txid(txid), whole).await
+                    state::load(&replica, RestorePoint::Txid(txid), whole).await
                 });
                 let history = inner.map.history;
                 let loaded = match loaded {
@@ -113,7 +113,9 @@ impl Db {
                     Err(e) => {
                         // The state is gone: the next transaction shows what the replica
                         // restores to now, planned at the next poll.
-                        if matches!(e, VfsError::Gone { .. }) && inner.target == Target::Latest {
+                        if matches!(e, VfsError::Gone { .. })
+                            && inner.target == RestorePoint::Latest
+                        {
                             self.follow.replan_now.store(true, Ordering::SeqCst);
                             self.follow.wake.notify_one();
                         }

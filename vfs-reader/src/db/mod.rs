@@ -22,12 +22,12 @@ use crate::disk_cache::DiskCache;
 use crate::hydrate::{self, Hydrated};
 use crate::page_map::PageMap;
 use crate::runtime;
-use crate::state::{self, Target, VfsError};
+use crate::state::{self, RestorePoint, VfsError};
 use follow::{ACTIVE_INTERVALS, Follow, Pending, poller};
 use read_ahead::{STREAMS, Stream};
 
 /// A database opened through the VFS.
-pub struct Db {
+pub(crate) struct Db {
     replica: Replica,
     options: Options,
     /// Fetched frames kept on disk (`Options::disk_cache_dir`).
@@ -44,9 +44,9 @@ struct Inner {
     /// Changes whenever the state shown changes; presented as page 1's change counter so
     /// SQLite drops pages it cached from another state.
     generation: u32,
-    target: Target,
+    target: RestorePoint,
     /// A state asked for (a pin, or back to latest) while a transaction was open.
-    next: Option<(Target, Pending)>,
+    next: Option<(RestorePoint, Pending)>,
     cache: PageCache,
     bodies: FileBodies,
     /// SQLite's lock level on the file.
@@ -70,7 +70,11 @@ struct Promise {
 
 impl Db {
     /// Opens `replica` at `target`: plans it and builds the page map.
-    pub fn open(replica: Replica, options: Options, target: Target) -> Result<Db, VfsError> {
+    pub(crate) fn open(
+        replica: Replica,
+        options: Options,
+        target: RestorePoint,
+    ) -> Result<Db, VfsError> {
         let whole = options.whole_file_max;
         let map = {
             let replica = replica.clone();
@@ -96,7 +100,7 @@ impl Db {
             planned: Mutex::new(now),
             replan_now: AtomicBool::new(false),
             snapshots: Mutex::new(snapshots),
-            active_until: Mutex::new((target == Target::Latest).then_some(now)),
+            active_until: Mutex::new((target == RestorePoint::Latest).then_some(now)),
             wake: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
             hydration: options
@@ -144,7 +148,7 @@ impl Db {
     }
 
     /// Where SQLite keeps the connection using this file (`SQLITE_FCNTL_PDB`).
-    pub fn set_connection(&self, connection: *mut *mut crate::ffi::sqlite3) {
+    pub(crate) fn set_connection(&self, connection: *mut *mut crate::ffi::sqlite3) {
         self.connection.store(connection, Ordering::SeqCst);
     }
 
@@ -166,14 +170,14 @@ impl Db {
     }
 
     /// The database size in bytes, at the state shown.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         let inner = self.inner.lock().unwrap();
         u64::from(inner.map.pages()) * inner.map.page_size.bytes() as u64
     }
 
     /// SQLite's lock level moves to `level`. A read transaction starts when it leaves 0:
     /// the state shown moves then, never inside a transaction.
-    pub fn set_lock(&self, level: i32) -> Result<(), VfsError> {
+    pub(crate) fn set_lock(&self, level: i32) -> Result<(), VfsError> {
         let mut inner = self.inner.lock().unwrap();
         let starting = inner.lock == 0 && level > 0;
         let ending = inner.lock > 0 && level == 0;
@@ -228,7 +232,7 @@ impl Db {
             *self.follow.pending.lock().unwrap() = None;
             *self.follow.active_until.lock().unwrap() = None;
         }
-        if inner.target == Target::Latest {
+        if inner.target == RestorePoint::Latest {
             self.follow_newest(inner);
         }
     }
@@ -284,7 +288,7 @@ impl Db {
     }
 
     /// Shows `target` from the next read transaction on; returns its TXID.
-    pub fn set_target(&self, target: Target) -> Result<Txid, VfsError> {
+    pub(crate) fn set_target(&self, target: RestorePoint) -> Result<Txid, VfsError> {
         let replica = self.replica.clone();
         let whole = self.options.whole_file_max;
         let map = runtime::run(self.options.timeout, async move {
@@ -299,10 +303,10 @@ impl Db {
             let planned = Arc::get_mut(&mut map.map).expect("not shared yet");
             let other_history =
                 planned.history != 0 && newest.history != 0 && planned.history != newest.history;
-            let went_back = target == Target::Latest && planned.txid < newest.txid;
+            let went_back = target == RestorePoint::Latest && planned.txid < newest.txid;
             planned.epoch = newest.epoch + u64::from(other_history || went_back);
         }
-        if target == Target::Latest {
+        if target == RestorePoint::Latest {
             *self.follow.polled.lock().unwrap() = Some(Instant::now());
             *self.follow.planned.lock().unwrap() = Instant::now();
         }
@@ -319,7 +323,7 @@ impl Db {
     /// The TXID the open read transaction shows; outside one (or inside a deferred one
     /// before its first read), the TXID the next will show: it is chosen now, and that
     /// transaction shows it (inside the application's `BEGIN`, every read until `COMMIT`).
-    pub fn txid(&self) -> Txid {
+    pub(crate) fn txid(&self) -> Txid {
         let mut inner = self.inner.lock().unwrap();
         if inner.lock == 0 && inner.promise.is_none() {
             self.choose_next(&mut inner);
@@ -331,7 +335,7 @@ impl Db {
     }
 
     /// Seconds since the last successful poll; `None` if none has succeeded.
-    pub fn lag(&self) -> Option<f64> {
+    pub(crate) fn lag(&self) -> Option<f64> {
         self.follow
             .polled
             .lock()
@@ -340,7 +344,7 @@ impl Db {
     }
 
     /// The TXID the hydrated local copy in use holds, if there is one.
-    pub fn hydrated(&self) -> Option<Txid> {
+    pub(crate) fn hydrated(&self) -> Option<Txid> {
         self.inner
             .lock()
             .unwrap()
@@ -350,7 +354,7 @@ impl Db {
     }
 
     /// The target shown.
-    pub fn target(&self) -> Target {
+    pub(crate) fn target(&self) -> RestorePoint {
         let inner = self.inner.lock().unwrap();
         inner.next.as_ref().map_or(inner.target, |(t, _)| *t)
     }

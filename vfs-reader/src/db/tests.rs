@@ -15,7 +15,7 @@ fn restores() -> Vec<Vec<u8>> {
             let out = dir.path().join(format!("{t}.db"));
             rt.block_on(strata::restore::restore(
                 &fixture(),
-                strata::restore::Target::Txid(Txid::new(t)),
+                strata::restore::RestorePoint::Txid(Txid::new(t)),
                 &out,
                 &strata::restore::RestoreOptions::default(),
                 Arc::new(strata::restore::NoProgress),
@@ -37,7 +37,7 @@ fn as_presented(read: &[u8], restored: &[u8]) -> Vec<u8> {
 }
 
 fn fixture() -> Replica {
-    dir_replica(&fixture_root())
+    dir_replica(&strata::test_support::fixture_dir())
 }
 
 /// The replica in directory `root`.
@@ -51,7 +51,7 @@ fn dir_replica(root: &std::path::Path) -> Replica {
 /// A copy of the fixture replica that a test may damage.
 fn fixture_copy() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    copy_dir(&fixture_root(), root.path());
+    strata::test_support::copy_dir(&strata::test_support::fixture_dir(), root.path());
     root
 }
 
@@ -60,7 +60,7 @@ fn fixture_copy() -> tempfile::TempDir {
 #[test]
 fn every_page_at_every_txid_equals_the_restore() {
     for (txid, want) in (1..=16u64).zip(restores()) {
-        let target = Target::Txid(Txid::new(txid));
+        let target = RestorePoint::Txid(Txid::new(txid));
         let db = Db::open(fixture(), Options::default(), target).unwrap();
         db.set_lock(1).unwrap();
         assert_eq!(db.size(), want.len() as u64, "txid {txid}");
@@ -92,7 +92,7 @@ fn every_page_at_every_txid_equals_the_restore() {
 
 #[test]
 fn a_new_state_is_shown_only_when_a_transaction_starts() {
-    let db = Db::open(fixture(), Options::default(), Target::Latest).unwrap();
+    let db = Db::open(fixture(), Options::default(), RestorePoint::Latest).unwrap();
     assert_eq!(db.txid(), Txid::new(16));
     db.set_lock(1).unwrap();
     let counter = |db: &Db| {
@@ -103,7 +103,7 @@ fn a_new_state_is_shown_only_when_a_transaction_starts() {
     let before = counter(&db);
     // Pinned while a transaction is open: the transaction keeps its state.
     assert_eq!(
-        db.set_target(Target::Txid(Txid::new(5))).unwrap(),
+        db.set_target(RestorePoint::Txid(Txid::new(5))).unwrap(),
         Txid::new(5)
     );
     assert_eq!(counter(&db), before);
@@ -118,7 +118,7 @@ fn a_new_state_is_shown_only_when_a_transaction_starts() {
     assert_ne!(counter(&db), before);
     assert_eq!(db.size(), 16 * 4096);
     assert_eq!(db.txid(), Txid::new(5));
-    assert_eq!(db.target(), Target::Txid(Txid::new(5)));
+    assert_eq!(db.target(), RestorePoint::Txid(Txid::new(5)));
 }
 
 /// SQLite may call the VFS from a thread of the application's own tokio runtime: the
@@ -136,7 +136,7 @@ fn reads_from_inside_another_tokio_runtime_complete() {
                 cache_size: 0,
                 ..Options::default()
             };
-            let db = Db::open(fixture(), options, Target::Latest).unwrap();
+            let db = Db::open(fixture(), options, RestorePoint::Latest).unwrap();
             db.set_lock(1).unwrap();
             let mut page = vec![0u8; 4096];
             for _ in 0..50 {
@@ -156,13 +156,17 @@ fn reads_from_inside_another_tokio_runtime_complete() {
 fn an_empty_or_missing_replica_fails_to_open_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir_replica(dir.path());
-    let e = Db::open(empty, Options::default(), Target::Latest)
+    let e = Db::open(empty, Options::default(), RestorePoint::Latest)
         .err()
         .unwrap();
     assert!(e.to_string().contains("no LTX files"), "{e}");
-    let e = Db::open(fixture(), Options::default(), Target::Txid(Txid::new(99)))
-        .err()
-        .unwrap();
+    let e = Db::open(
+        fixture(),
+        Options::default(),
+        RestorePoint::Txid(Txid::new(99)),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("not a restore point"), "{e}");
 }
 
@@ -205,7 +209,7 @@ fn storage_faults_give_errors_never_wrong_bytes() {
             timeout: Duration::from_secs(5),
             ..Options::default()
         };
-        let db = Db::open(replica, options, Target::Latest).unwrap();
+        let db = Db::open(replica, options, RestorePoint::Latest).unwrap();
         let (mut good, mut failed) = (0, 0);
         for step in 0..steps {
             let fault = match next(if whole { 7 } else { 6 }) {
@@ -220,16 +224,18 @@ fn storage_faults_give_errors_never_wrong_bytes() {
             let level = ["", "ltx/0/", "ltx/1/", "ltx/2/", "ltx/9/"][next(5) as usize];
             faults.inject(level, fault.clone(), 1 + next(3) as u32);
             let txid = 1 + next(16);
-            let read = db.set_target(Target::Txid(Txid::new(txid))).and_then(|_| {
-                db.set_lock(0)?;
-                db.set_lock(1)?;
-                let mut got = vec![0u8; expected[txid as usize - 1].len()];
-                if db.size() != got.len() as u64 {
-                    return Err(VfsError::Config(format!("size {}", db.size())));
-                }
-                db.read(&mut got, 0)?;
-                Ok(got)
-            });
+            let read = db
+                .set_target(RestorePoint::Txid(Txid::new(txid)))
+                .and_then(|_| {
+                    db.set_lock(0)?;
+                    db.set_lock(1)?;
+                    let mut got = vec![0u8; expected[txid as usize - 1].len()];
+                    if db.size() != got.len() as u64 {
+                        return Err(VfsError::Config(format!("size {}", db.size())));
+                    }
+                    db.read(&mut got, 0)?;
+                    Ok(got)
+                });
             match read {
                 Ok(got) => {
                     let want = &expected[txid as usize - 1];
@@ -286,7 +292,13 @@ fn a_hydrated_reader_follows_new_files_and_reads_without_the_replica() {
     let copy_l0 = |txids: std::ops::RangeInclusive<u64>| {
         for t in txids {
             let name = format!("{t:016x}-{t:016x}.ltx");
-            std::fs::copy(fixture_root().join("ltx/0").join(&name), l0.join(&name)).unwrap();
+            std::fs::copy(
+                strata::test_support::fixture_dir()
+                    .join("ltx/0")
+                    .join(&name),
+                l0.join(&name),
+            )
+            .unwrap();
         }
     };
     copy_l0(1..=8);
@@ -299,7 +311,7 @@ fn a_hydrated_reader_follows_new_files_and_reads_without_the_replica() {
         ..Options::default()
     };
     let restores = restores();
-    let db = Db::open(replica, options, Target::Latest).unwrap();
+    let db = Db::open(replica, options, RestorePoint::Latest).unwrap();
     hydrated_to(&db, 8);
     let got = read_all(&db);
     assert!(got == as_presented(&got, &restores[7]), "at TXID 8");
@@ -307,10 +319,10 @@ fn a_hydrated_reader_follows_new_files_and_reads_without_the_replica() {
     copy_l0(9..=16);
     hydrated_to(&db, 16);
     assert_eq!(db.txid(), Txid::new(16));
-    db.set_target(Target::Txid(Txid::new(5))).unwrap();
+    db.set_target(RestorePoint::Txid(Txid::new(5))).unwrap();
     let got = read_all(&db);
     assert!(got == as_presented(&got, &restores[4]), "pinned at TXID 5");
-    db.set_target(Target::Latest).unwrap();
+    db.set_target(RestorePoint::Latest).unwrap();
 
     // Every page of the newest state now comes from the local copy.
     for entry in std::fs::read_dir(&l0).unwrap() {
@@ -346,7 +358,7 @@ fn a_later_reader_reads_fetched_frames_from_the_disk_cache() {
     };
     let want = &restores()[15];
     let cached = Some(disk.path().to_owned());
-    let first = Db::open(replica(), options(cached.clone()), Target::Latest).unwrap();
+    let first = Db::open(replica(), options(cached.clone()), RestorePoint::Latest).unwrap();
     let got = read_all(&first);
     assert!(got == as_presented(&got, want));
     drop(first);
@@ -362,13 +374,13 @@ fn a_later_reader_reads_fetched_frames_from_the_disk_cache() {
             std::fs::write(&path, data).unwrap();
         }
     }
-    let uncached = Db::open(replica(), options(None), Target::Latest).unwrap();
+    let uncached = Db::open(replica(), options(None), RestorePoint::Latest).unwrap();
     uncached.set_lock(1).unwrap();
     let mut page = vec![0u8; uncached.size() as usize];
     let damaged = uncached.read(&mut page, 0).is_err() || page != as_presented(&page, want);
     assert!(damaged, "the damage shows without the cache");
 
-    let second = Db::open(replica(), options(cached), Target::Latest).unwrap();
+    let second = Db::open(replica(), options(cached), RestorePoint::Latest).unwrap();
     let got = read_all(&second);
     assert!(got == as_presented(&got, want), "read from the disk cache");
 }
@@ -396,7 +408,7 @@ fn a_misnamed_file_is_an_error_naming_it() {
             whole_file_max: whole,
             ..Options::default()
         };
-        let err = Db::open(replica, options, Target::Txid(Txid::new(14)))
+        let err = Db::open(replica, options, RestorePoint::Txid(Txid::new(14)))
             .err()
             .expect("a misnamed file is refused");
         let text = err.to_string();
@@ -429,7 +441,7 @@ fn a_file_hydration_finds_corrupt_is_not_served() {
         hydrate_dir: Some(local.path().to_owned()),
         ..Options::default()
     };
-    let db = Db::open(replica, options, Target::Latest).unwrap();
+    let db = Db::open(replica, options, RestorePoint::Latest).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let err = loop {
         db.set_lock(1).unwrap();
@@ -450,21 +462,4 @@ fn a_file_hydration_finds_corrupt_is_not_served() {
         text.contains("is corrupt") && text.contains("0000000000000001-0000000000000010"),
         "{text}"
     );
-}
-
-fn fixture_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/litestream-0.5.17/replica")
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -3,23 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use strata::ltx::Txid;
-use strata::restore::{NoProgress, RestoreOptions, Target, restore};
+use strata::restore::RestorePoint;
 use strata::storage::{Replica, ReplicaUrl};
 
-/// The repository's `testdata/` directory.
-pub fn testdata(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(rel)
-}
-
-/// The Litestream 0.5.17 replica fixture's directory.
-pub fn fixture_dir() -> PathBuf {
-    testdata("litestream-0.5.17/replica")
-}
+// Each test binary uses its own share of these.
+#[allow(unused_imports)]
+pub use strata::test_support::{copy_dir, fixture_dir, s3_url, testdata};
 
 /// Every TXID the fixture restores to.
 pub const FIXTURE_TXIDS: std::ops::RangeInclusive<u64> = 1..=16;
@@ -27,16 +18,10 @@ pub const FIXTURE_TXIDS: std::ops::RangeInclusive<u64> = 1..=16;
 /// `url` restored at `txid` (or the newest) into `out`, with strata's restore.
 pub fn restore_at(url: &str, txid: Option<u64>, out: &Path) {
     let replica = Replica::open(&ReplicaUrl::parse(url).unwrap()).unwrap();
-    let target = txid.map_or(Target::Latest, |t| Target::Txid(Txid::new(t)));
+    let target = txid.map_or(RestorePoint::Latest, |t| RestorePoint::Txid(Txid::new(t)));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(restore(
-        &replica,
-        target,
-        out,
-        &RestoreOptions::default(),
-        Arc::new(NoProgress),
-    ))
-    .unwrap();
+    rt.block_on(strata::test_support::restore_to(&replica, target, out))
+        .unwrap();
 }
 
 /// The loadable extension: `STRATA_VFS_EXTENSION` (scripts/test builds it on its own, so it
@@ -133,34 +118,4 @@ pub fn dump_conn(conn: &rusqlite::Connection) -> String {
         }
     }
     out
-}
-
-/// A prefix in a new bucket on the test S3 server (moto_server, which `scripts/test`
-/// starts and names in `STRATA_TEST_S3_ENDPOINT`), as a Litestream-style URL.
-pub fn s3_url(prefix: &str) -> String {
-    use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let endpoint = std::env::var("STRATA_TEST_S3_ENDPOINT")
-        .expect("STRATA_TEST_S3_ENDPOINT is not set: run the tests with scripts/test");
-    let bucket = format!(
-        "vfs-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    // moto takes unsigned requests: one plain PUT makes the bucket.
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    write!(
-        s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "creating {bucket}: {response}"
-    );
-    format!("s3://{bucket}/{prefix}?endpoint={endpoint}&region=us-east-1&forcePathStyle=true")
 }

@@ -1,5 +1,6 @@
-//! Restore planning: the fewest files that take a database from a starting TXID (0 for
-//! nothing) to a target TXID.
+//! The history planner: the fewest files that take a database from a starting TXID (0 for
+//! nothing) to a target TXID. Restore applies a plan; compaction and retention keep what
+//! plans need; the VFS serves pages from one.
 
 use std::collections::HashMap;
 

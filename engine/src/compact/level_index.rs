@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ltx::Txid;
 
-use super::layout::Level;
-use super::replica::FileInfo;
+use crate::storage::{FileInfo, Level};
 
 /// One file in the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Indexed {
+pub struct IndexedFile {
     /// The file.
     pub file: FileInfo,
     /// When this process first saw it (wrote or listed it): retention's grace period counts
@@ -26,7 +25,7 @@ pub struct Indexed {
 /// The files of every level, each level ordered by (max TXID, min TXID).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LevelIndex {
-    levels: [Vec<Indexed>; 10],
+    levels: [Vec<IndexedFile>; 10],
     /// Files being written by this process and not yet indexed: a listing that finds one
     /// has found this process's file, not another writer's.
     pending: Vec<(Level, ltx::TxidRange)>,
@@ -50,7 +49,7 @@ impl LevelIndex {
     }
 
     /// The files of `level`, by max TXID.
-    pub fn level(&self, level: Level) -> &[Indexed] {
+    pub fn level(&self, level: Level) -> &[IndexedFile] {
         &self.levels[level.get() as usize]
     }
 
@@ -127,7 +126,7 @@ impl LevelIndex {
         let level = &mut self.levels[file.level.get() as usize];
         match found {
             Ok(at) => level[at].file = file,
-            Err(at) => level.insert(at, Indexed { file, seen: now }),
+            Err(at) => level.insert(at, IndexedFile { file, seen: now }),
         }
     }
 

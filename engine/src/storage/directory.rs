@@ -1,0 +1,261 @@
+//! A replica in a directory of this machine: Litestream's `file` replica.
+//!
+//! Listing and deleting go through `object_store`'s `LocalFileSystem`; reads are positional
+//! reads on a blocking thread, and a file to upload is hard-linked into place (on the same
+//! filesystem nothing is copied at all). File times are set to the LTX header's timestamp,
+//! as Litestream sets them.
+
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::backend::{Backend, Body, Capabilities, Listed};
+use super::error::BackendError;
+use super::error::ErrorKind;
+use super::multipart::UploadLimits;
+
+/// A replica directory.
+#[derive(Debug)]
+pub struct Directory {
+    root: PathBuf,
+    files: LocalFileSystem,
+}
+
+impl Directory {
+    /// The directory at `root`, which must exist (its canonical path, so that a link or a
+    /// relative path resolves once).
+    pub fn new(root: &FsPath) -> Result<Directory, BackendError> {
+        let root = std::fs::canonicalize(root).map_err(|e| {
+            BackendError::new(
+                ErrorKind::Other,
+                format!("cannot resolve {}: {e}", root.display()),
+            )
+        })?;
+        let files = LocalFileSystem::new_with_prefix(&root)?;
+        Ok(Directory { root, files })
+    }
+
+    fn local(&self, path: &Path) -> PathBuf {
+        self.root.join(path.as_ref())
+    }
+}
+
+/// Runs file system work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(BackendError::new(
+            ErrorKind::Other,
+            format!("file system task failed: {e}"),
+        ))
+    })
+}
+
+/// Sets a file's modification time; a failure is only worth a warning (the bytes are safe,
+/// only Litestream's view of the file's age is off).
+fn set_time(file: &FsPath, timestamp: jiff::Timestamp) {
+    let set = std::fs::File::options()
+        .write(true)
+        .open(file)
+        .and_then(|f| f.set_modified(timestamp.into()));
+    if let Err(e) = set {
+        tracing::warn!(path = %file.display(), error = %e, "cannot set the file time to the LTX timestamp");
+    }
+}
+
+/// Hard-links `from` to `to`, which must not exist: only a link that found the name taken
+/// means the file exists; any other failure is a failed write.
+fn link(from: &FsPath, to: &FsPath) -> Result<(), BackendError> {
+    std::fs::hard_link(from, to).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            e.into()
+        } else {
+            other(e)
+        }
+    })
+}
+
+fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Links (or, across filesystems, copies then links) `source` to `dest`; returns its size.
+fn link_into_place(
+    source: &FsPath,
+    dest: &FsPath,
+    timestamp: jiff::Timestamp,
+) -> Result<u64, BackendError> {
+    let dir = dest.parent().expect("level directories have a parent");
+    std::fs::create_dir_all(dir).map_err(other)?;
+    std::fs::File::options()
+        .write(true)
+        .open(source)
+        .and_then(|f| f.set_modified(timestamp.into()))
+        .map_err(|e| other(e).at(source.display()))?;
+    match std::fs::hard_link(source, dest) {
+        Ok(()) => {
+            sync_dir(dir).map_err(other)?;
+            return std::fs::metadata(dest).map(|m| m.len()).map_err(other);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+        Err(e) => return Err(other(e)),
+    }
+    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    let size = std::fs::copy(source, &tmp).map_err(other)?;
+    let linked = std::fs::File::open(&tmp)
+        .and_then(|f| {
+            f.sync_all()?;
+            f.set_modified(timestamp.into())
+        })
+        .map_err(other)
+        .and_then(|()| link(&tmp, dest));
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    sync_dir(dir).map_err(other)?;
+    Ok(size)
+}
+
+/// A failure that is neither a missing file nor a taken name.
+fn other(e: std::io::Error) -> BackendError {
+    let mut e = BackendError::from(e);
+    e.kind = ErrorKind::Other;
+    e
+}
+
+#[async_trait]
+impl Backend for Directory {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            networked: false,
+            reads_into_buffers: true,
+        }
+    }
+
+    fn list(
+        &self,
+        prefix: &Path,
+        after: Option<&Path>,
+    ) -> BoxStream<'static, Result<Listed, BackendError>> {
+        let metas = match after {
+            Some(after) => self.files.list_with_offset(Some(prefix), after),
+            None => self.files.list(Some(prefix)),
+        };
+        metas
+            .map(|m| {
+                let m = m?;
+                Ok(Listed {
+                    path: m.location,
+                    size: m.size,
+                    modified: jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                })
+            })
+            .boxed()
+    }
+
+    async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, BackendError> {
+        let listing = self.files.list_with_delimiter(Some(prefix)).await?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Body, BackendError> {
+        let local = self.local(path);
+        let bytes = blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&local)?;
+            let size = file.metadata()?.len();
+            let range = range.unwrap_or(0..size);
+            let end = range.end.min(size);
+            let mut buf = vec![0u8; end.saturating_sub(range.start) as usize];
+            file.read_exact_at(&mut buf, range.start)?;
+            Ok(Bytes::from(buf))
+        })
+        .await?;
+        Ok(futures::stream::once(async move { Ok(bytes) }).boxed())
+    }
+
+    async fn read_into(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, BackendError> {
+        let local = self.local(path);
+        blocking(move || {
+            use std::os::unix::fs::FileExt;
+            // Growing only zero-fills the new part; a recycled buffer is not zeroed again.
+            buf.resize((range.end - range.start) as usize, 0);
+            std::fs::File::open(&local)?.read_exact_at(&mut buf, range.start)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool, BackendError> {
+        match self.files.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        timestamp: jiff::Timestamp,
+    ) -> Result<(), BackendError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.files
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await?;
+        let local = self.local(path);
+        blocking(move || {
+            set_time(&local, timestamp);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_from_file(
+        &self,
+        path: &Path,
+        source: &FsPath,
+        timestamp: jiff::Timestamp,
+        _limits: UploadLimits,
+    ) -> Result<u64, BackendError> {
+        let (source, dest) = (source.to_owned(), self.local(path));
+        blocking(move || link_into_place(&source, &dest, timestamp)).await
+    }
+
+    async fn delete(&self, paths: Vec<Path>) -> Result<(), BackendError> {
+        let results: Vec<_> = self
+            .files
+            .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -300,7 +300,7 @@ async fn an_unreachable_endpoint_fails_fast_and_says_where() {
     );
     let text = err.to_string();
     assert!(
-        matches!(err, RestoreError::Storage(ref e) if e.kind == strata::storage::ErrorKind::Unavailable),
+        matches!(err, RestoreError::Storage(ref e) if e.kind() == strata::storage::ErrorKind::Unavailable),
         "{text}"
     );
     assert!(

@@ -519,7 +519,7 @@ async fn a_broken_body_is_an_error_and_one_request() {
     faults.inject("0000000000000001", Fault::BreakGetAfter(100), 1);
     let before = replica.requests();
     let err = replica.read(&file).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("injected fault"), "{err}");
     assert_eq!(replica.requests().get - before.get, 1);
     assert_eq!(

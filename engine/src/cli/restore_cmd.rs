@@ -93,7 +93,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let replica = match Replica::open(&url) {
-        Err(e) if args.if_replica_exists && e.kind == strata::storage::ErrorKind::NotFound => {
+        Err(e) if args.if_replica_exists && e.kind() == strata::storage::ErrorKind::NotFound => {
             println!("no replica at {url}: nothing restored");
             return Ok(ExitCode::SUCCESS);
         }

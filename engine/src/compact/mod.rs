@@ -130,7 +130,7 @@ impl CompactError {
     fn is_bad_data(&self) -> bool {
         match self {
             CompactError::Ltx(_) => true,
-            CompactError::Storage(e) => e.kind == crate::storage::ErrorKind::InvalidData,
+            CompactError::Storage(e) => e.kind() == crate::storage::ErrorKind::InvalidData,
             _ => false,
         }
     }

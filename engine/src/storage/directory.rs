@@ -126,9 +126,7 @@ fn link_into_place(
 
 /// A failure that is neither a missing file nor a taken name.
 fn other(e: std::io::Error) -> BackendError {
-    let mut e = BackendError::from(e);
-    e.kind = ErrorKind::Other;
-    e
+    BackendError::from(e).of_kind(ErrorKind::Other)
 }
 
 #[async_trait]

@@ -50,12 +50,12 @@ pub enum ErrorKind {
 #[derive(Debug)]
 pub struct BackendError {
     /// What went wrong.
-    pub kind: ErrorKind,
+    kind: ErrorKind,
     /// One line for a user.
-    pub message: String,
+    message: String,
     /// The object or file the failure was at, when not the one asked for (an upload's
     /// scratch object, the local file being uploaded).
-    pub at: Option<String>,
+    at: Option<String>,
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -74,6 +74,17 @@ impl BackendError {
     pub fn at(mut self, at: impl fmt::Display) -> BackendError {
         self.at = Some(at.to_string());
         self
+    }
+
+    /// The same error, of another kind.
+    pub fn of_kind(mut self, kind: ErrorKind) -> BackendError {
+        self.kind = kind;
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     /// The error this one was made from, if any.
@@ -129,13 +140,13 @@ impl From<std::io::Error> for BackendError {
 #[derive(Debug)]
 pub struct StorageError {
     /// The replica the request went to (its URL, credentials never included).
-    pub backend: String,
+    backend: String,
     /// The request.
-    pub operation: Operation,
+    operation: Operation,
     /// The object or prefix, relative to the backend.
-    pub path: String,
+    path: String,
     /// What went wrong.
-    pub kind: ErrorKind,
+    kind: ErrorKind,
     message: String,
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -203,6 +214,26 @@ impl StorageError {
             message,
             cause: e.into_cause(),
         }
+    }
+
+    /// The replica the request went to (its URL, credentials never included).
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The request.
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+
+    /// The object or prefix, relative to the replica.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     /// The underlying error, when the store returned one.

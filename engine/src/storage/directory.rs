@@ -1,12 +1,15 @@
 //! A replica in a directory of this machine: Litestream's `file` replica.
 //!
-//! Listing and deleting go through `object_store`'s `LocalFileSystem`; reads are positional
-//! reads on a blocking thread, and a file to upload is hard-linked into place (on the same
-//! filesystem nothing is copied at all). File times are set to the LTX header's timestamp,
-//! as Litestream sets them.
+//! A directory is an object store (`object_store`'s `LocalFileSystem`, through the object
+//! backend) for listing, checking, creating and deleting; what a file system does better is
+//! done here: reads are positional reads on a blocking thread, a file to upload is
+//! hard-linked into place (on the same filesystem nothing is copied at all), and file times
+//! are set to the LTX header's timestamp, as Litestream sets them.
 
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,18 +17,19 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::backend::{Backend, Body, Capabilities, Listed};
 use super::error::BackendError;
 use super::error::ErrorKind;
 use super::multipart::UploadLimits;
+use super::object::ObjectBackend;
 
 /// A replica directory.
 #[derive(Debug)]
 pub struct Directory {
     root: PathBuf,
-    files: LocalFileSystem,
+    /// The directory as an object store.
+    files: ObjectBackend,
 }
 
 impl Directory {
@@ -39,6 +43,7 @@ impl Directory {
             )
         })?;
         let files = LocalFileSystem::new_with_prefix(&root)?;
+        let files = ObjectBackend::new(Arc::new(files), Path::default());
         Ok(Directory { root, files })
     }
 
@@ -143,30 +148,11 @@ impl Backend for Directory {
         prefix: &Path,
         after: Option<&Path>,
     ) -> BoxStream<'static, Result<Listed, BackendError>> {
-        let metas = match after {
-            Some(after) => self.files.list_with_offset(Some(prefix), after),
-            None => self.files.list(Some(prefix)),
-        };
-        metas
-            .map(|m| {
-                let m = m?;
-                Ok(Listed {
-                    path: m.location,
-                    size: m.size,
-                    modified: jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
-                        .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-                })
-            })
-            .boxed()
+        self.files.list(prefix, after)
     }
 
     async fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, BackendError> {
-        let listing = self.files.list_with_delimiter(Some(prefix)).await?;
-        Ok(listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_owned))
-            .collect())
+        self.files.list_dirs(prefix).await
     }
 
     async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Body, BackendError> {
@@ -203,11 +189,7 @@ impl Backend for Directory {
     }
 
     async fn exists(&self, path: &Path) -> Result<bool, BackendError> {
-        match self.files.head(path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.files.exists(path).await
     }
 
     async fn create(
@@ -216,13 +198,7 @@ impl Backend for Directory {
         bytes: Bytes,
         timestamp: jiff::Timestamp,
     ) -> Result<(), BackendError> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        self.files
-            .put_opts(path, PutPayload::from(bytes), opts)
-            .await?;
+        self.files.create(path, bytes, timestamp).await?;
         let local = self.local(path);
         blocking(move || {
             set_time(&local, timestamp);
@@ -243,17 +219,6 @@ impl Backend for Directory {
     }
 
     async fn delete(&self, paths: Vec<Path>) -> Result<(), BackendError> {
-        let results: Vec<_> = self
-            .files
-            .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed())
-            .collect()
-            .await;
-        for r in results {
-            match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        self.files.delete(paths).await
     }
 }

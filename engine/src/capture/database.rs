@@ -253,12 +253,20 @@ impl Capture {
             .is_ok_and(|now| self.following_checkpoint(&now))
     }
 
-    /// Moves the read transaction to where the log stands now (see [`Sqlite::hand_off`]).
-    /// Only after everything committed is staged: the log may restart once it is let go.
-    pub(super) fn hand_off(&mut self) -> Result<(), CaptureError> {
+    /// Moves the read transaction to where the log stands now. The new one is taken before
+    /// the old one goes, and everything committed up to it is staged in between (see
+    /// [`Sqlite::begin_next`]): frames committed after the last sync are never left
+    /// behind a read transaction that no longer keeps the log from restarting over them.
+    pub(super) fn hand_off(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<(), CaptureError> {
         let before = self.syncer.log_state().ok();
-        self.sqlite.hand_off().map_err(|e| self.sql_err(e))?;
+        self.sqlite.begin_next().map_err(|e| self.sql_err(e))?;
         let after = self.syncer.log_state().ok();
+        if let Err(e) = self.stage_committed(report) {
+            // The old read transaction still holds what was not staged.
+            let _ = self.sqlite.abandon_next();
+            return Err(e);
+        }
+        self.sqlite.end_previous().map_err(|e| self.sql_err(e))?;
         self.held = before.filter(|_| before == after);
         if let Some(now) = after {
             let marks = (now.backfill_attempted, now.backfilled);
@@ -278,7 +286,7 @@ impl Capture {
         if files > 0 {
             tracing::debug!(db = %self.syncer.db_path().display(), files, ms = started.elapsed().as_millis(), "synced");
         }
-        self.hand_off()?;
+        self.hand_off(report)?;
         if let Some(mode) = self.checkpoint_due()? {
             self.checkpoint(mode, report)?;
         }
@@ -295,8 +303,13 @@ impl Capture {
         // checkpoint), the log may have restarted in between: the position is no longer live.
         if !self.sqlite.is_holding() {
             self.syncer.live = false;
-            self.hand_off()?;
+            self.hand_off(report)?;
         }
+        self.stage_committed(report)
+    }
+
+    /// The syncs of [`Capture::sync_all`], under the read transaction held.
+    fn stage_committed(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<usize, CaptureError> {
         let mut files = 0;
         loop {
             let synced = self.syncer.sync()?;
@@ -365,7 +378,7 @@ impl Capture {
         // The read transaction leaves the log if the passive checkpoint copied all of it
         // back, so that an application's RESTART starting now does not wait on it while
         // strata waits for the write lock.
-        self.hand_off()?;
+        self.hand_off(report)?;
         let started = Instant::now();
         if !self.sqlite.lock_writes().map_err(|e| self.sql_err(e))? {
             tracing::debug!(db = %self.syncer.db_path().display(), "checkpoint skipped: writers busy");
@@ -376,7 +389,7 @@ impl Capture {
             self.sqlite.release().map_err(|e| self.sql_err(e))?;
             // The read transaction is taken again even if the checkpoint failed.
             let passive = self.sqlite.checkpoint(Mode::Passive);
-            let held = self.hand_off();
+            let held = self.hand_off(report);
             if held.is_err() {
                 self.syncer.live = false;
             }
@@ -444,5 +457,95 @@ impl Closed {
         capture.syncer.rebase = true;
         capture.syncer.full_copy = self.full_copy.clone();
         Ok(capture)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use rusqlite::Connection;
+
+    use super::*;
+
+    /// The staged L0 files applied in TXID order: the database they restore to.
+    fn staged_image(staging: &Staging) -> Vec<u8> {
+        let mut image = Cursor::new(Vec::new());
+        for range in staging.staged().unwrap() {
+            let file = std::fs::File::open(staging.path(range)).unwrap();
+            let decoder = ltx::Decoder::new(file).unwrap();
+            ltx::apply(decoder, &mut image, ltx::ApplyChecks::FileOnly).unwrap();
+        }
+        image.into_inner()
+    }
+
+    /// What `checkpoint` did between its first passive checkpoint and taking the write
+    /// lock: a transaction committed after the tick's sync, the read transaction moved
+    /// past it, a checkpoint copied it back, the read transaction moved again (now reading
+    /// the database alone), and the next writer restarted the log over it. Each move must
+    /// stage what the new read transaction sees before the old one goes.
+    #[test]
+    fn frames_committed_after_a_sync_are_staged_before_the_read_transaction_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let writer = Connection::open(&db).unwrap();
+        writer.pragma_update(None, "journal_mode", "wal").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let insert = |n: usize| {
+            for _ in 0..n {
+                writer
+                    .execute("INSERT INTO t (v) VALUES (randomblob(3000))", [])
+                    .unwrap();
+            }
+        };
+        insert(5);
+        let staging = Staging::open(&db).unwrap();
+        let mut capture = Capture::open(
+            &db,
+            staging.clone(),
+            Txid::ZERO,
+            Txid::ZERO,
+            CaptureOptions::default(),
+        )
+        .unwrap();
+        let mut report = |_: &Synced| {};
+        capture.sync_all(&mut report).unwrap();
+        capture.hand_off(&mut report).unwrap();
+
+        // Rewrites pages the database already had (new pages would be read back from the
+        // database file, and hide the loss).
+        writer
+            .execute("UPDATE t SET v = randomblob(3000) WHERE k <= 3", [])
+            .unwrap();
+        capture.hand_off(&mut report).unwrap();
+        let (_, log, checkpointed): (i64, i64, i64) = writer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(log, checkpointed, "the whole log is copied back");
+        capture.hand_off(&mut report).unwrap();
+        // This writer finds the log copied back and no reader in it: it restarts the log.
+        insert(1);
+        capture.sync_all(&mut report).unwrap();
+
+        // The database as SQLite reads it (its pages through the pager, WAL included).
+        let mut pages = writer
+            .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+            .unwrap();
+        let source: Vec<u8> = pages
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .flat_map(Result::unwrap)
+            .collect();
+        let staged = staged_image(&staging);
+        assert_eq!(staged.len(), source.len());
+        assert!(
+            staged == source,
+            "the staged files restore to a state the database never had"
+        );
     }
 }

@@ -9,7 +9,10 @@
 //! backfilled. So while strata holds some read transaction, the log can only restart (or be
 //! truncated) once every frame in it has been written back, and the frames strata has not
 //! copied yet stay in the log. Handing the read transaction from one connection to another
-//! keeps one held at every moment.
+//! keeps one held at every moment, and the old one goes only once everything the new one
+//! sees is staged: a reader taken after a checkpoint copied the whole log back reads the
+//! database alone (mark 0), which keeps the next writer from restarting the log over
+//! nothing, staged or not.
 
 use std::path::Path;
 use std::time::Duration;
@@ -43,6 +46,8 @@ pub(super) struct Sqlite {
     readers: [Connection; 2],
     /// Which reader holds it, if any.
     holding: Option<usize>,
+    /// The reader that held it before, while the capture stages what `holding` sees.
+    previous: Option<usize>,
     /// Takes the write lock (a write transaction it never commits) around checkpoints.
     /// Opened with the others, at start: opening it (or the checkpointer) later, while
     /// writers were busy, left them locked out for over 30 s under load in the end-to-end
@@ -78,6 +83,7 @@ impl Sqlite {
         let mut sqlite = Sqlite {
             readers: [open()?, open()?],
             holding: None,
+            previous: None,
             lock,
             checkpointer: open()?,
         };
@@ -91,12 +97,42 @@ impl Sqlite {
     }
 
     /// Starts a read transaction on the idle reader, then ends the one held before: at no
-    /// moment is none held, so the log cannot restart unless everything in it was copied.
+    /// moment is none held. Only where nothing can be committed that is not staged (at
+    /// open, or with writes locked out); otherwise see [`Sqlite::begin_next`].
     pub(super) fn hand_off(&mut self) -> rusqlite::Result<()> {
+        self.begin_next()?;
+        self.end_previous()
+    }
+
+    /// Starts a read transaction on the idle reader and keeps the one held before until
+    /// [`Sqlite::end_previous`] (or [`Sqlite::abandon_next`]): in between, the capture
+    /// stages what the new one sees. The old one is what keeps those frames in the log:
+    /// let go first, the new one may read the database alone (a checkpoint copied the
+    /// frames back), and such a reader does not keep the next writer from restarting
+    /// the log over frames never staged.
+    pub(super) fn begin_next(&mut self) -> rusqlite::Result<()> {
+        self.end_previous()?;
         let next = self.holding.map_or(0, |i| 1 - i);
         begin_read(&self.readers[next])?;
-        if let Some(prev) = self.holding.replace(next) {
+        self.previous = self.holding.replace(next);
+        Ok(())
+    }
+
+    /// Ends the read transaction held before the last [`Sqlite::begin_next`].
+    pub(super) fn end_previous(&mut self) -> rusqlite::Result<()> {
+        if let Some(prev) = self.previous.take() {
             self.readers[prev].execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Ends the read transaction the last [`Sqlite::begin_next`] took, holding on to the
+    /// one before (staging what it saw failed).
+    pub(super) fn abandon_next(&mut self) -> rusqlite::Result<()> {
+        if let Some(prev) = self.previous.take()
+            && let Some(next) = self.holding.replace(prev)
+        {
+            self.readers[next].execute_batch("COMMIT")?;
         }
         Ok(())
     }
@@ -108,6 +144,7 @@ impl Sqlite {
 
     /// Ends the read transaction (for a checkpoint that must copy everything).
     pub(super) fn release(&mut self) -> rusqlite::Result<()> {
+        self.end_previous()?;
         if let Some(i) = self.holding.take() {
             self.readers[i].execute_batch("COMMIT")?;
         }

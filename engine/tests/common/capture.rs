@@ -153,6 +153,17 @@ impl Setup {
             .collect()
     }
 
+    /// Copies the test's directory where it outlives the test (a failure's evidence).
+    pub fn keep_evidence(&self) -> PathBuf {
+        let kept = std::env::temp_dir().join(format!(
+            "strata-evidence-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_millisecond()
+        ));
+        super::copy_dir(&self.dir, &kept);
+        kept
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("strata.log")).unwrap_or_default()
     }
@@ -361,9 +372,14 @@ pub async fn check_history(setup: &Setup) {
     assert_eq!(
         at,
         Some(history.len() - 1),
-        "the latest restore (TXID {:?}) is state {at:?} of {} the source went through; log:\n{}",
+        "the latest restore (TXID {:?}) is state {at:?} of {} the source went through; kept in {}; log:\n{}",
         txids.last(),
         history.len(),
+        if at == Some(history.len() - 1) {
+            String::new()
+        } else {
+            setup.keep_evidence().display().to_string()
+        },
         setup.log()
     );
     assert!(
@@ -397,11 +413,15 @@ fn assert_restored_a_recorded_state(
     out: &Path,
 ) {
     let hash = python(&["hash", out.to_str().unwrap()]);
-    assert!(
-        states.contains(hash.trim()),
-        "TXID {txid} restores to a state the source never had; log:\n{}",
-        setup.log()
-    );
+    if !states.contains(hash.trim()) {
+        panic!(
+            "TXID {txid} restores to a state the source never had; the database, its states, \
+             the restore and a directory replica are kept in {} (replica {}); log:\n{}",
+            setup.keep_evidence().display(),
+            setup.replica_url,
+            setup.log()
+        );
+    }
     std::fs::remove_file(out).unwrap();
 }
 

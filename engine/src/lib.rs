@@ -6,7 +6,9 @@
 //! - [`storage`]: the replica client over any object store, both Litestream layouts;
 //! - [`plan`]: the fewest files of one history that reach a restore point, which restore,
 //!   compaction, retention and the VFS all follow;
-//! - [`restore`]: fetch a plan's files in parallel and apply them.
+//! - [`restore`]: fetch a plan's files in parallel and apply them;
+//! - `follow` (feature `sqlite`): a local database kept at a replica's newest TXID while
+//!   any SQLite reads it.
 
 // What is public is the API: everything else is private to its module or the crate.
 #![warn(unreachable_pub)]
@@ -15,6 +17,8 @@
 pub mod capture;
 pub mod compact;
 pub mod config;
+#[cfg(feature = "sqlite")]
+pub mod follow;
 pub mod plan;
 pub mod restore;
 pub mod storage;

@@ -7,6 +7,11 @@
     workload.py page-size DB SIZE
     workload.py checkpoint DB MODE
     workload.py hash DB
+    workload.py read DB STATES --seconds S
+
+`read` reads a follower's database in read transactions for S seconds (waiting for it to
+appear): each must be a state in STATES (re-read as it grows). It prints how many it read
+and exits 1 naming a state the source never had.
 
 `write` runs random transactions: small inserts, updates and deletes, multi-page and large
 transactions, and now and then a VACUUM or the application's own wal_checkpoint(RESTART) or
@@ -186,6 +191,36 @@ def write(db, states, seconds, seed, orphans=False):
         conn.execute("COMMIT")
 
 
+def read(db, states, seconds):
+    deadline = time.time() + seconds
+    while not os.path.exists(db) and time.time() < deadline:
+        time.sleep(0.05)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    known, reads, distinct = set(), 0, set()
+    while time.time() < deadline:
+        conn.execute("BEGIN")
+        try:
+            digest = content_hash(conn)
+        except sqlite3.OperationalError as e:
+            # The schema appears with the first file applied.
+            conn.execute("ROLLBACK")
+            if "no such table" in str(e):
+                time.sleep(0.01)
+                continue
+            raise
+        conn.execute("COMMIT")
+        if digest not in known:
+            with open(states) as f:
+                known = set(line.strip() for line in f)
+        if digest not in known:
+            print(f"read a state the source never had: {digest}", flush=True)
+            sys.exit(1)
+        reads += 1
+        distinct.add(digest)
+        time.sleep(0.005)
+    print(f"{reads} reads, {len(distinct)} distinct states", flush=True)
+
+
 def main():
     cmd, db = sys.argv[1], sys.argv[2]
     if cmd == "init":
@@ -204,6 +239,9 @@ def main():
         write(db, sys.argv[3], float(args["--seconds"]), int(args["--seed"]), args.get("--orphans") == "1")
     elif cmd == "orphan":
         orphan_frames(connect(db), db, random.Random())
+    elif cmd == "read":
+        args = dict(zip(sys.argv[4::2], sys.argv[5::2]))
+        read(db, sys.argv[3], float(args["--seconds"]))
     elif cmd == "hash":
         print(content_hash(connect(db)))
     else:

@@ -5,6 +5,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -15,6 +16,8 @@ use strata::restore::{
 use strata::storage::{Replica, ReplicaUrl};
 
 use super::{format_bytes, format_time, parse_size, parse_txid};
+use strata::config::parse_interval;
+use strata::follow::{FollowOptions, Follower};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -48,8 +51,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     dry_run: bool,
     /// Replace an existing output database and remove its -wal, -shm and -journal files.
-    #[arg(short, long)]
+    #[arg(long)]
     force: bool,
+    /// Follow mode: after the restore, keep the output at the replica's newest TXID until
+    /// interrupted, each TXID applied as one SQLite transaction, so any SQLite may read
+    /// it meanwhile (Litestream's -f). A follower killed and started again goes on from
+    /// where it was (its position is kept beside the database, in `<output>-follow`).
+    #[arg(short = 'f', long, conflicts_with_all = ["txid", "timestamp", "dry_run"])]
+    follow: bool,
+    /// How often a follower asks the replica for new files (Litestream's -follow-interval).
+    #[arg(long, value_parser = parse_interval, default_value = "1s", requires = "follow")]
+    follow_interval: Duration,
     /// Check the result with SQLite before it replaces the output.
     #[arg(long, value_enum, default_value_t = CheckArg::None)]
     integrity_check: CheckArg,
@@ -112,6 +124,9 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let Some(output) = args.output else {
         bail!("give the output database with -o PATH (or use --dry-run)");
     };
+    if args.follow {
+        return follow(replica, &output, args.force, args.follow_interval).await;
+    }
     let defaults = RestoreOptions::default();
     let options = RestoreOptions {
         concurrency: args.concurrency.map(NonZeroUsize::get),
@@ -172,6 +187,64 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(requests = %s.requests, "restore requests");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `restore --follow`: restores (or reopens) `output`, then follows the replica until a
+/// signal, which exits 0; a failure it cannot go past exits non-zero.
+async fn follow(
+    replica: Replica,
+    output: &std::path::Path,
+    force: bool,
+    interval: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut stop = StopSignals::new()?;
+    let mut options = FollowOptions::default();
+    options.interval = interval;
+    let url = replica.name().to_owned();
+    let follower = tokio::select! {
+        started = Follower::start(replica, output, force, options) => started,
+        (number, name) = stop.next() => {
+            eprintln!("follow stopped by {name} before it started");
+            std::process::exit(128 + number);
+        }
+    }
+    .with_context(|| format!("cannot follow {url} into {}", output.display()))?;
+    let status = follower.status();
+    println!(
+        "following {url} into {} from TXID {} ({}), every {}",
+        output.display(),
+        status.txid,
+        if follower.restored() {
+            "restored"
+        } else {
+            "its saved position"
+        },
+        format_interval(interval)
+    );
+    let mut watch = follower.watch();
+    let stopped_by = loop {
+        tokio::select! {
+            signal = stop.next() => break Some(signal),
+            changed = watch.changed() => {
+                if changed.is_err() || watch.borrow().stopped {
+                    break None;
+                }
+            }
+        }
+    };
+    let last = follower.status();
+    let result = follower.stop().await;
+    match (stopped_by, result) {
+        (_, Err(e)) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("following {url} stopped at TXID {}", last.txid)))
+        }
+        (Some((_, name)), Ok(())) => {
+            println!("stopped by {name} at TXID {}", last.txid);
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, Ok(())) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// The signals that stop a restore: SIGINT, SIGTERM and SIGHUP.
@@ -299,5 +372,14 @@ impl Progress for Bar {
     }
     fn replanned(&self, reason: &str) {
         self.0.println(format!("re-planning: {reason}"));
+    }
+}
+
+/// A duration as the flag took it: `1s`, `250ms`.
+fn format_interval(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use ltx::{CompactOptions, Decoder, Header, PageEncoding};
-use tokio::runtime::Handle;
 
 use super::CompactError;
-use crate::storage::{FileInfo, Replica};
+use crate::storage::{ChunkedReader, FileInfo, Replica};
 
 /// The largest read one input makes at a time.
 const MAX_CHUNK: u64 = 1 << 20;
@@ -91,16 +90,11 @@ pub(super) async fn merge(
         }
         let first = first?;
         read.fetch_add(first.len() as u64, Ordering::Relaxed);
-        readers.push(Input::Remote(RemoteInput {
-            replica: replica.clone(),
-            file: file.clone(),
-            handle: Handle::current(),
-            offset: first.len() as u64,
-            buf: first,
-            pos: 0,
-            chunk,
-            read: read.clone(),
-        }));
+        readers.push(Input::Remote(
+            ChunkedReader::new(replica.clone(), file.clone(), chunk)
+                .with_prefetched(first)
+                .counting(read.clone()),
+        ));
     }
     std::fs::create_dir_all(scratch).map_err(|error| CompactError::Scratch {
         path: scratch.to_owned(),
@@ -182,16 +176,11 @@ async fn check_input(input: Input) -> Option<String> {
 
 /// Whether `file` in the replica decodes to its end; `None` if it does or could not be read.
 pub(super) async fn verify_file(replica: &Replica, file: &FileInfo) -> Option<String> {
-    check_input(Input::Remote(RemoteInput {
-        replica: replica.clone(),
-        file: file.clone(),
-        handle: Handle::current(),
-        buf: Vec::new(),
-        pos: 0,
-        offset: 0,
-        chunk: MAX_CHUNK,
-        read: Arc::new(AtomicU64::new(0)),
-    }))
+    check_input(Input::Remote(ChunkedReader::new(
+        replica.clone(),
+        file.clone(),
+        MAX_CHUNK,
+    )))
     .await
 }
 
@@ -262,14 +251,14 @@ enum Input {
         file: FileInfo,
         reader: std::io::BufReader<File>,
     },
-    Remote(RemoteInput),
+    Remote(ChunkedReader),
 }
 
 impl Input {
     fn file(&self) -> &FileInfo {
         match self {
             Input::Local { file, .. } => file,
-            Input::Remote(r) => &r.file,
+            Input::Remote(r) => r.file(),
         }
     }
 }
@@ -296,50 +285,5 @@ impl Read for Input {
             Input::Local { reader, .. } => reader.read(out),
             Input::Remote(r) => r.read(out),
         }
-    }
-}
-
-/// One input file read in chunks with ranged reads (each resumed if its body breaks, see
-/// [`Replica::read_range`]), from a blocking thread.
-struct RemoteInput {
-    replica: Replica,
-    file: FileInfo,
-    handle: Handle,
-    buf: Vec<u8>,
-    pos: usize,
-    /// Where the next read starts.
-    offset: u64,
-    chunk: u64,
-    read: Arc<AtomicU64>,
-}
-
-impl BufRead for RemoteInput {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if self.pos == self.buf.len() && self.offset < self.file.size {
-            let end = (self.offset + self.chunk).min(self.file.size);
-            let buf = std::mem::take(&mut self.buf);
-            let fetch = self
-                .replica
-                .read_range_into(&self.file, self.offset..end, buf);
-            self.buf = self.handle.block_on(fetch).map_err(io::Error::other)?;
-            self.read.fetch_add(end - self.offset, Ordering::Relaxed);
-            self.pos = 0;
-            self.offset = end;
-        }
-        Ok(&self.buf[self.pos..])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.buf.len());
-    }
-}
-
-impl Read for RemoteInput {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
     }
 }

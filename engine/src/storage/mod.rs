@@ -9,6 +9,7 @@
 #[cfg(feature = "s3")]
 mod aws_profile;
 mod backend;
+mod chunked_reader;
 mod counting;
 mod directory;
 mod error;
@@ -25,6 +26,7 @@ mod replica;
 mod url;
 
 pub use backend::{Backend, Body, Capabilities, Listed};
+pub use chunked_reader::ChunkedReader;
 pub use counting::{Counting, RequestCounter, RequestCounts};
 pub use directory::Directory;
 pub use error::{BackendError, ErrorKind, Operation, StorageError};

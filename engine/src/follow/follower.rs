@@ -1,0 +1,493 @@
+//! The follower: makes or reopens the local database, then polls the replica and applies
+//! what is new until stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ltx::{Header, Txid};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::local::LocalDb;
+use super::position::{self, Position};
+use super::{FollowError, FollowOptions, FollowStatus};
+use crate::plan::{PlanError, plan_files};
+use crate::restore::{self, NoProgress, RestoreError, RestoreOptions, RestorePoint};
+use crate::storage::{ChunkedReader, FileInfo, Level, Replica};
+
+/// Bytes read from the replica at a time while applying a file: a follower's memory
+/// stays near this whatever the files' sizes.
+const CHUNK: u64 = 1 << 20;
+
+/// A local database following a replica, on a task of its own.
+#[derive(Debug)]
+pub struct Follower {
+    status: watch::Receiver<FollowStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), FollowError>>,
+    path: PathBuf,
+    restored: bool,
+}
+
+impl Follower {
+    /// Starts following `replica` into the database at `db`: restores it first if it does
+    /// not exist (waiting for the replica's first file if it holds none yet); goes on from
+    /// its position if a follower made it. `force` replaces a database that is there but
+    /// was not made by a follower.
+    pub async fn start(
+        replica: Replica,
+        db: &Path,
+        force: bool,
+        options: FollowOptions,
+    ) -> Result<Follower, FollowError> {
+        let (local, position, restored) = prepare(&replica, db, force, options.interval).await?;
+        let status = FollowStatus {
+            txid: position.txid,
+            newest: position.newest.max(position.txid),
+            history: position.history,
+            ..FollowStatus::default()
+        };
+        let (status_tx, status) = watch::channel(status);
+        let (stop, stopped) = watch::channel(false);
+        let run = Run {
+            replica,
+            path: db.to_owned(),
+            local: Some(local),
+            position,
+            options,
+            status: status_tx,
+            stopped,
+            idle_polls: 0,
+        };
+        let task = tokio::spawn(run.run());
+        Ok(Follower {
+            status,
+            stop,
+            task,
+            path: db.to_owned(),
+            restored,
+        })
+    }
+
+    /// Whether `start` restored the database (else it went on from its saved position).
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    /// The local database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the follower stands now.
+    pub fn status(&self) -> FollowStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every change of status.
+    pub fn watch(&self) -> watch::Receiver<FollowStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the local database holds `txid` (or a later one): an application that
+    /// wrote through the primary and got its TXID back reads its own write here after
+    /// this. Returns the status then; an error if the follower stopped first.
+    pub async fn wait_for(&self, txid: Txid) -> Result<FollowStatus, FollowError> {
+        let mut rx = self.status.clone();
+        let status = rx
+            .wait_for(|s| s.txid >= txid || s.stopped)
+            .await
+            .map_err(|_| FollowError::Panicked("the follower's task is gone".to_owned()))?
+            .clone();
+        if status.txid >= txid {
+            Ok(status)
+        } else {
+            Err(FollowError::Panicked(format!(
+                "the follower stopped at TXID {} before reaching {txid}{}",
+                status.txid,
+                status.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )))
+        }
+    }
+
+    /// Waits until the follower stops by itself (a failure it cannot go past).
+    pub async fn join(self) -> Result<(), FollowError> {
+        self.task
+            .await
+            .map_err(|e| FollowError::Panicked(e.to_string()))?
+    }
+
+    /// Stops following; the database stays at the last TXID applied.
+    pub async fn stop(self) -> Result<(), FollowError> {
+        let _ = self.stop.send(true);
+        self.join().await
+    }
+}
+
+/// The local database opened, its position, and whether it was restored (because it had
+/// no position).
+async fn prepare(
+    replica: &Replica,
+    db: &Path,
+    force: bool,
+    interval: std::time::Duration,
+) -> Result<(LocalDb, Position, bool), FollowError> {
+    let position_error = |error| FollowError::Position {
+        path: position::path_for(db),
+        error,
+    };
+    let exists = std::fs::symlink_metadata(db).is_ok();
+    let saved = if exists {
+        Position::load(db).map_err(position_error)?
+    } else {
+        None
+    };
+    if let Some(saved) = saved {
+        let path = db.to_owned();
+        let local = tokio::task::spawn_blocking(move || LocalDb::open(&path))
+            .await
+            .map_err(|e| FollowError::Panicked(e.to_string()))??;
+        if local.page_size().get() != saved.page_size {
+            return Err(position_error(std::io::Error::other(format!(
+                "says page size {}, the database has {}",
+                saved.page_size,
+                local.page_size()
+            ))));
+        }
+        tracing::info!(db = %db.display(), txid = %saved.txid, "following on from the saved position");
+        return Ok((local, saved, false));
+    }
+    if exists && !force {
+        return Err(FollowError::NotAFollower {
+            path: db.to_owned(),
+            position: position::path_for(db),
+        });
+    }
+    let mut told = false;
+    let plan = loop {
+        match restore::plan(replica, RestorePoint::Latest).await {
+            Ok(plan) => break plan,
+            // A follower started before its primary's first upload waits for it.
+            Err(RestoreError::Plan(PlanError::Empty)) => {}
+            Err(RestoreError::Storage(e)) if e.is_not_found() => {}
+            Err(error) => {
+                return Err(FollowError::Restore {
+                    path: db.to_owned(),
+                    error: Box::new(error),
+                });
+            }
+        }
+        if !told {
+            tracing::warn!(
+                replica = replica.name(),
+                "the replica holds nothing yet: waiting for its first file"
+            );
+            told = true;
+        }
+        tokio::time::sleep(interval).await;
+    };
+    let history = match plan.files.last() {
+        Some(last) => replica.read_header(last).await?.node_id,
+        None => 0,
+    };
+    let options = RestoreOptions {
+        force,
+        ..RestoreOptions::default()
+    };
+    let summary = restore::restore(
+        replica,
+        RestorePoint::Txid(plan.txid),
+        db,
+        &options,
+        Arc::new(NoProgress),
+    )
+    .await
+    .map_err(|error| FollowError::Restore {
+        path: db.to_owned(),
+        error: Box::new(error),
+    })?;
+    let path = db.to_owned();
+    let local = tokio::task::spawn_blocking(move || LocalDb::open(&path))
+        .await
+        .map_err(|e| FollowError::Panicked(e.to_string()))??;
+    let position = Position {
+        txid: summary.txid,
+        history,
+        page_size: local.page_size().get(),
+        applying: None,
+        newest: summary.txid,
+    };
+    position.save(db).map_err(position_error)?;
+    tracing::info!(db = %db.display(), txid = %summary.txid, "restored; following");
+    Ok((local, position, true))
+}
+
+/// The follower's task.
+struct Run {
+    replica: Replica,
+    path: PathBuf,
+    /// Lent to a blocking thread while a transaction is applied.
+    local: Option<LocalDb>,
+    position: Position,
+    options: FollowOptions,
+    status: watch::Sender<FollowStatus>,
+    stopped: watch::Receiver<bool>,
+    /// Polls in a row that found nothing new.
+    idle_polls: u32,
+}
+
+/// What one poll decided to apply.
+enum Step {
+    /// Nothing new.
+    Nothing,
+    /// These files, each as a transaction of its own.
+    Each(Vec<FileInfo>),
+    /// These files (a plan from the position) as one transaction.
+    All(Vec<FileInfo>),
+    /// The source's history was replaced: rebuild from its newest state.
+    Rebuild(String),
+}
+
+impl Run {
+    async fn run(mut self) -> Result<(), FollowError> {
+        let result = loop {
+            match self.poll().await {
+                Ok(()) => {
+                    self.status.send_modify(|s| s.error = None);
+                }
+                Err(e) if e.is_fatal() => break Err(e),
+                Err(e) => {
+                    tracing::warn!(db = %self.path.display(), error = %e, "following: will try again");
+                    self.status.send_modify(|s| s.error = Some(e.to_string()));
+                }
+            }
+            if *self.stopped.borrow() {
+                break Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.interval) => {}
+                _ = self.stopped.changed() => {}
+            }
+            if *self.stopped.borrow() {
+                break Ok(());
+            }
+        };
+        self.status.send_modify(|s| {
+            s.stopped = true;
+            if let Err(e) = &result {
+                s.error = Some(e.to_string());
+            }
+        });
+        result
+    }
+
+    /// Looks for new files once and applies them. A file of another history than the
+    /// database's means the source's history was replaced: the database is rebuilt.
+    async fn poll(&mut self) -> Result<(), FollowError> {
+        let history = self.position.history;
+        let applied = match self.next_step().await? {
+            Step::Nothing => Ok(()),
+            Step::Each(files) => {
+                let mut applied = Ok(());
+                for file in files {
+                    if *self.stopped.borrow() {
+                        break;
+                    }
+                    applied = self.apply(vec![file], history).await;
+                    if applied.is_err() {
+                        break;
+                    }
+                }
+                applied
+            }
+            Step::All(files) => self.apply(files, history).await,
+            Step::Rebuild(why) => return self.rebuild(why).await,
+        };
+        match applied {
+            Err(FollowError::HistoryChanged {
+                expected,
+                found,
+                file,
+            }) => {
+                self.rebuild(format!(
+                    "{file} is of history {found:016x}, the database of {expected:016x}"
+                ))
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// What to apply next, from one listing of L0 (and of the whole replica when L0 no
+    /// longer continues the position, or every `check_every` idle polls).
+    async fn next_step(&mut self) -> Result<Step, FollowError> {
+        let at = self.position.txid;
+        let l0 = self.replica.list(Level::L0, at.next()).await?;
+        let mut next = at.next();
+        let mut each = Vec::new();
+        for f in &l0 {
+            if f.range.min != next {
+                break;
+            }
+            next = f.range.max.next();
+            each.push(f.clone());
+        }
+        self.seen(l0.iter().map(|f| f.range.max).max());
+        if let Some(applying) = self.position.applying {
+            // Killed while applying: the database is at the position or at `applying`;
+            // one transaction that reaches past both leaves it right either way.
+            if each.last().is_some_and(|f| f.range.max >= applying) {
+                return Ok(Step::All(each));
+            }
+            return self.plan_from_position(Some(applying)).await;
+        }
+        if !each.is_empty() {
+            self.idle_polls = 0;
+            return Ok(Step::Each(each));
+        }
+        if !l0.is_empty() {
+            // L0 goes on beyond the position, but not from it.
+            return self.plan_from_position(None).await;
+        }
+        self.idle_polls += 1;
+        if self.idle_polls < self.options.check_every.max(1) {
+            return Ok(Step::Nothing);
+        }
+        self.idle_polls = 0;
+        self.check_whole_replica().await
+    }
+
+    /// Lists the whole replica: newer files in higher levels are caught up with; a newest
+    /// TXID below the position, or the position's TXID in another history, is a replaced
+    /// history.
+    async fn check_whole_replica(&mut self) -> Result<Step, FollowError> {
+        let files = self.replica.list_all().await?;
+        let Some(newest) = files.iter().max_by_key(|f| (f.range.max, f.range.min)) else {
+            return Ok(Step::Rebuild("the replica is empty".to_owned()));
+        };
+        let at = self.position.txid;
+        self.seen(Some(newest.range.max));
+        if newest.range.max < at {
+            return Ok(Step::Rebuild(format!(
+                "the replica's newest TXID is {}, below the database's {at}",
+                newest.range.max
+            )));
+        }
+        if newest.range.max == at {
+            let found = self.replica.read_header(newest).await?.node_id;
+            let ours = self.position.history;
+            if found != 0 && ours != 0 && found != ours {
+                return Ok(Step::Rebuild(format!(
+                    "{newest} is of history {found:016x}, the database of {ours:016x}"
+                )));
+            }
+            return Ok(Step::Nothing);
+        }
+        self.plan_in(&files, None)
+    }
+
+    async fn plan_from_position(&mut self, reach: Option<Txid>) -> Result<Step, FollowError> {
+        let files = self.replica.list_all().await?;
+        self.seen(files.iter().map(|f| f.range.max).max());
+        self.plan_in(&files, reach)
+    }
+
+    /// The fewest files from the position to the newest TXID (at least `reach`), as one
+    /// transaction; a rebuild if no chain of this history gets there.
+    fn plan_in(&self, files: &[FileInfo], reach: Option<Txid>) -> Result<Step, FollowError> {
+        match plan_files(files, self.position.txid, None, &[]) {
+            Ok(plan) if reach.is_none_or(|r| plan.txid >= r) => Ok(Step::All(plan.files)),
+            Ok(plan) => Ok(Step::Rebuild(format!(
+                "the replica reaches TXID {}, below the {} the database may hold",
+                plan.txid,
+                reach.unwrap_or_default()
+            ))),
+            Err(PlanError::Empty) => Ok(Step::Rebuild("the replica is empty".to_owned())),
+            Err(e @ PlanError::Gap { .. }) | Err(e @ PlanError::NoSnapshot { .. }) => {
+                Ok(Step::Rebuild(e.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Rebuilds the database from the replica's newest state, as one transaction.
+    async fn rebuild(&mut self, why: String) -> Result<(), FollowError> {
+        tracing::warn!(db = %self.path.display(), reason = %why, "the source's history was replaced: rebuilding the database from it");
+        let files = self.replica.list_all().await?;
+        let plan = plan_files(&files, Txid::ZERO, None, &[])?;
+        self.apply(plan.files, 0).await?;
+        self.status.send_modify(|s| s.rebuilds += 1);
+        Ok(())
+    }
+
+    /// Records the newest TXID seen in the source.
+    fn seen(&mut self, newest: Option<Txid>) {
+        if let Some(newest) = newest.filter(|n| *n > self.position.newest) {
+            self.position.newest = newest;
+            self.status.send_modify(|s| s.newest = newest);
+        }
+    }
+
+    /// Applies `files` as one transaction, announcing it in the position first and
+    /// recording it after.
+    async fn apply(&mut self, files: Vec<FileInfo>, history: u64) -> Result<(), FollowError> {
+        let Some(last) = files.last() else {
+            return Ok(());
+        };
+        let target = last.range.max;
+        let position_error = |error| FollowError::Position {
+            path: position::path_for(&self.path),
+            error,
+        };
+        let announced = Position {
+            applying: Some(self.position.applying.map_or(target, |a| a.max(target))),
+            ..self.position
+        };
+        announced.save(&self.path).map_err(position_error)?;
+        self.position = announced;
+
+        let mut local = self
+            .local
+            .take()
+            .ok_or_else(|| FollowError::Panicked("the local database is lent out".to_owned()))?;
+        let replica = self.replica.clone();
+        let handle = tokio::runtime::Handle::current();
+        let applied = tokio::task::spawn_blocking(move || {
+            let _runtime = handle.enter();
+            let mut history = history;
+            let inputs = files.into_iter().map(|f| {
+                let name = f.to_string();
+                (
+                    name,
+                    Ok::<_, FollowError>(ChunkedReader::new(replica.clone(), f, CHUNK)),
+                )
+            });
+            let header = local.apply(inputs, &mut history);
+            (local, header, history)
+        })
+        .await
+        .map_err(|e| FollowError::Panicked(e.to_string()))?;
+        let (local, header, history) = applied;
+        self.local = Some(local);
+        let Some(header): Option<Header> = header? else {
+            return Ok(());
+        };
+        let done = Position {
+            txid: target,
+            history,
+            applying: None,
+            newest: self.position.newest.max(target),
+            ..self.position
+        };
+        done.save(&self.path).map_err(position_error)?;
+        self.position = done;
+        let committed = jiff::Timestamp::from_millisecond(header.timestamp).ok();
+        self.status.send_modify(|s| {
+            s.txid = target;
+            s.history = history;
+            s.newest = s.newest.max(target);
+            s.committed = committed;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,287 @@
+//! Following a replica (`strata restore -f` and the embedded follower): a local database
+//! kept at the replica's newest TXID while other processes read it. Every read transaction
+//! sees a state the source passed through; killed, stopped past L0 retention, or with the
+//! replica's history replaced, the follower ends equal to the source, and never applies one
+//! history's files over another's.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::capture::*;
+use ltx::Txid;
+use strata::follow::{FollowOptions, Follower};
+
+/// `strata restore -f` into `out`, polling every 100 ms; its output appended to
+/// `follow.log`.
+fn spawn_follower(setup: &Setup, out: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.join("follow.log"))
+        .unwrap();
+    Command::new(strata_bin())
+        .args(["restore", "-f", "--follow-interval", "100ms", "-o"])
+        .arg(out)
+        .arg(&setup.replica_url)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// `workload.py read`: read transactions on `out` for `seconds`, each checked against the
+/// states the source passed through.
+fn spawn_reader(setup: &Setup, out: &Path, seconds: f64) -> Child {
+    Command::new("python3")
+        .arg(WORKLOAD)
+        .arg("read")
+        .arg(out)
+        .arg(&setup.states)
+        .args(["--seconds", &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// What a reader said, for a failure message.
+fn said(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The last state the source recorded.
+fn last_state(setup: &Setup) -> String {
+    std::fs::read_to_string(&setup.states)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits until the database at `out` holds the source's last state.
+fn wait_equal(setup: &Setup, out: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want = last_state(setup);
+    loop {
+        let got = python(&["hash", out.to_str().unwrap()]);
+        if got.trim() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the follower never reached the source's last state; follower log:\n{}\nstrata log:\n{}",
+            std::fs::read_to_string(setup.dir.join("follow.log")).unwrap_or_default(),
+            setup.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn options() -> FollowOptions {
+    let mut o = FollowOptions::default();
+    o.interval = Duration::from_millis(100);
+    o.check_every = 3;
+    o
+}
+
+/// A follower process killed with SIGKILL and started again goes on from its position;
+/// a reader reading all along sees only states the source had; the end equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_follower_see_only_states_the_source_had_through_a_kill() {
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    let out = setup.dir.join("follow.db");
+    let mut follower = spawn_follower(&setup, &out);
+    let reader = spawn_reader(&setup, &out, 14.0);
+    let writers = setup.writers(2, 10.0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut follower = spawn_follower(&setup, &out);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let read = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(read.status.success(), "the reader: {}", said(&read));
+    assert!(said(&read).contains("reads"), "{}", said(&read));
+    wait_equal(&setup, &out, "after the writers stopped");
+    let log = std::fs::read_to_string(setup.dir.join("follow.log")).unwrap();
+    assert_eq!(log.matches("(restored)").count(), 1, "{log}");
+    assert_eq!(log.matches("(its saved position)").count(), 1, "{log}");
+    sqlite3_dump(out.to_str().unwrap());
+    signal(&follower, "-TERM");
+    assert!(follower.wait().unwrap().success());
+    stop(&setup, strata);
+}
+
+/// Stopped while L0 retention removes the files after its position, a follower catches up
+/// from the higher levels (or a snapshot) as one transaction; a reader sees only states
+/// the source had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_follower_stopped_past_l0_retention_catches_up() {
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url).await;
+    let out = setup.dir.join("follow.db");
+    let writers = setup.writers(2, 3.0);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    replication.sync().await.unwrap();
+    let follower = Follower::start(setup.replica(), &out, false, options())
+        .await
+        .unwrap();
+    let first = follower.status();
+    assert!(first.txid > Txid::ZERO);
+    follower.stop().await.unwrap();
+
+    let reader = spawn_reader(&setup, &out, 12.0);
+    let writers = setup.writers(2, 8.0);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let synced = replication.sync().await.unwrap();
+    let l0 = setup
+        .replica()
+        .list(strata::storage::Level::L0, Txid::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        l0.first().is_some_and(|f| f.range.min > first.txid.next()),
+        "retention has not removed the L0 files after the follower's TXID {}: {l0:?}",
+        first.txid
+    );
+    let follower = Follower::start(setup.replica(), &out, false, options())
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), follower.wait_for(synced))
+        .await
+        .expect("the follower catches up")
+        .unwrap();
+    assert!(status.error.is_none(), "{status:?}");
+    wait_equal(&setup, &out, "after catching up");
+    let read = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(read.status.success(), "the reader: {}", said(&read));
+    follower.stop().await.unwrap();
+    replication.stop().await.unwrap();
+}
+
+/// A replica wiped and written again from another database (another history, TXIDs from
+/// 1 again) is noticed and the follower's database rebuilt from it, as one transaction:
+/// it ends equal to the new source, never a mix of the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_replaced_history_is_rebuilt_never_joined() {
+    let first = Setup::new(None);
+    let url = first.replica_url.clone();
+    let replication = start_in_process(&first, &url).await;
+    let writers = first.writers(1, 4.0);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let reached = replication.sync().await.unwrap();
+    let out = first.dir.join("follow.db");
+    let follower = Follower::start(first.replica(), &out, false, options())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), follower.wait_for(reached))
+        .await
+        .expect("the follower reaches the first source")
+        .unwrap();
+    wait_equal(&first, &out, "the first source");
+    replication.stop().await.unwrap();
+
+    // Another database replicates into the same place, after the old files are gone.
+    let replica_dir = PathBuf::from(url.strip_prefix("file://").unwrap());
+    std::fs::remove_dir_all(&replica_dir).unwrap();
+    let second = Setup::new(Some(url.clone()));
+    let replication = start_in_process(&second, &url).await;
+    let writers = second.writers(1, 2.0);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    replication.sync().await.unwrap();
+    wait_equal(&second, &out, "the second source");
+    let status = follower.status();
+    assert!(status.rebuilds >= 1, "{status:?}");
+    sqlite3_dump(out.to_str().unwrap());
+    follower.stop().await.unwrap();
+    replication.stop().await.unwrap();
+}
+
+/// A follower killed between announcing a transaction and recording it leaves the
+/// database at one of two TXIDs; started again it reaches past both in one transaction.
+/// Both cases, made by editing the position file as the kill would have left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_follower_killed_mid_transaction_ends_right_either_way() {
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url).await;
+    let out = setup.dir.join("follow.db");
+    let position = {
+        let mut p = out.as_os_str().to_owned();
+        p.push("-follow");
+        PathBuf::from(p)
+    };
+    for case in ["committed", "not committed"] {
+        let writers = setup.writers(1, 1.5);
+        tokio::task::spawn_blocking(move || wait_all(writers))
+            .await
+            .unwrap();
+        let synced = replication.sync().await.unwrap();
+        let follower = Follower::start(setup.replica(), &out, false, options())
+            .await
+            .unwrap();
+        let at = follower.wait_for(synced).await.unwrap().txid;
+        follower.stop().await.unwrap();
+        let text = std::fs::read_to_string(&position).unwrap();
+        assert!(text.contains(&format!("txid={at}")), "{text}");
+        let writers = setup.writers(1, 1.5);
+        tokio::task::spawn_blocking(move || wait_all(writers))
+            .await
+            .unwrap();
+        let newest = replication.sync().await.unwrap();
+        let edited = match case {
+            // The database holds `at`; the position says an earlier TXID, announcing `at`.
+            "committed" => text.replace(
+                &format!("txid={at}"),
+                &format!("txid={}\napplying={at}", Txid::new(at.get() - 1)),
+            ),
+            // The database holds `at`; the transaction to `newest` never committed.
+            _ => format!("{text}applying={newest}\n"),
+        };
+        std::fs::write(&position, edited).unwrap();
+        let follower = Follower::start(setup.replica(), &out, false, options())
+            .await
+            .unwrap();
+        follower.wait_for(newest).await.unwrap();
+        wait_equal(&setup, &out, case);
+        follower.stop().await.unwrap();
+        let text = std::fs::read_to_string(&position).unwrap();
+        assert!(!text.contains("applying"), "{case}: {text}");
+    }
+    replication.stop().await.unwrap();
+}
+
+/// A database that is there but was not made by a follower is refused, naming the way out.
+#[tokio::test]
+async fn a_database_not_made_by_a_follower_is_refused() {
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url).await;
+    replication.sync().await.unwrap();
+    let err = Follower::start(setup.replica(), &setup.db, false, options())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+    replication.stop().await.unwrap();
+}

@@ -136,6 +136,7 @@ async fn prepare(
         path: position::path_for(db),
         error,
     };
+    let lock = position::lock(db).map_err(position_error)?;
     let exists = std::fs::symlink_metadata(db).is_ok();
     let saved = if exists {
         Position::load(db).map_err(position_error)?
@@ -155,7 +156,7 @@ async fn prepare(
             ))));
         }
         tracing::info!(db = %db.display(), txid = %saved.txid, "following on from the saved position");
-        return Ok((local, saved, false));
+        return Ok((local.holding(lock), saved, false));
     }
     if exists && !force {
         return Err(FollowError::NotAFollower {
@@ -219,7 +220,7 @@ async fn prepare(
     };
     position.save(db).map_err(position_error)?;
     tracing::info!(db = %db.display(), txid = %summary.txid, "restored; following");
-    Ok((local, position, true))
+    Ok((local.holding(lock), position, true))
 }
 
 /// The follower's task.

@@ -18,6 +18,8 @@ pub(crate) struct LocalDb {
     conn: Connection,
     path: PathBuf,
     page_size: PageSize,
+    /// The lock that makes this the database's only follower (see `position::lock`).
+    lock: Option<std::fs::File>,
 }
 
 impl LocalDb {
@@ -65,7 +67,14 @@ impl LocalDb {
             conn,
             path: path.to_owned(),
             page_size,
+            lock: None,
         })
+    }
+
+    /// Holds `lock` for as long as the database is open.
+    pub(crate) fn holding(mut self, lock: std::fs::File) -> LocalDb {
+        self.lock = Some(lock);
+        self
     }
 
     /// The database's page size.

@@ -38,6 +38,31 @@ pub(crate) fn path_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+/// Takes the lock that makes a follower the only one of the database at `db` (an flock on
+/// `<db>-follow.lock`, held while the file returned is open): two followers of one
+/// database would each apply over the other and keep positions that lie.
+pub(crate) fn lock(db: &Path) -> io::Result<File> {
+    let mut path = path_for(db).into_os_string();
+    path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another follower holds {}: one database has one follower",
+                Path::new(&path).display()
+            ),
+        )),
+    }
+}
+
 impl Position {
     /// Saves the position durably (written to a temporary file, synced, renamed).
     pub(crate) fn save(&self, db: &Path) -> io::Result<()> {
@@ -114,6 +139,17 @@ impl Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_follower_per_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let held = lock(&db).unwrap();
+        let err = lock(&db).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        drop(held);
+        lock(&db).unwrap();
+    }
 
     #[test]
     fn a_position_survives_a_save_and_a_damaged_one_is_an_error() {

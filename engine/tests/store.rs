@@ -200,6 +200,7 @@ async fn full_copies(store: &Store, path: &Path) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_touches_only_what_changed() {
+    common::init_logging();
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (
         dir.path().join("a.db"),
@@ -243,7 +244,11 @@ async fn apply_touches_only_what_changed() {
         .apply(vec![Database::new(&c, r("rc")).with_options(options())])
         .await;
     assert_eq!(applied.removed.len(), 2);
-    assert!(applied.removed.iter().all(|(_, r)| r.is_ok()));
+    assert!(
+        applied.removed.iter().all(|(_, r)| r.is_ok()),
+        "{:?}",
+        applied.removed
+    );
     assert_eq!(store.databases().await.len(), 1);
     // A replica added later starts with a full copy and then follows.
     {

@@ -176,7 +176,7 @@ fn staged_age(staging: &Staging, range: TxidRange) -> Option<Duration> {
 
 /// What the replica holds under a staged file's name.
 #[derive(Debug, PartialEq, Eq)]
-enum Existing {
+pub(super) enum Existing {
     /// Exactly the staged file's bytes (an upload retried after a crash).
     Same,
     /// Other bytes: another writer's file.
@@ -187,7 +187,7 @@ enum Existing {
 
 /// Compares the replica's file for `range` with the staged file, a chunk at a time (a full
 /// copy can be as large as the database).
-async fn compare_with_replica(
+pub(super) async fn compare_with_replica(
     replica: &Replica,
     level: Level,
     range: TxidRange,

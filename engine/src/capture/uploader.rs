@@ -11,7 +11,7 @@ use ltx::{Txid, TxidRange};
 use super::CaptureError;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
-use super::upload::{StagedUse, level_of, upload};
+use super::upload::{Existing, StagedUse, compare_with_replica, level_of, upload};
 use crate::compact::SharedIndex;
 use crate::plan::{PlanError, plan_files};
 use crate::storage::{FileInfo, Level, Replica};
@@ -350,6 +350,19 @@ impl Uploader {
         }
     }
 
+    /// Whether `file` in the replica has exactly the bytes of the file staged for its TXIDs
+    /// (false if none is staged).
+    async fn staged_copy_is(&self, file: &FileInfo) -> Result<bool, CaptureError> {
+        let path = self.staging.path(file.range);
+        if file.level != level_of(file.range) || !path.exists() {
+            return Ok(false);
+        }
+        Ok(matches!(
+            compare_with_replica(&self.replica, file.level, file.range, &path).await?,
+            Existing::Same
+        ))
+    }
+
     async fn check_replica(&mut self) -> Result<(), CaptureError> {
         let files = self.list_whole().await?;
         self.checked = Instant::now();
@@ -379,6 +392,13 @@ impl Uploader {
             // A snapshot of this history made by another strata (`strata compact`) ends in
             // the same database checksum as this capture's file ending at its TXID.
             if theirs.level == Level::SNAPSHOT && self.same_history(theirs, &trusted).await {
+                continue;
+            }
+            // An upload stopped after its file reached the replica but before it was noted
+            // (the upload task is stopped at once when the replication stops): the bytes of
+            // the file still staged say whether it is this capture's.
+            if self.staged_copy_is(theirs).await? {
+                self.recent.push(theirs.range);
                 continue;
             }
             // Another writer's files are never taken as known: every later check finds them.

@@ -7,8 +7,9 @@
 //! - [`plan`]: the fewest files of one history that reach a restore point, which restore,
 //!   compaction, retention and the VFS all follow;
 //! - [`restore`]: fetch a plan's files in parallel and apply them;
-//! - `follow` (feature `sqlite`): a local database kept at a replica's newest TXID while
-//!   any SQLite reads it.
+//! - `follow` (feature `follow`): a local database kept at a replica's newest TXID while
+//!   any SQLite reads it, polling the replica or fed by a primary's live stream;
+//! - `stream` (feature `sqlite`): a primary's live stream of staged files to followers.
 
 // What is public is the API: everything else is private to its module or the crate.
 #![warn(unreachable_pub)]
@@ -17,13 +18,15 @@
 pub mod capture;
 pub mod compact;
 pub mod config;
-#[cfg(feature = "sqlite")]
+#[cfg(feature = "follow")]
 pub mod follow;
 pub mod plan;
 pub mod restore;
 pub mod storage;
 #[cfg(feature = "sqlite")]
 pub mod store;
+#[cfg(feature = "sqlite")]
+pub mod stream;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 #[cfg(feature = "sqlite")]

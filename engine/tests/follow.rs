@@ -14,6 +14,28 @@ use common::capture::*;
 use ltx::Txid;
 use strata::follow::{FollowOptions, Follower};
 
+/// Kills the processes given to it when the test ends, however it ends: a failed assertion
+/// must not leave a follower polling for ever.
+#[derive(Default)]
+struct Reaper(Vec<u32>);
+
+impl Reaper {
+    fn watch(&mut self, child: &Child) {
+        self.0.push(child.id());
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// `strata restore -f` into `out`, polling every 100 ms; its output appended to
 /// `follow.log`.
 fn spawn_follower(setup: &Setup, out: &Path) -> Child {
@@ -99,7 +121,9 @@ async fn readers_of_a_follower_see_only_states_the_source_had_through_a_kill() {
     let setup = Setup::new(None);
     let strata = setup.strata();
     let out = setup.dir.join("follow.db");
+    let mut reaper = Reaper::default();
     let mut follower = spawn_follower(&setup, &out);
+    reaper.watch(&follower);
     let reader = spawn_reader(&setup, &out, 14.0);
     let writers = setup.writers(2, 10.0);
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -107,6 +131,7 @@ async fn readers_of_a_follower_see_only_states_the_source_had_through_a_kill() {
     follower.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut follower = spawn_follower(&setup, &out);
+    reaper.watch(&follower);
     tokio::task::spawn_blocking(move || wait_all(writers))
         .await
         .unwrap();
@@ -284,4 +309,96 @@ async fn a_database_not_made_by_a_follower_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
     replication.stop().await.unwrap();
+}
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `strata replicate --config` serving followers' streams on `addr`, its output appended to
+/// `strata.log`, once it says it is replicating.
+fn spawn_primary(setup: &Setup, addr: &str) -> Child {
+    let started = setup.log().matches("replicating ").count();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.join("strata.log"))
+        .unwrap();
+    let mut child = Command::new(strata_bin())
+        .args(["replicate", "--config"])
+        .arg(setup.config())
+        .args(["--addr", addr])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while setup.log().matches("replicating ").count() == started {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "{}",
+            setup.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A follower of a primary's live stream gets its files from the stream; with the primary
+/// killed (SIGKILL) and started again it follows the replica meanwhile and reconnects;
+/// a reader sees only states the source had, and the end equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_a_primary_stream_outlives_the_primary() {
+    let setup = Setup::new(None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut reaper = Reaper::default();
+    let mut primary = spawn_primary(&setup, &addr);
+    reaper.watch(&primary);
+    let out = setup.dir.join("follow.db");
+    let log = std::fs::File::create(setup.dir.join("follow.log")).unwrap();
+    let follower = Command::new(strata_bin())
+        .args(["restore", "-f", "--follow-interval", "200ms", "-o"])
+        .arg(&out)
+        .arg(format!("http://{addr}/app.db"))
+        .args(["--replica", &setup.replica_url])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    reaper.watch(&follower);
+    let reader = spawn_reader(&setup, &out, 16.0);
+    let writers = setup.writers(2, 10.0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let primary = spawn_primary(&setup, &addr);
+    reaper.watch(&primary);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let read = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(read.status.success(), "the reader: {}", said(&read));
+    wait_equal(&setup, &out, "following the primary");
+    signal(&follower, "-TERM");
+    let status = tokio::task::spawn_blocking(move || follower.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(status.status.success());
+    let log = std::fs::read_to_string(setup.dir.join("follow.log")).unwrap();
+    let streamed: u64 = log
+        .split(" files from the primary's stream")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count of streamed files in:\n{log}"));
+    assert!(streamed > 10, "{streamed} files came by the stream:\n{log}");
+    stop(&setup, primary);
 }

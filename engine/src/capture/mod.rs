@@ -26,6 +26,7 @@
 mod database;
 mod decide;
 mod error;
+mod feed;
 mod job;
 mod options;
 mod panic_alarm;
@@ -42,6 +43,7 @@ mod wal;
 mod wal_index;
 
 pub use error::{CaptureError, StopError, SyncError};
+pub use feed::{Feed, NextFile};
 pub use options::{CaptureOptions, CheckpointOptions};
 pub use replication::Replication;
 pub use status::{LevelFiles, ReplicaStatus, Status};

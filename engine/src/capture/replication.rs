@@ -9,6 +9,7 @@ use ltx::Txid;
 use tokio::sync::watch;
 
 use super::database::Capture;
+use super::feed::Feed;
 use super::job::{CaptureJob, CaptureSlot, Finished, JobState};
 use super::replica_task::{
     Listing, ReplicaTask, TaskShared, finish_uploads, list_replicas_at_start,
@@ -34,6 +35,8 @@ pub struct Replication {
     pub(super) fatal: watch::Receiver<Option<String>>,
     pub(super) tasks: Vec<ReplicaTask>,
     pub(super) timeout: Duration,
+    /// The staged L0 files' directory, read by followers' streams (see [`Feed`]).
+    pub(super) staged_l0: PathBuf,
 }
 
 impl Replication {
@@ -109,6 +112,7 @@ impl Replication {
         });
         let ticker = ticker.unwrap_or_else(|| Ticker::new(1));
         let job_id = ticker.add(job.clone(), Some(&db));
+        let staged_l0 = staging.l0_dir();
         let shared = TaskShared {
             staging,
             full_copy,
@@ -136,12 +140,22 @@ impl Replication {
             fatal: fatal_rx,
             tasks,
             timeout: options.shutdown_timeout,
+            staged_l0,
         })
     }
 
     /// The database being replicated (canonical path).
     pub fn db(&self) -> &Path {
         &self.db
+    }
+
+    /// The staged files as they come, for followers' streams.
+    pub fn feed(&self) -> Feed {
+        Feed::new(
+            self.staged_l0.clone(),
+            self.staged.clone(),
+            self.tasks.iter().map(|t| t.uploaded.clone()).collect(),
+        )
     }
 
     /// The current state.

@@ -143,14 +143,7 @@ impl Staging {
 
     /// Staged L0 files in TXID order (of their max TXIDs).
     pub(super) fn staged(&self) -> io::Result<Vec<TxidRange>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.l0)? {
-            if let Ok(range) = TxidRange::parse_file_name(&entry?.file_name().to_string_lossy()) {
-                out.push(range);
-            }
-        }
-        out.sort_by_key(|r| (r.max, r.min));
-        Ok(out)
+        staged_in(&self.l0)
     }
 
     /// Removes temporary files a crash left half-written. Only when nothing is writing.
@@ -171,6 +164,19 @@ impl Staging {
             _ => Ok(()),
         }
     }
+}
+
+/// The L0 files staged in `l0`, in TXID order (of their max TXIDs). For readers that do not
+/// hold the staging lock (followers' streams).
+pub(super) fn staged_in(l0: &Path) -> io::Result<Vec<TxidRange>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(l0)? {
+        if let Ok(range) = TxidRange::parse_file_name(&entry?.file_name().to_string_lossy()) {
+            out.push(range);
+        }
+    }
+    out.sort_by_key(|r| (r.max, r.min));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub struct ReplicateArgs {
     /// How often committed transactions become an L0 file [default: 1s].
     #[arg(long, value_parser = parse_interval)]
     sync_interval: Option<Duration>,
+    /// Serve /metrics, /status and followers' streams (/NAME) on HOST:PORT (the config's
+    /// `addr`, which this overrides).
+    #[arg(long)]
+    addr: Option<String>,
     /// Use the config file as written: no $VAR expansion (Litestream's flag).
     #[arg(long = "no-expand-env", alias = "no_expand_env", requires = "config")]
     no_expand_env: bool,
@@ -51,7 +55,7 @@ impl Source<'_> {
     /// Reads the config (or takes the command line's database) and lists its databases.
     async fn load(&self, store: Option<&Store>) -> anyhow::Result<(Config, Vec<Database>)> {
         let args = self.args;
-        let config = match (&args.config, &args.db, &args.replica) {
+        let mut config = match (&args.config, &args.db, &args.replica) {
             (Some(path), _, _) => Config::load(path, !args.no_expand_env)?,
             (None, Some(db), Some(url)) => Config {
                 dbs: vec![DbConfig::new(db.clone(), ReplicaUrl::parse(url)?)],
@@ -61,6 +65,9 @@ impl Source<'_> {
                 "give a database and a replica URL (strata replicate DB URL), or --config FILE"
             ),
         };
+        if let Some(addr) = &args.addr {
+            config.addr = Some(addr.clone());
+        }
         let dbs = self.databases(&config, store).await?;
         Ok((config, dbs))
     }
@@ -137,7 +144,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // An empty addr is no endpoint, as in Litestream.
     if let Some(addr) = config.addr.as_deref().filter(|a| !a.trim().is_empty()) {
         let bound = super::serve::start(addr, store.clone()).await?;
-        eprintln!("serving http://{bound}/metrics and /status");
+        eprintln!("serving http://{bound}/metrics, /status, and followers' streams at /NAME");
     }
     if let Some(url) = config
         .heartbeat_url

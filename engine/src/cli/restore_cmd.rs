@@ -17,12 +17,13 @@ use strata::storage::{Replica, ReplicaUrl};
 
 use super::{format_bytes, format_time, parse_size, parse_txid};
 use strata::config::parse_interval;
-use strata::follow::{FollowOptions, Follower};
+use strata::follow::{FollowError, FollowOptions, Follower, PrimaryUrl};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Replica URL: a directory, file:///path, or s3://bucket/prefix?endpoint=...&region=...
-    /// With --config, the database's path instead: its replica is the config's.
+    /// With --config, the database's path instead: its replica is the config's. With -f,
+    /// also a primary's live stream, http://HOST:PORT/NAME (with --replica).
     url: String,
     /// Where to write the database (required unless --dry-run or --config).
     #[arg(short, long)]
@@ -59,9 +60,14 @@ pub struct RestoreArgs {
     /// where it was (its position is kept beside the database, in `<output>-follow`).
     #[arg(short = 'f', long, conflicts_with_all = ["txid", "timestamp", "dry_run"])]
     follow: bool,
-    /// How often a follower asks the replica for new files (Litestream's -follow-interval).
+    /// How often a follower asks the replica for new files (Litestream's -follow-interval);
+    /// following a primary, how soon it tries again once the primary is away.
     #[arg(long, value_parser = parse_interval, default_value = "1s", requires = "follow")]
     follow_interval: Duration,
+    /// Following a primary's stream (http://HOST:PORT/NAME): its replica, which the
+    /// database is restored from and caught up from whenever the stream cannot serve.
+    #[arg(long, requires = "follow")]
+    replica: Option<String>,
     /// Check the result with SQLite before it replaces the output.
     #[arg(long, value_enum, default_value_t = CheckArg::None)]
     integrity_check: CheckArg,
@@ -84,6 +90,32 @@ enum CheckArg {
 }
 
 pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    if args.url.starts_with("http://") || args.url.starts_with("https://") {
+        let primary = PrimaryUrl::parse(&args.url).map_err(anyhow::Error::msg)?;
+        if !args.follow {
+            bail!("{primary} is a primary's live stream: follow it with -f (and --replica URL)");
+        }
+        let Some(replica) = &args.replica else {
+            bail!(
+                "following {primary} needs its replica too (--replica URL): the database is restored from it, and caught up from it when the stream cannot serve"
+            );
+        };
+        let Some(output) = args.output.clone() else {
+            bail!("give the output database with -o PATH");
+        };
+        let replica = Replica::open(&ReplicaUrl::parse(replica)?)?;
+        return follow(
+            Some(primary),
+            replica,
+            &output,
+            args.force,
+            args.follow_interval,
+        )
+        .await;
+    }
+    if args.replica.is_some() {
+        bail!("--replica goes with a primary's stream (http://HOST:PORT/NAME) as the source");
+    }
     let url = match &args.config {
         Some(config) => {
             let (url, db) = from_config(config, &args.url)?;
@@ -125,7 +157,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("give the output database with -o PATH (or use --dry-run)");
     };
     if args.follow {
-        return follow(replica, &output, args.force, args.follow_interval).await;
+        return follow(None, replica, &output, args.force, args.follow_interval).await;
     }
     let defaults = RestoreOptions::default();
     let options = RestoreOptions {
@@ -192,6 +224,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// `restore --follow`: restores (or reopens) `output`, then follows the replica until a
 /// signal, which exits 0; a failure it cannot go past exits non-zero.
 async fn follow(
+    primary: Option<PrimaryUrl>,
     replica: Replica,
     output: &std::path::Path,
     force: bool,
@@ -200,9 +233,21 @@ async fn follow(
     let mut stop = StopSignals::new()?;
     let mut options = FollowOptions::default();
     options.interval = interval;
-    let url = replica.name().to_owned();
+    let url = match &primary {
+        Some(p) => format!("{p} (replica {})", replica.name()),
+        None => replica.name().to_owned(),
+    };
+    type Starting<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Follower, FollowError>> + Send + 'a>,
+    >;
+    let started: Starting<'_> = match primary {
+        Some(primary) => Box::pin(Follower::start_streaming(
+            primary, replica, output, force, options,
+        )),
+        None => Box::pin(Follower::start(replica, output, force, options)),
+    };
     let follower = tokio::select! {
-        started = Follower::start(replica, output, force, options) => started,
+        started = started => started,
         (number, name) = stop.next() => {
             eprintln!("follow stopped by {name} before it started");
             std::process::exit(128 + number);
@@ -240,7 +285,10 @@ async fn follow(
                 .context(format!("following {url} stopped at TXID {}", last.txid)))
         }
         (Some((_, name)), Ok(())) => {
-            println!("stopped by {name} at TXID {}", last.txid);
+            println!(
+                "stopped by {name} at TXID {} ({} files from the primary's stream, {} transactions from the replica)",
+                last.txid, last.streamed, last.from_replica
+            );
             Ok(ExitCode::SUCCESS)
         }
         (None, Ok(())) => Ok(ExitCode::SUCCESS),

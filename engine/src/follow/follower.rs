@@ -1,23 +1,29 @@
-//! The follower: makes or reopens the local database, then polls the replica and applies
-//! what is new until stopped.
+//! The follower: makes or reopens the local database, then applies what is new until
+//! stopped: what a primary streams, or what polls of the replica find.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ltx::{Header, Txid};
-use tokio::sync::watch;
+use ltx::{Txid, TxidRange};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::local::LocalDb;
 use super::position::{self, Position};
+use super::primary::{ChannelReader, PrimaryUrl, Stream};
 use super::{FollowError, FollowOptions, FollowStatus};
 use crate::plan::{PlanError, plan_files};
 use crate::restore::{self, NoProgress, RestoreError, RestoreOptions, RestorePoint};
 use crate::storage::{ChunkedReader, FileInfo, Level, Replica};
+use crate::stream::wire::Head;
 
 /// Bytes read from the replica at a time while applying a file: a follower's memory
 /// stays near this whatever the files' sizes.
 const CHUNK: u64 = 1 << 20;
+
+/// A file to apply: its name (for errors) and its bytes.
+type Input = (String, Box<dyn BufRead + Send>);
 
 /// A local database following a replica, on a task of its own.
 #[derive(Debug)]
@@ -40,6 +46,30 @@ impl Follower {
         force: bool,
         options: FollowOptions,
     ) -> Result<Follower, FollowError> {
+        Follower::start_from(None, replica, db, force, options).await
+    }
+
+    /// [`Follower::start`], with each new file pushed by the primary at `primary` as soon
+    /// as it is staged there (see [`crate::stream`]); `replica` is where the database is
+    /// restored from, and caught up from when the stream no longer reaches back to it or
+    /// the primary cannot be reached.
+    pub async fn start_streaming(
+        primary: PrimaryUrl,
+        replica: Replica,
+        db: &Path,
+        force: bool,
+        options: FollowOptions,
+    ) -> Result<Follower, FollowError> {
+        Follower::start_from(Some(primary), replica, db, force, options).await
+    }
+
+    async fn start_from(
+        primary: Option<PrimaryUrl>,
+        replica: Replica,
+        db: &Path,
+        force: bool,
+        options: FollowOptions,
+    ) -> Result<Follower, FollowError> {
         let (local, position, restored) = prepare(&replica, db, force, options.interval).await?;
         let status = FollowStatus {
             txid: position.txid,
@@ -50,6 +80,7 @@ impl Follower {
         let (status_tx, status) = watch::channel(status);
         let (stop, stopped) = watch::channel(false);
         let run = Run {
+            primary,
             replica,
             path: db.to_owned(),
             local: Some(local),
@@ -225,6 +256,8 @@ async fn prepare(
 
 /// The follower's task.
 struct Run {
+    /// The primary whose stream is followed, if any (else the replica is polled).
+    primary: Option<PrimaryUrl>,
     replica: Replica,
     path: PathBuf,
     /// Lent to a blocking thread while a transaction is applied.
@@ -252,7 +285,11 @@ enum Step {
 impl Run {
     async fn run(mut self) -> Result<(), FollowError> {
         let result = loop {
-            match self.poll().await {
+            let step = match self.primary.clone() {
+                Some(primary) => self.follow_stream(&primary).await,
+                None => self.poll().await,
+            };
+            match step {
                 Ok(()) => {
                     self.status.send_modify(|s| s.error = None);
                 }
@@ -275,11 +312,83 @@ impl Run {
         };
         self.status.send_modify(|s| {
             s.stopped = true;
+            s.connected = false;
             if let Err(e) = &result {
                 s.error = Some(e.to_string());
             }
         });
         result
+    }
+
+    /// Follows the primary's stream until it ends, then catches up from the replica (what
+    /// the stream no longer reaches, or everything while the primary is away).
+    async fn follow_stream(&mut self, primary: &PrimaryUrl) -> Result<(), FollowError> {
+        if self.position.applying.is_some() {
+            // Killed mid-transaction: the replica's files settle it first.
+            return self.poll().await;
+        }
+        let mut stream = match Stream::open(primary, self.position.txid).await {
+            Ok(stream) => stream,
+            Err(why) => {
+                if self.status.borrow().connected || self.status.borrow().streamed == 0 {
+                    tracing::warn!(db = %self.path.display(), %why, "the primary cannot be reached: following the replica meanwhile");
+                }
+                self.status.send_modify(|s| s.connected = false);
+                return self.poll().await;
+            }
+        };
+        self.status.send_modify(|s| s.connected = true);
+        let ended = self.read_stream(&mut stream).await;
+        self.status.send_modify(|s| s.connected = false);
+        match ended {
+            Ok(why) => tracing::debug!(db = %self.path.display(), why, "the stream ended"),
+            Err(FollowError::Stream(why)) => {
+                tracing::info!(db = %self.path.display(), %why, "the stream ended: catching up from the replica");
+            }
+            Err(e) => return Err(e),
+        }
+        self.poll().await
+    }
+
+    /// Applies what the stream brings until it ends (`Ok` with why: a gap, the end, a
+    /// stop) or breaks (`FollowError::Stream`).
+    async fn read_stream(&mut self, stream: &mut Stream) -> Result<&'static str, FollowError> {
+        loop {
+            let head = tokio::select! {
+                head = stream.next_head() => head.map_err(FollowError::Stream)?,
+                _ = self.stopped.changed() => return Ok("stopped"),
+            };
+            match head {
+                None => return Ok("the primary ended it"),
+                Some(Head::Gap) => return Ok("it no longer reaches back to this database"),
+                Some(Head::Heartbeat { staged, uploaded }) => {
+                    self.seen(Some(staged));
+                    self.status.send_modify(|s| s.uploaded = uploaded);
+                }
+                Some(Head::File { range, len }) => {
+                    let at = self.position.txid;
+                    let continues = range.min == at.next();
+                    // A full copy that starts a history again holds the whole database.
+                    let restarts = range.min == Txid::ONE && range.max > at;
+                    if !continues && !restarts {
+                        return Err(FollowError::Stream(format!(
+                            "the primary sent {range}, which does not continue TXID {at}"
+                        )));
+                    }
+                    self.seen(Some(range.max));
+                    let history = if restarts { 0 } else { self.position.history };
+                    match self.apply_streamed(range, len, stream, history).await {
+                        Err(FollowError::HistoryChanged { .. }) => {
+                            // The stream stopped mid-file: it ends here.
+                            self.rebuild(format!("{range} from the primary is of another history"))
+                                .await?;
+                            return Ok("rebuilt from the replica");
+                        }
+                        other => other?,
+                    }
+                }
+            }
+        }
     }
 
     /// Looks for new files once and applies them. A file of another history than the
@@ -429,13 +538,65 @@ impl Run {
         }
     }
 
-    /// Applies `files` as one transaction, announcing it in the position first and
-    /// recording it after.
+    /// Applies `files` of the replica as one transaction (see [`Run::commit`]).
     async fn apply(&mut self, files: Vec<FileInfo>, history: u64) -> Result<(), FollowError> {
         let Some(last) = files.last() else {
             return Ok(());
         };
         let target = last.range.max;
+        let replica = self.replica.clone();
+        let inputs = move || -> Vec<Input> {
+            files
+                .into_iter()
+                .map(|f| {
+                    let name = f.to_string();
+                    let reader: Box<dyn BufRead + Send> =
+                        Box::new(ChunkedReader::new(replica.clone(), f, CHUNK));
+                    (name, reader)
+                })
+                .collect()
+        };
+        self.commit(target, history, inputs, std::future::ready(Ok(())))
+            .await?;
+        self.status.send_modify(|s| s.from_replica += 1);
+        Ok(())
+    }
+
+    /// Applies the file of `range` arriving on `stream` (`len` bytes) as one transaction,
+    /// handing its bytes to the applying thread as they arrive.
+    async fn apply_streamed(
+        &mut self,
+        range: TxidRange,
+        len: u64,
+        stream: &mut Stream,
+        history: u64,
+    ) -> Result<(), FollowError> {
+        let (tx, rx) = mpsc::channel(4);
+        let name = format!("{range} from the primary");
+        let inputs = move || -> Vec<Input> {
+            let reader: Box<dyn BufRead + Send> = Box::new(ChannelReader::new(rx));
+            vec![(name, reader)]
+        };
+        let pump = async move {
+            let passed = stream.pass_file(len, &tx).await;
+            drop(tx);
+            passed
+        };
+        self.commit(range.max, history, inputs, pump).await?;
+        self.status.send_modify(|s| s.streamed += 1);
+        Ok(())
+    }
+
+    /// Applies what `inputs` makes as one transaction: announced in the position first,
+    /// applied on a blocking thread while `feeding` runs (it brings a streamed file's bytes),
+    /// recorded in the position after.
+    async fn commit(
+        &mut self,
+        target: Txid,
+        history: u64,
+        inputs: impl FnOnce() -> Vec<Input> + Send + 'static,
+        feeding: impl Future<Output = Result<(), String>>,
+    ) -> Result<(), FollowError> {
         let position_error = |error| FollowError::Position {
             path: position::path_for(&self.path),
             error,
@@ -451,27 +612,25 @@ impl Run {
             .local
             .take()
             .ok_or_else(|| FollowError::Panicked("the local database is lent out".to_owned()))?;
-        let replica = self.replica.clone();
         let handle = tokio::runtime::Handle::current();
-        let applied = tokio::task::spawn_blocking(move || {
+        let applying = tokio::task::spawn_blocking(move || {
             let _runtime = handle.enter();
             let mut history = history;
-            let inputs = files.into_iter().map(|f| {
-                let name = f.to_string();
-                (
-                    name,
-                    Ok::<_, FollowError>(ChunkedReader::new(replica.clone(), f, CHUNK)),
-                )
-            });
+            let inputs = inputs()
+                .into_iter()
+                .map(|(name, reader)| (name, Ok::<_, FollowError>(reader)));
             let header = local.apply(inputs, &mut history);
             (local, header, history)
-        })
-        .await
-        .map_err(|e| FollowError::Panicked(e.to_string()))?;
-        let (local, header, history) = applied;
+        });
+        let (applied, fed) = tokio::join!(applying, feeding);
+        let (local, header, history) = applied.map_err(|e| FollowError::Panicked(e.to_string()))?;
         self.local = Some(local);
-        let Some(header): Option<Header> = header? else {
-            return Ok(());
+        let header = match (header, fed) {
+            (Ok(Some(header)), _) => header,
+            (Ok(None), _) => return Ok(()),
+            // A stream that broke shows as a truncated file; say why it broke.
+            (Err(FollowError::Ltx(_)), Err(why)) => return Err(FollowError::Stream(why)),
+            (Err(e), _) => return Err(e),
         };
         let done = Position {
             txid: target,

@@ -1,5 +1,6 @@
 //! Following a replica: a local SQLite database kept at the replica's newest TXID while
-//! any SQLite reads it (Litestream's `restore -f`).
+//! any SQLite reads it (Litestream's `restore -f`), by polling the replica or by a
+//! primary's live stream (see [`crate::stream`]), the replica then being the safety net.
 //!
 //! The database is made by an ordinary restore the first time. From then on each new TXID
 //! is applied as one SQLite transaction through SQLite's own pager (see `local`), so a
@@ -17,6 +18,7 @@
 mod follower;
 mod local;
 mod position;
+mod primary;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use crate::restore::RestoreError;
 use crate::storage::StorageError;
 
 pub use follower::Follower;
+pub use primary::PrimaryUrl;
 
 /// How a follower works.
 #[derive(Clone, Debug)]
@@ -55,8 +58,16 @@ impl Default for FollowOptions {
 pub struct FollowStatus {
     /// The TXID the local database holds.
     pub txid: Txid,
-    /// The newest TXID seen in the source.
+    /// The newest TXID seen in the source (the primary's newest staged, when streaming).
     pub newest: Txid,
+    /// The newest TXID the primary's replicas all hold, from its heartbeats.
+    pub uploaded: Txid,
+    /// Files applied from the primary's stream.
+    pub streamed: u64,
+    /// Transactions applied from the replica (polls, catch-ups, rebuilds).
+    pub from_replica: u64,
+    /// Whether the primary's stream is connected now.
+    pub connected: bool,
     /// The history the database belongs to (the node ID its files carry; 0 if unknown).
     pub history: u64,
     /// When the last TXID applied was committed on the primary (its file's timestamp).
@@ -145,6 +156,9 @@ pub enum FollowError {
     /// A file is not valid LTX.
     #[error(transparent)]
     Ltx(#[from] ltx::Error),
+    /// The primary's stream broke or said something unexpected.
+    #[error("the primary's stream: {0}")]
+    Stream(String),
     /// The follower's task panicked.
     #[error("the follower stopped unexpectedly: {0}")]
     Panicked(String),

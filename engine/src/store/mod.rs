@@ -41,7 +41,9 @@ use std::path::{Path, PathBuf};
 use ltx::Txid;
 use tokio::sync::mpsc;
 
-use crate::capture::{CaptureError, CaptureOptions, Replication, Status, StopError, SyncError};
+use crate::capture::{
+    CaptureError, CaptureOptions, Feed, Replication, Status, StopError, SyncError,
+};
 use crate::config::Config;
 use crate::storage::{Clients, Replica, ReplicaUrl, StorageError};
 use crate::ticker::Ticker;
@@ -181,6 +183,14 @@ pub enum StoreError {
     /// The database is in the store but disabled.
     #[error("{} is disabled", .0.display())]
     Disabled(PathBuf),
+    /// A name matches more than one database in the store.
+    #[error("{name} names {} databases: {}; give more of the path", candidates.len(), candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Ambiguous {
+        /// The name given.
+        name: String,
+        /// The databases it matches.
+        candidates: Vec<PathBuf>,
+    },
     /// The database file is missing or unreadable.
     #[error("{}: {error}", path.display())]
     Io {
@@ -456,6 +466,33 @@ impl Store {
         waiting
             .await
             .map_err(|source| StoreError::Sync { path, source })
+    }
+
+    /// The staged files of the database `name` names, as they come, for a follower's
+    /// stream. `name` is its file name, or any trailing part of its path (in directory mode
+    /// its path relative to the directory) that names one database of the store.
+    pub async fn feed(&self, name: &str) -> Result<Feed, StoreError> {
+        let dbs = self.dbs.lock().await;
+        let wanted = Path::new(name);
+        let matching: Vec<&PathBuf> = dbs
+            .keys()
+            .filter(|p| !name.is_empty() && wanted.is_relative() && p.ends_with(wanted))
+            .collect();
+        let path = match matching.as_slice() {
+            [] => return Err(StoreError::Unknown(wanted.to_owned())),
+            [one] => (*one).clone(),
+            more => {
+                return Err(StoreError::Ambiguous {
+                    name: name.to_owned(),
+                    candidates: more.iter().map(|p| (*p).clone()).collect(),
+                });
+            }
+        };
+        dbs[&path]
+            .running
+            .as_ref()
+            .map(Replication::feed)
+            .ok_or(StoreError::Disabled(path))
     }
 
     /// Every database in the store, in path order.

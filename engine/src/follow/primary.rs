@@ -1,0 +1,237 @@
+//! The follower's side of a primary's live stream (see [`crate::stream`]): one HTTP
+//! request for the frames after the database's TXID, read as they come; a file's bytes are
+//! handed to the thread applying it a chunk at a time.
+
+use std::io::{BufRead, Read};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use ltx::Txid;
+use tokio::sync::mpsc;
+
+use crate::stream::wire::{Head, SILENCE};
+
+/// A primary's stream address: `http://HOST:PORT/NAME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryUrl {
+    /// `HOST:PORT`.
+    authority: String,
+    /// `/NAME`, as given (percent-encoded).
+    path: String,
+}
+
+impl PrimaryUrl {
+    /// Parses `http://HOST:PORT/NAME`.
+    pub fn parse(url: &str) -> Result<PrimaryUrl, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        if parsed.scheme() != "http" {
+            return Err(format!(
+                "{url}: a primary's stream is http://HOST:PORT/NAME (no TLS: use it on a private network or a tunnel)"
+            ));
+        }
+        let host = parsed.host_str().ok_or_else(|| format!("{url}: no host"))?;
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let path = parsed.path().to_owned();
+        if path.trim_start_matches('/').is_empty() {
+            return Err(format!(
+                "{url}: name the database: http://HOST:PORT/NAME (its file name on the primary)"
+            ));
+        }
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        Ok(PrimaryUrl {
+            authority: format!("{host}:{port}"),
+            path,
+        })
+    }
+}
+
+impl std::fmt::Display for PrimaryUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path)
+    }
+}
+
+/// An open stream.
+pub(super) struct Stream {
+    body: Incoming,
+    /// Bytes received and not yet taken.
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    /// Asks `url` for the frames after `txid`.
+    pub(super) async fn open(url: &PrimaryUrl, txid: Txid) -> Result<Stream, String> {
+        let tcp = tokio::time::timeout(SILENCE, tokio::net::TcpStream::connect(&url.authority))
+            .await
+            .map_err(|_| format!("connecting to {url}: no answer in {SILENCE:?}"))?
+            .map_err(|e| format!("connecting to {url}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = hyper::Request::get(format!("{}?txid={txid}", url.path))
+            .header(hyper::header::HOST, &url.authority)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let response = tokio::time::timeout(SILENCE, sender.send_request(request))
+            .await
+            .map_err(|_| format!("{url}: no answer in {SILENCE:?}"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = tokio::time::timeout(SILENCE, response.into_body().collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+                .unwrap_or_default();
+            return Err(format!("{url}: {status}: {text}"));
+        }
+        let is_stream = response
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v == crate::stream::CONTENT_TYPE);
+        if !is_stream {
+            return Err(format!("{url}: the answer is not a strata stream"));
+        }
+        Ok(Stream {
+            body: response.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Reads more of the body into `buf`; `false` at its end. Silence for [`SILENCE`]
+    /// (heartbeats come every second) is a dead connection.
+    async fn fill(&mut self) -> Result<bool, String> {
+        loop {
+            let frame = tokio::time::timeout(SILENCE, self.body.frame())
+                .await
+                .map_err(|_| format!("the primary said nothing for {SILENCE:?}"))?;
+            match frame {
+                None => return Ok(false),
+                Some(Err(e)) => return Err(format!("the stream broke: {e}")),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next frame's head; `None` where the stream ends cleanly between frames.
+    pub(super) async fn next_head(&mut self) -> Result<Option<Head>, String> {
+        loop {
+            if let Some((head, used)) = Head::parse(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(Some(head));
+            }
+            if !self.fill().await? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err("the stream ended inside a frame".to_owned())
+                };
+            }
+        }
+    }
+
+    /// Hands the next `len` bytes (a file's) to `tx`, a chunk at a time; an error if the
+    /// stream ends first or the reader went away.
+    pub(super) async fn pass_file(
+        &mut self,
+        len: u64,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Result<(), String> {
+        let mut left = len;
+        while left > 0 {
+            if self.buf.is_empty() && !self.fill().await? {
+                return Err(format!(
+                    "the stream ended {left} bytes before the file's end"
+                ));
+            }
+            let n = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let chunk = Bytes::from(self.buf.drain(..n).collect::<Vec<u8>>());
+            left -= n as u64;
+            tx.send(chunk)
+                .await
+                .map_err(|_| "the file's reader stopped".to_owned())?;
+        }
+        Ok(())
+    }
+}
+
+/// A file's bytes as they arrive, for the blocking thread that applies it: the end of
+/// the channel before the file's end is a truncated file (the decoder says so).
+pub(super) struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub(super) fn new(rx: mpsc::Receiver<Bytes>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => break,
+            }
+        }
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let _ = self.current.split_to(n.min(self.current.len()));
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primary_urls_name_a_database_over_plain_http() {
+        let u = PrimaryUrl::parse("http://127.0.0.1:9090/app.db").unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:9090/app.db");
+        assert_eq!(
+            PrimaryUrl::parse("http://h/a%20b/c.db")
+                .unwrap()
+                .to_string(),
+            "http://h:80/a%20b/c.db"
+        );
+        for bad in ["https://h:1/app.db", "http://h:1/", "s3://b/p", "nonsense"] {
+            assert!(PrimaryUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

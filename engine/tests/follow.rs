@@ -402,3 +402,85 @@ async fn a_follower_of_a_primary_stream_outlives_the_primary() {
     assert!(streamed > 10, "{streamed} files came by the stream:\n{log}");
     stop(&setup, primary);
 }
+
+/// A follower's database written by another connection, or replaced while the follower
+/// was stopped, is not what its position says: the follower rebuilds it from the replica
+/// (never applying later files over it); replaced while it runs, it stops and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url).await;
+    let out = setup.dir.join("follow.db");
+    let write_some = |seconds: f64| {
+        let writers = setup.writers(1, seconds);
+        tokio::task::spawn_blocking(move || wait_all(writers))
+    };
+    write_some(1.0).await.unwrap();
+    let synced = replication.sync().await.unwrap();
+    let follower = Follower::start(setup.replica(), &out, false, options())
+        .await
+        .unwrap();
+    follower.wait_for(synced).await.unwrap();
+
+    // Written by another connection while followed.
+    rusqlite::Connection::open(&out)
+        .unwrap()
+        .execute_batch("DELETE FROM items WHERE id % 3 = 0")
+        .unwrap();
+    write_some(1.0).await.unwrap();
+    let synced = replication.sync().await.unwrap();
+    let status = follower.wait_for(synced).await.unwrap();
+    assert!(status.rebuilds >= 1, "{status:?}");
+    wait_equal(&setup, &out, "after a foreign write");
+    follower.stop().await.unwrap();
+
+    // Replaced while stopped: another database under the same name, position kept.
+    let other = Setup::new(None);
+    std::fs::copy(&other.db, &out).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
+    }
+    write_some(1.0).await.unwrap();
+    let synced = replication.sync().await.unwrap();
+    let follower = Follower::start(setup.replica(), &out, false, options())
+        .await
+        .unwrap();
+    let status = follower.wait_for(synced).await.unwrap();
+    assert!(status.rebuilds >= 1, "{status:?}");
+    wait_equal(&setup, &out, "after the database was replaced");
+
+    // Replaced while followed: the follower stops, naming it, at its next transaction.
+    std::fs::copy(&other.db, setup.dir.join("swap.db")).unwrap();
+    std::fs::rename(setup.dir.join("swap.db"), &out).unwrap();
+    write_some(1.0).await.unwrap();
+    replication.sync().await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), follower.join())
+        .await
+        .expect("the follower stops");
+    let err = stopped.unwrap_err();
+    assert!(err.to_string().contains("replaced"), "{err}");
+    replication.stop().await.unwrap();
+}
+
+/// A plain restore into a database a follower keeps is refused while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_over_a_followed_database_is_refused() {
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url).await;
+    replication.sync().await.unwrap();
+    let out = setup.dir.join("follow.db");
+    let follower = Follower::start(setup.replica(), &out, false, options())
+        .await
+        .unwrap();
+    let restore = Command::new(strata_bin())
+        .args(["restore", "--force", "-o"])
+        .arg(&out)
+        .arg(&setup.replica_url)
+        .output()
+        .unwrap();
+    assert!(!restore.status.success());
+    let said = String::from_utf8_lossy(&restore.stderr);
+    assert!(said.contains("a follower is keeping"), "{said}");
+    follower.stop().await.unwrap();
+    replication.stop().await.unwrap();
+}

@@ -253,19 +253,26 @@ impl Capture {
             .is_ok_and(|now| self.following_checkpoint(&now))
     }
 
-    /// Moves the read transaction to where the log stands now. The new one is taken before
-    /// the old one goes, and everything committed up to it is staged in between (see
-    /// [`Sqlite::begin_next`]): frames committed after the last sync are never left
-    /// behind a read transaction that no longer keeps the log from restarting over them.
-    pub(super) fn hand_off(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<(), CaptureError> {
+    /// Stages everything committed and moves the read transaction to where the log stands
+    /// now. The new one is taken before the old one goes, and everything committed up to
+    /// it is staged in between (see [`Sqlite::begin_next`]): frames committed after a sync
+    /// are never left behind a read transaction that no longer keeps the log from
+    /// restarting over them. Returns how many files were staged.
+    pub(super) fn hand_off(
+        &mut self,
+        report: &mut dyn FnMut(&Synced),
+    ) -> Result<usize, CaptureError> {
         let before = self.syncer.log_state().ok();
         self.sqlite.begin_next().map_err(|e| self.sql_err(e))?;
         let after = self.syncer.log_state().ok();
-        if let Err(e) = self.stage_committed(report) {
-            // The old read transaction still holds what was not staged.
-            let _ = self.sqlite.abandon_next();
-            return Err(e);
-        }
+        let files = match self.stage_committed(report) {
+            Ok(files) => files,
+            Err(e) => {
+                // The old read transaction still holds what was not staged.
+                let _ = self.sqlite.abandon_next();
+                return Err(e);
+            }
+        };
         self.sqlite.end_previous().map_err(|e| self.sql_err(e))?;
         self.held = before.filter(|_| before == after);
         if let Some(now) = after {
@@ -274,19 +281,18 @@ impl Capture {
                 self.backfill_marks = (marks, Instant::now());
             }
         }
-        Ok(())
+        Ok(files)
     }
 
-    /// Syncs everything committed, moves the read transaction forward, and checkpoints when
-    /// due. Files staged are reported as soon as they are, so uploads need not wait for the
-    /// checkpoint.
+    /// Stages everything committed while moving the read transaction forward (one pass),
+    /// and checkpoints when due. Files staged are reported as soon as they are, so uploads
+    /// need not wait for the checkpoint.
     pub(super) fn tick(&mut self, report: &mut dyn FnMut(&Synced)) -> Result<(), CaptureError> {
         let started = Instant::now();
-        let files = self.sync_all(report)?;
+        let files = self.hand_off(report)?;
         if files > 0 {
             tracing::debug!(db = %self.syncer.db_path().display(), files, ms = started.elapsed().as_millis(), "synced");
         }
-        self.hand_off(report)?;
         if let Some(mode) = self.checkpoint_due()? {
             self.checkpoint(mode, report)?;
         }
@@ -300,10 +306,11 @@ impl Capture {
         report: &mut dyn FnMut(&Synced),
     ) -> Result<usize, CaptureError> {
         // Every sync runs under a read transaction. If the one held lapsed (a failure in a
-        // checkpoint), the log may have restarted in between: the position is no longer live.
+        // checkpoint), the log may have restarted in between: the position is no longer
+        // live. Taking one stages.
         if !self.sqlite.is_holding() {
             self.syncer.live = false;
-            self.hand_off(report)?;
+            return self.hand_off(report);
         }
         self.stage_committed(report)
     }
@@ -389,7 +396,7 @@ impl Capture {
             self.sqlite.release().map_err(|e| self.sql_err(e))?;
             // The read transaction is taken again even if the checkpoint failed.
             let passive = self.sqlite.checkpoint(Mode::Passive);
-            let held = self.hand_off(report);
+            let held = self.hand_off(report).map(drop);
             if held.is_err() {
                 self.syncer.live = false;
             }

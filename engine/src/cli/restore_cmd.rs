@@ -159,6 +159,12 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if args.follow {
         return follow(None, replica, &output, args.force, args.follow_interval).await;
     }
+    if strata::follow::is_followed(&output) {
+        bail!(
+            "a follower is keeping {} (restore -f): stop it first, or restore elsewhere",
+            output.display()
+        );
+    }
     let defaults = RestoreOptions::default();
     let options = RestoreOptions {
         concurrency: args.concurrency.map(NonZeroUsize::get),

@@ -4,6 +4,7 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ltx::{Txid, TxidRange};
 use tokio::sync::{mpsc, watch};
@@ -21,6 +22,13 @@ use crate::stream::wire::Head;
 /// Bytes read from the replica at a time while applying a file: a follower's memory
 /// stays near this whatever the files' sizes.
 const CHUNK: u64 = 1 << 20;
+
+/// The longest wait between tries after failures in a row.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The longest a listing of the replica may take before the follower says so and tries
+/// again (a stalled store would otherwise hold it silently).
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A file to apply: its name (for errors) and its bytes.
 type Input = (String, Box<dyn BufRead + Send>);
@@ -70,7 +78,12 @@ impl Follower {
         force: bool,
         options: FollowOptions,
     ) -> Result<Follower, FollowError> {
-        let (local, position, restored) = prepare(&replica, db, force, options.interval).await?;
+        let Prepared {
+            local,
+            position,
+            restored,
+            rebuild,
+        } = prepare(&replica, db, force, options.interval).await?;
         let status = FollowStatus {
             txid: position.txid,
             newest: position.newest.max(position.txid),
@@ -81,6 +94,8 @@ impl Follower {
         let (stop, stopped) = watch::channel(false);
         let run = Run {
             primary,
+            pending_rebuild: rebuild,
+            failures: 0,
             replica,
             path: db.to_owned(),
             local: Some(local),
@@ -155,41 +170,59 @@ impl Follower {
     }
 }
 
-/// The local database opened, its position, and whether it was restored (because it had
-/// no position).
+/// The local database opened, its position, whether it was restored (because it had
+/// none), and why it must be rebuilt first, if it must (it is not what its position says).
 async fn prepare(
     replica: &Replica,
     db: &Path,
     force: bool,
     interval: std::time::Duration,
-) -> Result<(LocalDb, Position, bool), FollowError> {
+) -> Result<Prepared, FollowError> {
     let position_error = |error| FollowError::Position {
         path: position::path_for(db),
         error,
     };
     let lock = position::lock(db).map_err(position_error)?;
     let exists = std::fs::symlink_metadata(db).is_ok();
-    let saved = if exists {
-        Position::load(db).map_err(position_error)?
-    } else {
-        None
+    let saved = match Position::load(db) {
+        Ok(saved) => saved,
+        // A position that cannot be read: --force starts over.
+        Err(_) if force => {
+            remove_follower_files(db, exists).map_err(position_error)?;
+            None
+        }
+        Err(error) => {
+            return Err(position_error(std::io::Error::new(
+                error.kind(),
+                format!("{error} (give --force to restore the database again)"),
+            )));
+        }
     };
     if let Some(saved) = saved {
-        let path = db.to_owned();
-        let local = tokio::task::spawn_blocking(move || LocalDb::open(&path))
-            .await
-            .map_err(|e| FollowError::Panicked(e.to_string()))??;
-        if local.page_size().get() != saved.page_size {
-            return Err(position_error(std::io::Error::other(format!(
-                "says page size {}, the database has {}",
-                saved.page_size,
-                local.page_size()
-            ))));
+        if !exists {
+            // The database went and its position, -wal and -shm stayed: they are the
+            // follower's own, of a database no longer there.
+            tracing::warn!(db = %db.display(), "the database is gone: restoring it again");
+            remove_follower_files(db, false).map_err(position_error)?;
+        } else {
+            match open_saved(db, &saved).await {
+                Ok((local, rebuild)) => {
+                    tracing::info!(db = %db.display(), txid = %saved.txid, "following on from the saved position");
+                    return Ok(Prepared {
+                        local: local.holding(lock),
+                        position: saved,
+                        restored: false,
+                        rebuild,
+                    });
+                }
+                Err(e) if force && !matches!(e, FollowError::Panicked(_)) => {
+                    tracing::warn!(db = %db.display(), error = %e, "--force: restoring the database again");
+                    remove_follower_files(db, true).map_err(position_error)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        tracing::info!(db = %db.display(), txid = %saved.txid, "following on from the saved position");
-        return Ok((local.holding(lock), saved, false));
-    }
-    if exists && !force {
+    } else if exists && !force {
         return Err(FollowError::NotAFollower {
             path: db.to_owned(),
             position: position::path_for(db),
@@ -242,22 +275,113 @@ async fn prepare(
     let local = tokio::task::spawn_blocking(move || LocalDb::open(&path))
         .await
         .map_err(|e| FollowError::Panicked(e.to_string()))??;
+    let fingerprint = local.fingerprint()?;
     let position = Position {
         txid: summary.txid,
         history,
         page_size: local.page_size().get(),
         applying: None,
         newest: summary.txid,
+        fingerprint: Some(fingerprint),
     };
     position.save(db).map_err(position_error)?;
     tracing::info!(db = %db.display(), txid = %summary.txid, "restored; following");
-    Ok((local.holding(lock), position, true))
+    Ok(Prepared {
+        local: local.holding(lock),
+        position,
+        restored: true,
+        rebuild: None,
+    })
+}
+
+/// A listing of `replica`, or an error once it has taken [`LIST_TIMEOUT`].
+async fn listed<T>(
+    replica: &Replica,
+    listing: impl Future<Output = Result<T, crate::storage::StorageError>>,
+) -> Result<T, FollowError> {
+    match tokio::time::timeout(LIST_TIMEOUT, listing).await {
+        Ok(listed) => Ok(listed?),
+        Err(_) => Err(FollowError::ReplicaSlow {
+            replica: replica.name().to_owned(),
+            waited: LIST_TIMEOUT,
+        }),
+    }
+}
+
+/// What [`prepare`] made ready.
+struct Prepared {
+    local: LocalDb,
+    position: Position,
+    restored: bool,
+    rebuild: Option<String>,
+}
+
+/// Opens a database that has a saved position and checks it is what the position says:
+/// if not (replaced, written by something else, or a transaction in flight when the
+/// follower was killed left it unknown), why it must be rebuilt.
+async fn open_saved(db: &Path, saved: &Position) -> Result<(LocalDb, Option<String>), FollowError> {
+    let path = db.to_owned();
+    let saved = *saved;
+    tokio::task::spawn_blocking(move || {
+        let local = LocalDb::open(&path)?;
+        if local.page_size().get() != saved.page_size {
+            return Err(FollowError::Position {
+                path: position::path_for(&path),
+                error: std::io::Error::other(format!(
+                    "says page size {}, the database has {} (give --force to restore it again)",
+                    saved.page_size,
+                    local.page_size()
+                )),
+            });
+        }
+        let now = local.fingerprint()?;
+        let rebuild = match saved.fingerprint {
+            Some(f) if f == now => None,
+            // Killed mid-transaction: the database is at the position or at `applying`,
+            // and one transaction reaching past both leaves it right (see `next_step`).
+            Some(_) if saved.applying.is_some() => None,
+            Some(_) => Some(format!(
+                "{} is not the database the follower left at TXID {} (replaced, or written by something else)",
+                path.display(),
+                saved.txid
+            )),
+            None => None,
+        };
+        Ok((local, rebuild))
+    })
+    .await
+    .map_err(|e| FollowError::Panicked(e.to_string()))?
+}
+
+/// Removes the follower's position and the database's -wal and -shm, and the database
+/// itself if `db_too`: what is left of a follower whose database is gone or given up.
+fn remove_follower_files(db: &Path, db_too: bool) -> std::io::Result<()> {
+    let mut paths = vec![position::path_for(db)];
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        paths.push(PathBuf::from(p));
+    }
+    if db_too {
+        paths.push(db.to_owned());
+    }
+    for p in paths {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The follower's task.
 struct Run {
     /// The primary whose stream is followed, if any (else the replica is polled).
     primary: Option<PrimaryUrl>,
+    /// The database is not what its position says: rebuilt before anything else.
+    pending_rebuild: Option<String>,
+    /// Steps that failed in a row (the wait before the next grows with them).
+    failures: u32,
     replica: Replica,
     path: PathBuf,
     /// Lent to a blocking thread while a transaction is applied.
@@ -285,25 +409,43 @@ enum Step {
 impl Run {
     async fn run(mut self) -> Result<(), FollowError> {
         let result = loop {
-            let step = match self.primary.clone() {
-                Some(primary) => self.follow_stream(&primary).await,
-                None => self.poll().await,
+            let step = match (self.pending_rebuild.take(), self.primary.clone()) {
+                (Some(why), _) => self.rebuild(why).await,
+                (None, Some(primary)) => self.follow_stream(&primary).await,
+                (None, None) => self.poll().await,
+            };
+            let step = match step {
+                // Someone wrote to the database: it is made the replica's again.
+                Err(e @ FollowError::LocalWritten { .. }) => {
+                    tracing::warn!(db = %self.path.display(), error = %e, "rebuilding");
+                    self.accept_local_as_is().await?;
+                    self.rebuild(e.to_string()).await
+                }
+                other => other,
             };
             match step {
                 Ok(()) => {
+                    self.failures = 0;
                     self.status.send_modify(|s| s.error = None);
                 }
                 Err(e) if e.is_fatal() => break Err(e),
                 Err(e) => {
-                    tracing::warn!(db = %self.path.display(), error = %e, "following: will try again");
+                    self.failures += 1;
+                    tracing::warn!(db = %self.path.display(), error = %e, failures = self.failures, "following: will try again");
                     self.status.send_modify(|s| s.error = Some(e.to_string()));
                 }
             }
             if *self.stopped.borrow() {
                 break Ok(());
             }
+            // Failures in a row wait longer and longer, up to half a minute.
+            let wait = self
+                .options
+                .interval
+                .saturating_mul(1 << self.failures.min(8))
+                .min(MAX_BACKOFF.max(self.options.interval));
             tokio::select! {
-                _ = tokio::time::sleep(self.options.interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.stopped.changed() => {}
             }
             if *self.stopped.borrow() {
@@ -318,6 +460,23 @@ impl Run {
             }
         });
         result
+    }
+
+    /// Takes the local database as it is now as the follower's (before a rebuild that
+    /// rewrites all of it).
+    async fn accept_local_as_is(&mut self) -> Result<(), FollowError> {
+        let mut local = self
+            .local
+            .take()
+            .ok_or_else(|| FollowError::Panicked("the local database is lent out".to_owned()))?;
+        let (local, accepted) = tokio::task::spawn_blocking(move || {
+            let accepted = local.accept_as_is();
+            (local, accepted)
+        })
+        .await
+        .map_err(|e| FollowError::Panicked(e.to_string()))?;
+        self.local = Some(local);
+        accepted
     }
 
     /// Follows the primary's stream until it ends, then catches up from the replica (what
@@ -420,7 +579,7 @@ impl Run {
                 file,
             }) => {
                 self.rebuild(format!(
-                    "{file} is of history {found:016x}, the database of {expected:016x}"
+                    "the replica's history was replaced: {file} is of history {found:016x}, the database of {expected:016x}"
                 ))
                 .await
             }
@@ -432,7 +591,7 @@ impl Run {
     /// longer continues the position, or every `check_every` idle polls).
     async fn next_step(&mut self) -> Result<Step, FollowError> {
         let at = self.position.txid;
-        let l0 = self.replica.list(Level::L0, at.next()).await?;
+        let l0 = listed(&self.replica, self.replica.list(Level::L0, at.next())).await?;
         let mut next = at.next();
         let mut each = Vec::new();
         for f in &l0 {
@@ -471,7 +630,7 @@ impl Run {
     /// TXID below the position, or the position's TXID in another history, is a replaced
     /// history.
     async fn check_whole_replica(&mut self) -> Result<Step, FollowError> {
-        let files = self.replica.list_all().await?;
+        let files = listed(&self.replica, self.replica.list_all()).await?;
         let Some(newest) = files.iter().max_by_key(|f| (f.range.max, f.range.min)) else {
             return Ok(Step::Rebuild("the replica is empty".to_owned()));
         };
@@ -497,7 +656,7 @@ impl Run {
     }
 
     async fn plan_from_position(&mut self, reach: Option<Txid>) -> Result<Step, FollowError> {
-        let files = self.replica.list_all().await?;
+        let files = listed(&self.replica, self.replica.list_all()).await?;
         self.seen(files.iter().map(|f| f.range.max).max());
         self.plan_in(&files, reach)
     }
@@ -513,8 +672,12 @@ impl Run {
                 reach.unwrap_or_default()
             ))),
             Err(PlanError::Empty) => Ok(Step::Rebuild("the replica is empty".to_owned())),
+            // No chain of files from the position: the newest snapshot and what follows.
             Err(e @ PlanError::Gap { .. }) | Err(e @ PlanError::NoSnapshot { .. }) => {
-                Ok(Step::Rebuild(e.to_string()))
+                Ok(Step::Rebuild(format!(
+                    "no chain of files from TXID {}: {e}",
+                    self.position.txid
+                )))
             }
             Err(e) => Err(e.into()),
         }
@@ -522,11 +685,16 @@ impl Run {
 
     /// Rebuilds the database from the replica's newest state, as one transaction.
     async fn rebuild(&mut self, why: String) -> Result<(), FollowError> {
-        tracing::warn!(db = %self.path.display(), reason = %why, "the source's history was replaced: rebuilding the database from it");
-        let files = self.replica.list_all().await?;
+        tracing::warn!(db = %self.path.display(), reason = %why, "rebuilding the database from the replica's newest state");
+        let files = listed(&self.replica, self.replica.list_all()).await?;
         let plan = plan_files(&files, Txid::ZERO, None, &[])?;
+        // What was seen of an older history says nothing of this one.
+        self.position.newest = Txid::ZERO;
         self.apply(plan.files, 0).await?;
-        self.status.send_modify(|s| s.rebuilds += 1);
+        self.status.send_modify(|s| {
+            s.rebuilds += 1;
+            s.newest = s.txid;
+        });
         Ok(())
     }
 
@@ -619,17 +787,20 @@ impl Run {
             let inputs = inputs()
                 .into_iter()
                 .map(|(name, reader)| (name, Ok::<_, FollowError>(reader)));
-            let header = local.apply(inputs, &mut history);
+            let header = local.apply(inputs, &mut history).and_then(|header| {
+                let fingerprint = local.fingerprint()?;
+                Ok(header.map(|h| (h, fingerprint)))
+            });
             (local, header, history)
         });
         let (applied, fed) = tokio::join!(applying, feeding);
         let (local, header, history) = applied.map_err(|e| FollowError::Panicked(e.to_string()))?;
         self.local = Some(local);
-        let header = match (header, fed) {
-            (Ok(Some(header)), _) => header,
+        let (header, fingerprint) = match (header, fed) {
+            (Ok(Some(done)), _) => done,
             (Ok(None), _) => return Ok(()),
             // A stream that broke shows as a truncated file; say why it broke.
-            (Err(FollowError::Ltx(_)), Err(why)) => return Err(FollowError::Stream(why)),
+            (Err(FollowError::Corrupt { .. }), Err(why)) => return Err(FollowError::Stream(why)),
             (Err(e), _) => return Err(e),
         };
         let done = Position {
@@ -637,6 +808,7 @@ impl Run {
             history,
             applying: None,
             newest: self.position.newest.max(target),
+            fingerprint: Some(fingerprint),
             ..self.position
         };
         done.save(&self.path).map_err(position_error)?;

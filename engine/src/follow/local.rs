@@ -4,13 +4,24 @@
 //! each applied TXID whole or not at all, and never a byte written behind SQLite's back.
 
 use std::io::BufRead;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ltx::{Decoder, Header, PageSize};
+use ltx::{Decoder, Header, PageNum, PageSize};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::FollowError;
+
+/// What the database holds, in brief: page 1's checksum and the page count. Kept in the
+/// position after each commit, so a database replaced or written by something else is
+/// told from the one the follower left (page 1 holds the size, the schema and the free
+/// list, so another database, or writes that grow or shrink it, change it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    pub page1: u64,
+    pub pages: u32,
+}
 
 /// A WAL-mode database the follower writes.
 #[derive(Debug)]
@@ -18,6 +29,11 @@ pub(crate) struct LocalDb {
     conn: Connection,
     path: PathBuf,
     page_size: PageSize,
+    /// The file opened (device, inode): another file at the path is not this database.
+    file: (u64, u64),
+    /// `PRAGMA data_version` after the follower's last commit: it changes when any other
+    /// connection commits.
+    data_version: i64,
     /// The lock that makes this the database's only follower (see `position::lock`).
     lock: Option<std::fs::File>,
 }
@@ -63,12 +79,73 @@ impl LocalDb {
             |_| Ok(()),
         )
         .map_err(sql)?;
+        let meta = std::fs::metadata(path).map_err(|error| FollowError::Position {
+            path: path.to_owned(),
+            error,
+        })?;
+        let data_version = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(sql)?;
         Ok(LocalDb {
             conn,
             path: path.to_owned(),
             page_size,
+            file: (meta.dev(), meta.ino()),
+            data_version,
             lock: None,
         })
+    }
+
+    /// What the database holds now, in brief (see [`Fingerprint`]).
+    pub(crate) fn fingerprint(&self) -> Result<Fingerprint, FollowError> {
+        let sql = |error| FollowError::Local {
+            path: self.path.clone(),
+            error,
+        };
+        let page1: Vec<u8> = self
+            .conn
+            .query_row("SELECT data FROM sqlite_dbpage WHERE pgno = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql)?;
+        let pages = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(sql)?;
+        Ok(Fingerprint {
+            page1: ltx::page_checksum(PageNum::ONE, &page1).get(),
+            pages,
+        })
+    }
+
+    /// Fails if the file at the path is no longer the one opened (replaced or removed).
+    pub(crate) fn check_file(&self) -> Result<(), FollowError> {
+        let now = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now == Some(self.file) {
+            return Ok(());
+        }
+        Err(FollowError::LocalReplaced {
+            path: self.path.clone(),
+            what: if now.is_some() {
+                "replaced by another file"
+            } else {
+                "removed"
+            },
+        })
+    }
+
+    /// Takes the database as it is now as the follower's own (after a check that it is).
+    pub(crate) fn accept_as_is(&mut self) -> Result<(), FollowError> {
+        self.data_version = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|error| FollowError::Local {
+                path: self.path.clone(),
+                error,
+            })?;
+        Ok(())
     }
 
     /// Holds `lock` for as long as the database is open.
@@ -87,6 +164,9 @@ impl LocalDb {
     /// to its end and its checksum verified before the commit; any failure rolls the
     /// whole transaction back. Every file must be of `history` (0: any, and the first
     /// file that carries one sets it). Returns the last file's header (`None`: no file).
+    ///
+    /// Refused before anything is written if the database is not as the follower left
+    /// it: another file at the path, or a commit by another connection since its own.
     pub(crate) fn apply<R: BufRead>(
         &mut self,
         inputs: impl IntoIterator<Item = (String, Result<R, FollowError>)>,
@@ -97,10 +177,19 @@ impl LocalDb {
             path: path.clone(),
             error,
         };
+        self.check_file()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
+        let data_version: i64 = tx
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if data_version != self.data_version {
+            return Err(FollowError::LocalWritten {
+                path: self.path.clone(),
+            });
+        }
         let mut last = None;
         {
             let mut insert = tx
@@ -108,7 +197,11 @@ impl LocalDb {
                 .map_err(sql)?;
             let mut page = vec![0u8; self.page_size.bytes()];
             for (name, input) in inputs {
-                let mut decoder = Decoder::from_buf_read(input?).map_err(FollowError::Ltx)?;
+                let corrupt = |error| FollowError::Corrupt {
+                    file: name.clone(),
+                    error,
+                };
+                let mut decoder = Decoder::from_buf_read(input?).map_err(corrupt)?;
                 let header = *decoder.header();
                 if header.node_id != 0 {
                     if *history != 0 && header.node_id != *history {
@@ -126,12 +219,12 @@ impl LocalDb {
                         source_size: header.page_size,
                     });
                 }
-                while let Some(pgno) = decoder.decode_page(&mut page).map_err(FollowError::Ltx)? {
+                while let Some(pgno) = decoder.decode_page(&mut page).map_err(corrupt)? {
                     insert
                         .execute(rusqlite::params![pgno.get(), &page[..]])
                         .map_err(sql)?;
                 }
-                decoder.finish().map_err(FollowError::Ltx)?;
+                decoder.finish().map_err(corrupt)?;
                 last = Some(header);
             }
         }
@@ -151,6 +244,10 @@ impl LocalDb {
             .map_err(sql)?;
         }
         tx.commit().map_err(sql)?;
+        self.data_version = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(sql)?;
         Ok(Some(last))
     }
 }

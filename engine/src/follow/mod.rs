@@ -30,6 +30,7 @@ use crate::restore::RestoreError;
 use crate::storage::StorageError;
 
 pub use follower::Follower;
+pub use position::is_followed;
 pub use primary::PrimaryUrl;
 
 /// How a follower works.
@@ -153,9 +154,42 @@ pub enum FollowError {
         /// The file.
         file: String,
     },
-    /// A file is not valid LTX.
-    #[error(transparent)]
-    Ltx(#[from] ltx::Error),
+    /// A file to apply is not valid LTX (nothing of it was applied).
+    #[error("{file}: {error}")]
+    Corrupt {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        error: ltx::Error,
+    },
+    /// The local database was replaced or removed while it was followed.
+    #[error(
+        "{} was {what} while it was followed: start the follower again, which rebuilds it from the replica",
+        path.display()
+    )]
+    LocalReplaced {
+        /// The local database.
+        path: PathBuf,
+        /// What happened to it.
+        what: &'static str,
+    },
+    /// Another connection wrote to the local database (a follower's database is read-only).
+    #[error(
+        "{} was written by another connection: a follower's database is for reading; it is rebuilt from the replica",
+        path.display()
+    )]
+    LocalWritten {
+        /// The local database.
+        path: PathBuf,
+    },
+    /// A listing of the replica did not answer in time.
+    #[error("{replica} did not answer a listing in {}s", waited.as_secs())]
+    ReplicaSlow {
+        /// The replica.
+        replica: String,
+        /// How long it was given.
+        waited: Duration,
+    },
     /// The primary's stream broke or said something unexpected.
     #[error("the primary's stream: {0}")]
     Stream(String),
@@ -171,6 +205,7 @@ impl FollowError {
             self,
             FollowError::NotWal { .. }
                 | FollowError::NotAFollower { .. }
+                | FollowError::LocalReplaced { .. }
                 | FollowError::Position { .. }
                 | FollowError::PageSizeChanged { .. }
                 | FollowError::Panicked(_)

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use ltx::Txid;
 
+use super::local::Fingerprint;
+
 const VERSION: &str = "1";
 
 /// What the local database holds.
@@ -29,6 +31,8 @@ pub(crate) struct Position {
     pub applying: Option<Txid>,
     /// The newest TXID the source was known to hold.
     pub newest: Txid,
+    /// What the database held at `txid`, in brief (`None` before the first commit).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// Where the position of the database at `db` is kept.
@@ -36,6 +40,11 @@ pub(crate) fn path_for(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_owned();
     name.push("-follow");
     db.with_file_name(name)
+}
+
+/// Whether a follower is following the database at `db` now (holds its lock).
+pub fn is_followed(db: &Path) -> bool {
+    matches!(lock(db), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Takes the lock that makes a follower the only one of the database at `db` (an flock on
@@ -75,6 +84,9 @@ impl Position {
             self.newest,
             jiff::Timestamp::now()
         );
+        if let Some(f) = self.fingerprint {
+            text.push_str(&format!("page1={:016x}\npages={}\n", f.page1, f.pages));
+        }
         if let Some(applying) = self.applying {
             text.push_str(&format!("applying={applying}\n"));
         }
@@ -132,6 +144,13 @@ impl Position {
                 Some(_) => Some(txid("applying")?),
             },
             newest: txid("newest").unwrap_or(Txid::ZERO),
+            fingerprint: match (get("page1"), get("pages")) {
+                (Some(page1), Some(pages)) => Some(Fingerprint {
+                    page1: u64::from_str_radix(page1, 16).map_err(|_| bad("no valid page1"))?,
+                    pages: pages.parse().map_err(|_| bad("no valid pages"))?,
+                }),
+                _ => None,
+            },
         }))
     }
 }
@@ -162,6 +181,10 @@ mod tests {
             page_size: 4096,
             applying: Some(Txid::new(0x30)),
             newest: Txid::new(0x31),
+            fingerprint: Some(Fingerprint {
+                page1: 0xfeed,
+                pages: 7,
+            }),
         };
         p.save(&db).unwrap();
         assert_eq!(Position::load(&db).unwrap(), Some(p));

@@ -403,6 +403,21 @@ async fn a_follower_of_a_primary_stream_outlives_the_primary() {
     stop(&setup, primary);
 }
 
+/// Waits until `follower` has rebuilt its database at least once and holds `txid`.
+async fn rebuilt_and_at(follower: &Follower, txid: Txid) {
+    let mut watch = follower.watch();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        watch.wait_for(|s| s.rebuilds >= 1 && s.txid >= txid || s.stopped),
+    )
+    .await;
+    let status = follower.status();
+    assert!(
+        waited.is_ok() && status.rebuilds >= 1 && status.txid >= txid,
+        "expected a rebuild and TXID {txid}: {status:?}"
+    );
+}
+
 /// A follower's database written by another connection, or replaced while the follower
 /// was stopped, is not what its position says: the follower rebuilds it from the replica
 /// (never applying later files over it); replaced while it runs, it stops and says so.
@@ -429,8 +444,7 @@ async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
         .unwrap();
     write_some(1.0).await.unwrap();
     let synced = replication.sync().await.unwrap();
-    let status = follower.wait_for(synced).await.unwrap();
-    assert!(status.rebuilds >= 1, "{status:?}");
+    rebuilt_and_at(&follower, synced).await;
     wait_equal(&setup, &out, "after a foreign write");
     follower.stop().await.unwrap();
 
@@ -445,8 +459,7 @@ async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
     let follower = Follower::start(setup.replica(), &out, false, options())
         .await
         .unwrap();
-    let status = follower.wait_for(synced).await.unwrap();
-    assert!(status.rebuilds >= 1, "{status:?}");
+    rebuilt_and_at(&follower, synced).await;
     wait_equal(&setup, &out, "after the database was replaced");
 
     // Replaced while followed: the follower stops, naming it, at its next transaction.

@@ -42,17 +42,27 @@ pub(crate) fn path_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-/// Whether a follower is following the database at `db` now (holds its lock).
+/// Whether a follower is following the database at `db` now (holds its lock). Creates
+/// nothing.
 pub fn is_followed(db: &Path) -> bool {
-    matches!(lock(db), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    let Ok(file) = File::open(lock_path(db)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// `<db>-follow.lock`.
+fn lock_path(db: &Path) -> PathBuf {
+    let mut path = path_for(db).into_os_string();
+    path.push(".lock");
+    PathBuf::from(path)
 }
 
 /// Takes the lock that makes a follower the only one of the database at `db` (an flock on
 /// `<db>-follow.lock`, held while the file returned is open): two followers of one
 /// database would each apply over the other and keep positions that lie.
 pub(crate) fn lock(db: &Path) -> io::Result<File> {
-    let mut path = path_for(db).into_os_string();
-    path.push(".lock");
+    let path = lock_path(db);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -66,7 +76,7 @@ pub(crate) fn lock(db: &Path) -> io::Result<File> {
             io::ErrorKind::WouldBlock,
             format!(
                 "another follower holds {}: one database has one follower",
-                Path::new(&path).display()
+                path.display()
             ),
         )),
     }
@@ -163,10 +173,14 @@ mod tests {
     fn one_follower_per_database() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("app.db");
+        assert!(!is_followed(&db));
+        assert!(!lock_path(&db).exists(), "asking creates nothing");
         let held = lock(&db).unwrap();
+        assert!(is_followed(&db));
         let err = lock(&db).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
         drop(held);
+        assert!(!is_followed(&db));
         lock(&db).unwrap();
     }
 

@@ -497,3 +497,76 @@ async fn a_restore_over_a_followed_database_is_refused() {
     follower.stop().await.unwrap();
     replication.stop().await.unwrap();
 }
+
+/// `GET path` on `addr`: the response body, if it answered 200.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// `restore -f --addr` serves the follower's TXID and lag as text and as metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_shows_its_txid_and_lag_over_http() {
+    let setup = Setup::new(None);
+    let replication = start_in_process(&setup, &setup.replica_url).await;
+    let writers = setup.writers(1, 1.0);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let synced = replication.sync().await.unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut reaper = Reaper::default();
+    let mut follower = Command::new(strata_bin())
+        .args([
+            "restore",
+            "-f",
+            "--follow-interval",
+            "100ms",
+            "--addr",
+            &addr,
+            "-o",
+        ])
+        .arg(setup.dir.join("follow.db"))
+        .arg(&setup.replica_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    reaper.watch(&follower);
+    let want = format!("txid: {synced}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(body) = http_get(&addr, "/status")
+            && body.contains(&want)
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no {want} in /status");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.contains("lag: 0 TXIDs"), "{status}");
+    let metrics = http_get(&addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("strata_follow_txid{db=") && metrics.ends_with("# EOF\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("strata_follow_txid{")
+                && l.ends_with(&format!(" {}", synced.get()))),
+        "{metrics}"
+    );
+    signal(&follower, "-TERM");
+    assert!(follower.wait().unwrap().success());
+    replication.stop().await.unwrap();
+}

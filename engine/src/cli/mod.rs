@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod compact_cmd;
+mod follow_status;
 mod heartbeat;
 mod ltx_cmd;
 mod replicate_cmd;

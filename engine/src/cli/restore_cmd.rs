@@ -64,6 +64,10 @@ pub struct RestoreArgs {
     /// following a primary, how soon it tries again once the primary is away.
     #[arg(long, value_parser = parse_interval, default_value = "1s", requires = "follow")]
     follow_interval: Duration,
+    /// Serve the follower's status on HOST:PORT: GET /status (text) and /metrics
+    /// (Prometheus): its TXID, the newest the source is known to hold, the lag between them.
+    #[arg(long, requires = "follow")]
+    addr: Option<String>,
     /// Following a primary's stream (http://HOST:PORT/NAME): its replica, which the
     /// database is restored from and caught up from whenever the stream cannot serve.
     #[arg(long, requires = "follow")]
@@ -109,7 +113,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
             replica,
             &output,
             args.force,
-            args.follow_interval,
+            (args.follow_interval, args.addr.as_deref()),
         )
         .await;
     }
@@ -157,7 +161,14 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("give the output database with -o PATH (or use --dry-run)");
     };
     if args.follow {
-        return follow(None, replica, &output, args.force, args.follow_interval).await;
+        return follow(
+            None,
+            replica,
+            &output,
+            args.force,
+            (args.follow_interval, args.addr.as_deref()),
+        )
+        .await;
     }
     if strata::follow::is_followed(&output) {
         bail!(
@@ -234,7 +245,7 @@ async fn follow(
     replica: Replica,
     output: &std::path::Path,
     force: bool,
-    interval: Duration,
+    (interval, addr): (Duration, Option<&str>),
 ) -> anyhow::Result<ExitCode> {
     let mut stop = StopSignals::new()?;
     let mut options = FollowOptions::default();
@@ -272,6 +283,10 @@ async fn follow(
         },
         format_interval(interval)
     );
+    if let Some(addr) = addr {
+        let bound = super::follow_status::start(addr, follower.watch(), output.to_owned()).await?;
+        println!("status at http://{bound}/status and /metrics");
+    }
     let mut watch = follower.watch();
     let stopped_by = loop {
         tokio::select! {

@@ -27,12 +27,7 @@ pub async fn start(
     status: watch::Receiver<FollowStatus>,
     db: PathBuf,
 ) -> anyhow::Result<SocketAddr> {
-    let listen = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_owned()
-    };
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let listener = tokio::net::TcpListener::bind(super::serve::listen_addr(addr))
         .await
         .with_context(|| format!("cannot listen on --addr {addr}"))?;
     let bound = listener.local_addr()?;

@@ -273,7 +273,7 @@ async fn follow(
     .with_context(|| format!("cannot follow {url} into {}", output.display()))?;
     let status = follower.status();
     println!(
-        "following {url} into {} from TXID {} ({}), every {}",
+        "following {url} into {} from TXID {} ({}), every {interval:?}",
         output.display(),
         status.txid,
         if follower.restored() {
@@ -281,7 +281,6 @@ async fn follow(
         } else {
             "its saved position"
         },
-        format_interval(interval)
     );
     if let Some(addr) = addr {
         let bound = super::follow_status::start(addr, follower.watch(), output.to_owned()).await?;
@@ -441,14 +440,5 @@ impl Progress for Bar {
     }
     fn replanned(&self, reason: &str) {
         self.0.println(format!("re-planning: {reason}"));
-    }
-}
-
-/// A duration as the flag took it: `1s`, `250ms`.
-fn format_interval(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }

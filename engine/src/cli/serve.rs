@@ -38,7 +38,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// `addr:` as a socket address to listen on: Go's `:9090` (every interface) is accepted
 /// as Litestream accepts it.
-fn listen_addr(addr: &str) -> String {
+pub(super) fn listen_addr(addr: &str) -> String {
     if addr.starts_with(':') {
         format!("0.0.0.0{addr}")
     } else {

@@ -148,11 +148,11 @@ impl Follower {
         if status.txid >= txid {
             Ok(status)
         } else {
-            Err(FollowError::Panicked(format!(
-                "the follower stopped at TXID {} before reaching {txid}{}",
-                status.txid,
-                status.error.map(|e| format!(": {e}")).unwrap_or_default()
-            )))
+            Err(FollowError::Stopped {
+                at: status.txid,
+                wanted: txid,
+                why: status.error,
+            })
         }
     }
 

@@ -193,6 +193,16 @@ pub enum FollowError {
     /// The primary's stream broke or said something unexpected.
     #[error("the primary's stream: {0}")]
     Stream(String),
+    /// The follower stopped before its database reached the TXID waited for.
+    #[error("the follower stopped at TXID {at} before reaching {wanted}{}", why.as_deref().map(|w| format!(": {w}")).unwrap_or_default())]
+    Stopped {
+        /// Where it stopped.
+        at: Txid,
+        /// The TXID waited for.
+        wanted: Txid,
+        /// The failure that stopped it, if one did.
+        why: Option<String>,
+    },
     /// The follower's task panicked.
     #[error("the follower stopped unexpectedly: {0}")]
     Panicked(String),

@@ -17,6 +17,7 @@
 
 mod follower;
 mod local;
+mod open;
 mod position;
 mod primary;
 

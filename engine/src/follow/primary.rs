@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, Read};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -61,7 +61,7 @@ impl std::fmt::Display for PrimaryUrl {
 pub(super) struct Stream {
     body: Incoming,
     /// Bytes received and not yet taken.
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl Stream {
@@ -105,7 +105,7 @@ impl Stream {
         }
         Ok(Stream {
             body: response.into_body(),
-            buf: Vec::new(),
+            buf: BytesMut::new(),
         })
     }
 
@@ -133,7 +133,7 @@ impl Stream {
     pub(super) async fn next_head(&mut self) -> Result<Option<Head>, String> {
         loop {
             if let Some((head, used)) = Head::parse(&self.buf)? {
-                self.buf.drain(..used);
+                self.buf.advance(used);
                 return Ok(Some(head));
             }
             if !self.fill().await? {
@@ -164,7 +164,7 @@ impl Stream {
                 .buf
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let chunk = Bytes::from(self.buf.drain(..n).collect::<Vec<u8>>());
+            let chunk = self.buf.split_to(n).freeze();
             left -= n as u64;
             tx.send(chunk)
                 .await

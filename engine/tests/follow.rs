@@ -69,6 +69,13 @@ fn spawn_reader(setup: &Setup, out: &Path, seconds: f64) -> Child {
         .unwrap()
 }
 
+/// A child process's output once it has exited, waited for off the runtime's threads.
+async fn finished(child: Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// What a reader said, for a failure message.
 fn said(output: &std::process::Output) -> String {
     format!(
@@ -135,9 +142,7 @@ async fn readers_of_a_follower_see_only_states_the_source_had_through_a_kill() {
     tokio::task::spawn_blocking(move || wait_all(writers))
         .await
         .unwrap();
-    let read = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let read = finished(reader).await;
     assert!(read.status.success(), "the reader: {}", said(&read));
     assert!(said(&read).contains("reads"), "{}", said(&read));
     wait_equal(&setup, &out, "after the writers stopped");
@@ -158,10 +163,7 @@ async fn a_follower_stopped_past_l0_retention_catches_up() {
     let setup = Setup::new(None);
     let replication = start_in_process(&setup, &setup.replica_url).await;
     let out = setup.dir.join("follow.db");
-    let writers = setup.writers(2, 3.0);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
+    setup.write_for(2, 3.0).await;
     replication.sync().await.unwrap();
     let follower = Follower::start(setup.replica(), &out, false, options())
         .await
@@ -171,10 +173,7 @@ async fn a_follower_stopped_past_l0_retention_catches_up() {
     follower.stop().await.unwrap();
 
     let reader = spawn_reader(&setup, &out, 12.0);
-    let writers = setup.writers(2, 8.0);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
+    setup.write_for(2, 8.0).await;
     let synced = replication.sync().await.unwrap();
     let l0 = setup
         .replica()
@@ -195,9 +194,7 @@ async fn a_follower_stopped_past_l0_retention_catches_up() {
         .unwrap();
     assert!(status.error.is_none(), "{status:?}");
     wait_equal(&setup, &out, "after catching up");
-    let read = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let read = finished(reader).await;
     assert!(read.status.success(), "the reader: {}", said(&read));
     follower.stop().await.unwrap();
     replication.stop().await.unwrap();
@@ -211,10 +208,7 @@ async fn a_replaced_history_is_rebuilt_never_joined() {
     let first = Setup::new(None);
     let url = first.replica_url.clone();
     let replication = start_in_process(&first, &url).await;
-    let writers = first.writers(1, 4.0);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
+    first.write_for(1, 4.0).await;
     let reached = replication.sync().await.unwrap();
     let out = first.dir.join("follow.db");
     let follower = Follower::start(first.replica(), &out, false, options())
@@ -232,10 +226,7 @@ async fn a_replaced_history_is_rebuilt_never_joined() {
     std::fs::remove_dir_all(&replica_dir).unwrap();
     let second = Setup::new(Some(url.clone()));
     let replication = start_in_process(&second, &url).await;
-    let writers = second.writers(1, 2.0);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
+    second.write_for(1, 2.0).await;
     replication.sync().await.unwrap();
     wait_equal(&second, &out, "the second source");
     let status = follower.status();
@@ -259,10 +250,7 @@ async fn a_follower_killed_mid_transaction_ends_right_either_way() {
         PathBuf::from(p)
     };
     for case in ["committed", "not committed"] {
-        let writers = setup.writers(1, 1.5);
-        tokio::task::spawn_blocking(move || wait_all(writers))
-            .await
-            .unwrap();
+        setup.write_for(1, 1.5).await;
         let synced = replication.sync().await.unwrap();
         let follower = Follower::start(setup.replica(), &out, false, options())
             .await
@@ -271,10 +259,7 @@ async fn a_follower_killed_mid_transaction_ends_right_either_way() {
         follower.stop().await.unwrap();
         let text = std::fs::read_to_string(&position).unwrap();
         assert!(text.contains(&format!("txid={at}")), "{text}");
-        let writers = setup.writers(1, 1.5);
-        tokio::task::spawn_blocking(move || wait_all(writers))
-            .await
-            .unwrap();
+        setup.write_for(1, 1.5).await;
         let newest = replication.sync().await.unwrap();
         let edited = match case {
             // The database holds `at`; the position says an earlier TXID, announcing `at`.
@@ -382,15 +367,11 @@ async fn a_follower_of_a_primary_stream_outlives_the_primary() {
     tokio::task::spawn_blocking(move || wait_all(writers))
         .await
         .unwrap();
-    let read = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let read = finished(reader).await;
     assert!(read.status.success(), "the reader: {}", said(&read));
     wait_equal(&setup, &out, "following the primary");
     signal(&follower, "-TERM");
-    let status = tokio::task::spawn_blocking(move || follower.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let status = finished(follower).await;
     assert!(status.status.success());
     let log = std::fs::read_to_string(setup.dir.join("follow.log")).unwrap();
     let streamed: u64 = log
@@ -426,11 +407,7 @@ async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
     let setup = Setup::new(None);
     let replication = start_in_process(&setup, &setup.replica_url).await;
     let out = setup.dir.join("follow.db");
-    let write_some = |seconds: f64| {
-        let writers = setup.writers(1, seconds);
-        tokio::task::spawn_blocking(move || wait_all(writers))
-    };
-    write_some(1.0).await.unwrap();
+    setup.write_for(1, 1.0).await;
     let synced = replication.sync().await.unwrap();
     let follower = Follower::start(setup.replica(), &out, false, options())
         .await
@@ -442,7 +419,7 @@ async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
         .unwrap()
         .execute_batch("DELETE FROM items WHERE id % 3 = 0")
         .unwrap();
-    write_some(1.0).await.unwrap();
+    setup.write_for(1, 1.0).await;
     let synced = replication.sync().await.unwrap();
     rebuilt_and_at(&follower, synced).await;
     wait_equal(&setup, &out, "after a foreign write");
@@ -454,7 +431,7 @@ async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
     }
-    write_some(1.0).await.unwrap();
+    setup.write_for(1, 1.0).await;
     let synced = replication.sync().await.unwrap();
     let follower = Follower::start(setup.replica(), &out, false, options())
         .await
@@ -465,7 +442,7 @@ async fn a_database_written_or_replaced_under_a_follower_is_rebuilt() {
     // Replaced while followed: the follower stops, naming it, at its next transaction.
     std::fs::copy(&other.db, setup.dir.join("swap.db")).unwrap();
     std::fs::rename(setup.dir.join("swap.db"), &out).unwrap();
-    write_some(1.0).await.unwrap();
+    setup.write_for(1, 1.0).await;
     replication.sync().await.unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(20), follower.join())
         .await
@@ -518,10 +495,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 async fn a_follower_shows_its_txid_and_lag_over_http() {
     let setup = Setup::new(None);
     let replication = start_in_process(&setup, &setup.replica_url).await;
-    let writers = setup.writers(1, 1.0);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
+    setup.write_for(1, 1.0).await;
     let synced = replication.sync().await.unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut reaper = Reaper::default();

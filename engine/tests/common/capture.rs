@@ -145,6 +145,14 @@ impl Setup {
             .collect()
     }
 
+    /// `n` writers for `seconds`, waited for off the runtime's threads; each must succeed.
+    pub async fn write_for(&self, n: u64, seconds: f64) {
+        let writers = self.writers(n, seconds);
+        tokio::task::spawn_blocking(move || wait_all(writers))
+            .await
+            .unwrap();
+    }
+
     pub fn states(&self) -> HashSet<String> {
         std::fs::read_to_string(&self.states)
             .unwrap()

@@ -37,6 +37,8 @@ pub(super) struct CaptureJob {
     pub(super) fatal: watch::Sender<Option<String>>,
     pub(super) finished: Mutex<Option<tokio::sync::oneshot::Sender<Finished>>>,
     pub(super) interval: Duration,
+    /// How soon after a write to the database's files it is staged.
+    pub(super) debounce: Duration,
 }
 
 pub(super) struct JobState {
@@ -65,6 +67,10 @@ impl ticker::Job for CaptureJob {
 
     fn idle_interval(&self) -> Duration {
         self.interval
+    }
+
+    fn debounce(&self) -> Duration {
+        self.debounce
     }
 
     fn work(&self) -> Option<Duration> {

@@ -23,6 +23,7 @@
 //! One capture per database: the staging directory is locked (see `staging`). A database
 //! file replaced under its path is noticed on the next sync and followed.
 
+mod batch;
 mod database;
 mod decide;
 mod error;

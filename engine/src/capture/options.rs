@@ -30,8 +30,12 @@ impl Default for CheckpointOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CaptureOptions {
-    /// How often committed frames are turned into an L0 file.
+    /// How often staged L0 files are uploaded (merged into one file per replica), and how
+    /// often committed frames are staged where file-change notification is missing.
     pub sync_interval: Duration,
+    /// How soon after a write to the database's files what it committed is staged (and
+    /// streamed to followers), where file-change notification is available (Linux).
+    pub commit_debounce: Duration,
     /// Checkpointing.
     pub checkpoint: CheckpointOptions,
     /// WAL bytes one L0 file takes at most; a larger backlog is cut at commit boundaries.
@@ -57,6 +61,7 @@ impl Default for CaptureOptions {
     fn default() -> CaptureOptions {
         CaptureOptions {
             sync_interval: Duration::from_secs(1),
+            commit_debounce: Duration::from_millis(2),
             checkpoint: CheckpointOptions::default(),
             max_wal_bytes: 64 << 20,
             busy_timeout: Duration::from_secs(1),

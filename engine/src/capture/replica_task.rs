@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ltx::Txid;
 use tokio::sync::watch;
 
+use super::batch::Batches;
 use super::panic_alarm::PanicAlarm;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
@@ -66,8 +67,9 @@ impl ReplicaTask {
         };
         let restores_to = start.map_or(Txid::ZERO, |s| s.0);
         let index = SharedIndex::new(LevelIndex::from_files(files, jiff::Timestamp::now()));
+        let batches = Batches::new(&shared.staging, slot, options.encoding);
         let uploader = uploader::Uploader::new(
-            shared.staging.clone(),
+            (shared.staging.clone(), batches.clone()),
             replica.clone(),
             start,
             shared.full_copy.clone(),
@@ -84,7 +86,7 @@ impl ReplicaTask {
             };
             let compactor = Compactor::new(replica.clone(), index.clone(), compaction, scratch);
             Runner::start(
-                compactor.with_local_l0(shared.staging.l0_dir()),
+                compactor.with_local_l0(vec![shared.staging.l0_dir(), batches.dir().to_owned()]),
                 Clock::System,
             )
         });
@@ -381,15 +383,24 @@ pub(super) async fn upload_loop(
         // idle replica is looked at (two HEADs) now and then, so one wiped meanwhile shows
         // as behind, and gets its full copy, without waiting for a write.
         let idle_check = uploader.lock().await.idle_check_interval();
-        tokio::select! {
+        let staged = tokio::select! {
             changed = signals.staged.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(interval).await;
                 }
+                true
             }
-            () = index.check_requested() => {}
-            () = signals.retry.notified() => {}
-            () = tokio::time::sleep(idle_check) => {}
+            () = index.check_requested() => false,
+            () = signals.retry.notified() => false,
+            () = tokio::time::sleep(idle_check) => false,
+        };
+        // Capture stages at commit speed; the replica gets at most one round (one merged L0
+        // file) per interval. A sync waiting does not wait for the interval.
+        if staged {
+            tokio::select! {
+                () = tokio::time::sleep_until((started + interval).into()) => {}
+                () = signals.retry.notified() => {}
+            }
         }
     }
 }

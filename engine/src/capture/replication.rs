@@ -109,6 +109,7 @@ impl Replication {
             fatal: fatal_tx.clone(),
             finished: Mutex::new(Some(finished_tx)),
             interval: options.sync_interval,
+            debounce: options.commit_debounce.min(options.sync_interval),
         });
         let ticker = ticker.unwrap_or_else(|| Ticker::new(1));
         let job_id = ticker.add(job.clone(), Some(&db));

@@ -9,40 +9,39 @@ use tokio::io::AsyncReadExt;
 use ltx::{Txid, TxidRange};
 
 use super::CaptureError;
+use super::batch::{self, Batches};
 use super::staging::Staging;
 use crate::storage::{Level, Replica};
 
 /// Where each replica's uploader is with the staged files, so that a staged file is
-/// removed only once every replica holds it (and, with compaction, every replica's L1
-/// covers it). A replica that lags (its server down) keeps files staged for at most
-/// [`LAGGING_KEEP_MAX`]; after that it gets a full copy when it returns.
+/// removed only once every replica holds it. A replica that lags (its server down) keeps
+/// files staged for at most [`LAGGING_KEEP_MAX`]; after that it gets a full copy when it
+/// returns.
 #[derive(Debug)]
 pub(super) struct StagedUse {
-    /// Per replica: (uploaded, removable).
-    slots: std::sync::Mutex<Vec<(Txid, Txid)>>,
+    /// Per replica: the highest TXID it holds.
+    slots: std::sync::Mutex<Vec<Txid>>,
 }
 
 impl StagedUse {
     /// For `n` replicas, none of which holds anything yet.
     pub(super) fn new(n: usize) -> Arc<StagedUse> {
         Arc::new(StagedUse {
-            slots: std::sync::Mutex::new(vec![(Txid::ZERO, Txid::ZERO); n]),
+            slots: std::sync::Mutex::new(vec![Txid::ZERO; n]),
         })
     }
 
-    pub(super) fn set(&self, slot: usize, uploaded: Txid, removable: Txid) {
+    pub(super) fn set(&self, slot: usize, uploaded: Txid) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = slots.get_mut(slot) {
-            *s = (uploaded, removable);
+            *s = uploaded;
         }
     }
 
-    /// The lowest (uploaded, removable) over every replica.
-    fn floor(&self) -> (Txid, Txid) {
+    /// The lowest TXID every replica holds.
+    fn floor(&self) -> Txid {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let uploaded = slots.iter().map(|s| s.0).min().unwrap_or(Txid::ZERO);
-        let removable = slots.iter().map(|s| s.1).min().unwrap_or(Txid::ZERO);
-        (uploaded, removable)
+        slots.iter().copied().min().unwrap_or(Txid::ZERO)
     }
 
     fn replicas(&self) -> usize {
@@ -51,19 +50,22 @@ impl StagedUse {
 
     /// A replica given up on: it holds back no staged file any more.
     pub(super) fn release(&self, slot: usize) {
-        self.set(slot, Txid::MAX, Txid::MAX);
+        self.set(slot, Txid::MAX);
     }
 }
 
 /// Uploads staged files above `uploaded` (the highest TXID known to be in the replica) in
-/// TXID order, then removes the uploaded ones except the newest. Returns how many were
-/// uploaded, and adds each file sent to `sent`. Each file must continue the replica (start at `uploaded + 1`, or at 1 for a
-/// full copy named as a snapshot): a file that would leave a gap is never sent. It is
-/// dropped if a full copy staged after it supersedes it, and is an error otherwise.
-/// A file already in the replica counts as uploaded if it holds the same bytes (an upload
-/// retried after a crash); different bytes mean another writer: a conflict.
+/// TXID order, then removes the uploaded ones except the newest (after [`FEED_KEEP`]) and
+/// the local copies of uploads compaction no longer reads. Staged files that continue
+/// one another go as one file, merged by `batches` (see [`batch`](super::batch)). Returns
+/// how many files were uploaded, and adds each file sent to `sent`. Each file must continue
+/// the replica (start at `uploaded + 1`, or at 1 for a full copy named as a snapshot): a file
+/// that would leave a gap is never sent. It is dropped if a full copy staged after it
+/// supersedes it, and is an error otherwise. A file already in the replica counts as
+/// uploaded if it holds the same bytes (an upload retried after a crash); different bytes
+/// mean another writer: a conflict.
 pub(super) async fn upload(
-    staging: &Staging,
+    (staging, batches): (&Staging, &Batches),
     replica: &Replica,
     uploaded: &mut Txid,
     sent: &mut Vec<TxidRange>,
@@ -77,34 +79,53 @@ pub(super) async fn upload(
         }
     };
     let staged = staging.staged().map_err(io(staging.dir().to_owned()))?;
-    let already = *uploaded;
     let mut count = 0;
-    for (i, range) in staged
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, r)| r.max > already)
-    {
-        let txid = range.max;
-        if range.min != Txid::ONE && range.min != uploaded.next() {
+    let mut i = staged.partition_point(|r| r.max <= *uploaded);
+    while i < staged.len() {
+        let first = staged[i];
+        if first.min != Txid::ONE && first.min != uploaded.next() {
             if staged[i + 1..].iter().any(|r| r.min == Txid::ONE) {
                 tracing::debug!(
-                    file = range.file_name(),
+                    file = first.file_name(),
                     "skipping a file a later full copy supersedes"
                 );
                 // Another replica may still need it; with one replica it is of no use.
                 if peers.replicas() == 1 {
-                    staging.remove(range).map_err(io(staging.path(range)))?;
+                    staging.remove(first).map_err(io(staging.path(first)))?;
                 }
+                i += 1;
                 continue;
             }
             return Err(CaptureError::Gap {
-                range,
+                range: first,
                 uploaded: *uploaded,
                 replica: replica.name().to_owned(),
             });
         }
-        let path = staging.path(range);
+        let run = &staged[i..i + batch::run_from(staging, &staged, i)];
+        i += run.len();
+        let (range, path) = if let [one] = run {
+            let path = if level_of(*one) == Level::L0 {
+                batches
+                    .link(staging, *one)
+                    .map_err(io(batches.dir().to_owned()))?
+            } else {
+                staging.path(*one)
+            };
+            (*one, path)
+        } else {
+            let run = run.to_vec();
+            let (staging, merging) = (staging.clone(), batches.clone());
+            let merged = tokio::task::spawn_blocking(move || merging.merge(&staging, &run))
+                .await
+                .map_err(|e| CaptureError::Io {
+                    path: PathBuf::new(),
+                    error: std::io::Error::other(format!("merging staged files panicked: {e}")),
+                })?;
+            let merged = merged.map_err(io(batches.dir().to_owned()))?;
+            (TxidRange::new(first.min, staged[i - 1].max), merged)
+        };
+        let txid = range.max;
         let level = level_of(range);
         match replica.write_ltx_file(level, &path).await {
             Ok(written) if written.range != range => {
@@ -138,20 +159,34 @@ pub(super) async fn upload(
         sent.push(range);
         count += 1;
     }
-    peers.set(slot, *uploaded, removable);
-    let (everyone, all_removable) = peers.floor();
+    peers.set(slot, *uploaded);
+    let everyone = peers.floor();
+    // Staged files stay a while for followers' streams once every replica has them.
     for range in staged.iter().copied().filter(|r| r.max < *uploaded) {
-        let done_by_all = range.max < everyone && r_covered(staging, range, all_removable);
-        let given_up_waiting = r_covered(staging, range, removable)
-            && staged_age(staging, range).is_some_and(|age| age > LAGGING_KEEP_MAX);
+        let path = staging.path(range);
+        let age = staged_age(&path);
+        let done_by_all = range.max < everyone && age.is_some_and(|age| age > FEED_KEEP);
+        let given_up_waiting = age.is_some_and(|age| age > LAGGING_KEEP_MAX);
         if done_by_all || given_up_waiting {
-            staging.remove(range).map_err(io(staging.path(range)))?;
+            staging.remove(range).map_err(io(path))?;
+        }
+    }
+    // Merged uploads are this replica's alone: kept while its compaction may read them.
+    let kept = batches.kept().map_err(io(batches.dir().to_owned()))?;
+    for range in kept.into_iter().filter(|r| r.max < *uploaded) {
+        let path = batches.dir().join(range.file_name());
+        if r_covered(&path, range, removable) {
+            batches.remove(range).map_err(io(path))?;
         }
     }
     Ok(count)
 }
 
-/// How long an uploaded staged file waits for L1 to cover it before it goes anyway, so a
+/// How long a staged file every replica has stays for followers' streams: one that falls
+/// further behind catches up from object storage.
+const FEED_KEEP: Duration = Duration::from_secs(10);
+
+/// How long an uploaded file's local copy waits for L1 to cover it before it goes anyway, so a
 /// compaction that keeps failing cannot make the staging directory grow without bound.
 const STAGED_KEEP_MAX: Duration = Duration::from_secs(600);
 
@@ -159,15 +194,15 @@ const STAGED_KEEP_MAX: Duration = Duration::from_secs(600);
 /// lagging one gets a full copy when it returns, and the staging directory stays bounded.
 const LAGGING_KEEP_MAX: Duration = Duration::from_secs(3600);
 
-/// Whether an uploaded staged file may go: compaction no longer needs to read it locally
+/// Whether an uploaded file's local copy may go: compaction no longer needs to read it
 /// (its TXIDs are at or below `removable`), or it has waited long enough.
-fn r_covered(staging: &Staging, range: TxidRange, removable: Txid) -> bool {
-    range.max <= removable || staged_age(staging, range).is_some_and(|age| age > STAGED_KEEP_MAX)
+fn r_covered(path: &Path, range: TxidRange, removable: Txid) -> bool {
+    range.max <= removable || staged_age(path).is_some_and(|age| age > STAGED_KEEP_MAX)
 }
 
-/// How long ago a staged file was written.
-fn staged_age(staging: &Staging, range: TxidRange) -> Option<Duration> {
-    std::fs::metadata(staging.path(range))
+/// How long ago the file at `path` was written.
+fn staged_age(path: &Path) -> Option<Duration> {
+    std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()?
         .elapsed()
@@ -274,14 +309,16 @@ mod tests {
     async fn a_file_already_uploaded_counts_once_its_bytes_match_and_conflicts_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(&dir.path().join("app.db")).unwrap();
+        let batches = Batches::new(&staging, 0, ltx::PageEncoding::default());
         let replica = Replica::memory(Layout::S3);
         for txid in 1..=3 {
             stage(&staging, txid, txid as u8);
         }
         let mut uploaded = Txid::ZERO;
+        // 1 starts the history and goes alone; 2 and 3 continue it and go as one file.
         assert_eq!(
             upload(
-                &staging,
+                (&staging, &batches),
                 &replica,
                 &mut uploaded,
                 &mut Vec::new(),
@@ -290,17 +327,29 @@ mod tests {
             )
             .await
             .unwrap(),
-            3
+            2
         );
         assert_eq!(uploaded, Txid::new(3));
-        // Uploaded files leave the staging directory, but for the newest.
-        assert_eq!(staging.staged().unwrap(), [range(3)]);
+        let l0: Vec<_> = replica.list(Level::L0, Txid::ZERO).await.unwrap();
+        let ranges: Vec<_> = l0.iter().map(|f| f.range).collect();
+        assert_eq!(
+            ranges,
+            [range(1), TxidRange::new(Txid::new(2), Txid::new(3))]
+        );
+        // Staged files stay for followers' streams a while; the local copies of uploads
+        // compaction does not need (it is off here) go but for the newest.
+        assert_eq!(staging.staged().unwrap(), [range(1), range(2), range(3)]);
+        assert_eq!(
+            batches.kept().unwrap(),
+            [TxidRange::new(Txid::new(2), Txid::new(3))]
+        );
 
-        // A crash lost the record of uploading 3: uploading it again finds the same bytes.
-        let mut uploaded = Txid::new(2);
+        // A crash lost the record of uploading 2-3: merging and uploading them again finds
+        // the same bytes.
+        let mut uploaded = Txid::new(1);
         assert_eq!(
             upload(
-                &staging,
+                (&staging, &batches),
                 &replica,
                 &mut uploaded,
                 &mut Vec::new(),
@@ -322,7 +371,7 @@ mod tests {
             .unwrap();
         stage(&staging, 4, 4);
         let err = upload(
-            &staging,
+            (&staging, &batches),
             &replica,
             &mut uploaded,
             &mut Vec::new(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ltx::{Txid, TxidRange};
 
 use super::CaptureError;
+use super::batch::Batches;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
 use super::upload::{Existing, StagedUse, compare_with_replica, level_of, upload};
@@ -20,6 +21,8 @@ use crate::storage::{FileInfo, Level, Replica};
 #[derive(Debug)]
 pub(super) struct Uploader {
     staging: Staging,
+    /// Where merged uploads are made.
+    batches: Batches,
     replica: Replica,
     /// The highest TXID known to be in the replica.
     pub uploaded: Txid,
@@ -61,7 +64,7 @@ impl Uploader {
     /// An uploader for a replica that restores to `uploaded` and whose newest file ends at
     /// `known`, or (`None`) one that could not be listed yet.
     pub(super) fn new(
-        staging: Staging,
+        (staging, batches): (Staging, Batches),
         replica: Replica,
         listed: Option<(Txid, Txid)>,
         rebase: Arc<FullCopyRequest>,
@@ -70,9 +73,10 @@ impl Uploader {
         peers: (Arc<StagedUse>, usize),
     ) -> Uploader {
         let (uploaded, known) = listed.unwrap_or((Txid::ZERO, Txid::ZERO));
-        peers.0.set(peers.1, uploaded, Txid::ZERO);
+        peers.0.set(peers.1, uploaded);
         Uploader {
             staging,
+            batches,
             replica,
             uploaded,
             known,
@@ -134,7 +138,7 @@ impl Uploader {
             self.check_first = false;
         }
         let sent = self.recent.len();
-        // With compaction on, L1 reads uploaded L0 files from the staging directory (no GET
+        // With compaction on, L1 reads uploaded L0 files from their local copies (no GET
         // each): they stay until L1 covers them.
         let removable = if self.keep_staged_for_compaction {
             self.index
@@ -145,7 +149,7 @@ impl Uploader {
             Txid::MAX
         };
         let result = upload(
-            &self.staging,
+            (&self.staging, &self.batches),
             &self.replica,
             &mut self.uploaded,
             &mut self.recent,
@@ -158,7 +162,9 @@ impl Uploader {
         // a staged file already removed is indexed by the next listing instead.
         let mut index = self.index.lock();
         for &range in &self.recent[sent..] {
-            let Some((size, header)) = staged_header(&self.staging.path(range)) else {
+            let Some((size, header)) =
+                staged_header(&self.batches.local_path(&self.staging, range))
+            else {
                 continue;
             };
             let file = FileInfo {
@@ -229,7 +235,7 @@ impl Uploader {
         self.unlisted = false;
         self.checked = Instant::now();
         self.listed = self.checked;
-        self.peers.0.set(self.peers.1, restores_to, Txid::ZERO);
+        self.peers.0.set(self.peers.1, restores_to);
         tracing::info!(replica = self.replica.name(), restores_to = %restores_to, newest = %newest, "listed the replica");
         if newest > staged || newest > restores_to {
             tracing::warn!(replica = self.replica.name(), %newest, "the replica cannot be continued from the staged files: the next file is a full copy");
@@ -353,7 +359,7 @@ impl Uploader {
     /// Whether `file` in the replica has exactly the bytes of the file staged for its TXIDs
     /// (false if none is staged).
     async fn staged_copy_is(&self, file: &FileInfo) -> Result<bool, CaptureError> {
-        let path = self.staging.path(file.range);
+        let path = self.batches.local_path(&self.staging, file.range);
         if file.level != level_of(file.range) || !path.exists() {
             return Ok(false);
         }

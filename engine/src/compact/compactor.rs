@@ -25,7 +25,7 @@ pub struct Compactor {
     pub(super) options: CompactionOptions,
     scratch: PathBuf,
     /// Where staged copies of L0 files may be read from.
-    local_l0: Option<PathBuf>,
+    local_l0: Vec<PathBuf>,
     status: Mutex<CompactionStatus>,
     /// Bytes fetched by merges, for progress.
     read: Arc<AtomicU64>,
@@ -52,16 +52,16 @@ impl Compactor {
             index,
             options,
             scratch,
-            local_l0: None,
+            local_l0: Vec::new(),
             status: Mutex::new(CompactionStatus::default()),
             read: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Reads L0 inputs from `dir` (the capture's staging directory) where a file of the
-    /// same name and size is still there, instead of fetching them.
-    pub fn with_local_l0(mut self, dir: PathBuf) -> Compactor {
-        self.local_l0 = Some(dir);
+    /// Reads L0 inputs from `dirs` (the capture's staging directory and its merged uploads)
+    /// where a file of the same name and size is still there, instead of fetching them.
+    pub fn with_local_l0(mut self, dirs: Vec<PathBuf>) -> Compactor {
+        self.local_l0 = dirs;
         self
     }
 
@@ -211,7 +211,7 @@ impl Compactor {
         let merged = match merge::merge(
             &self.replica,
             inputs,
-            self.local_l0.as_deref(),
+            &self.local_l0,
             &self.scratch,
             self.options.encoding,
             self.read.clone(),
@@ -230,8 +230,7 @@ impl Compactor {
             Err(e) if e.is_bad_data() => {
                 // Find the input at fault, name it, and keep it out of every later merge,
                 // plan and retention decision of this process.
-                let corrupt =
-                    merge::find_corrupt(&self.replica, inputs, self.local_l0.as_deref()).await;
+                let corrupt = merge::find_corrupt(&self.replica, inputs, &self.local_l0).await;
                 let Some((file, error)) = corrupt else {
                     return Err(e);
                 };

@@ -47,7 +47,7 @@ impl Drop for Merged {
 pub(super) async fn merge(
     replica: &Replica,
     inputs: &[FileInfo],
-    local_l0: Option<&Path>,
+    local_l0: &[PathBuf],
     scratch: &Path,
     encoding: PageEncoding,
     read: Arc<AtomicU64>,
@@ -121,12 +121,17 @@ pub(super) async fn merge(
     }
 }
 
-/// The staged copy of an L0 input in `local_l0`, opened, if there is one of the listed size.
-fn staged_copy(local_l0: Option<&Path>, file: &FileInfo) -> Option<(PathBuf, File)> {
-    let dir = local_l0.filter(|_| file.level == crate::storage::Level::L0)?;
-    let path = dir.join(file.range.file_name());
-    let opened = File::open(&path).ok()?;
-    (opened.metadata().ok()?.len() == file.size).then_some((path, opened))
+/// The staged copy of an L0 input in one of `local_l0`, opened, if there is one of the
+/// listed size.
+fn staged_copy(local_l0: &[PathBuf], file: &FileInfo) -> Option<(PathBuf, File)> {
+    if file.level != crate::storage::Level::L0 {
+        return None;
+    }
+    local_l0.iter().find_map(|dir| {
+        let path = dir.join(file.range.file_name());
+        let opened = File::open(&path).ok()?;
+        (opened.metadata().ok()?.len() == file.size).then_some((path, opened))
+    })
 }
 
 /// The first of `inputs` that does not decode (header, every page, trailer checksum), and
@@ -134,7 +139,7 @@ fn staged_copy(local_l0: Option<&Path>, file: &FileInfo) -> Option<(PathBuf, Fil
 pub(super) async fn find_corrupt(
     replica: &Replica,
     inputs: &[FileInfo],
-    local_l0: Option<&Path>,
+    local_l0: &[PathBuf],
 ) -> Option<(FileInfo, String)> {
     for file in inputs {
         if let Some((path, local)) = staged_copy(local_l0, file) {

@@ -15,6 +15,9 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn work(&self) -> Option<Duration>;
     /// How long to wait after a probe that found nothing.
     fn idle_interval(&self) -> Duration;
+    /// How soon after a change to its files (file-change notification) the job is probed,
+    /// and the least time between two works while changes keep coming.
+    fn debounce(&self) -> Duration;
     /// The job panicked (a bug): it is forgotten; this reports it.
     fn panicked(&self, message: String);
 }

@@ -8,9 +8,13 @@
 //! is no thread and no timer per database, and nothing runs between ticks.
 //!
 //! With file-change notification (see `watch`), a job whose database is watched is probed
-//! when its files change (not before its interval has passed since it last worked) and,
-//! once quiet for a few intervals, only every [`WATCHED_PROBE_FACTOR`] intervals besides:
-//! what no notification shows (a wal-index rewritten by recovery) is caught then.
+//! a debounce after its files change (a few milliseconds: capture follows commits as they
+//! happen) and, once quiet for a few intervals, only every [`WATCHED_PROBE_FACTOR`]
+//! intervals besides: what no notification shows (a wal-index rewritten by recovery) is
+//! caught then. A file event comes before the commit it belongs to is published (the
+//! wal-index is updated through shared memory after the WAL is written and, with
+//! `synchronous=FULL`, synced), so a probe after an event that finds nothing probes again
+//! a few times, [`CHASE_PROBES`], at growing waits.
 //!
 //! A job is never run twice at once: while it works it is out of the queue; a wake-up
 //! meanwhile (a sync asked for, a stop) makes it due again as soon as it finishes.
@@ -42,6 +46,10 @@ fn batch_window(job: &dyn Job) -> Duration {
 
 /// Replicas finishing a stop at once, per ticker.
 const STOPS_AT_ONCE: usize = 16;
+
+/// Probes after a file event that found nothing yet, each after twice the wait of the one
+/// before (from the job's debounce): with a 2 ms debounce they cover about a quarter second.
+const CHASE_PROBES: u32 = 7;
 
 /// A watched job quiet for a few intervals is probed this many times less often.
 const WATCHED_PROBE_FACTOR: u32 = 30;
@@ -111,6 +119,8 @@ struct Entry {
     hot_until: Instant,
     /// A file event came since the last probe: the next one checks everything.
     nudged: bool,
+    /// Probes left chasing the commit of the last file event (see [`CHASE_PROBES`]).
+    chase: u32,
 }
 
 impl Entry {
@@ -247,6 +257,7 @@ impl Ticker {
                 not_before: now,
                 hot_until: now,
                 nudged: true,
+                chase: 0,
             },
         );
         queue.schedule(id, now);
@@ -314,7 +325,14 @@ async fn schedule(shared: Weak<Shared>) {
                         let now = Instant::now();
                         let mut queue = ticker.queue.lock().unwrap();
                         let origin = ticker.origin;
-                        if let Some(at) = queue.jobs.get(&id).map(|e| e.next_probe(now, origin)) {
+                        let at = queue.jobs.get_mut(&id).map(|e| {
+                            if e.chase == 0 {
+                                return e.next_probe(now, origin);
+                            }
+                            e.chase -= 1;
+                            now + e.job.debounce() * (1 << (CHASE_PROBES - 1 - e.chase))
+                        });
+                        if let Some(at) = at {
                             queue.schedule(id, at);
                         }
                         drop(queue);
@@ -339,8 +357,9 @@ async fn schedule(shared: Weak<Shared>) {
     }
 }
 
-/// A file of the job's database changed: probe it now, or once its interval since it last
-/// worked has passed, and keep probing it every interval for a while.
+/// A file of the job's database changed: probe it a debounce from now (not before a
+/// debounce since it last worked), chase the commit if that probe is early, and keep
+/// probing it every interval for a while.
 fn nudge(shared: &Shared, id: JobId) {
     let now = Instant::now();
     let mut queue = shared.queue.lock().unwrap();
@@ -349,7 +368,8 @@ fn nudge(shared: &Shared, id: JobId) {
     };
     entry.hot_until = now + entry.job.idle_interval() * HOT_INTERVALS;
     entry.nudged = true;
-    let at = entry.not_before.max(now);
+    entry.chase = CHASE_PROBES;
+    let at = entry.not_before.max(now + entry.job.debounce());
     if entry.due.is_some_and(|due| due > at) {
         queue.schedule(id, at);
         drop(queue);
@@ -394,9 +414,23 @@ async fn work(shared: Arc<Shared>, id: JobId, job: Arc<dyn Job>) {
             let Some(entry) = queue.jobs.get_mut(&id) else {
                 return;
             };
-            entry.not_before = now + wait;
+            // A watched job follows its file events: one that came while it worked brings
+            // the next probe to a debounce from now.
+            let watched = entry.watched.is_some();
+            entry.not_before = now
+                + if watched {
+                    wait.min(entry.job.debounce())
+                } else {
+                    wait
+                };
             entry.hot_until = now + entry.job.idle_interval() * HOT_INTERVALS;
-            let at = if entry.woken { now } else { now + wait };
+            let at = if entry.woken {
+                now
+            } else if watched && entry.nudged {
+                entry.not_before
+            } else {
+                now + wait
+            };
             queue.schedule(id, at);
         }
     }
@@ -461,6 +495,9 @@ mod tests {
             (n < self.finish_after).then_some(self.interval)
         }
         fn idle_interval(&self) -> Duration {
+            self.interval
+        }
+        fn debounce(&self) -> Duration {
             self.interval
         }
         fn panicked(&self, _: String) {}

@@ -19,25 +19,10 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::capture::*;
-use common::s3_url;
+use common::{Rng, s3_url};
 use strata::capture::Replication;
 use strata::storage::faults::Fault;
 use strata::storage::{Replica, ReplicaUrl};
-
-/// xorshift64: the whole run follows from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn seeds() -> Vec<u64> {
     match std::env::var("STRATA_FAULT_SEEDS") {

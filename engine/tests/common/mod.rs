@@ -7,7 +7,9 @@ use std::path::Path;
 
 use ltx::{Decoder, Encoder};
 
+mod chaos_proxy;
 mod cutting_proxy;
+pub use chaos_proxy::ChaosProxy;
 pub use cutting_proxy::CuttingProxy;
 use strata::storage::{Layout, Replica, ReplicaUrl};
 pub use strata::test_support::*;
@@ -247,4 +249,20 @@ pub fn azure_url(prefix: &str) -> String {
          Azurite on loopback and sets it"
     );
     format!("abs://strata-test/{}", unique_prefix(prefix))
+}
+
+/// xorshift64: a seeded campaign's whole run follows from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }

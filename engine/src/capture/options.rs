@@ -61,7 +61,7 @@ impl Default for CaptureOptions {
     fn default() -> CaptureOptions {
         CaptureOptions {
             sync_interval: Duration::from_secs(1),
-            commit_debounce: Duration::from_millis(2),
+            commit_debounce: Duration::from_millis(5),
             checkpoint: CheckpointOptions::default(),
             max_wal_bytes: 64 << 20,
             busy_timeout: Duration::from_secs(1),

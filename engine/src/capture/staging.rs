@@ -120,7 +120,7 @@ impl Staging {
         let tmp = path.with_extension("ltx.tmp");
         let named =
             |e: io::Error| io::Error::new(e.kind(), format!("staging {}: {e}", path.display()));
-        let out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(named)?);
+        let out = BufWriter::with_capacity(64 << 10, File::create(&tmp).map_err(named)?);
         let result = write(out).and_then(|(out, value)| {
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;

@@ -142,7 +142,10 @@ pub(super) fn scan(
     max_bytes: u64,
 ) -> io::Result<Scan> {
     let frame_size = generation.frame_size();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    // Sized to what is to be read (a commit's few frames, usually), at most a megabyte: no
+    // large allocation, and no read past the committed frames, per commit staged.
+    let span = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
+    let mut reader = BufReader::with_capacity(span.clamp(frame_size as usize, 1 << 20), file);
     reader.seek(SeekFrom::Start(from))?;
     let mut frame = vec![0u8; frame_size as usize];
     let mut result = Scan {

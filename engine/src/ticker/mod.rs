@@ -39,16 +39,19 @@ use watch::DirWatch;
 /// keep to the interval: a 100 ms interval taken 100 ms early would work on every commit).
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 
-/// How early `job` may be taken (see [`BATCH_WINDOW`]).
+/// How early `job` may be taken (see [`BATCH_WINDOW`]): never by much of its debounce,
+/// which would work on each commit as it comes instead of on the burst.
 fn batch_window(job: &dyn Job) -> Duration {
-    BATCH_WINDOW.min(job.idle_interval() / 10)
+    BATCH_WINDOW
+        .min(job.idle_interval() / 10)
+        .min(job.debounce() / 4)
 }
 
 /// Replicas finishing a stop at once, per ticker.
 const STOPS_AT_ONCE: usize = 16;
 
 /// Probes after a file event that found nothing yet, each after twice the wait of the one
-/// before (from the job's debounce): with a 2 ms debounce they cover about a quarter second.
+/// before (from the job's debounce): with a 5 ms debounce they cover over half a second.
 const CHASE_PROBES: u32 = 7;
 
 /// A watched job quiet for a few intervals is probed this many times less often.
@@ -460,6 +463,7 @@ mod tests {
         running: AtomicBool,
         overlapped: AtomicBool,
         interval: Duration,
+        debounce: Duration,
     }
 
     impl Counter {
@@ -476,6 +480,7 @@ mod tests {
                 running: AtomicBool::new(false),
                 overlapped: AtomicBool::new(false),
                 interval,
+                debounce: interval,
             })
         }
     }
@@ -498,7 +503,7 @@ mod tests {
             self.interval
         }
         fn debounce(&self) -> Duration {
-            self.interval
+            self.debounce
         }
         fn panicked(&self, _: String) {}
     }
@@ -577,5 +582,45 @@ mod tests {
         // At most one work per interval; the lower bound only says it ran at all (a loaded
         // machine may run it late, never early).
         assert!((2..=12).contains(&works), "{works} works in 10 intervals");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watched_job_works_a_debounce_after_its_files_change_and_once_per_debounce_in_a_burst()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::fs::canonicalize(dir.path()).unwrap().join("app.db");
+        std::fs::write(&db, b"").unwrap();
+        let ticker = Ticker::new(1);
+        let mut counter = Counter::every(u32::MAX, Duration::from_secs(10));
+        let debounce = Duration::from_millis(20);
+        Arc::get_mut(&mut counter).unwrap().debounce = debounce;
+        let job = counter;
+        job.busy.store(true, Ordering::SeqCst);
+        ticker.add(job.clone(), Some(&db));
+        until("the first work (a job starts woken)", || {
+            job.works.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = job.works.load(Ordering::SeqCst);
+        assert_eq!(before, 1, "worked again with nothing changed");
+        // Writes every 2 ms for 200 ms: worked within the burst, far sooner than the 10 s
+        // interval, but at most once per debounce, not once per write.
+        let wal = db.with_file_name("app.db-wal");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(200) {
+            std::fs::write(&wal, b"frames").unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        until("the burst is worked", || {
+            job.works.load(Ordering::SeqCst) > before
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let works = job.works.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..=200 / 20 + 3).contains(&works),
+            "{works} works for a 200 ms burst of writes at a 20 ms debounce"
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! - [`restore`]: fetch a plan's files in parallel and apply them;
 //! - `follow` (feature `follow`): a local database kept at a replica's newest TXID while
 //!   any SQLite reads it, polling the replica or fed by a primary's live stream;
-//! - `stream` (feature `sqlite`): a primary's live stream of staged files to followers.
+//! - `stream` (features `sqlite`, `stream-client`): a primary's live stream of staged
+//!   files to followers, and its client.
 
 // What is public is the API: everything else is private to its module or the crate.
 #![warn(unreachable_pub)]
@@ -25,7 +26,7 @@ pub mod restore;
 pub mod storage;
 #[cfg(feature = "sqlite")]
 pub mod store;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "stream-client"))]
 pub mod stream;
 #[cfg(feature = "test-support")]
 pub mod test_support;

@@ -14,7 +14,10 @@
 //! reads are served from it through an LRU page cache, adjacent frames of one file in one
 //! ranged read, with read-ahead that grows while access is sequential. While a connection
 //! is in use, L0 is polled for new files; a newer state is shown from the next read
-//! transaction, so each transaction sees one TXID. `PRAGMA strata_txid = '<hex>'` and
+//! transaction, so each transaction sees one TXID. With `primary=http://HOST:PORT/NAME` (or
+//! `STRATA_PRIMARY_URL`) it also reads the primary's live stream, and shows each file it
+//! pushes (checked to continue the state held) without waiting for the replica. `PRAGMA
+//! strata_txid = '<hex>'` and
 //! `PRAGMA strata_time = '<RFC 3339 | 5 minutes ago | latest>'` pin a past state;
 //! `PRAGMA strata_txid` and `PRAGMA strata_lag` read the TXID shown and the seconds since
 //! the last successful poll; the SQL functions `strata_txid()`, `strata_lag()`,
@@ -72,6 +75,12 @@ pub struct Options {
     pub disk_cache_dir: Option<std::path::PathBuf>,
     /// The most bytes the on-disk cache keeps (1 GiB); the oldest entries go first.
     pub disk_cache_size: u64,
+    /// A primary's live stream, `http://HOST:PORT/NAME` (off by default): the files it
+    /// pushes are shown from the next read transaction, without waiting for the replica;
+    /// what it does not bring (the primary away, a gap) comes from the replica as without
+    /// it. Pushed files are held in memory until the replica holds them (at most half of
+    /// `cache_size`, and 8 MiB at least).
+    pub primary: Option<strata::stream::PrimaryUrl>,
 }
 
 impl Default for Options {
@@ -85,13 +94,14 @@ impl Default for Options {
             hydrate_dir: None,
             disk_cache_dir: None,
             disk_cache_size: 1 << 30,
+            primary: None,
         }
     }
 }
 
 impl Options {
     /// The defaults, overridden by `STRATA_VFS_CACHE_SIZE` and `STRATA_VFS_WHOLE_FILE_MAX`
-    /// (bytes),
+    /// (bytes), `STRATA_PRIMARY_URL`,
     /// `STRATA_VFS_POLL_INTERVAL`, `STRATA_VFS_REPLAN_INTERVAL` and `STRATA_VFS_TIMEOUT`
     /// (durations such as `500ms` or `2s`). A value that does not parse is an error.
     pub fn from_env() -> Result<Options, String> {
@@ -102,6 +112,12 @@ impl Options {
                 .map_err(|_| format!("STRATA_VFS_CACHE_SIZE={v:?} is not a number of bytes"))?;
         }
         o.disk_cache_dir = env("STRATA_VFS_DISK_CACHE_DIR").map(Into::into);
+        if let Some(v) = env("STRATA_PRIMARY_URL") {
+            o.primary = Some(
+                strata::stream::PrimaryUrl::parse(&v)
+                    .map_err(|e| format!("STRATA_PRIMARY_URL: {e}"))?,
+            );
+        }
         if let Some(v) = env("STRATA_VFS_DISK_CACHE_SIZE") {
             o.disk_cache_size = v.parse().map_err(|_| {
                 format!("STRATA_VFS_DISK_CACHE_SIZE={v:?} is not a number of bytes")

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ltx::{Checksum, Header, PageIndex, PageSize, Txid};
+use ltx::{Checksum, Header, PageIndex, PageSize, Trailer, Txid};
 use strata::storage::FileInfo;
 
 /// Where one page's frame is: a file of [`PageMap::files`], a byte offset and a length.
@@ -59,6 +59,10 @@ pub(crate) struct PageMap {
     /// (the replica's history restarted, or it lost its newest files): what a hydrated
     /// copy of an earlier epoch holds is not this state's.
     pub epoch: u64,
+    /// The checksum of the database at `txid` (the newest file's post-apply checksum;
+    /// zero where a file carries none): a file continues this state only if its
+    /// pre-apply checksum is this one.
+    pub post_apply: Checksum,
     /// Indexed by page number - 1; `file == NO_FILE` for a page no file holds (the lock
     /// page, or a database built from nothing).
     frames: Vec<Frame>,
@@ -115,10 +119,10 @@ impl PageMap {
     /// A map from `files` in plan order, each with its header, page index and file
     /// checksum.
     pub(crate) fn build<'a>(
-        files: impl IntoIterator<Item = (&'a FileInfo, &'a Header, &'a PageIndex, Checksum)>,
+        files: impl IntoIterator<Item = (&'a FileInfo, &'a Header, &'a PageIndex, Trailer)>,
     ) -> Result<Option<PageMap>, MapError> {
         let mut map: Option<PageMap> = None;
-        for (info, header, index, checksum) in files {
+        for (info, header, index, trailer) in files {
             match &mut map {
                 None => {
                     if !header.is_snapshot() {
@@ -131,12 +135,13 @@ impl PageMap {
                         ids: Vec::new(),
                         history: 0,
                         epoch: 0,
+                        post_apply: Checksum::ZERO,
                         frames: Vec::new(),
                     };
-                    m.apply(info, header, index, checksum)?;
+                    m.apply(info, header, index, trailer)?;
                     map = Some(m);
                 }
-                Some(m) => m.apply(info, header, index, checksum)?,
+                Some(m) => m.apply(info, header, index, trailer)?,
             }
         }
         Ok(map)
@@ -148,7 +153,7 @@ impl PageMap {
         info: &FileInfo,
         header: &Header,
         index: &PageIndex,
-        checksum: Checksum,
+        trailer: Trailer,
     ) -> Result<(), MapError> {
         if header.is_snapshot() {
             self.history = header.node_id;
@@ -191,7 +196,8 @@ impl PageMap {
         }
         let file = u32::try_from(self.files.len()).unwrap_or(NO_FILE - 1);
         self.files.push(Arc::new(info.clone()));
-        self.ids.push(content_id(info, header, checksum));
+        self.ids
+            .push(content_id(info, header, trailer.file_checksum));
         let pages = header.commit as usize;
         self.frames.resize(
             pages,
@@ -212,6 +218,7 @@ impl PageMap {
             }
         }
         self.txid = header.max_txid;
+        self.post_apply = trailer.post_apply_checksum;
         // Files no page points into any more are dropped (their pages were all rewritten).
         self.compact_files();
         Ok(())
@@ -273,7 +280,7 @@ mod tests {
         max: u64,
         pages: &[(u32, u8)],
         commit: u32,
-    ) -> (FileInfo, Header, PageIndex, Checksum) {
+    ) -> (FileInfo, Header, PageIndex, Trailer) {
         let range = TxidRange::new(Txid::new(min), Txid::new(max));
         let mut header = Header::new(PageSize::new(512).unwrap(), commit, range);
         header.timestamp = 1;
@@ -295,7 +302,7 @@ mod tests {
             size: out.len() as u64,
             modified: jiff::Timestamp::UNIX_EPOCH,
         };
-        (info, header, tail.index, tail.trailer.file_checksum)
+        (info, header, tail.index, tail.trailer)
     }
 
     #[test]
@@ -363,6 +370,9 @@ mod tests {
         let a = file(1, 1, &[(1, 1)], 1);
         let b = file(1, 1, &[(1, 2)], 1);
         assert_eq!(a.0.size, b.0.size);
-        assert_ne!(content_id(&a.0, &a.1, a.3), content_id(&b.0, &b.1, b.3));
+        assert_ne!(
+            content_id(&a.0, &a.1, a.3.file_checksum),
+            content_id(&b.0, &b.1, b.3.file_checksum)
+        );
     }
 }

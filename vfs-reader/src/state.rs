@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use ltx::{Checksum, Header, PageIndex, Txid};
+use ltx::{Header, PageIndex, Trailer, Txid};
 use strata::plan::{PlanError, plan_files, resolve_timestamp};
 use strata::storage::{FileInfo, Level, Replica, StorageError};
 
@@ -82,13 +82,13 @@ impl VfsError {
     }
 }
 
-/// One file's header, page index and file checksum, and its bytes if it was fetched whole
+/// One file's header, page index and trailer, and its bytes if it was fetched whole
 /// (`Options::whole_file_max`).
 struct Fetched {
     info: FileInfo,
     header: Header,
     index: PageIndex,
-    checksum: Checksum,
+    trailer: Trailer,
     body: Option<bytes::Bytes>,
 }
 
@@ -109,7 +109,7 @@ fn bodies(indexed: Vec<Fetched>) -> Vec<Body> {
     indexed
         .into_iter()
         .filter_map(|f| {
-            let id = content_id(&f.info, &f.header, f.checksum);
+            let id = content_id(&f.info, &f.header, f.trailer.file_checksum);
             Some((f.info, id, f.body?))
         })
         .collect()
@@ -137,7 +137,7 @@ pub(crate) async fn load(
         let built = PageMap::build(
             indexed
                 .iter()
-                .map(|f| (&f.info, &f.header, &f.index, f.checksum)),
+                .map(|f| (&f.info, &f.header, &f.index, f.trailer)),
         );
         match built {
             Ok(Some(map)) => {
@@ -287,7 +287,7 @@ pub(crate) async fn poll(
     let indexed = fetch_indexes(replica, &chain, whole).await?;
     let mut next = PageMap::clone(map);
     for f in &indexed {
-        if let Err(e) = next.apply(&f.info, &f.header, &f.index, f.checksum) {
+        if let Err(e) = next.apply(&f.info, &f.header, &f.index, f.trailer) {
             tracing::warn!(replica = replica.name(), error = %e, "new files do not continue the state shown; planning afresh");
             return replan(replica, map, whole).await;
         }
@@ -345,12 +345,12 @@ async fn fetch_indexes(
 ) -> Result<Vec<Fetched>, VfsError> {
     futures::stream::iter(files.iter().cloned())
         .map(|info| async move {
-            let (header, index, checksum, body) = fetch_layout(replica, &info, whole).await?;
+            let (header, index, trailer, body) = fetch_layout(replica, &info, whole).await?;
             Ok(Fetched {
                 info,
                 header,
                 index,
-                checksum,
+                trailer,
                 body,
             })
         })
@@ -359,14 +359,14 @@ async fn fetch_indexes(
         .await
 }
 
-/// The header, page index and file checksum of `info`, and its bytes when it is at most
+/// The header, page index and trailer of `info`, and its bytes when it is at most
 /// `whole` bytes long: then it is read whole and its checksum verified (it covers the
 /// decoded pages, so it is checked by decoding the file once).
 async fn fetch_layout(
     replica: &Replica,
     info: &FileInfo,
     whole: u64,
-) -> Result<(Header, PageIndex, Checksum, Option<bytes::Bytes>), VfsError> {
+) -> Result<(Header, PageIndex, Trailer, Option<bytes::Bytes>), VfsError> {
     let invalid = |error| VfsError::ltx(replica, info, error);
     let read = replica.read_layout(info, whole).await?.map_err(invalid)?;
     if let Some(body) = &read.whole {
@@ -374,8 +374,7 @@ async fn fetch_layout(
             .and_then(ltx::Decoder::finish)
             .map_err(invalid)?;
     }
-    let checksum = read.tail.trailer.file_checksum;
-    Ok((read.header, read.tail.index, checksum, read.whole))
+    Ok((read.header, read.tail.index, read.tail.trailer, read.whole))
 }
 
 /// The whole of `info` in one read, its checksum verified.

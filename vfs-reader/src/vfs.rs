@@ -202,6 +202,13 @@ fn open_db(api: &Api, data: &VfsData, name: *const c_char, url: String) -> Resul
     if let Some(dir) = uri_parameter(api, name, c"hydrate") {
         options.hydrate_dir = (!dir.is_empty()).then(|| dir.into());
     }
+    // `primary=URL` follows a primary's live stream (an empty value turns it off).
+    if let Some(url) = uri_parameter(api, name, c"primary") {
+        options.primary = match url.as_str() {
+            "" => None,
+            url => Some(strata::stream::PrimaryUrl::parse(url).map_err(VfsError::Config)?),
+        };
+    }
     Db::open(replica, options, RestorePoint::Latest)
 }
 

@@ -314,6 +314,9 @@ pub(super) async fn upload_loop(
     alarm: PanicAlarm,
 ) {
     let mut backoff = interval;
+    // When the last round that wrote to the replica started: the next waits an interval
+    // from then, so the first file (a new database's full copy) goes at once.
+    let mut last_write: Option<Instant> = None;
     loop {
         let started = Instant::now();
         let staged_now = *signals.staged.borrow_and_update();
@@ -327,7 +330,12 @@ pub(super) async fn upload_loop(
         }
         let (result, uploaded) = {
             let mut uploader = uploader.lock().await;
-            (uploader.upload().await, uploader.uploaded)
+            let before = uploader.uploaded;
+            let result = uploader.upload().await;
+            if uploader.uploaded != before {
+                last_write = Some(started);
+            }
+            (result, uploader.uploaded)
         };
         {
             let mut s = status.lock().unwrap();
@@ -396,9 +404,9 @@ pub(super) async fn upload_loop(
         };
         // Capture stages at commit speed; the replica gets at most one round (one merged L0
         // file) per interval. A sync waiting does not wait for the interval.
-        if staged {
+        if let Some(last) = last_write.filter(|_| staged) {
             tokio::select! {
-                () = tokio::time::sleep_until((started + interval).into()) => {}
+                () = tokio::time::sleep_until((last + interval).into()) => {}
                 () = signals.retry.notified() => {}
             }
         }

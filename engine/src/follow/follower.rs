@@ -9,14 +9,15 @@ use ltx::{Txid, TxidRange};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::channel::ChannelReader;
 use super::local::LocalDb;
 use super::open::{Prepared, prepare};
 use super::position::{self, Position};
-use super::primary::{ChannelReader, PrimaryUrl, Stream};
 use super::{FollowError, FollowOptions, FollowStatus};
 use crate::plan::{PlanError, plan_files};
 use crate::storage::{ChunkedReader, FileInfo, Level, Replica};
 use crate::stream::wire::Head;
+use crate::stream::{PrimaryUrl, StreamConnection};
 
 /// Bytes read from the replica at a time while applying a file: a follower's memory
 /// stays near this whatever the files' sizes.
@@ -295,7 +296,7 @@ impl Run {
             // Killed mid-transaction: the replica's files settle it first.
             return self.poll().await;
         }
-        let mut stream = match Stream::open(primary, self.position.txid).await {
+        let mut stream = match StreamConnection::open(primary, self.position.txid).await {
             Ok(stream) => stream,
             Err(why) => {
                 if self.status.borrow().connected || self.status.borrow().streamed == 0 {
@@ -320,7 +321,10 @@ impl Run {
 
     /// Applies what the stream brings until it ends (`Ok` with why: a gap, the end, a
     /// stop) or breaks (`FollowError::Stream`).
-    async fn read_stream(&mut self, stream: &mut Stream) -> Result<&'static str, FollowError> {
+    async fn read_stream(
+        &mut self,
+        stream: &mut StreamConnection,
+    ) -> Result<&'static str, FollowError> {
         loop {
             let head = tokio::select! {
                 head = stream.next_head() => head.map_err(FollowError::Stream)?,
@@ -545,7 +549,7 @@ impl Run {
         &mut self,
         range: TxidRange,
         len: u64,
-        stream: &mut Stream,
+        stream: &mut StreamConnection,
         history: u64,
     ) -> Result<(), FollowError> {
         let (tx, rx) = mpsc::channel(4);

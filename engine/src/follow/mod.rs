@@ -15,11 +15,11 @@
 //! newest TXID going back, and the database is rebuilt from it, again as one
 //! transaction; an old history's files are never applied on top of a new one.
 
+mod channel;
 mod follower;
 mod local;
 mod open;
 mod position;
-mod primary;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,9 +30,9 @@ use crate::plan::PlanError;
 use crate::restore::RestoreError;
 use crate::storage::StorageError;
 
+pub use crate::stream::PrimaryUrl;
 pub use follower::Follower;
 pub use position::is_followed;
-pub use primary::PrimaryUrl;
 
 /// How a follower works.
 #[derive(Clone, Debug)]

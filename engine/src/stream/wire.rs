@@ -17,29 +17,41 @@ use ltx::{Txid, TxidRange};
 pub const CONTENT_TYPE: &str = "application/x-strata-stream";
 
 /// How often a heartbeat is sent while nothing is staged.
+#[cfg(feature = "sqlite")]
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// A follower that has heard nothing for this long takes the connection for dead.
-#[cfg(feature = "follow")]
+#[cfg(feature = "stream-client")]
 pub(crate) const SILENCE: Duration = Duration::from_secs(5);
 
 /// The largest file a frame may announce: a frame head that says more is garbage.
-#[cfg(feature = "follow")]
+#[cfg(feature = "stream-client")]
 const MAX_FILE: u64 = 1 << 40;
 
 /// The head of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Head {
+pub enum Head {
     /// A file of `len` bytes follows.
-    File { range: TxidRange, len: u64 },
+    File {
+        /// The file's TXIDs.
+        range: TxidRange,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// The primary's newest TXID, and the newest its replicas hold.
-    Heartbeat { staged: Txid, uploaded: Txid },
+    Heartbeat {
+        /// The primary's newest TXID.
+        staged: Txid,
+        /// The newest TXID its replicas all hold.
+        uploaded: Txid,
+    },
     /// The stream does not reach back to the follower.
     Gap,
 }
 
 impl Head {
     /// The frame head's bytes.
+    #[cfg(any(feature = "sqlite", test))]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(25);
         match *self {
@@ -61,7 +73,7 @@ impl Head {
 
     /// The head at the start of `buf` and its length, `None` if `buf` holds only part of
     /// it; an error for bytes that are no frame.
-    #[cfg(feature = "follow")]
+    #[cfg(feature = "stream-client")]
     pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
         let u64_at = |at: usize| u64::from_be_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
         let Some(&kind) = buf.first() else {
@@ -97,7 +109,7 @@ impl Head {
     }
 }
 
-#[cfg(all(test, feature = "follow"))]
+#[cfg(all(test, feature = "stream-client"))]
 mod tests {
     use super::*;
 

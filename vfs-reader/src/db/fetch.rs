@@ -84,9 +84,10 @@ impl Db {
         }
         match self.fetch(inner, pgno) {
             Err(e) if retry && e.is_not_found() => {
-                // Compaction and retention moved on: plan the same TXID again, retry once.
+                // Compaction and retention moved on: plan the same TXID again (the replica's
+                // under pushed files shown, which fold in again), retry once.
                 let replica = self.replica.clone();
-                let txid = inner.map.txid;
+                let txid = inner.base.txid;
                 let whole = self.options.whole_file_max;
                 let loaded = runtime::run(self.options.timeout, async move {
                     state::load(&replica, RestorePoint::Txid(txid), whole).await
@@ -122,9 +123,15 @@ impl Db {
                         return Err(e);
                     }
                 };
-                let mut map = loaded.map;
-                map.epoch = inner.map.epoch;
+                let mut base = loaded.map;
+                base.epoch = inner.map.epoch;
+                let Some(map) = inner.top.replay(base.clone()) else {
+                    return Err(VfsError::Config(format!(
+                        "the files the primary pushed do not continue TXID {txid} as the replica holds it now"
+                    )));
+                };
                 inner.bodies.keep(loaded.bodies);
+                inner.base = Arc::new(base);
                 inner.map = Arc::new(map);
                 return self.read_page(inner, pgno, within, out, false);
             }
@@ -147,7 +154,8 @@ impl Db {
         let mut bytes: Vec<Option<bytes::Bytes>> = runs
             .iter()
             .map(|run| {
-                let body = inner.bodies.get(inner.map.ids[run.file as usize])?;
+                let id = inner.map.ids[run.file as usize];
+                let body = inner.top.body(id).or_else(|| inner.bodies.get(id))?;
                 let range = run.range.start as usize..run.range.end as usize;
                 body.get(range.clone()).map(|_| body.slice(range))
             })

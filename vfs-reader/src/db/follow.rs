@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use strata::storage::{FileInfo, Replica};
 
+use super::push::Pushed;
 use crate::Options;
 use crate::hydrate;
 use crate::page_map::PageMap;
@@ -48,13 +49,33 @@ pub(super) struct Follow {
     pub(super) snapshots: Mutex<Vec<FileInfo>>,
     /// Until when the poller runs (see [`ACTIVE_INTERVALS`]); `None`: pinned, no polling.
     pub(super) active_until: Mutex<Option<Instant>>,
+    /// Wakes the poller.
     pub(super) wake: tokio::sync::Notify,
+    /// Wakes the primary's stream reader (`primary=`).
+    pub(super) wake_stream: tokio::sync::Notify,
+    /// Files the primary pushed beyond `newest`.
+    pub(super) pushed: Mutex<Pushed>,
     pub(super) closed: AtomicBool,
     /// With hydration on, what its task and the reader share.
     pub(super) hydration: Option<Arc<hydrate::Shared>>,
 }
 
 impl Follow {
+    /// Whether a reader used the database lately (see [`ACTIVE_INTERVALS`]).
+    pub(super) fn is_active(&self) -> bool {
+        self.active_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// The replica's state followed is now `map`: pushed files it holds are let go.
+    pub(super) fn set_newest(&self, map: Arc<PageMap>) {
+        let mut newest = self.newest.lock().unwrap();
+        self.pushed.lock().unwrap().prune(&map);
+        *newest = map;
+    }
+
     /// A successful poll: the lag restarts, and a newer map is offered. Nothing, once a pin
     /// stopped the following meanwhile.
     pub(super) fn record(&self, polled: Polled) {
@@ -88,6 +109,7 @@ impl Follow {
         };
         if keep {
             let pending = Pending::from(loaded);
+            self.pushed.lock().unwrap().prune(&pending.map);
             *newest = pending.map.clone();
             if let Some(hydration) = &self.hydration {
                 hydration.newer(&pending.bodies);
@@ -110,12 +132,7 @@ pub(super) async fn poller(replica: Replica, options: Options, follow: Arc<Follo
         if follow.closed.load(Ordering::SeqCst) {
             return;
         }
-        let active = follow
-            .active_until
-            .lock()
-            .unwrap()
-            .is_some_and(|until| until > Instant::now());
-        if !active {
+        if !follow.is_active() {
             follow.wake.notified().await;
             continue;
         }

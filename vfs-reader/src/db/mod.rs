@@ -1,10 +1,12 @@
 //! One database opened through the VFS: the page map it reads from, the page cache, how
 //! pages are fetched (adjacent frames in one ranged read, read-ahead while access is
-//! sequential), and following the primary (a poller that prepares newer maps, applied only
-//! when a read transaction starts).
+//! sequential), and following the primary (a poller that prepares newer maps, and with
+//! `primary=` the files its live stream pushes, applied only when a read transaction
+//! starts).
 
 mod fetch;
 mod follow;
+mod push;
 mod read_ahead;
 #[cfg(test)]
 mod tests;
@@ -24,7 +26,11 @@ use crate::page_map::PageMap;
 use crate::runtime;
 use crate::state::{self, RestorePoint, VfsError};
 use follow::{ACTIVE_INTERVALS, Follow, Pending, poller};
+use push::{Pushed, Top, streamer};
 use read_ahead::{STREAMS, Stream};
+
+/// The longest an open waits for the primary's stream to bring its newest state.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A database opened through the VFS.
 pub(crate) struct Db {
@@ -41,6 +47,10 @@ pub(crate) struct Db {
 
 struct Inner {
     map: Arc<PageMap>,
+    /// The replica's state `map` is built on: `map` itself, or with `top` folded in.
+    base: Arc<PageMap>,
+    /// Files the primary pushed that `map` holds on top of `base`.
+    top: Top,
     /// Changes whenever the state shown changes; presented as page 1's change counter so
     /// SQLite drops pages it cached from another state.
     generation: u32,
@@ -102,6 +112,8 @@ impl Db {
             snapshots: Mutex::new(snapshots),
             active_until: Mutex::new((target == RestorePoint::Latest).then_some(now)),
             wake: tokio::sync::Notify::new(),
+            wake_stream: tokio::sync::Notify::new(),
+            pushed: Mutex::new(Pushed::default()),
             closed: AtomicBool::new(false),
             hydration: options
                 .hydrate_dir
@@ -116,6 +128,21 @@ impl Db {
             None => None,
         };
         runtime::spawn(poller(replica.clone(), options.clone(), follow.clone()));
+        if let Some(primary) = options
+            .primary
+            .as_ref()
+            .filter(|_| target == RestorePoint::Latest)
+        {
+            // A new reader shows the primary's newest state from its first transaction, as
+            // one that was open all along would: it waits (briefly) for the stream.
+            *follow.active_until.lock().unwrap() =
+                Some(now + options.poll_interval * ACTIVE_INTERVALS);
+            runtime::spawn(streamer(primary.clone(), options.clone(), follow.clone()));
+            let deadline = now + OPEN_WAIT.min(options.timeout);
+            while !follow.pushed.lock().unwrap().settled() && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         if let (Some(dir), Some(shared)) = (&options.hydrate_dir, &follow.hydration) {
             let (newest, closed) = (follow.clone(), follow.clone());
             runtime::spawn(hydrate::run(
@@ -130,6 +157,8 @@ impl Db {
             replica,
             disk,
             inner: Mutex::new(Inner {
+                base: map.clone(),
+                top: Top::default(),
                 map,
                 generation: 1,
                 target,
@@ -228,7 +257,7 @@ impl Db {
         if let Some((target, pending)) = inner.next.take() {
             inner.target = target;
             self.show(inner, pending);
-            *self.follow.newest.lock().unwrap() = inner.map.clone();
+            self.follow.set_newest(inner.map.clone());
             *self.follow.pending.lock().unwrap() = None;
             *self.follow.active_until.lock().unwrap() = None;
         }
@@ -249,6 +278,7 @@ impl Db {
         };
         if was_idle {
             self.follow.wake.notify_one();
+            self.follow.wake_stream.notify_one();
         }
         // Back from idle, the newest state is fetched now rather than a poll interval late.
         let stale = self
@@ -271,10 +301,39 @@ impl Db {
             }
         }
         let pending = self.follow.pending.lock().unwrap().take();
-        if let Some(pending) =
-            pending.filter(|p| p.map.epoch > inner.map.epoch || p.map.txid >= inner.map.txid)
-        {
-            self.show(inner, pending);
+        let pending =
+            pending.filter(|p| p.map.epoch > inner.base.epoch || p.map.txid >= inner.base.txid);
+        self.show_newest(inner, pending);
+    }
+
+    /// Shows the newest state held: the replica's (`pending`, if it moved on) with the files
+    /// the primary pushed on top. Within an epoch the state shown never goes back: a newer
+    /// replica state below what pushed files showed waits (in `pending`) until it reaches it.
+    fn show_newest(&self, inner: &mut Inner, pending: Option<Pending>) {
+        let base = pending
+            .as_ref()
+            .map_or_else(|| inner.base.clone(), |p| p.map.clone());
+        let top = match self.options.primary {
+            Some(_) => self.follow.pushed.lock().unwrap().on_top(&base),
+            None => None,
+        };
+        let txid = top.as_ref().map_or(base.txid, |(map, _)| map.txid);
+        if base.epoch == inner.map.epoch && txid < inner.map.txid {
+            if let Some(p) = pending {
+                self.follow.pending.lock().unwrap().get_or_insert(p);
+            }
+            return;
+        }
+        if pending.is_none() && txid == inner.map.txid {
+            return;
+        }
+        if let Some(p) = pending {
+            self.show(inner, p);
+        }
+        if let Some((map, top)) = top {
+            inner.map = Arc::new(map);
+            inner.top = top;
+            inner.generation = inner.generation.wrapping_add(1).max(1);
         }
     }
 
@@ -283,7 +342,9 @@ impl Db {
             inner.cache = PageCache::new(self.options.cache_size, map.page_size.bytes());
         }
         inner.bodies.keep(bodies);
+        inner.base = map.clone();
         inner.map = map;
+        inner.top = Top::default();
         inner.generation = inner.generation.wrapping_add(1).max(1);
     }
 
@@ -334,8 +395,12 @@ impl Db {
         inner.map.txid
     }
 
-    /// Seconds since the last successful poll; `None` if none has succeeded.
+    /// Seconds since the last successful poll; with a primary, since this reader last held
+    /// the primary's newest TXID. `None` if never.
     pub(crate) fn lag(&self) -> Option<f64> {
+        if self.options.primary.is_some() {
+            return self.follow.pushed.lock().unwrap().lag();
+        }
         self.follow
             .polled
             .lock()
@@ -364,6 +429,7 @@ impl Drop for Db {
     fn drop(&mut self) {
         self.follow.closed.store(true, Ordering::SeqCst);
         self.follow.wake.notify_one();
+        self.follow.wake_stream.notify_one();
         if let Some(hydration) = &self.follow.hydration {
             hydration.wake();
         }

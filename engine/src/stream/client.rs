@@ -1,8 +1,5 @@
-//! The follower's side of a primary's live stream (see [`crate::stream`]): one HTTP
-//! request for the frames after the database's TXID, read as they come; a file's bytes are
-//! handed to the thread applying it a chunk at a time.
-
-use std::io::{BufRead, Read};
+//! The client of a primary's live stream: one HTTP request for the frames after a TXID,
+//! read as they come. Followers (`crate::follow`) and the VFS both read it.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -11,7 +8,7 @@ use hyper_util::rt::TokioIo;
 use ltx::Txid;
 use tokio::sync::mpsc;
 
-use crate::stream::wire::{Head, SILENCE};
+use super::wire::{Head, SILENCE};
 
 /// A primary's stream address: `http://HOST:PORT/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,15 +55,23 @@ impl std::fmt::Display for PrimaryUrl {
 }
 
 /// An open stream.
-pub(super) struct Stream {
+pub struct StreamConnection {
     body: Incoming,
     /// Bytes received and not yet taken.
     buf: BytesMut,
 }
 
-impl Stream {
+impl std::fmt::Debug for StreamConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamConnection")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamConnection {
     /// Asks `url` for the frames after `txid`.
-    pub(super) async fn open(url: &PrimaryUrl, txid: Txid) -> Result<Stream, String> {
+    pub async fn open(url: &PrimaryUrl, txid: Txid) -> Result<StreamConnection, String> {
         let tcp = tokio::time::timeout(SILENCE, tokio::net::TcpStream::connect(&url.authority))
             .await
             .map_err(|_| format!("connecting to {url}: no answer in {SILENCE:?}"))?
@@ -99,11 +104,11 @@ impl Stream {
         let is_stream = response
             .headers()
             .get(hyper::header::CONTENT_TYPE)
-            .is_some_and(|v| v == crate::stream::CONTENT_TYPE);
+            .is_some_and(|v| v == super::CONTENT_TYPE);
         if !is_stream {
             return Err(format!("{url}: the answer is not a strata stream"));
         }
-        Ok(Stream {
+        Ok(StreamConnection {
             body: response.into_body(),
             buf: BytesMut::new(),
         })
@@ -130,7 +135,7 @@ impl Stream {
     }
 
     /// The next frame's head; `None` where the stream ends cleanly between frames.
-    pub(super) async fn next_head(&mut self) -> Result<Option<Head>, String> {
+    pub async fn next_head(&mut self) -> Result<Option<Head>, String> {
         loop {
             if let Some((head, used)) = Head::parse(&self.buf)? {
                 self.buf.advance(used);
@@ -146,13 +151,24 @@ impl Stream {
         }
     }
 
+    /// The next `len` bytes (a file's), whole: the caller bounds `len`.
+    pub async fn read_file(&mut self, len: u64) -> Result<Bytes, String> {
+        let len = usize::try_from(len).map_err(|_| format!("a file of {len} bytes"))?;
+        self.buf.reserve(len.saturating_sub(self.buf.len()));
+        while self.buf.len() < len {
+            if !self.fill().await? {
+                return Err(format!(
+                    "the stream ended {} bytes before the file's end",
+                    len - self.buf.len()
+                ));
+            }
+        }
+        Ok(self.buf.split_to(len).freeze())
+    }
+
     /// Hands the next `len` bytes (a file's) to `tx`, a chunk at a time; an error if the
     /// stream ends first or the reader went away.
-    pub(super) async fn pass_file(
-        &mut self,
-        len: u64,
-        tx: &mpsc::Sender<Bytes>,
-    ) -> Result<(), String> {
+    pub async fn pass_file(&mut self, len: u64, tx: &mpsc::Sender<Bytes>) -> Result<(), String> {
         let mut left = len;
         while left > 0 {
             if self.buf.is_empty() && !self.fill().await? {
@@ -171,48 +187,6 @@ impl Stream {
                 .map_err(|_| "the file's reader stopped".to_owned())?;
         }
         Ok(())
-    }
-}
-
-/// A file's bytes as they arrive, for the blocking thread that applies it: the end of
-/// the channel before the file's end is a truncated file (the decoder says so).
-pub(super) struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl ChannelReader {
-    pub(super) fn new(rx: mpsc::Receiver<Bytes>) -> ChannelReader {
-        ChannelReader {
-            rx,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl BufRead for ChannelReader {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => break,
-            }
-        }
-        Ok(&self.current)
-    }
-
-    fn consume(&mut self, n: usize) {
-        let _ = self.current.split_to(n.min(self.current.len()));
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
     }
 }
 

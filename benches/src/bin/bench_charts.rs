@@ -1,7 +1,7 @@
 //! The benchmark report's charts: PNGs drawn from the raw results the comparison harnesses
 //! write with `--json` (`benches/compare/report.py` runs this after them).
 //!
-//! `bench_charts DATA_DIR OUT_DIR` reads whichever of `restore.json`, `vfs.json`,
+//! `bench_charts DATA_DIR OUT_DIR` reads whichever of `restore.json`, `vfs.json`, `lag.json`,
 //! `requests.json` and `replicate.json` exist in DATA_DIR and writes one PNG for each into
 //! OUT_DIR, printing each file's name. Text needs a TrueType font: `STRATA_CHART_FONT`, or
 //! DejaVu Sans or Liberation Sans where Debian and Fedora put them (`apt install
@@ -46,11 +46,12 @@ fn main() {
 fn run(data: &Path, out: &Path) -> Result<()> {
     load_font()?;
     std::fs::create_dir_all(out)?;
-    let charts: [(&str, Chart); 4] = [
+    let charts: [(&str, Chart); 5] = [
         ("restore", restore),
         ("vfs", vfs),
         ("requests", requests),
         ("replicate", throughput),
+        ("lag", lag),
     ];
     for (name, draw) in charts {
         let input = data.join(format!("{name}.json"));
@@ -213,7 +214,7 @@ fn restore(v: &Value, png: &Path) -> Result<()> {
                 .map(|p| PathElement::new([(p.0, p.2), (p.0, p.3)], style)),
         )?;
     }
-    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
@@ -308,7 +309,7 @@ fn vfs(v: &Value, png: &Path) -> Result<()> {
             }
         }
     }
-    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }
@@ -442,6 +443,91 @@ fn throughput(v: &Value, png: &Path) -> Result<()> {
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// Commit-to-visible lag against the commit rate, per follower: p99 thick, p50 thin, both
+/// axes logarithmic.
+fn lag(v: &Value, png: &Path) -> Result<()> {
+    let runs = v["runs"].as_array().ok_or("no runs")?;
+    let mut followers: Vec<&str> = Vec::new();
+    for r in runs {
+        if let Some(f) = r["follower"].as_str().filter(|f| !followers.contains(f)) {
+            followers.push(f);
+        }
+    }
+    let ms = |r: &Value, key: &str| number(&r[key]).map(|s| (s * 1000.0).max(0.1));
+    let points = |follower: &str, key: &str| -> Vec<(f64, f64)> {
+        runs.iter()
+            .filter(|r| r["follower"] == follower)
+            .filter_map(|r| Some((number(&r["rate"]).filter(|&x| x > 0.0)?, ms(r, key)?)))
+            .collect()
+    };
+    let all: Vec<(f64, f64)> = followers
+        .iter()
+        .flat_map(|f| [points(f, "p50"), points(f, "p99")].concat())
+        .collect();
+    if all.is_empty() {
+        return Err("no lags".into());
+    }
+    let (x_lo, x_hi) = min_max(&all.iter().map(|p| p.0).collect::<Vec<_>>());
+    let (y_lo, y_hi) = min_max(&all.iter().map(|p| p.1).collect::<Vec<_>>());
+    let root = BitMapBackend::new(png, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Commit-to-visible lag by commit rate (p99 thick, p50 thin)",
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x_lo * 0.8..x_hi * 1.25).log_scale(),
+            // Room above the highest line for the legend.
+            (y_lo * 0.5..y_hi * 8.0).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("commits per second")
+        .y_desc("lag (ms)")
+        .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+        .y_label_formatter(&|y: &f64| format!("{y}"))
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    for (i, follower) in followers.iter().enumerate() {
+        let base = tool_color(follower.split('-').next().unwrap_or(""));
+        // Followers of one tool in shades of its colour.
+        let shade = 1.0
+            - 0.3
+                * (followers[..i]
+                    .iter()
+                    .filter(|f| f.split('-').next() == follower.split('-').next())
+                    .count() as f64);
+        let color = RGBColor(
+            (f64::from(base.0) * shade) as u8,
+            (f64::from(base.1) * shade) as u8,
+            (f64::from(base.2) * shade) as u8,
+        );
+        chart.draw_series(LineSeries::new(
+            points(follower, "p50"),
+            color.stroke_width(1),
+        ))?;
+        chart
+            .draw_series(LineSeries::new(
+                points(follower, "p99"),
+                color.stroke_width(3),
+            ))?
+            .label(*follower)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart.draw_series(
+            points(follower, "p99")
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()?;
     Ok(())
 }

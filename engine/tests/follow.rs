@@ -155,6 +155,58 @@ async fn readers_of_a_follower_see_only_states_the_source_had_through_a_kill() {
     stop(&setup, strata);
 }
 
+/// Litestream 0.5.17 writes the replica (compacting into L1, L2 and snapshots, L0 kept
+/// 3 s) and a `strata restore -f` follower polls it: a reader sees only states the source
+/// had, and the end equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_a_replica_litestream_writes_sees_only_states_the_source_had() {
+    let setup = Setup::new(None);
+    let mut reaper = Reaper::default();
+    let litestream = litestream_replicate(&setup);
+    reaper.watch(&litestream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !setup.dir.join("replica").exists()
+        || setup
+            .replica()
+            .list_all()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Litestream wrote nothing: {}",
+            std::fs::read_to_string(setup.dir.join("litestream.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = setup.dir.join("follow.db");
+    let follower = spawn_follower(&setup, &out);
+    reaper.watch(&follower);
+    let reader = spawn_reader(&setup, &out, 16.0);
+    let writers = setup.writers(2, 14.0);
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let read = finished(reader).await;
+    assert!(read.status.success(), "the reader: {}", said(&read));
+    assert!(said(&read).contains("reads"), "{}", said(&read));
+    let levels: std::collections::BTreeSet<u8> = setup
+        .replica()
+        .list_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.level.get())
+        .collect();
+    assert!(
+        levels.len() > 1,
+        "Litestream compacted nothing while followed: levels {levels:?}"
+    );
+    wait_equal(&setup, &out, "after the writers stopped");
+    sqlite3_dump(out.to_str().unwrap());
+}
+
 /// Stopped while L0 retention removes the files after its position, a follower catches up
 /// from the higher levels (or a snapshot) as one transaction; a reader sees only states
 /// the source had.

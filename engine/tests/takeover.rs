@@ -6,45 +6,13 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::capture::*;
 use common::{litestream, s3_url, sha256_file};
 use ltx::Txid;
 use strata::restore::RestorePoint;
-
-/// Litestream's config for the setup's database: L1 every 2 s, L2 every 6 s, snapshots
-/// every 12 s, L0 kept 3 s.
-fn litestream_config(setup: &Setup) -> std::path::PathBuf {
-    let path = setup.dir.join("litestream.yml");
-    std::fs::write(
-        &path,
-        format!(
-            "levels:\n  - interval: 2s\n  - interval: 6s\nsnapshot:\n  interval: 12s\n  retention: 1m\nl0-retention: 3s\ndbs:\n  - path: {}\n    replica:\n      url: {}\n",
-            setup.db.display(),
-            setup.replica_url
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn litestream_replicate(setup: &Setup) -> Child {
-    litestream()
-        .args(["replicate", "-config"])
-        .arg(litestream_config(setup))
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(setup.dir.join("litestream.log"))
-                .unwrap(),
-        )
-        .spawn()
-        .unwrap()
-}
 
 fn terminate(mut child: Child) {
     signal(&child, "-TERM");

@@ -493,3 +493,37 @@ pub fn assert_litestream_restores_the_source(setup: &Setup) {
         sqlite3_dump(setup.db.to_str().unwrap())
     );
 }
+
+/// Litestream's config for the setup's database: L1 every 2 s, L2 every 6 s, snapshots
+/// every 12 s, L0 kept 3 s.
+fn litestream_config(setup: &Setup) -> PathBuf {
+    let path = setup.dir.join("litestream.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "levels:\n  - interval: 2s\n  - interval: 6s\nsnapshot:\n  interval: 12s\n  retention: 1m\nl0-retention: 3s\ndbs:\n  - path: {}\n    replica:\n      url: {}\n",
+            setup.db.display(),
+            setup.replica_url
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `litestream replicate` of the setup's database to its replica, with the config above,
+/// its output appended to `litestream.log`.
+pub fn litestream_replicate(setup: &Setup) -> Child {
+    litestream()
+        .args(["replicate", "-config"])
+        .arg(litestream_config(setup))
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(setup.dir.join("litestream.log"))
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}

@@ -5,6 +5,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use ltx::{Txid, TxidRange};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -22,6 +23,10 @@ use crate::stream::{PrimaryUrl, StreamConnection};
 /// Bytes read from the replica at a time while applying a file: a follower's memory
 /// stays near this whatever the files' sizes.
 const CHUNK: u64 = 1 << 20;
+
+/// Files a stream brought whole already are applied together, up to this many bytes: a
+/// follower that fell behind catches up in few transactions, its memory still bounded.
+const BATCH_MAX: u64 = 4 << 20;
 
 /// The longest wait between tries after failures in a row.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -347,9 +352,21 @@ impl Run {
                             "the primary sent {range}, which does not continue TXID {at}"
                         )));
                     }
-                    self.seen(Some(range.max));
                     let history = if restarts { 0 } else { self.position.history };
-                    match self.apply_streamed(range, len, stream, history).await {
+                    let applied = match stream.take_whole_files(range, len, BATCH_MAX) {
+                        // Here whole already (a follower that fell behind has several):
+                        // one transaction for all of them.
+                        Some(files) => {
+                            let range = TxidRange::new(range.min, files.last().expect("one").0.max);
+                            self.seen(Some(range.max));
+                            self.apply_received(files, history).await
+                        }
+                        None => {
+                            self.seen(Some(range.max));
+                            self.apply_streamed(range, len, stream, history).await
+                        }
+                    };
+                    match applied {
                         Err(FollowError::HistoryChanged { .. }) => {
                             // The stream stopped mid-file: it ends here.
                             self.rebuild(format!("{range} from the primary is of another history"))
@@ -540,6 +557,31 @@ impl Run {
         self.commit(target, history, inputs, std::future::ready(Ok(())))
             .await?;
         self.status.send_modify(|s| s.from_replica += 1);
+        Ok(())
+    }
+
+    /// Applies `files`, received whole and continuing one another, as one transaction.
+    async fn apply_received(
+        &mut self,
+        files: Vec<(TxidRange, Bytes)>,
+        history: u64,
+    ) -> Result<(), FollowError> {
+        let target = files.last().expect("one").0.max;
+        let count = files.len() as u64;
+        let inputs = move || -> Vec<Input> {
+            files
+                .into_iter()
+                .map(|(range, bytes)| -> Input {
+                    (
+                        format!("{range} from the primary"),
+                        Box::new(std::io::Cursor::new(bytes)),
+                    )
+                })
+                .collect()
+        };
+        self.commit(target, history, inputs, async { Ok(()) })
+            .await?;
+        self.status.send_modify(|s| s.streamed += count);
         Ok(())
     }
 

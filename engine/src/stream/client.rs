@@ -2,10 +2,11 @@
 //! read as they come. Followers (`crate::follow`) and the VFS both read it.
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use ltx::Txid;
+use ltx::{Txid, TxidRange};
 use tokio::sync::mpsc;
 
 use super::wire::{Head, SILENCE};
@@ -134,6 +135,21 @@ impl StreamConnection {
         }
     }
 
+    /// Reads what has arrived already, without waiting, until `buf` holds `max_bytes`. An
+    /// end or an error is left for the next [`Self::fill`] to meet.
+    fn fill_ready(&mut self, max_bytes: u64) {
+        while (self.buf.len() as u64) < max_bytes {
+            match self.body.frame().now_or_never() {
+                Some(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// The next frame's head; `None` where the stream ends cleanly between frames.
     pub async fn next_head(&mut self) -> Result<Option<Head>, String> {
         loop {
@@ -149,6 +165,36 @@ impl StreamConnection {
                 };
             }
         }
+    }
+
+    /// The file of `range` whose head was just read (`len` bytes), and the files after it
+    /// that continue it, if all of them are here whole already, up to `max_bytes` in all:
+    /// what a reader that fell behind can take at once. `None`, with nothing taken, if the
+    /// first file is not here whole.
+    pub fn take_whole_files(
+        &mut self,
+        range: TxidRange,
+        len: u64,
+        max_bytes: u64,
+    ) -> Option<Vec<(TxidRange, Bytes)>> {
+        self.fill_ready(max_bytes);
+        let first = usize::try_from(len).ok().filter(|&n| n <= self.buf.len())?;
+        let mut files = vec![(range, self.buf.split_to(first).freeze())];
+        let mut total = len;
+        while let Ok(Some((Head::File { range: next, len }, head))) = Head::parse(&self.buf) {
+            let whole = usize::try_from(len)
+                .ok()
+                .and_then(|n| n.checked_add(head))
+                .filter(|&n| n <= self.buf.len());
+            let continues = next.min == files.last().expect("one").0.max.next();
+            let (Some(whole), true) = (whole, continues && total + len <= max_bytes) else {
+                break;
+            };
+            self.buf.advance(head);
+            files.push((next, self.buf.split_to(whole - head).freeze()));
+            total += len;
+        }
+        Some(files)
     }
 
     /// The next `len` bytes (a file's), whole: the caller bounds `len`.

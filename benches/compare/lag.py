@@ -48,6 +48,17 @@ dbs:
 """
 
 
+def note(f, rows, seen):
+    """Writes each new row's lag (now minus its commit time); returns the newest row seen."""
+    now = time.time()
+    for rowid, at in rows:
+        f.write(f"{rowid} {now - at}\n")
+        seen = rowid
+    if rows:
+        f.flush()
+    return seen
+
+
 def read(follower, out, stop_file, reopen="keep"):
     """Reader process: notes when each row first shows in `follower`, until `stop_file`.
     `reopen`: "each" opens a new connection for every poll (Litestream's follower writes
@@ -72,12 +83,7 @@ def read(follower, out, stop_file, reopen="keep"):
             except sqlite3.Error:
                 rows = []
                 time.sleep(0.01)
-            now = time.time()
-            for rowid, at in rows:
-                f.write(f"{rowid} {now - at}\n")
-                seen = rowid
-            if rows:
-                f.flush()
+            seen = note(f, rows, seen)
             if reopen == "each" and conn is not None:
                 conn.close()
                 conn = None
@@ -109,12 +115,7 @@ def read_vfs(ext, uri, out, stop_file):
                     raise RuntimeError(f"the sqlite3 shell on {uri} stopped")
                 rowid, at = line.split("|")
                 rows.append((int(rowid), float(at)))
-            now = time.time()
-            for rowid, at in rows:
-                f.write(f"{rowid} {now - at}\n")
-                seen = rowid
-            if rows:
-                f.flush()
+            seen = note(f, rows, seen)
             time.sleep(0.001)
         shell.stdin.close()
         _, _, usage = os.wait4(shell.pid, 0)

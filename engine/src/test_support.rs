@@ -10,6 +10,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::restore::{NoProgress, RestoreError, RestoreOptions, RestorePoint, RestoreSummary};
 use crate::storage::Replica;
 
+/// A loopback TCP port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// The repository's `testdata/` directory, joined with `rel`.
 pub fn testdata(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

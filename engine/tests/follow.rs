@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::capture::*;
+use common::free_port;
 use ltx::Txid;
 use strata::follow::{FollowOptions, Follower};
 
@@ -67,6 +68,16 @@ fn spawn_reader(setup: &Setup, out: &Path, seconds: f64) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Waits for the writers, then for the reader, which must have read and found nothing wrong.
+async fn writers_then_reader(writers: Vec<Child>, reader: Child) {
+    tokio::task::spawn_blocking(move || wait_all(writers))
+        .await
+        .unwrap();
+    let read = finished(reader).await;
+    assert!(read.status.success(), "the reader: {}", said(&read));
+    assert!(said(&read).contains("reads"), "{}", said(&read));
 }
 
 /// A child process's output once it has exited, waited for off the runtime's threads.
@@ -139,12 +150,7 @@ async fn readers_of_a_follower_see_only_states_the_source_had_through_a_kill() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut follower = spawn_follower(&setup, &out);
     reaper.watch(&follower);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
-    let read = finished(reader).await;
-    assert!(read.status.success(), "the reader: {}", said(&read));
-    assert!(said(&read).contains("reads"), "{}", said(&read));
+    writers_then_reader(writers, reader).await;
     wait_equal(&setup, &out, "after the writers stopped");
     let log = std::fs::read_to_string(setup.dir.join("follow.log")).unwrap();
     assert_eq!(log.matches("(restored)").count(), 1, "{log}");
@@ -185,12 +191,7 @@ async fn a_follower_of_a_replica_litestream_writes_sees_only_states_the_source_h
     reaper.watch(&follower);
     let reader = spawn_reader(&setup, &out, 16.0);
     let writers = setup.writers(2, 14.0);
-    tokio::task::spawn_blocking(move || wait_all(writers))
-        .await
-        .unwrap();
-    let read = finished(reader).await;
-    assert!(read.status.success(), "the reader: {}", said(&read));
-    assert!(said(&read).contains("reads"), "{}", said(&read));
+    writers_then_reader(writers, reader).await;
     let levels: std::collections::BTreeSet<u8> = setup
         .replica()
         .list_all()
@@ -205,6 +206,10 @@ async fn a_follower_of_a_replica_litestream_writes_sees_only_states_the_source_h
     );
     wait_equal(&setup, &out, "after the writers stopped");
     sqlite3_dump(out.to_str().unwrap());
+    for mut child in [follower, litestream] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Stopped while L0 retention removes the files after its position, a follower catches up
@@ -349,14 +354,6 @@ async fn a_database_not_made_by_a_follower_is_refused() {
 }
 
 /// A port free on loopback now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `strata replicate --config` serving followers' streams on `addr`, its output appended to
 /// `strata.log`, once it says it is replicating.
 fn spawn_primary(setup: &Setup, addr: &str) -> Child {

@@ -10,7 +10,7 @@ use strata::storage::{Replica, ReplicaUrl};
 
 // Each test binary uses its own share of these.
 #[allow(unused_imports)]
-pub use strata::test_support::{copy_dir, fixture_dir, s3_url, testdata};
+pub use strata::test_support::{copy_dir, fixture_dir, free_port, s3_url, testdata};
 
 /// Every TXID the fixture restores to.
 pub const FIXTURE_TXIDS: std::ops::RangeInclusive<u64> = 1..=16;

@@ -348,3 +348,62 @@ async fn a_steady_writer_gets_each_commit_staged_at_once_and_one_upload_per_inte
     replication.stop().await.unwrap();
     check_history(&setup).await;
 }
+
+/// A staged file damaged on disk before its upload (cut short here) is never uploaded: it
+/// is removed, the capture writes a full copy, and every restore point of the replica is a
+/// state the source passed through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_file_damaged_before_its_upload_is_replaced_by_a_full_copy() {
+    let setup = Setup::new(None);
+    let mut options = quick_capture_options();
+    // Time to damage a staged file before the next upload.
+    options.sync_interval = Duration::from_secs(3);
+    options.compaction = None;
+    let replication = start_in_process_with(&setup, &setup.replica_url.clone(), options).await;
+    replication.sync().await.unwrap();
+    setup.write_for(1, 0.3).await;
+    let uploaded = replication.status().uploaded;
+    let name = setup.db.file_name().unwrap().to_string_lossy().into_owned();
+    let l0 = setup.db.with_file_name(format!(".{name}-strata/ltx/0"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let newest = loop {
+        let newest = std::fs::read_dir(&l0)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                let range = ltx::TxidRange::parse_file_name(&name).ok()?;
+                (range.min > uploaded).then_some((range, name))
+            })
+            .max();
+        if let Some(newest) = newest {
+            break newest;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing staged in {}",
+            l0.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let staged = l0.join(&newest.1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    replication.sync().await.unwrap();
+    assert!(
+        !setup
+            .replica()
+            .list(Level::L0, Txid::ZERO)
+            .await
+            .unwrap()
+            .iter()
+            .any(|f| f.range == newest.0),
+        "the damaged file {} was uploaded",
+        newest.1
+    );
+    replication.stop().await.unwrap();
+    check_history(&setup).await;
+}

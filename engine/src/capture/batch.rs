@@ -124,6 +124,17 @@ impl Batches {
     }
 }
 
+/// Whether the file at `path` is the LTX file of `range`, whole: its header names `range`
+/// and it decodes to its checksum. `Err` says what is wrong.
+pub(super) fn verify(path: &Path, range: TxidRange) -> Result<(), String> {
+    let decoder = open(path).map_err(|e| e.to_string())?;
+    let named = decoder.header().txid_range();
+    if named != range {
+        return Err(format!("its header says {named}"));
+    }
+    decoder.finish().map(drop).map_err(|e| e.to_string())
+}
+
 fn open(path: &Path) -> io::Result<Decoder<BufReader<File>>> {
     let file = File::open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;

@@ -82,6 +82,15 @@ pub enum CaptureError {
         /// The replica.
         replica: String,
     },
+    /// A staged file is not what its name says (damaged or replaced on disk): it is never
+    /// uploaded; the capture writes a full copy instead.
+    #[error("staged file {} is damaged ({detail}): not uploaded", range.file_name())]
+    StagedDamaged {
+        /// The staged file.
+        range: ltx::TxidRange,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The replica already holds a different file for a TXID strata wrote: another process
     /// replicates the same database to the same place.
     #[error(

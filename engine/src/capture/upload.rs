@@ -105,6 +105,11 @@ pub(super) async fn upload(
         let run = &staged[i..i + batch::run_from(staging, &staged, i)];
         i += run.len();
         let (range, path) = if let [one] = run {
+            // Checked whole before it goes: a file damaged or replaced on disk is never
+            // uploaded (a merge checks its inputs as it reads them).
+            if let Some(damage) = damaged(staging, vec![*one]).await {
+                return Err(damage);
+            }
             let path = if level_of(*one) == Level::L0 {
                 batches
                     .link(staging, *one)
@@ -114,15 +119,23 @@ pub(super) async fn upload(
             };
             (*one, path)
         } else {
-            let run = run.to_vec();
-            let (staging, merging) = (staging.clone(), batches.clone());
-            let merged = tokio::task::spawn_blocking(move || merging.merge(&staging, &run))
+            let pieces = run.to_vec();
+            let (run, staging_dir, merging) = (pieces.clone(), staging.clone(), batches.clone());
+            let merged = tokio::task::spawn_blocking(move || merging.merge(&staging_dir, &run))
                 .await
                 .map_err(|e| CaptureError::Io {
                     path: PathBuf::new(),
                     error: std::io::Error::other(format!("merging staged files panicked: {e}")),
                 })?;
-            let merged = merged.map_err(io(batches.dir().to_owned()))?;
+            let merged = match merged {
+                Ok(path) => path,
+                Err(error) => {
+                    return Err(damaged(staging, pieces).await.unwrap_or(CaptureError::Io {
+                        path: batches.dir().to_owned(),
+                        error,
+                    }));
+                }
+            };
             (TxidRange::new(first.min, staged[i - 1].max), merged)
         };
         let txid = range.max;
@@ -180,6 +193,22 @@ pub(super) async fn upload(
         }
     }
     Ok(count)
+}
+
+/// The first of `pieces` that is not what its name says on disk, as an error; `None` if
+/// every one is whole.
+async fn damaged(staging: &Staging, pieces: Vec<TxidRange>) -> Option<CaptureError> {
+    let staging = staging.clone();
+    tokio::task::spawn_blocking(move || {
+        pieces.into_iter().find_map(|range| {
+            batch::verify(&staging.path(range), range)
+                .err()
+                .map(|detail| CaptureError::StagedDamaged { range, detail })
+        })
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// How long a staged file every replica has stays for followers' streams: one that falls

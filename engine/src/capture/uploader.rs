@@ -194,6 +194,19 @@ impl Uploader {
                 self.rebase.ask_above(self.known);
                 Ok(0)
             }
+            // A staged file damaged on disk is never uploaded: it goes, and a full copy
+            // continues the replica (the files after it no longer continue it).
+            Err(CaptureError::StagedDamaged { range, detail }) => {
+                tracing::warn!(replica = self.replica.name(), staged = range.file_name(), %detail, "a staged file is damaged: removed; the next file is a full copy");
+                for removed in [self.staging.remove(range), self.batches.remove(range)] {
+                    if let Err(e) = removed {
+                        tracing::warn!(error = %e, "cannot remove the damaged staged file");
+                    }
+                }
+                self.asked_full_copy = true;
+                self.rebase.ask_above(self.known.max(range.max));
+                Ok(0)
+            }
             Ok(n) => {
                 if n > 0 {
                     self.asked_full_copy = false;

@@ -95,7 +95,7 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     ) -> Result<(), BackendError>;
 
     /// [`Backend::create`] from a complete local file, without holding it in memory where
-    /// the backend can avoid it (a hard link, an upload in parts of `limits.part_size`).
+    /// the backend can avoid it (a copy on disk, an upload in parts of `limits.part_size`).
     /// Returns the size written.
     async fn create_from_file(
         &self,

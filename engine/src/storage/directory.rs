@@ -2,9 +2,11 @@
 //!
 //! A directory is an object store (`object_store`'s `LocalFileSystem`, through the object
 //! backend) for listing, checking, creating and deleting; what a file system does better is
-//! done here: reads are positional reads on a blocking thread, a file to upload is
-//! hard-linked into place (on the same filesystem nothing is copied at all), and file times
-//! are set to the LTX header's timestamp, as Litestream sets them.
+//! done here: reads are positional reads on a blocking thread, a file to upload is copied
+//! beside its name, synced and linked into place (a create that fails if the name is taken),
+//! and file times are set to the LTX header's timestamp, as Litestream sets them. The replica
+//! never shares a file with the source (no hard link to a staged file): a backup that changes
+//! when a local file does is no backup.
 
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
@@ -92,39 +94,26 @@ fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
-/// Links (or, across filesystems, copies then links) `source` to `dest`; returns its size.
-fn link_into_place(
+/// Copies `source` beside `dest`, syncs it and links it into place; returns its size.
+fn copy_into_place(
     source: &FsPath,
     dest: &FsPath,
     timestamp: jiff::Timestamp,
 ) -> Result<u64, BackendError> {
     let dir = dest.parent().expect("level directories have a parent");
     std::fs::create_dir_all(dir).map_err(other)?;
-    std::fs::File::options()
-        .write(true)
-        .open(source)
-        .and_then(|f| f.set_modified(timestamp.into()))
-        .map_err(|e| other(e).at(source.display()))?;
-    match std::fs::hard_link(source, dest) {
-        Ok(()) => {
-            sync_dir(dir).map_err(other)?;
-            return std::fs::metadata(dest).map(|m| m.len()).map_err(other);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e.into()),
-        Err(e) => return Err(other(e)),
-    }
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
-    let size = std::fs::copy(source, &tmp).map_err(other)?;
-    let linked = std::fs::File::open(&tmp)
-        .and_then(|f| {
-            f.sync_all()?;
-            f.set_modified(timestamp.into())
+    let copied = std::fs::copy(source, &tmp)
+        .map_err(|e| other(e).at(source.display()))
+        .and_then(|size| {
+            let f = std::fs::File::open(&tmp).map_err(other)?;
+            f.sync_all().map_err(other)?;
+            f.set_modified(timestamp.into()).map_err(other)?;
+            Ok(size)
         })
-        .map_err(other)
-        .and_then(|()| link(&tmp, dest));
+        .and_then(|size| link(&tmp, dest).map(|()| size));
     let _ = std::fs::remove_file(&tmp);
-    linked?;
+    let size = copied?;
     sync_dir(dir).map_err(other)?;
     Ok(size)
 }
@@ -215,7 +204,7 @@ impl Backend for Directory {
         _limits: UploadLimits,
     ) -> Result<u64, BackendError> {
         let (source, dest) = (source.to_owned(), self.local(path));
-        blocking(move || link_into_place(&source, &dest, timestamp)).await
+        blocking(move || copy_into_place(&source, &dest, timestamp)).await
     }
 
     async fn delete(&self, paths: Vec<Path>) -> Result<(), BackendError> {

@@ -506,8 +506,8 @@ impl Replica {
     }
 
     /// Writes the LTX file at `source` (complete and synced) like [`Replica::write`], without
-    /// holding it in memory where the backend can avoid it: a directory hard-links it into
-    /// place (on the same filesystem, no copy at all); an object store gets one conditional
+    /// holding it in memory where the backend can avoid it: a directory copies it beside its
+    /// name and links the copy into place; an object store gets one conditional
     /// PUT, or, past [`UploadLimits::single_put_max`], parts with bounded memory (see
     /// `storage::multipart`). Nothing is overwritten.
     pub async fn write_file(

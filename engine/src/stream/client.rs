@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 
 use super::wire::{Head, SILENCE};
 
+/// The most of an error answer's body that is read (it is shown in the error).
+const ERROR_TEXT_MAX: usize = 4 << 10;
+
 /// A primary's stream address: `http://HOST:PORT/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrimaryUrl {
@@ -94,12 +97,16 @@ impl StreamConnection {
             .map_err(|e| format!("{url}: {e}"))?;
         if !response.status().is_success() {
             let status = response.status();
-            let text = tokio::time::timeout(SILENCE, response.into_body().collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
-                .unwrap_or_default();
+            // What a server says with an error is read up to a few KiB, whatever it sends.
+            let text = tokio::time::timeout(
+                SILENCE,
+                http_body_util::Limited::new(response.into_body(), ERROR_TEXT_MAX).collect(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned())
+            .unwrap_or_default();
             return Err(format!("{url}: {status}: {text}"));
         }
         let is_stream = response

@@ -270,6 +270,8 @@ async fn read(
             Some(Head::Gap) => return Ok("it no longer reaches back to this reader"),
             Some(Head::Heartbeat { staged, .. }) => follow.heard(staged),
             Some(Head::File { range, len }) => {
+                // The primary holds this much at least, taken or not.
+                follow.heard(range.max);
                 let tip = follow.push_tip();
                 if range.max <= tip {
                     if len > room {

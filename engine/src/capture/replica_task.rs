@@ -12,6 +12,7 @@ use super::batch::Batches;
 use super::panic_alarm::PanicAlarm;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
+use super::upload::NewestStaged;
 use super::{CaptureError, CaptureOptions, LevelFiles, ReplicaStatus, StopError, upload, uploader};
 use crate::compact::{Clock, Compactor, Runner};
 use crate::compact::{LevelIndex, SharedIndex};
@@ -245,6 +246,7 @@ pub(super) async fn finish_uploads(
     deadline: Instant,
 ) -> Result<Txid, StopError> {
     let mut uploader = uploader.lock().await;
+    uploader.newest = NewestStaged::Alone;
     let mut last = None;
     // Each request is bounded by what is left of the timeout: a server that hangs does not
     // hold the stop past it.
@@ -317,6 +319,8 @@ pub(super) async fn upload_loop(
     // When the last round that wrote to the replica started: the next waits an interval
     // from then, so the first file (a new database's full copy) goes at once.
     let mut last_write: Option<Instant> = None;
+    // A sync waiting (or a retry) does not leave the newest staged file for a later round.
+    let mut waited_for = true;
     loop {
         let started = Instant::now();
         let staged_now = *signals.staged.borrow_and_update();
@@ -330,6 +334,11 @@ pub(super) async fn upload_loop(
         }
         let (result, uploaded) = {
             let mut uploader = uploader.lock().await;
+            uploader.newest = if waited_for {
+                NewestStaged::Alone
+            } else {
+                NewestStaged::Held
+            };
             let before = uploader.uploaded;
             let result = uploader.upload().await;
             if uploader.uploaded != before {
@@ -387,27 +396,40 @@ pub(super) async fn upload_loop(
             continue;
         }
         backoff = interval;
-        // Nothing to do until the capture stages a file or the replica must be checked; an
-        // idle replica is looked at (two HEADs) now and then, so one wiped meanwhile shows
-        // as behind, and gets its full copy, without waiting for a write.
+        // Still behind what is staged (the newest file held for the next round, or a full
+        // copy awaited): another round an interval after this one, staged changes or not.
+        let holding = uploaded < *signals.staged.borrow();
+        // Otherwise nothing to do until the capture stages a file or the replica must be
+        // checked; an idle replica is looked at (two HEADs) now and then, so one wiped
+        // meanwhile shows as behind, and gets its full copy, without waiting for a write.
         let idle_check = uploader.lock().await.idle_check_interval();
-        let staged = tokio::select! {
-            changed = signals.staged.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep(interval).await;
+        let (staged, retried) = if holding {
+            (true, false)
+        } else {
+            tokio::select! {
+                changed = signals.staged.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(interval).await;
+                    }
+                    (true, false)
                 }
-                true
+                () = index.check_requested() => (false, false),
+                () = signals.retry.notified() => (false, true),
+                () = tokio::time::sleep(idle_check) => (false, false),
             }
-            () = index.check_requested() => false,
-            () = signals.retry.notified() => false,
-            () = tokio::time::sleep(idle_check) => false,
         };
+        waited_for = retried;
         // Capture stages at commit speed; the replica gets at most one round (one merged L0
         // file) per interval. A sync waiting does not wait for the interval.
-        if let Some(last) = last_write.filter(|_| staged) {
+        let wait_from = if holding {
+            Some(started)
+        } else {
+            last_write.filter(|_| staged)
+        };
+        if let Some(from) = wait_from {
             tokio::select! {
-                () = tokio::time::sleep_until((last + interval).into()) => {}
-                () = signals.retry.notified() => {}
+                () = tokio::time::sleep_until((from + interval).into()) => {}
+                () = signals.retry.notified() => waited_for = true,
             }
         }
     }

@@ -64,6 +64,11 @@ impl StagedUse {
 /// supersedes it, and is an error otherwise. A file already in the replica counts as
 /// uploaded if it holds the same bytes (an upload retried after a crash); different bytes
 /// mean another writer: a conflict.
+///
+/// `newest` says what becomes of the newest staged file when it would be merged with others
+/// (see [`NewestStaged`]): the replica's newest L0 file should hold one TXID whenever writes
+/// pause, as Litestream 0.5.17 needs to continue a replica (it looks for a local copy of the
+/// newest file, named by its last TXID alone).
 pub(super) async fn upload(
     (staging, batches): (&Staging, &Batches),
     replica: &Replica,
@@ -71,6 +76,7 @@ pub(super) async fn upload(
     sent: &mut Vec<TxidRange>,
     removable: Txid,
     (peers, slot): (&StagedUse, usize),
+    newest: NewestStaged,
 ) -> Result<usize, CaptureError> {
     let io = |path: PathBuf| {
         move |source| CaptureError::Io {
@@ -80,6 +86,7 @@ pub(super) async fn upload(
     };
     let staged = staging.staged().map_err(io(staging.dir().to_owned()))?;
     let mut count = 0;
+    let mut held = false;
     let mut i = staged.partition_point(|r| r.max <= *uploaded);
     while i < staged.len() {
         let first = staged[i];
@@ -102,7 +109,20 @@ pub(super) async fn upload(
                 replica: replica.name().to_owned(),
             });
         }
-        let run = &staged[i..i + batch::run_from(staging, &staged, i)];
+        let mut len = batch::run_from(staging, &staged, i);
+        if len > 1 && i + len == staged.len() {
+            match newest {
+                // The rest now, the newest on its own in this same round.
+                NewestStaged::Alone => len -= 1,
+                // The rest now, the newest with what follows it (or alone if nothing
+                // does) a round later: still one file per round.
+                NewestStaged::Held => {
+                    len -= 1;
+                    held = true;
+                }
+            }
+        }
+        let run = &staged[i..i + len];
         i += run.len();
         let (range, path) = if let [one] = run {
             // Checked whole before it goes: a file damaged or replaced on disk is never
@@ -171,6 +191,9 @@ pub(super) async fn upload(
         *uploaded = txid;
         sent.push(range);
         count += 1;
+        if held {
+            break;
+        }
     }
     peers.set(slot, *uploaded);
     let everyone = peers.floor();
@@ -193,6 +216,17 @@ pub(super) async fn upload(
         }
     }
     Ok(count)
+}
+
+/// What an upload round does with the newest staged file when others continue up to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NewestStaged {
+    /// Sent alone after them: two files, the newest holding one TXID (a sync waited for,
+    /// a stop).
+    Alone,
+    /// Left for the next round (the loop's rounds, one file each): while writes go on it is
+    /// merged with the next ones, and once they pause it goes alone.
+    Held,
 }
 
 /// The first of `pieces` that is not what its name says on disk, as an error; `None` if
@@ -340,11 +374,12 @@ mod tests {
         let staging = Staging::open(&dir.path().join("app.db")).unwrap();
         let batches = Batches::new(&staging, 0, ltx::PageEncoding::default());
         let replica = Replica::memory(Layout::S3);
-        for txid in 1..=3 {
+        for txid in 1..=4 {
             stage(&staging, txid, txid as u8);
         }
         let mut uploaded = Txid::ZERO;
-        // 1 starts the history and goes alone; 2 and 3 continue it and go as one file.
+        // 1 starts the history and goes alone; 2 and 3 continue it and go as one file, and
+        // the newest, 4, alone.
         assert_eq!(
             upload(
                 (&staging, &batches),
@@ -353,28 +388,33 @@ mod tests {
                 &mut Vec::new(),
                 Txid::MAX,
                 (&StagedUse::new(1), 0),
+                NewestStaged::Alone,
             )
             .await
             .unwrap(),
-            2
+            3
         );
-        assert_eq!(uploaded, Txid::new(3));
+        assert_eq!(uploaded, Txid::new(4));
         let l0: Vec<_> = replica.list(Level::L0, Txid::ZERO).await.unwrap();
         let ranges: Vec<_> = l0.iter().map(|f| f.range).collect();
         assert_eq!(
             ranges,
-            [range(1), TxidRange::new(Txid::new(2), Txid::new(3))]
+            [
+                range(1),
+                TxidRange::new(Txid::new(2), Txid::new(3)),
+                range(4)
+            ]
         );
         // Staged files stay for followers' streams a while; the local copies of uploads
         // compaction does not need (it is off here) go but for the newest.
-        assert_eq!(staging.staged().unwrap(), [range(1), range(2), range(3)]);
         assert_eq!(
-            batches.kept().unwrap(),
-            [TxidRange::new(Txid::new(2), Txid::new(3))]
+            staging.staged().unwrap(),
+            [range(1), range(2), range(3), range(4)]
         );
+        assert_eq!(batches.kept().unwrap(), [range(4)]);
 
-        // A crash lost the record of uploading 2-3: merging and uploading them again finds
-        // the same bytes.
+        // A crash lost the record of uploading 2-3 and 4: merging and uploading them again
+        // finds the same bytes.
         let mut uploaded = Txid::new(1);
         assert_eq!(
             upload(
@@ -384,21 +424,22 @@ mod tests {
                 &mut Vec::new(),
                 Txid::MAX,
                 (&StagedUse::new(1), 0),
+                NewestStaged::Alone,
             )
             .await
             .unwrap(),
-            1
+            2
         );
-        assert_eq!(uploaded, Txid::new(3));
+        assert_eq!(uploaded, Txid::new(4));
 
-        // Someone else wrote 4 first, with other contents: refused, never overwritten.
-        let theirs = bytes::Bytes::from(l0_file(Vec::new(), 4, 0xee).unwrap());
+        // Someone else wrote 5 first, with other contents: refused, never overwritten.
+        let theirs = bytes::Bytes::from(l0_file(Vec::new(), 5, 0xee).unwrap());
         let timestamp = jiff::Timestamp::UNIX_EPOCH;
         replica
-            .write(Level::L0, range(4), theirs.clone(), timestamp)
+            .write(Level::L0, range(5), theirs.clone(), timestamp)
             .await
             .unwrap();
-        stage(&staging, 4, 4);
+        stage(&staging, 5, 5);
         let err = upload(
             (&staging, &batches),
             &replica,
@@ -406,15 +447,66 @@ mod tests {
             &mut Vec::new(),
             Txid::MAX,
             (&StagedUse::new(1), 0),
+            NewestStaged::Alone,
         )
         .await
         .unwrap_err();
         assert!(
-            matches!(err, CaptureError::Conflict { txid, .. } if txid == Txid::new(4)),
+            matches!(err, CaptureError::Conflict { txid, .. } if txid == Txid::new(5)),
             "{err}"
         );
-        assert_eq!(uploaded, Txid::new(3));
-        let listed = replica.list(Level::L0, Txid::new(4)).await.unwrap();
+        assert_eq!(uploaded, Txid::new(4));
+        let listed = replica.list(Level::L0, Txid::new(5)).await.unwrap();
         assert_eq!(replica.read(&listed[0]).await.unwrap(), theirs);
+    }
+
+    #[tokio::test]
+    async fn the_newest_staged_file_waits_a_round_or_goes_alone_so_the_newest_l0_holds_one_txid() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(&dir.path().join("app.db")).unwrap();
+        let batches = Batches::new(&staging, 0, ltx::PageEncoding::default());
+        let replica = Replica::memory(Layout::S3);
+        let mut uploaded = Txid::ZERO;
+        let r = |a, b| TxidRange::new(Txid::new(a), Txid::new(b));
+        let stage_through = |to: u64| {
+            for txid in 1..=to {
+                if !staging.path(range(txid)).exists() {
+                    stage(&staging, txid, txid as u8);
+                }
+            }
+        };
+        let mut rounds = Vec::new();
+        for (through, newest) in [
+            // 1 alone (it starts the history), 2-3 merged, 4 held.
+            (4, NewestStaged::Held),
+            // Writes went on: 4 goes with 5, 6 is held.
+            (6, NewestStaged::Held),
+            // They paused: 6 goes alone; then nothing is left.
+            (6, NewestStaged::Held),
+            (6, NewestStaged::Held),
+            // A sync (or a stop) does not wait: 7-8 merged, then 9 alone.
+            (9, NewestStaged::Alone),
+        ] {
+            stage_through(through);
+            let sent = upload(
+                (&staging, &batches),
+                &replica,
+                &mut uploaded,
+                &mut Vec::new(),
+                Txid::MAX,
+                (&StagedUse::new(1), 0),
+                newest,
+            )
+            .await
+            .unwrap();
+            rounds.push(sent);
+        }
+        assert_eq!(rounds, [2, 1, 1, 0, 2]);
+        let l0: Vec<_> = replica.list(Level::L0, Txid::ZERO).await.unwrap();
+        let ranges: Vec<_> = l0.iter().map(|f| f.range).collect();
+        assert_eq!(
+            ranges,
+            [r(1, 1), r(2, 3), r(4, 5), r(6, 6), r(7, 8), r(9, 9)]
+        );
     }
 }

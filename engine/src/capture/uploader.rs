@@ -12,7 +12,7 @@ use super::CaptureError;
 use super::batch::Batches;
 use super::staging::Staging;
 use super::sync::FullCopyRequest;
-use super::upload::{Existing, StagedUse, compare_with_replica, level_of, upload};
+use super::upload::{Existing, NewestStaged, StagedUse, compare_with_replica, level_of, upload};
 use crate::compact::SharedIndex;
 use crate::plan::{PlanError, plan_files};
 use crate::storage::{FileInfo, Level, Replica};
@@ -58,6 +58,8 @@ pub(super) struct Uploader {
     peers: (Arc<StagedUse>, usize),
     /// A full copy was asked for because the staged files do not continue this replica.
     asked_full_copy: bool,
+    /// What the next round does with the newest staged file (see [`NewestStaged`]).
+    pub(super) newest: NewestStaged,
 }
 
 impl Uploader {
@@ -93,6 +95,7 @@ impl Uploader {
             keep_staged_for_compaction,
             peers,
             asked_full_copy: false,
+            newest: NewestStaged::Alone,
         }
     }
 
@@ -155,6 +158,7 @@ impl Uploader {
             &mut self.recent,
             removable,
             (&self.peers.0, self.peers.1),
+            self.newest,
         )
         .await;
         // What was uploaded is in the replica whether or not a later file failed. Its size

@@ -110,3 +110,35 @@ async fn takeover(setup: Setup) {
         points.len()
     );
 }
+
+/// strata merges a burst of commits into one L0 upload; once writes pause, its newest L0
+/// file holds one TXID again, so a Litestream that never ran on this database continues the
+/// replica after strata stops (it fetches the newest L0 file and looks for it by its last
+/// TXID alone), and its restore equals the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_litestream_continues_a_replica_strata_left_after_a_burst() {
+    let blocking = |f: &dyn Fn()| tokio::task::block_in_place(f);
+    let setup = Setup::new(None);
+    let strata = setup.strata();
+    blocking(&|| wait_all(setup.writers(1, 1.0)));
+    // Writes paused for more than a sync interval before the stop.
+    std::thread::sleep(Duration::from_millis(2500));
+    stop(&setup, strata);
+    let newest = setup
+        .replica()
+        .list(strata::storage::Level::L0, Txid::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .max_by_key(|f| f.range.max)
+        .unwrap();
+    assert_eq!(newest.range.min, newest.range.max, "newest L0 {newest}");
+    let ls = litestream_replicate(&setup);
+    std::thread::sleep(Duration::from_millis(500));
+    blocking(&|| wait_all(setup.writers(1, 2.0)));
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(ls);
+    let log = std::fs::read_to_string(setup.dir.join("litestream.log")).unwrap_or_default();
+    assert!(!log.contains("level=ERROR"), "{log}");
+    assert_litestream_restores_the_source(&setup);
+}

@@ -321,6 +321,7 @@ pub(super) async fn upload_loop(
     let mut last_write: Option<Instant> = None;
     // A sync waiting (or a retry) does not leave the newest staged file for a later round.
     let mut waited_for = true;
+    let mut pending_since;
     loop {
         let started = Instant::now();
         let staged_now = *signals.staged.borrow_and_update();
@@ -344,6 +345,7 @@ pub(super) async fn upload_loop(
             if uploader.uploaded != before {
                 last_write = Some(started);
             }
+            pending_since = uploader.pending_since();
             (result, uploader.uploaded)
         };
         {
@@ -358,10 +360,14 @@ pub(super) async fn upload_loop(
             }
             // Caught up once it holds everything staged when a round finishes; behind (again)
             // if a check found it restores to less.
+            // Behind since the oldest commit the replica lacks was staged (a file held for
+            // the next round is a commit it lacks).
             if uploaded >= *signals.staged.borrow() {
                 s.behind_since = None;
-            } else if s.behind_since.is_none() {
-                s.behind_since = Some(jiff::Timestamp::now());
+            } else {
+                s.behind_since = pending_since
+                    .or(s.behind_since)
+                    .or_else(|| Some(jiff::Timestamp::now()));
             }
         }
         signals.uploaded.send_replace(uploaded);

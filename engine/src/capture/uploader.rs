@@ -105,6 +105,17 @@ impl Uploader {
         self.check_every * self.list_every
     }
 
+    /// When the oldest staged file the replica lacks was staged (its file time); `None` if
+    /// it lacks none, or the time cannot be read.
+    pub(super) fn pending_since(&self) -> Option<jiff::Timestamp> {
+        let staged = self.staging.staged().ok()?;
+        let first = staged.into_iter().find(|r| r.max > self.uploaded)?;
+        let modified = std::fs::metadata(self.staging.path(first))
+            .and_then(|m| m.modified())
+            .ok()?;
+        jiff::Timestamp::try_from(modified).ok()
+    }
+
     /// The replica.
     pub(super) fn replica(&self) -> &Replica {
         &self.replica

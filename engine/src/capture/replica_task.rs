@@ -425,6 +425,13 @@ pub(super) async fn upload_loop(
             }
         };
         waited_for = retried;
+        if staged {
+            // Behind from the moment something is staged, not from the round that sends it.
+            let mut s = status.lock().unwrap();
+            if s.behind_since.is_none() && s.uploaded < *signals.staged.borrow() {
+                s.behind_since = Some(jiff::Timestamp::now());
+            }
+        }
         // Capture stages at commit speed; the replica gets at most one round (one merged L0
         // file) per interval. A sync waiting does not wait for the interval.
         let wait_from = if holding {

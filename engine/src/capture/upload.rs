@@ -368,6 +368,25 @@ mod tests {
             .unwrap();
     }
 
+    /// One upload round with one replica, compaction off.
+    async fn round(
+        staged: (&Staging, &Batches),
+        replica: &Replica,
+        uploaded: &mut Txid,
+        newest: NewestStaged,
+    ) -> Result<usize, CaptureError> {
+        upload(
+            staged,
+            replica,
+            uploaded,
+            &mut Vec::new(),
+            Txid::MAX,
+            (&StagedUse::new(1), 0),
+            newest,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn a_file_already_uploaded_counts_once_its_bytes_match_and_conflicts_otherwise() {
         let dir = tempfile::tempdir().unwrap();
@@ -381,14 +400,11 @@ mod tests {
         // 1 starts the history and goes alone; 2 and 3 continue it and go as one file, and
         // the newest, 4, alone.
         assert_eq!(
-            upload(
+            round(
                 (&staging, &batches),
                 &replica,
                 &mut uploaded,
-                &mut Vec::new(),
-                Txid::MAX,
-                (&StagedUse::new(1), 0),
-                NewestStaged::Alone,
+                NewestStaged::Alone
             )
             .await
             .unwrap(),
@@ -417,14 +433,11 @@ mod tests {
         // finds the same bytes.
         let mut uploaded = Txid::new(1);
         assert_eq!(
-            upload(
+            round(
                 (&staging, &batches),
                 &replica,
                 &mut uploaded,
-                &mut Vec::new(),
-                Txid::MAX,
-                (&StagedUse::new(1), 0),
-                NewestStaged::Alone,
+                NewestStaged::Alone
             )
             .await
             .unwrap(),
@@ -440,13 +453,10 @@ mod tests {
             .await
             .unwrap();
         stage(&staging, 5, 5);
-        let err = upload(
+        let err = round(
             (&staging, &batches),
             &replica,
             &mut uploaded,
-            &mut Vec::new(),
-            Txid::MAX,
-            (&StagedUse::new(1), 0),
             NewestStaged::Alone,
         )
         .await
@@ -488,17 +498,9 @@ mod tests {
             (9, NewestStaged::Alone),
         ] {
             stage_through(through);
-            let sent = upload(
-                (&staging, &batches),
-                &replica,
-                &mut uploaded,
-                &mut Vec::new(),
-                Txid::MAX,
-                (&StagedUse::new(1), 0),
-                newest,
-            )
-            .await
-            .unwrap();
+            let sent = round((&staging, &batches), &replica, &mut uploaded, newest)
+                .await
+                .unwrap();
             rounds.push(sent);
         }
         assert_eq!(rounds, [2, 1, 1, 0, 2]);

@@ -321,7 +321,6 @@ pub(super) async fn upload_loop(
     let mut last_write: Option<Instant> = None;
     // A sync waiting (or a retry) does not leave the newest staged file for a later round.
     let mut waited_for = true;
-    let mut pending_since;
     loop {
         let started = Instant::now();
         let staged_now = *signals.staged.borrow_and_update();
@@ -333,7 +332,7 @@ pub(super) async fn upload_loop(
                 s.behind_since = Some(jiff::Timestamp::now());
             }
         }
-        let (result, uploaded) = {
+        let (result, uploaded, pending_since) = {
             let mut uploader = uploader.lock().await;
             uploader.newest = if waited_for {
                 NewestStaged::Alone
@@ -345,8 +344,7 @@ pub(super) async fn upload_loop(
             if uploader.uploaded != before {
                 last_write = Some(started);
             }
-            pending_since = uploader.pending_since();
-            (result, uploader.uploaded)
+            (result, uploader.uploaded, uploader.pending_since())
         };
         {
             let mut s = status.lock().unwrap();
@@ -358,10 +356,9 @@ pub(super) async fn upload_loop(
             if result.is_ok() {
                 s.last_upload = Some(jiff::Timestamp::now());
             }
-            // Caught up once it holds everything staged when a round finishes; behind (again)
-            // if a check found it restores to less.
-            // Behind since the oldest commit the replica lacks was staged (a file held for
-            // the next round is a commit it lacks).
+            // Caught up once it holds everything staged when a round finishes; otherwise
+            // behind since the oldest commit it lacks was staged (a file held for the next
+            // round, or what a check found it no longer restores to).
             if uploaded >= *signals.staged.borrow() {
                 s.behind_since = None;
             } else {

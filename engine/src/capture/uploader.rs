@@ -105,6 +105,13 @@ impl Uploader {
         self.check_every * self.list_every
     }
 
+    /// Asks the capture for a full copy above `txid`; files that cannot continue the replica
+    /// meanwhile wait quietly.
+    fn ask_full_copy(&mut self, txid: Txid) {
+        self.asked_full_copy = true;
+        self.rebase.ask_above(txid);
+    }
+
     /// When the oldest staged file the replica lacks was staged (its file time); `None` if
     /// it lacks none, or the time cannot be read.
     pub(super) fn pending_since(&self) -> Option<jiff::Timestamp> {
@@ -205,8 +212,7 @@ impl Uploader {
                 if !self.asked_full_copy {
                     tracing::warn!(replica = self.replica.name(), uploaded = %self.uploaded, staged = range.file_name(), "the staged files do not continue this replica: the next file is a full copy");
                 }
-                self.asked_full_copy = true;
-                self.rebase.ask_above(self.known);
+                self.ask_full_copy(self.known);
                 Ok(0)
             }
             // A staged file damaged on disk is never uploaded: it goes, and a full copy
@@ -218,8 +224,7 @@ impl Uploader {
                         tracing::warn!(error = %e, "cannot remove the damaged staged file");
                     }
                 }
-                self.asked_full_copy = true;
-                self.rebase.ask_above(self.known.max(range.max));
+                self.ask_full_copy(self.known.max(range.max));
                 Ok(0)
             }
             Ok(n) => {
@@ -267,8 +272,7 @@ impl Uploader {
         tracing::info!(replica = self.replica.name(), restores_to = %restores_to, newest = %newest, "listed the replica");
         if newest > staged || newest > restores_to {
             tracing::warn!(replica = self.replica.name(), %newest, "the replica cannot be continued from the staged files: the next file is a full copy");
-            self.rebase.ask_above(newest);
-            self.asked_full_copy = true;
+            self.ask_full_copy(newest);
         }
         Ok(())
     }

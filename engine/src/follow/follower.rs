@@ -353,18 +353,17 @@ impl Run {
                         )));
                     }
                     let history = if restarts { 0 } else { self.position.history };
-                    let applied = match stream.take_whole_files(range, len, BATCH_MAX) {
-                        // Here whole already (a follower that fell behind has several):
-                        // one transaction for all of them.
-                        Some(files) => {
-                            let range = TxidRange::new(range.min, files.last().expect("one").0.max);
-                            self.seen(Some(range.max));
-                            self.apply_received(files, history).await
-                        }
-                        None => {
-                            self.seen(Some(range.max));
-                            self.apply_streamed(range, len, stream, history).await
-                        }
+                    // Here whole already (a follower that fell behind has several): one
+                    // transaction for all of them.
+                    let whole = stream.take_whole_files(range, len, BATCH_MAX);
+                    let newest = whole
+                        .as_ref()
+                        .and_then(|files| files.last())
+                        .map_or(range.max, |(last, _)| last.max);
+                    self.seen(Some(newest));
+                    let applied = match whole {
+                        Some(files) => self.apply_received(files, history).await,
+                        None => self.apply_streamed(range, len, stream, history).await,
                     };
                     match applied {
                         Err(FollowError::HistoryChanged { .. }) => {

@@ -69,6 +69,19 @@ impl Follow {
             .is_some_and(|until| until > Instant::now())
     }
 
+    /// Waits until a reader is active, on `wake` while none is; `false` once closed.
+    pub(super) async fn until_active(&self, wake: &tokio::sync::Notify) -> bool {
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            if self.is_active() {
+                return true;
+            }
+            wake.notified().await;
+        }
+    }
+
     /// The replica's state followed is now `map`: pushed files it holds are let go.
     pub(super) fn set_newest(&self, map: Arc<PageMap>) {
         let mut newest = self.newest.lock().unwrap();
@@ -128,14 +141,7 @@ impl Follow {
 
 /// Prepares newer maps while a reader is active; sleeps on `wake` otherwise.
 pub(super) async fn poller(replica: Replica, options: Options, follow: Arc<Follow>) {
-    loop {
-        if follow.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        if !follow.is_active() {
-            follow.wake.notified().await;
-            continue;
-        }
+    while follow.until_active(&follow.wake).await {
         tokio::time::sleep(options.poll_interval).await;
         if follow.closed.load(Ordering::SeqCst) {
             return;

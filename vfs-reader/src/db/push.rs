@@ -220,14 +220,7 @@ impl Held {
 pub(super) async fn streamer(primary: PrimaryUrl, options: Options, follow: Arc<Follow>) {
     let pause = options.poll_interval.min(Duration::from_secs(1));
     let mut warned = false;
-    loop {
-        if follow.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        if !follow.is_active() {
-            follow.wake_stream.notified().await;
-            continue;
-        }
+    while follow.until_active(&follow.wake_stream).await {
         let from = follow.push_tip();
         match StreamConnection::open(&primary, from).await {
             Ok(mut connection) => {
@@ -236,16 +229,15 @@ pub(super) async fn streamer(primary: PrimaryUrl, options: Options, follow: Arc<
                     Ok(why) => tracing::debug!(%primary, why, "the stream ended"),
                     Err(why) => tracing::info!(%primary, %why, "the stream ended"),
                 }
-                follow.pushed.lock().unwrap().tried = true;
             }
             Err(why) => {
                 if !warned {
                     tracing::warn!(%why, "the primary cannot be reached: following the replica meanwhile");
                     warned = true;
                 }
-                follow.pushed.lock().unwrap().tried = true;
             }
         }
+        follow.pushed.lock().unwrap().tried = true;
         tokio::time::sleep(pause).await;
     }
 }

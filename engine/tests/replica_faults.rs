@@ -366,11 +366,20 @@ async fn wiped_replica_gets_a_full_copy(replica: ReplicaUrl, wipe: impl Fn()) {
             w.stop();
         }
         store.sync(&key).await.unwrap();
-        assert_eq!(
-            try_restored_rows(&replica, dir.path()).await.unwrap(),
-            rows(&db),
-            "{what}"
-        );
+        let restored = try_restored_rows(&replica, dir.path()).await;
+        if !matches!(&restored, Ok(r) if *r == rows(&db)) {
+            // The evidence outlives the test: the database, and a directory replica's files.
+            let kept = std::env::temp_dir().join(format!("strata-evidence-{}", std::process::id()));
+            strata::test_support::copy_dir(dir.path(), &kept.join("db"));
+            if let ReplicaUrl::File { root } = &replica {
+                strata::test_support::copy_dir(root, &kept.join("replica"));
+            }
+            panic!(
+                "{what}: the restore gave {:?}; evidence in {}",
+                restored.map(|r| r.len()),
+                kept.display()
+            );
+        }
     }
     // Wiped while idle and stopped at once: the stop finds the loss and writes the full
     // copy it owes.

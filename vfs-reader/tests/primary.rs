@@ -3,13 +3,15 @@
 //!   every 30 s there) does not hold it yet; with the primary killed it keeps reading what it
 //!   had and says its lag grows; with the primary back it catches up;
 //! - a seeded campaign (`STRATA_VFS_PRIMARY_SEED`, `STRATA_VFS_PRIMARY_SECONDS`, 15 by
-//!   default): `kill -9` of the primary, a proxy between it and the reader that stalls,
-//!   cuts connections mid-file and refuses them, the reader reopened, compaction and
-//!   retention with short intervals.
+//!   default) with every kind of follower at once: the VFS reader, a `strata restore -f` of
+//!   the primary's stream and one polling the replica. At random: `kill -9` of the primary
+//!   and of either follower, a proxy between the primary and the stream's readers that
+//!   stalls, cuts connections mid-file and refuses them, the VFS reader reopened;
+//!   compaction and retention with short intervals.
 //!
 //! Every read transaction must show exactly the state some commit left (each commit's
-//! state is known: its row count and a weighted sum of the balances), the count never goes
-//! back, and the reader ends equal to the source.
+//! state is known: its row count and a weighted sum of the balances), the VFS reader's
+//! count never goes back, and every follower ends equal to the source.
 
 #[allow(dead_code)]
 #[path = "../../engine/tests/common/chaos_proxy.rs"]
@@ -141,14 +143,86 @@ fn try_read(conn: &Connection) -> rusqlite::Result<(u64, i64, i64)> {
     );
     let _ = conn.execute_batch("COMMIT");
     let (txid, sum, weighted, count, max, lag) = row?;
-    assert_eq!(sum, TOTAL, "TXID {txid}: a state no commit left");
-    assert_eq!(count, max, "TXID {txid}: a state no commit left");
+    check_state(&format!("TXID {txid}"), (sum, weighted, count, max));
+    Ok((u64::from_str_radix(&txid, 16).unwrap(), count, lag))
+}
+
+/// Panics unless (sum, weighted sum, rows, largest row) is the state commit `rows` left.
+fn check_state(what: &str, (sum, weighted, count, max): (i64, i64, i64, i64)) {
+    assert_eq!(sum, TOTAL, "{what}: a state no commit left");
+    assert_eq!(count, max, "{what}: a state no commit left");
     assert_eq!(
         weighted,
         weighted_sums()[count as usize],
-        "TXID {txid}: {count} rows with balances no commit left"
+        "{what}: {count} rows with balances no commit left"
     );
-    Ok((u64::from_str_radix(&txid, 16).unwrap(), count, lag))
+}
+
+/// One read transaction of a follower's database through plain SQLite, checked as
+/// [`try_read`] checks the VFS's; the rows.
+fn try_read_plain(conn: &Connection, what: &str) -> rusqlite::Result<i64> {
+    let state = conn.query_row(
+        "SELECT (SELECT sum(bal) FROM acct), (SELECT sum(id * bal) FROM acct), count(*), \
+         coalesce(max(n), 0) FROM log",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    check_state(what, state);
+    Ok(state.2)
+}
+
+/// `strata restore -f` into `out`, following `source` (a replica, or a primary's stream
+/// with `--replica` for catching up).
+fn spawn_follower(out: &Path, source: &str, replica: Option<&Path>, log: &Path) -> Killed {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut command = Command::new(strata_bin());
+    command
+        .args(["restore", "-f", "--follow-interval", "200ms", "-o"])
+        .arg(out)
+        .arg(source);
+    if let Some(replica) = replica {
+        command.arg("--replica").arg(replica);
+    }
+    Killed(
+        command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A thread reading a follower's database until `stop`, checking every state it sees;
+/// returns how many reads it made.
+fn follower_reader(
+    db: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut reads = 0;
+        let mut conn: Option<Connection> = None;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+            if conn.is_none() && db.exists() {
+                conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok();
+                if let Some(c) = &conn {
+                    c.busy_timeout(Duration::from_secs(10)).unwrap();
+                }
+            }
+            let Some(c) = &conn else { continue };
+            match try_read_plain(c, &db.display().to_string()) {
+                Ok(_) => reads += 1,
+                // Before the follower's first restore the tables are not there yet.
+                Err(e) if e.to_string().contains("no such table") => {}
+                Err(e) => panic!("{}: a read failed: {e}", db.display()),
+            }
+        }
+        reads
+    })
 }
 
 /// Reads until the log holds `rows`; panics with `what` past `within`.
@@ -350,7 +424,8 @@ impl Rng {
 }
 
 #[test]
-fn a_seeded_campaign_of_kills_and_network_faults_shows_a_vfs_reader_only_committed_states() {
+fn a_seeded_campaign_of_kills_and_network_faults_shows_followers_and_a_vfs_reader_only_committed_states()
+ {
     let seed: u64 = std::env::var("STRATA_VFS_PRIMARY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -439,11 +514,33 @@ fn a_seeded_campaign_of_kills_and_network_faults_shows_a_vfs_reader_only_committ
         })
     };
 
+    // Two followers beside the VFS: one of the stream (through the same proxy, catching
+    // up from the replica), one polling the replica; each read all along by plain SQLite.
+    let dir = primary.dir.path().to_owned();
+    let (stream_db, poll_db) = (dir.join("stream.db"), dir.join("poll.db"));
+    let stream_source = format!("http://{}/app.db", proxy.addr());
+    let replica_dir = primary.replica_dir();
+    let replica_source = replica_dir.display().to_string();
+    let spawn_stream = || {
+        spawn_follower(
+            &stream_db,
+            &stream_source,
+            Some(&replica_dir),
+            &dir.join("stream.log"),
+        )
+    };
+    let spawn_poll = || spawn_follower(&poll_db, &replica_source, None, &dir.join("poll.log"));
+    let mut followers = [Some(spawn_stream()), Some(spawn_poll())];
+    let follower_readers = [
+        follower_reader(stream_db.clone(), stop.clone()),
+        follower_reader(poll_db.clone(), stop.clone()),
+    ];
+
     let until = Instant::now() + Duration::from_secs(campaign_seconds());
     let mut actions = Vec::new();
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
-        let action = rng.below(6);
+        let action = rng.below(8);
         actions.push(action);
         match action {
             0 => {
@@ -464,6 +561,15 @@ fn a_seeded_campaign_of_kills_and_network_faults_shows_a_vfs_reader_only_committ
                 proxy.refuse(false);
             }
             4 => reopen.store(true, std::sync::atomic::Ordering::SeqCst),
+            // `kill -9` of a follower, started again at once: it goes on from its position.
+            5 => {
+                followers[0] = None;
+                followers[0] = Some(spawn_stream());
+            }
+            6 => {
+                followers[1] = None;
+                followers[1] = Some(spawn_poll());
+            }
             _ => {}
         }
     }
@@ -480,4 +586,26 @@ fn a_seeded_campaign_of_kills_and_network_faults_shows_a_vfs_reader_only_committ
     assert!(proxy.forwarded() > 0, "the stream carried nothing");
     read_until(&conn, total, Duration::from_secs(30), "the end");
     assert_eq!(dump_conn(&conn), dump_conn(&source));
+    let follower_reads: Vec<u64> = follower_readers
+        .into_iter()
+        .map(|r| r.join().unwrap())
+        .collect();
+    eprintln!("follower reads (stream, replica): {follower_reads:?}");
+    // Each follower ends equal to the source.
+    for (db, log) in [(&stream_db, "stream.log"), (&poll_db, "poll.log")] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        while try_read_plain(&conn, &db.display().to_string()).ok() != Some(total) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never reached the source's {total} rows:\n{}",
+                db.display(),
+                std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(dump_conn(&conn), dump_conn(&source), "{}", db.display());
+    }
+    drop(followers);
 }

@@ -2,6 +2,7 @@
 
 mod compact_cmd;
 mod follow_status;
+mod go_flags;
 mod heartbeat;
 mod ltx_cmd;
 mod replicate_cmd;
@@ -45,15 +46,11 @@ enum Command {
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
 pub fn run() -> ExitCode {
-    // Litestream's Go-style single-dash spelling of the flags strata shares with it.
-    let args = std::env::args_os().map(|a| match a.to_str() {
-        Some("-no-expand-env") => "--no-expand-env".into(),
-        Some("-config") => "--config".into(),
-        Some("-exec") => "--exec".into(),
-        Some("-if-replica-exists") => "--if-replica-exists".into(),
-        Some("-if-db-not-exists") => "--if-db-not-exists".into(),
-        _ => a,
-    });
+    // Litestream's Go-style single-dash long flags (`-config x`) are taken as well.
+    let args = go_flags::double_dashed(
+        &<Cli as clap::CommandFactory>::command(),
+        std::env::args_os(),
+    );
     let cli = Cli::parse_from(args);
     // A long-running service says what it does; one-shot commands only what goes wrong.
     let default_log = match cli.command {

@@ -555,4 +555,93 @@ mod tests {
             "the staged files restore to a state the database never had"
         );
     }
+
+    /// The database's pages as SQLite reads them (its pager: the log included).
+    fn source_image(conn: &Connection) -> Vec<u8> {
+        let mut pages = conn
+            .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+            .unwrap();
+        pages
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .flat_map(Result::unwrap)
+            .collect()
+    }
+
+    /// A full copy asked for right after a checkpoint copied the whole log back: strata's
+    /// read transaction then reads the database alone, which does not keep a writer from
+    /// restarting the log. One does, between the copy's scan of the log and its reads of
+    /// the frames' pages, writing the new log (one page: the last row's) over the first
+    /// frame the scan found (page 1). The copy must not take the new log's pages for the
+    /// old ones.
+    #[test]
+    fn a_full_copy_overtaken_by_a_restart_of_the_log_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let writer = Connection::open(&db).unwrap();
+        writer.pragma_update(None, "journal_mode", "wal").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        // One transaction: each page once in the log, page 1 in its first frame.
+        writer
+            .execute_batch(
+                "BEGIN; CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) \
+                 INSERT INTO t (v) SELECT randomblob(3000) FROM n; COMMIT;",
+            )
+            .unwrap();
+        let staging = Staging::open(&db).unwrap();
+        let mut capture = Capture::open(
+            &db,
+            staging.clone(),
+            Txid::ZERO,
+            Txid::ZERO,
+            CaptureOptions::default(),
+        )
+        .unwrap();
+        let mut report = |_: &Synced| {};
+        capture.sync_all(&mut report).unwrap();
+        let (_, log, checkpointed): (i64, i64, i64) = writer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(log, checkpointed, "the whole log is copied back");
+        capture.hand_off(&mut report).unwrap();
+
+        capture.syncer.full_copy.ask_above(Txid::ZERO);
+        let restarts = {
+            let db = db.clone();
+            let mut once = true;
+            move || {
+                if std::mem::take(&mut once) {
+                    Connection::open(&db)
+                        .unwrap()
+                        .execute("UPDATE t SET v = randomblob(3000) WHERE k = 20", [])
+                        .unwrap();
+                }
+            }
+        };
+        sync::hooks::AFTER_SCAN.with(|hook| *hook.borrow_mut() = Some(Box::new(restarts)));
+        let synced = capture.sync_all(&mut report);
+        sync::hooks::AFTER_SCAN.with(|hook| *hook.borrow_mut() = None);
+        synced.unwrap();
+        assert!(
+            !capture.syncer.full_copy.is_asked(),
+            "the full copy was made"
+        );
+        let (log, _): (i64, i64) = writer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert!(log < 10, "the writer restarted the log ({log} frames now)");
+        capture.sync_all(&mut report).unwrap();
+
+        let (staged, source) = (staged_image(&staging), source_image(&writer));
+        assert_eq!(staged.len(), source.len());
+        assert!(
+            staged == source,
+            "the staged files restore to a state the database never had"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ltx::TxidRange;
 
 use super::position::FileId;
+use super::sync::LogRestarted;
 
 /// A database's staging directory, locked for this process.
 #[derive(Clone, Debug)]
@@ -136,7 +137,9 @@ impl Staging {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                Err(named(e))
+                // A restart of the log under the read is the sync's to handle, as it is.
+                let restarted = e.get_ref().is_some_and(|r| r.is::<LogRestarted>());
+                Err(if restarted { e } else { named(e) })
             }
         }
     }

@@ -121,8 +121,25 @@ impl Syncer {
     }
 
     /// Syncs once: stages an L0 file for what was committed since the last position, or a
-    /// full copy when continuity cannot be shown.
+    /// full copy when continuity cannot be shown. A read the log's restart overtook (see
+    /// [`write_l0`]) is done again from the new log: a restart happens once, and the next
+    /// one needs the new log copied back, which strata's read transaction holds off.
     pub(super) fn sync(&mut self) -> Result<Synced, CaptureError> {
+        let mut attempts = 0;
+        loop {
+            match self.sync_once() {
+                Err(CaptureError::Io { error, .. })
+                    if attempts < 3 && error.get_ref().is_some_and(|e| e.is::<LogRestarted>()) =>
+                {
+                    attempts += 1;
+                    tracing::debug!(db = %self.db.path.display(), "the log restarted while it was read: reading again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn sync_once(&mut self) -> Result<Synced, CaptureError> {
         self.staging
             .check_lock()
             .map_err(|source| CaptureError::StagingLost {
@@ -234,6 +251,8 @@ impl Syncer {
         let range = TxidRange::single(self.next_txid);
         let header = self.l0_header(range, scan.commit, Some((generation, from, scan.end)));
         let grown = (prev.commit + 1)..=scan.commit;
+        #[cfg(test)]
+        hooks::after_scan();
         let written = self.staging.write(range, |out| {
             let pages = incremental_pages(&scan, grown, self.page_size);
             write_l0(
@@ -241,7 +260,7 @@ impl Syncer {
                 &header,
                 self.encoding,
                 pages,
-                Some(file),
+                Some((file, &generation)),
                 &self.db.file,
                 self.page_size,
             )
@@ -278,6 +297,15 @@ impl Syncer {
                     })?;
                 let to = index.committed_end();
                 let scan = wal::scan(f, &h.generation, wal::HEADER_SIZE, h.checksum, to, u64::MAX)?;
+                if scan.end != to {
+                    // Pages from the database file would then be newer than the frames.
+                    return Err(match wal::Header::read(f)? {
+                        Some(now) if now.generation == h.generation => {
+                            inconsistent("the WAL ends before the wal-index's last commit")
+                        }
+                        _ => io::Error::other(LogRestarted),
+                    });
+                }
                 (scan, Some(f), Some(h.generation))
             }
             None if index.max_frame > 0 => return Err(inconsistent("the WAL file is gone")),
@@ -306,6 +334,8 @@ impl Syncer {
         let wal_range = generation.map(|g| (g, wal::HEADER_SIZE, scan.end));
         let ltx_header = self.l0_header(range, commit, wal_range);
         let lock = self.page_size.lock_page().get();
+        #[cfg(test)]
+        hooks::after_scan();
         let written = self.staging.write(range, |out| {
             let pages = (1..=commit).filter(|&p| p != lock).map(|p| {
                 let pgno = PageNum::new(p).expect("page numbers start at 1");
@@ -316,7 +346,7 @@ impl Syncer {
                 &ltx_header,
                 self.encoding,
                 pages,
-                frames,
+                frames.zip(generation.as_ref()),
                 db,
                 self.page_size,
             )
@@ -427,6 +457,12 @@ impl FullCopyRequest {
     }
 }
 
+/// The log restarted (or was truncated) while pages were read from its frames: what was
+/// read may be the new log's. Nothing is staged; the sync reads again.
+#[derive(Debug, thiserror::Error)]
+#[error("the WAL restarted while its frames were read")]
+pub(super) struct LogRestarted;
+
 /// A random history identity, never 0 (0 is Litestream's "unknown").
 pub(super) fn new_history() -> u64 {
     let mut bytes = [0u8; 8];
@@ -471,14 +507,21 @@ fn incremental_pages(
         .map(|(p, o)| (PageNum::new(p).expect("page numbers start at 1"), o))
 }
 
-/// Encodes an L0 file: each page from its WAL frame (at the given offset) or, for `None`,
-/// from the database file.
+/// Encodes an L0 file: each page from its WAL frame (at the given offset, in the log of
+/// the given generation) or, for `None`, from the database file.
+///
+/// The frames were found by a scan, and their pages are read after it. A writer may restart
+/// the log in between when strata's read transaction reads the database alone (the log was
+/// all copied back when it began), writing the new log over the old frames. SQLite writes
+/// the log's header before any frame of a new log, so a header unchanged once every page
+/// is read means every page read was the old log's; a changed one fails with
+/// [`LogRestarted`].
 fn write_l0(
     out: BufWriter<File>,
     header: &Header,
     encoding: PageEncoding,
     pages: impl Iterator<Item = (PageNum, Option<u64>)>,
-    wal: Option<&File>,
+    wal: Option<(&File, &Generation)>,
     db: &File,
     page_size: PageSize,
 ) -> io::Result<(BufWriter<File>, ())> {
@@ -490,10 +533,22 @@ fn write_l0(
         match frame {
             Some(offset) => wal
                 .expect("pages from frames come with the WAL they were found in")
-                .read_exact_at(&mut page, offset + wal::FRAME_HEADER_SIZE)?,
+                .0
+                .read_exact_at(&mut page, offset + wal::FRAME_HEADER_SIZE)
+                .map_err(|e| match e.kind() {
+                    // Truncated under the read: a TRUNCATE checkpoint, then maybe a new log.
+                    io::ErrorKind::UnexpectedEof => io::Error::other(LogRestarted),
+                    _ => e,
+                })?,
             None => db_reader.read(pgno, &mut page)?,
         }
         enc.encode_page(pgno, &page).map_err(to_io)?;
+    }
+    if let Some((file, generation)) = wal {
+        let now = wal::Header::read(file)?;
+        if now.is_none_or(|h| h.generation != *generation) {
+            return Err(io::Error::other(LogRestarted));
+        }
     }
     let mut done = enc.finish(Checksum::ZERO).map_err(to_io)?;
     done.writer.flush()?;
@@ -558,4 +613,24 @@ fn db_pages(db: &File, page_size: PageSize) -> io::Result<u32> {
         }
     }
     Ok((len / u64::from(page_size.get())) as u32)
+}
+
+/// Lets a test act between the scan of the log and the reads of its pages.
+#[cfg(test)]
+pub(super) mod hooks {
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Run (on the syncing thread) after each scan, before any page is read.
+        pub(in crate::capture) static AFTER_SCAN: RefCell<Option<Box<dyn FnMut()>>> =
+            RefCell::new(None);
+    }
+
+    pub(in crate::capture) fn after_scan() {
+        AFTER_SCAN.with(|hook| {
+            if let Some(run) = hook.borrow_mut().as_mut() {
+                run();
+            }
+        });
+    }
 }

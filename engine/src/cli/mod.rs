@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod compact_cmd;
+mod databases_cmd;
 mod follow_status;
 mod go_flags;
 mod heartbeat;
@@ -42,6 +43,11 @@ enum Command {
     /// Show what a running `strata replicate` is doing (through its `addr:`), or what a
     /// replica holds.
     Status(status_cmd::StatusArgs),
+    /// List the databases a config file names, and the kind of each one's replica
+    /// (Litestream's `databases`).
+    Databases(databases_cmd::DatabasesArgs),
+    /// Print the version (Litestream's `version`: the number alone).
+    Version,
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code.
@@ -58,7 +64,10 @@ pub fn run() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log.as_deref(), default_log);
-    if matches!(cli.command, Command::Ltx(_) | Command::Status(_)) {
+    if matches!(
+        cli.command,
+        Command::Ltx(_) | Command::Status(_) | Command::Databases(_)
+    ) {
         // Commands that print reports end quietly when their reader goes away (`| head`),
         // as other Unix tools do, instead of panicking on a broken pipe. (Not `replicate`:
         // it must never be killed by a peer closing a socket.)
@@ -73,6 +82,11 @@ pub fn run() -> ExitCode {
         Command::Replicate(args) => runtime().and_then(|rt| rt.block_on(replicate_cmd::run(args))),
         Command::Compact(args) => runtime().and_then(|rt| rt.block_on(compact_cmd::run(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status_cmd::run(args))),
+        Command::Databases(args) => databases_cmd::run(args),
+        Command::Version => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

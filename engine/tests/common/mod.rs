@@ -215,10 +215,10 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The `litestream` 0.5.17 binary the test command installed.
 pub mod capture;
 pub mod table;
 
+/// The `litestream` 0.5.17 binary the test command installed.
 pub fn litestream() -> std::process::Command {
     let mut cmd = std::process::Command::new("litestream");
     // Litestream's S3 client refuses a custom endpoint while a CA bundle is configured.

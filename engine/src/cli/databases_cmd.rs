@@ -1,0 +1,124 @@
+//! `strata databases`: the databases a config lists, as Litestream's `databases` prints them.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use strata::config::Config;
+use strata::storage::ReplicaUrl;
+
+/// Where Litestream looks for its config when none is given.
+const DEFAULT_CONFIG: &str = "/etc/litestream.yml";
+
+#[derive(Debug, Args)]
+pub struct DatabasesArgs {
+    /// The config file [default: /etc/litestream.yml, as Litestream].
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Print JSON: an array of {"path", "replica"} (Litestream's fields).
+    #[arg(long)]
+    json: bool,
+    /// Use the config file as written: no $VAR expansion (Litestream's flag).
+    #[arg(long = "no-expand-env")]
+    no_expand_env: bool,
+}
+
+pub fn run(args: DatabasesArgs) -> anyhow::Result<ExitCode> {
+    let path = args.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+    let config = Config::load(&path, !args.no_expand_env)?;
+    let rows: Vec<(String, String)> = config
+        .dbs
+        .iter()
+        .map(|db| {
+            let kinds: Vec<&str> = db.replicas.iter().map(replica_type).collect();
+            (db.path.display().to_string(), kinds.join(","))
+        })
+        .collect();
+    print!("{}", if args.json { json(&rows) } else { table(&rows) });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Litestream's name for the kind of replica.
+fn replica_type(url: &ReplicaUrl) -> &'static str {
+    match url {
+        ReplicaUrl::File { .. } => "file",
+        ReplicaUrl::S3 { .. } => "s3",
+        #[cfg(feature = "gcs")]
+        ReplicaUrl::Gcs { .. } => "gs",
+        #[cfg(feature = "azure")]
+        ReplicaUrl::Azure { .. } => "abs",
+    }
+}
+
+/// Two columns, padded as Litestream pads them (two spaces between).
+fn table(rows: &[(String, String)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(p, _)| p.len())
+        .max()
+        .unwrap_or(0)
+        .max("path".len());
+    let mut out = format!("{:width$}  replica\n", "path");
+    for (path, kind) in rows {
+        let _ = writeln!(out, "{path:width$}  {kind}");
+    }
+    out
+}
+
+fn json(rows: &[(String, String)]) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|(path, kind)| {
+            format!(
+                "  {{\n    \"path\": {},\n    \"replica\": {}\n  }}",
+                json_string(path),
+                json_string(kind)
+            )
+        })
+        .collect();
+    if items.is_empty() {
+        return "[]\n".to_owned();
+    }
+    format!("[\n{}\n]\n", items.join(",\n"))
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_litestreams_columns_and_json() {
+        let rows = vec![
+            ("/data/a.db".to_owned(), "file".to_owned()),
+            ("/b \"q\".db".to_owned(), "s3".to_owned()),
+        ];
+        assert_eq!(
+            table(&rows),
+            "path        replica\n/data/a.db  file\n/b \"q\".db   s3\n"
+        );
+        assert_eq!(
+            json(&rows),
+            "[\n  {\n    \"path\": \"/data/a.db\",\n    \"replica\": \"file\"\n  },\n  {\n    \"path\": \"/b \\\"q\\\".db\",\n    \"replica\": \"s3\"\n  }\n]\n"
+        );
+        assert_eq!(json(&[]), "[]\n");
+    }
+}

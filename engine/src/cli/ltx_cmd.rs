@@ -120,7 +120,12 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             )?,
             Err(e) => {
                 failed += 1;
-                writeln!(out, "{}: FAILED: {e:#}", path.display())?;
+                writeln!(
+                    out,
+                    "{}: FAILED: {}",
+                    path.display(),
+                    super::error_chain(&e)
+                )?;
             }
         }
     }

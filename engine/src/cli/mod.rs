@@ -91,10 +91,24 @@ pub fn run() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("strata: {e:#}");
+            eprintln!("strata: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: many of strata's errors already
+/// say their cause in their own message, and context added on the way does not.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -184,4 +198,31 @@ pub fn format_bytes(n: u64) -> String {
 /// RFC 3339 in UTC with milliseconds.
 pub fn format_time(t: jiff::Timestamp) -> String {
     format!("{t:.3}")
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::error_chain;
+
+    /// An error that says its cause in its own message, as most of strata's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot replicate a.db: {source}")]
+    struct Start {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let told = anyhow::Error::new(Start {
+            source: std::io::Error::other("LIST on s3://b: no credentials"),
+        });
+        assert_eq!(
+            error_chain(&told),
+            "cannot replicate a.db: LIST on s3://b: no credentials"
+        );
+        let untold: anyhow::Result<()> = Err(std::io::Error::other("disk full")).context("staging");
+        assert_eq!(error_chain(&untold.unwrap_err()), "staging: disk full");
+    }
 }

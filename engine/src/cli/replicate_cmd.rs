@@ -201,7 +201,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                             eprintln!("SIGHUP: config re-read");
                             report_applied(&store, store.apply(dbs).await, &mut reported).await;
                         }
-                        Err(e) => eprintln!("SIGHUP: config not applied, running as before: {e:#}"),
+                        Err(e) => eprintln!(
+                            "SIGHUP: config not applied, running as before: {}",
+                            super::error_chain(&e)
+                        ),
                     }
                 }
                 Signal::Stop(sig) => match &mut child {

@@ -102,7 +102,13 @@ impl ReplicaUrl {
                 "a replica URL takes no fragment: percent-encode '#' in a path as %23",
             ));
         }
-        let key_prefix = || url.path().trim_matches('/').to_owned();
+        // Decoded, as Go's url.Parse gives Litestream its path: `a%20b` is the prefix `a b`.
+        let key_prefix = || {
+            percent_encoding::percent_decode_str(url.path().trim_matches('/'))
+                .decode_utf8()
+                .map(|p| p.into_owned())
+                .map_err(|_| url_error(s, "the path is not UTF-8 once percent-decoded"))
+        };
         let bucket = || match url.host_str() {
             Some(h) if !h.is_empty() => check_bucket(s, h).map(|()| h.to_owned()),
             _ => Err(url_error(s, "missing bucket name")),
@@ -151,7 +157,7 @@ impl ReplicaUrl {
                 }
                 Ok(ReplicaUrl::S3 {
                     bucket: bucket()?,
-                    prefix: key_prefix(),
+                    prefix: key_prefix()?,
                     endpoint,
                     region,
                     force_path_style,
@@ -161,12 +167,12 @@ impl ReplicaUrl {
             #[cfg(feature = "gcs")]
             "gs" => Ok(ReplicaUrl::Gcs {
                 bucket: bucket()?,
-                prefix: key_prefix(),
+                prefix: key_prefix()?,
             }),
             #[cfg(feature = "azure")]
             "abs" => Ok(ReplicaUrl::Azure {
                 container: bucket()?,
-                prefix: key_prefix(),
+                prefix: key_prefix()?,
             }),
             other => Err(url_error(
                 s,
@@ -429,6 +435,20 @@ mod tests {
             }
         );
         assert_eq!(s3.layout(), Layout::S3);
+    }
+
+    #[test]
+    fn an_s3_prefix_is_percent_decoded_as_litestream_decodes_it() {
+        let ReplicaUrl::S3 { prefix, .. } =
+            ReplicaUrl::parse("s3://bucket/tenant%20a/db%2B1").unwrap()
+        else {
+            panic!("not S3")
+        };
+        assert_eq!(prefix, "tenant a/db+1");
+        let bad = ReplicaUrl::parse("s3://bucket/%ff")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("not UTF-8"), "{bad}");
     }
 
     #[test]

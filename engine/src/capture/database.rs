@@ -486,6 +486,38 @@ mod tests {
         image.into_inner()
     }
 
+    /// A WAL database that only strata checkpoints, and its writer.
+    fn wal_db(dir: &Path) -> (PathBuf, Connection) {
+        let db = dir.join("app.db");
+        let writer = Connection::open(&db).unwrap();
+        writer.pragma_update(None, "journal_mode", "wal").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        (db, writer)
+    }
+
+    /// A capture of `db` that has staged everything committed so far.
+    fn captured(db: &Path) -> (Staging, Capture) {
+        let staging = Staging::open(db).unwrap();
+        let mut capture = Capture::open(
+            db,
+            staging.clone(),
+            Txid::ZERO,
+            Txid::ZERO,
+            CaptureOptions::default(),
+        )
+        .unwrap();
+        capture.sync_all(&mut |_: &Synced| {}).unwrap();
+        (staging, capture)
+    }
+
+    /// A passive checkpoint by `conn`: (frames in the log, frames copied back).
+    fn checkpoint(conn: &Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+    }
+
     /// What `checkpoint` did between its first passive checkpoint and taking the write
     /// lock: a transaction committed after the tick's sync, the read transaction moved
     /// past it, a checkpoint copied it back, the read transaction moved again (now reading
@@ -494,10 +526,7 @@ mod tests {
     #[test]
     fn frames_committed_after_a_sync_are_staged_before_the_read_transaction_moves() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("app.db");
-        let writer = Connection::open(&db).unwrap();
-        writer.pragma_update(None, "journal_mode", "wal").unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let (db, writer) = wal_db(dir.path());
         writer
             .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
             .unwrap();
@@ -509,17 +538,8 @@ mod tests {
             }
         };
         insert(5);
-        let staging = Staging::open(&db).unwrap();
-        let mut capture = Capture::open(
-            &db,
-            staging.clone(),
-            Txid::ZERO,
-            Txid::ZERO,
-            CaptureOptions::default(),
-        )
-        .unwrap();
+        let (staging, mut capture) = captured(&db);
         let mut report = |_: &Synced| {};
-        capture.sync_all(&mut report).unwrap();
         capture.hand_off(&mut report).unwrap();
 
         // Rewrites pages the database already had (new pages would be read back from the
@@ -528,27 +548,18 @@ mod tests {
             .execute("UPDATE t SET v = randomblob(3000) WHERE k <= 3", [])
             .unwrap();
         capture.hand_off(&mut report).unwrap();
-        let (_, log, checkpointed): (i64, i64, i64) = writer
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
+        let (log, checkpointed) = checkpoint(&writer);
         assert_eq!(log, checkpointed, "the whole log is copied back");
         capture.hand_off(&mut report).unwrap();
         // This writer finds the log copied back and no reader in it: it restarts the log.
         insert(1);
         capture.sync_all(&mut report).unwrap();
+        assert_staged_is_source(&staging, &writer);
+    }
 
-        // The database as SQLite reads it (its pages through the pager, WAL included).
-        let mut pages = writer
-            .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
-            .unwrap();
-        let source: Vec<u8> = pages
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
-            .unwrap()
-            .flat_map(Result::unwrap)
-            .collect();
-        let staged = staged_image(&staging);
+    /// The staged files restore to the database as SQLite reads it now.
+    fn assert_staged_is_source(staging: &Staging, conn: &Connection) {
+        let (staged, source) = (staged_image(staging), source_image(conn));
         assert_eq!(staged.len(), source.len());
         assert!(
             staged == source,
@@ -577,10 +588,7 @@ mod tests {
     #[test]
     fn a_full_copy_overtaken_by_a_restart_of_the_log_is_made_again() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("app.db");
-        let writer = Connection::open(&db).unwrap();
-        writer.pragma_update(None, "journal_mode", "wal").unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let (db, writer) = wal_db(dir.path());
         // One transaction: each page once in the log, page 1 in its first frame.
         writer
             .execute_batch(
@@ -589,22 +597,9 @@ mod tests {
                  INSERT INTO t (v) SELECT randomblob(3000) FROM n; COMMIT;",
             )
             .unwrap();
-        let staging = Staging::open(&db).unwrap();
-        let mut capture = Capture::open(
-            &db,
-            staging.clone(),
-            Txid::ZERO,
-            Txid::ZERO,
-            CaptureOptions::default(),
-        )
-        .unwrap();
+        let (staging, mut capture) = captured(&db);
         let mut report = |_: &Synced| {};
-        capture.sync_all(&mut report).unwrap();
-        let (_, log, checkpointed): (i64, i64, i64) = writer
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
+        let (log, checkpointed) = checkpoint(&writer);
         assert_eq!(log, checkpointed, "the whole log is copied back");
         capture.hand_off(&mut report).unwrap();
 
@@ -629,19 +624,9 @@ mod tests {
             !capture.syncer.full_copy.is_asked(),
             "the full copy was made"
         );
-        let (log, _): (i64, i64) = writer
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
+        let (log, _) = checkpoint(&writer);
         assert!(log < 10, "the writer restarted the log ({log} frames now)");
         capture.sync_all(&mut report).unwrap();
-
-        let (staged, source) = (staged_image(&staging), source_image(&writer));
-        assert_eq!(staged.len(), source.len());
-        assert!(
-            staged == source,
-            "the staged files restore to a state the database never had"
-        );
+        assert_staged_is_source(&staging, &writer);
     }
 }

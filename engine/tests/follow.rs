@@ -357,6 +357,11 @@ async fn a_database_not_made_by_a_follower_is_refused() {
 /// `strata replicate --config` serving followers' streams on `addr`, its output appended to
 /// `strata.log`, once it says it is replicating.
 fn spawn_primary(setup: &Setup, addr: &str) -> Child {
+    spawn_primary_with(setup, addr, &[])
+}
+
+/// [`spawn_primary`] with more `strata replicate` flags.
+fn spawn_primary_with(setup: &Setup, addr: &str, flags: &[&str]) -> Child {
     let started = setup.log().matches("replicating ").count();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -367,6 +372,7 @@ fn spawn_primary(setup: &Setup, addr: &str) -> Child {
         .args(["replicate", "--config"])
         .arg(setup.config())
         .args(["--addr", addr])
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -430,6 +436,44 @@ async fn a_follower_of_a_primary_stream_outlives_the_primary() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no count of streamed files in:\n{log}"));
     assert!(streamed > 10, "{streamed} files came by the stream:\n{log}");
+    stop(&setup, primary);
+}
+
+/// A follower of the stream is ahead of the replica while uploads wait for their interval
+/// (30 s here). With the primary killed it follows the replica, which is behind in the same
+/// history, not another history: it keeps the committed state it holds (its readers never
+/// see commits go away) and goes on once the primary is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_follower_ahead_of_the_replica_keeps_its_state_when_the_primary_dies() {
+    let setup = Setup::new(None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut reaper = Reaper::default();
+    let mut primary = spawn_primary_with(&setup, &addr, &["--sync-interval", "30s"]);
+    reaper.watch(&primary);
+    let out = setup.dir.join("follow.db");
+    let follower = spawn_stream_follower(&setup, &addr, &out);
+    reaper.watch(&follower);
+    setup.write_for(1, 1.0).await;
+    wait_equal(&setup, &out, "the stream's follower");
+    let held = python(&["hash", out.to_str().unwrap()]);
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    // The follower polls the replica meanwhile (every 200 ms, all of it every few polls).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = || std::fs::read_to_string(setup.dir.join("stream.log")).unwrap_or_default();
+    assert_eq!(
+        python(&["hash", out.to_str().unwrap()]),
+        held,
+        "the follower went back to the replica's state:\n{}",
+        log()
+    );
+    assert!(!log().contains("rebuilding"), "{}", log());
+    let primary = spawn_primary(&setup, &addr);
+    reaper.watch(&primary);
+    setup.write_for(1, 1.0).await;
+    wait_equal(&setup, &out, "after the primary came back");
+    signal(&follower, "-TERM");
+    assert!(finished(follower).await.status.success());
     stop(&setup, primary);
 }
 

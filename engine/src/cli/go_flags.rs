@@ -1,61 +1,72 @@
-//! Litestream's command lines are Go's: a long flag takes one dash or two (`-config x`,
-//! `-config=x`, `--config x`). clap reads `-config` as `-c onfig`, so before parsing, a
-//! single-dash word naming a long flag of the command being parsed gets its second dash.
+//! Litestream's command lines are Go's: a flag's name takes one dash or two (`-config x`,
+//! `-config=x`, `--config x`), and a single dash never starts a cluster of one-letter
+//! flags. clap would read `-config` as `-c onfig` and a mistyped `-outpt=x` as `-o utpt=x`,
+//! so before parsing, every single-dash word of more than one letter gets a second dash:
+//! a flag strata has is then parsed as such, and one it lacks is refused by name.
 
 use std::ffi::OsString;
 
-/// `args` (the program's name first) with each Go-style `-flag` or `-flag=value` that names
-/// a long flag of `root` or of the subcommand it is in spelled `--flag`. Anything else,
-/// and everything after `--`, is left as it is: short flags (`-o`), values, negative
-/// numbers.
+/// `args` (the program's name first) with each single-dash `-name` or `-name=value` (a
+/// name of two letters or more) spelled `--name`. Left as they are: one-letter flags
+/// (`-o`), negative numbers, the value that follows a flag taking one (`-o -odd.db`), and
+/// everything after `--`.
 pub fn double_dashed(
     root: &clap::Command,
     args: impl IntoIterator<Item = OsString>,
 ) -> Vec<OsString> {
+    let mut root = root.clone();
+    // Adds the generated flags (`--help`, `--version`) and passes global flags down.
+    root.build();
     let mut args = args.into_iter();
     let mut out: Vec<OsString> = args.next().into_iter().collect();
-    let globals: Vec<String> = long_names(root);
-    let mut current = root;
-    let mut known = globals.clone();
+    let mut current = &root;
+    let mut value_next = false;
     for arg in args.by_ref() {
-        let Some(text) = arg.to_str() else {
-            out.push(arg);
-            continue;
+        let text = match arg.to_str() {
+            Some(text) if !std::mem::take(&mut value_next) => text,
+            _ => {
+                out.push(arg);
+                continue;
+            }
         };
         if text == "--" {
             out.push(arg);
             break;
         }
-        if let Some(word) = text.strip_prefix('-').filter(|w| !w.starts_with('-')) {
-            let name = word.split_once('=').map_or(word, |(name, _)| name);
-            if name.len() > 1 && known.iter().any(|k| k == name) {
-                out.push(format!("-{text}").into());
-                continue;
+        let flag = text
+            .strip_prefix("--")
+            .map(|word| (word, true))
+            .or_else(|| text.strip_prefix('-').map(|word| (word, false)))
+            .filter(|(word, _)| !word.is_empty() && word.parse::<f64>().is_err());
+        let Some((word, double)) = flag else {
+            if let Some(sub) = current.find_subcommand(text) {
+                current = sub;
             }
-        } else if !text.starts_with('-')
-            && let Some(sub) = current.find_subcommand(text)
-        {
-            current = sub;
-            known = globals.iter().cloned().chain(long_names(sub)).collect();
-        }
-        out.push(arg);
+            out.push(arg);
+            continue;
+        };
+        let (name, value) = match word.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (word, false),
+        };
+        let long = double || name.chars().count() > 1;
+        let found = current.get_arguments().find(|a| {
+            if long {
+                a.get_long() == Some(name)
+                    || a.get_all_aliases().unwrap_or_default().contains(&name)
+            } else {
+                a.get_short().map(String::from).as_deref() == Some(name)
+            }
+        });
+        value_next = !value && found.is_some_and(|a| a.get_action().takes_values());
+        out.push(if long && !double {
+            format!("-{text}").into()
+        } else {
+            arg
+        });
     }
     out.extend(args);
     out
-}
-
-/// The long names and aliases of `command`'s own flags.
-fn long_names(command: &clap::Command) -> Vec<String> {
-    command
-        .get_arguments()
-        .flat_map(|a| {
-            a.get_long()
-                .into_iter()
-                .chain(a.get_all_aliases().unwrap_or_default())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -77,6 +88,7 @@ mod tests {
                     )
                     .arg(clap::Arg::new("url")),
             )
+            .version("1.0")
             .subcommand(
                 clap::Command::new("replicate").arg(
                     clap::Arg::new("config")
@@ -108,10 +120,11 @@ mod tests {
             rewrite(&["strata", "replicate", "-config-path", "a.yml"]),
             ["strata", "replicate", "--config-path", "a.yml"]
         );
+        assert_eq!(rewrite(&["strata", "-version"]), ["strata", "--version"]);
     }
 
     #[test]
-    fn short_flags_values_and_other_commands_flags_stay() {
+    fn one_letter_flags_values_and_numbers_stay() {
         assert_eq!(
             rewrite(&[
                 "strata", "restore", "-o", "a.db", "-txid", "-5", "-f", "s3://b/p"
@@ -120,14 +133,35 @@ mod tests {
                 "strata", "restore", "-o", "a.db", "--txid", "-5", "-f", "s3://b/p"
             ]
         );
-        // `-config` is replicate's, not restore's: clap says what is wrong with it.
+        // A value that starts with a dash is the flag's, as in Go.
         assert_eq!(
-            rewrite(&["strata", "restore", "-config", "x"]),
-            ["strata", "restore", "-config", "x"]
+            rewrite(&["strata", "restore", "-o", "-odd.db", "-txid", "-weird", "x"]),
+            [
+                "strata", "restore", "-o", "-odd.db", "--txid", "-weird", "x"
+            ]
         );
         assert_eq!(
             rewrite(&["strata", "restore", "--", "-txid"]),
             ["strata", "restore", "--", "-txid"]
         );
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_flag_stays_one_name_for_clap_to_refuse() {
+        // Not `-o utpt=new.db`, which would restore to a file named `utpt=new.db`.
+        assert_eq!(
+            rewrite(&["strata", "restore", "-outpt=new.db", "rep"]),
+            ["strata", "restore", "--outpt=new.db", "rep"]
+        );
+        // Another command's flag: refused by its name.
+        assert_eq!(
+            rewrite(&["strata", "restore", "-config", "x"]),
+            ["strata", "restore", "--config", "x"]
+        );
+        let error = command()
+            .try_get_matches_from(rewrite(&["strata", "restore", "-forc", "rep"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--forc"), "{error}");
     }
 }

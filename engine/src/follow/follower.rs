@@ -219,6 +219,9 @@ enum Step {
     All(Vec<FileInfo>),
     /// The source's history was replaced: rebuild from its newest state.
     Rebuild(String),
+    /// The replica's files from the position reach `reached`, short of the `reach` the
+    /// database may hold.
+    Short { reached: Txid, reach: Txid },
 }
 
 impl Run {
@@ -400,6 +403,17 @@ impl Run {
             }
             Step::All(files) => self.apply(files, history).await,
             Step::Rebuild(why) => return self.rebuild(why).await,
+            // Killed while applying a file from the primary's stream that the replica does
+            // not hold yet: the database holds the position or that TXID, both committed
+            // states of the primary; the replica catches up, or the stream settles it.
+            Step::Short { .. } if self.primary.is_some() => return Ok(()),
+            Step::Short { reached, reach } => {
+                return self
+                    .rebuild(format!(
+                        "the replica reaches TXID {reached}, below the {reach} the database may hold"
+                    ))
+                    .await;
+            }
         };
         match applied {
             Err(FollowError::HistoryChanged {
@@ -466,6 +480,9 @@ impl Run {
         let at = self.position.txid;
         self.seen(Some(newest.range.max));
         if newest.range.max < at {
+            if self.behind_the_stream(newest).await? {
+                return Ok(Step::Nothing);
+            }
             return Ok(Step::Rebuild(format!(
                 "the replica's newest TXID is {}, below the database's {at}",
                 newest.range.max
@@ -484,6 +501,18 @@ impl Run {
         self.plan_in(&files, None)
     }
 
+    /// Whether the replica, whose newest file is `newest`, is only behind what the primary's
+    /// stream brought: uploads are batched, so a follower of the stream is often ahead of
+    /// the replica, and one whose primary went away must keep the committed state it holds
+    /// rather than go back to the replica's. A file of the same history says so; another
+    /// history (or none recorded) is a replaced one.
+    async fn behind_the_stream(&mut self, newest: &FileInfo) -> Result<bool, FollowError> {
+        if self.primary.is_none() || self.position.history == 0 {
+            return Ok(false);
+        }
+        Ok(self.replica.read_header(newest).await?.node_id == self.position.history)
+    }
+
     async fn plan_from_position(&mut self, reach: Option<Txid>) -> Result<Step, FollowError> {
         let files = listed(&self.replica, self.replica.list_all()).await?;
         self.seen(files.iter().map(|f| f.range.max).max());
@@ -495,11 +524,10 @@ impl Run {
     fn plan_in(&self, files: &[FileInfo], reach: Option<Txid>) -> Result<Step, FollowError> {
         match plan_files(files, self.position.txid, None, &[]) {
             Ok(plan) if reach.is_none_or(|r| plan.txid >= r) => Ok(Step::All(plan.files)),
-            Ok(plan) => Ok(Step::Rebuild(format!(
-                "the replica reaches TXID {}, below the {} the database may hold",
-                plan.txid,
-                reach.unwrap_or_default()
-            ))),
+            Ok(plan) => Ok(Step::Short {
+                reached: plan.txid,
+                reach: reach.unwrap_or_default(),
+            }),
             Err(PlanError::Empty) => Ok(Step::Rebuild("the replica is empty".to_owned())),
             // No chain of files from the position: the newest snapshot and what follows.
             Err(e @ PlanError::Gap { .. }) | Err(e @ PlanError::NoSnapshot { .. }) => {

@@ -477,6 +477,38 @@ async fn a_stream_follower_ahead_of_the_replica_keeps_its_state_when_the_primary
     stop(&setup, primary);
 }
 
+/// A primary whose history was replaced by one that has not reached the follower's TXID
+/// yet (another, younger database under the same name, into the same replica emptied
+/// first): the follower of its stream does not wait for that TXID but rebuilds from the
+/// new history at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_follower_rebuilds_from_a_new_history_below_its_txid() {
+    let first = Setup::new(None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut reaper = Reaper::default();
+    let primary = spawn_primary(&first, &addr);
+    reaper.watch(&primary);
+    let out = first.dir.join("follow.db");
+    let follower = spawn_stream_follower(&first, &addr, &out);
+    reaper.watch(&follower);
+    first.write_for(1, 3.0).await;
+    wait_equal(&first, &out, "the first source");
+    stop(&first, primary);
+
+    let url = first.replica_url.clone();
+    std::fs::remove_dir_all(url.strip_prefix("file://").unwrap()).unwrap();
+    let second = Setup::new(Some(url));
+    let primary = spawn_primary(&second, &addr);
+    reaper.watch(&primary);
+    second.write_for(1, 0.2).await;
+    wait_equal(&second, &out, "the second source");
+    let log = std::fs::read_to_string(first.dir.join("stream.log")).unwrap();
+    assert!(log.contains("rebuilding"), "{log}");
+    signal(&follower, "-TERM");
+    assert!(finished(follower).await.status.success());
+    stop(&second, primary);
+}
+
 /// Waits until `follower` has rebuilt its database at least once and holds `txid`.
 async fn rebuilt_and_at(follower: &Follower, txid: Txid) {
     let mut watch = follower.watch();

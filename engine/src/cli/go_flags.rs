@@ -7,9 +7,9 @@
 use std::ffi::OsString;
 
 /// `args` (the program's name first) with each single-dash `-name` or `-name=value` (a
-/// name of two letters or more) spelled `--name`. Left as they are: one-letter flags
-/// (`-o`), negative numbers, the value that follows a flag taking one (`-o -odd.db`), and
-/// everything after `--`.
+/// name of two letters or more) spelled `--name`, and a value that starts with a dash
+/// joined to its flag (`-o -odd.db` as `-o=-odd.db`). Left as they are: one-letter flags,
+/// negative numbers, other values, and everything after `--`.
 pub fn double_dashed(
     root: &clap::Command,
     args: impl IntoIterator<Item = OsString>,
@@ -24,6 +24,16 @@ pub fn double_dashed(
     for arg in args.by_ref() {
         let text = match arg.to_str() {
             Some(text) if !std::mem::take(&mut value_next) => text,
+            // A flag's value that starts with a dash, which clap would take for a flag:
+            // joined to it (`-o=-odd.db`), as Go takes it.
+            Some(text) if text.starts_with('-') => {
+                let flag = out.pop().unwrap_or_default();
+                let mut joined = flag;
+                joined.push("=");
+                joined.push(text);
+                out.push(joined);
+                continue;
+            }
             _ => {
                 out.push(arg);
                 continue;
@@ -127,19 +137,22 @@ mod tests {
     fn one_letter_flags_values_and_numbers_stay() {
         assert_eq!(
             rewrite(&[
-                "strata", "restore", "-o", "a.db", "-txid", "-5", "-f", "s3://b/p"
+                "strata", "restore", "-o", "a.db", "-txid", "5", "-f", "s3://b/p"
             ]),
             [
-                "strata", "restore", "-o", "a.db", "--txid", "-5", "-f", "s3://b/p"
+                "strata", "restore", "-o", "a.db", "--txid", "5", "-f", "s3://b/p"
             ]
         );
         // A value that starts with a dash is the flag's, as in Go.
         assert_eq!(
-            rewrite(&["strata", "restore", "-o", "-odd.db", "-txid", "-weird", "x"]),
-            [
-                "strata", "restore", "-o", "-odd.db", "--txid", "-weird", "x"
-            ]
+            rewrite(&["strata", "restore", "-o", "-odd.db", "-txid", "-5", "x"]),
+            ["strata", "restore", "-o=-odd.db", "--txid=-5", "x"]
         );
+        let matches = command()
+            .try_get_matches_from(rewrite(&["strata", "restore", "-o", "-odd.db", "x"]))
+            .unwrap();
+        let (_, restore) = matches.subcommand().unwrap();
+        assert_eq!(restore.get_one::<String>("output").unwrap(), "-odd.db");
         assert_eq!(
             rewrite(&["strata", "restore", "--", "-txid"]),
             ["strata", "restore", "--", "-txid"]

@@ -35,6 +35,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// again (a stalled store would otherwise hold it silently).
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a stream ends when the primary's newest TXID is below the database's: its history
+/// was replaced (a new database, a restore over it) and the replica says which it is.
+const PRIMARY_BEHIND: &str = "the primary's newest TXID is below this database's";
+
 /// A file to apply: its name (for errors) and its bytes.
 type Input = (String, Box<dyn BufRead + Send>);
 
@@ -318,6 +322,11 @@ impl Run {
         let ended = self.read_stream(&mut stream).await;
         self.status.send_modify(|s| s.connected = false);
         match ended {
+            Ok(PRIMARY_BEHIND) => {
+                tracing::info!(db = %self.path.display(), "the primary is behind this database: checking the replica's history");
+                let step = self.check_whole_replica().await?;
+                return self.take(step).await;
+            }
             Ok(why) => tracing::debug!(db = %self.path.display(), why, "the stream ended"),
             Err(FollowError::Stream(why)) => {
                 tracing::info!(db = %self.path.display(), %why, "the stream ended: catching up from the replica");
@@ -342,6 +351,9 @@ impl Run {
                 None => return Ok("the primary ended it"),
                 Some(Head::Gap) => return Ok("it no longer reaches back to this database"),
                 Some(Head::Heartbeat { staged, uploaded }) => {
+                    if staged < self.position.txid {
+                        return Ok(PRIMARY_BEHIND);
+                    }
                     self.seen(Some(staged));
                     self.status.send_modify(|s| s.uploaded = uploaded);
                 }
@@ -385,8 +397,14 @@ impl Run {
     /// Looks for new files once and applies them. A file of another history than the
     /// database's means the source's history was replaced: the database is rebuilt.
     async fn poll(&mut self) -> Result<(), FollowError> {
+        let step = self.next_step().await?;
+        self.take(step).await
+    }
+
+    /// Applies what `step` says (see [`Run::poll`]).
+    async fn take(&mut self, step: Step) -> Result<(), FollowError> {
         let history = self.position.history;
-        let applied = match self.next_step().await? {
+        let applied = match step {
             Step::Nothing => Ok(()),
             Step::Each(files) => {
                 let mut applied = Ok(());

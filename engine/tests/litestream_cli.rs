@@ -62,6 +62,41 @@ fn databases_prints_what_litestream_prints() {
 }
 
 #[test]
+fn ltx_lists_what_litestream_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = testdata("litestream-0.5.17/replica");
+    let replica = format!("file://{}", root.display());
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {0}/app.db\n    replica:\n      url: {replica}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (config, db) = (
+        config.display().to_string(),
+        format!("{}/app.db", dir.path().display()),
+    );
+    for args in [
+        vec!["ltx", &replica],
+        vec!["ltx", "-level", "all", &replica],
+        vec!["ltx", "-json", "-level=1", &replica],
+        vec!["ltx", "-level", "9", "-json", &replica],
+        vec!["ltx", "-level", "3", &replica],
+        vec!["ltx", "-config", &config, "-level", "all", &db],
+    ] {
+        let [theirs, ours] = both(&args);
+        assert!(theirs.0, "litestream {args:?}: {}", theirs.1);
+        assert_eq!(ours, theirs, "{args:?}");
+    }
+    // strata's own form stays.
+    let (ok, listed) = run(Command::new(strata_bin()), &["ltx", "ls", &replica]);
+    assert!(ok && listed.contains("L9"), "{listed}");
+}
+
+#[test]
 fn version_prints_a_bare_version_number() {
     let [theirs, ours] = both(&["version"]);
     assert!(theirs.0 && ours.0);

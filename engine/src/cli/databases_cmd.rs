@@ -1,6 +1,5 @@
 //! `strata databases`: the databases a config lists, as Litestream's `databases` prints them.
 
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,17 +52,9 @@ fn replica_type(url: &ReplicaUrl) -> &'static str {
 
 /// Two columns, padded as Litestream pads them (two spaces between).
 fn table(rows: &[(String, String)]) -> String {
-    let width = rows
-        .iter()
-        .map(|(p, _)| p.len())
-        .max()
-        .unwrap_or(0)
-        .max("path".len());
-    let mut out = format!("{:width$}  replica\n", "path");
-    for (path, kind) in rows {
-        let _ = writeln!(out, "{path:width$}  {kind}");
-    }
-    out
+    let mut cells = vec![vec!["path".to_owned(), "replica".to_owned()]];
+    cells.extend(rows.iter().map(|(p, k)| vec![p.clone(), k.clone()]));
+    super::columns(&cells)
 }
 
 fn json(rows: &[(String, String)]) -> String {
@@ -72,8 +63,8 @@ fn json(rows: &[(String, String)]) -> String {
         .map(|(path, kind)| {
             format!(
                 "  {{\n    \"path\": {},\n    \"replica\": {}\n  }}",
-                json_string(path),
-                json_string(kind)
+                super::json_string(path),
+                super::json_string(kind)
             )
         })
         .collect();
@@ -81,24 +72,6 @@ fn json(rows: &[(String, String)]) -> String {
         return "[]\n".to_owned();
     }
     format!("[\n{}\n]\n", items.join(",\n"))
-}
-
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

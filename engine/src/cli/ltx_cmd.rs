@@ -1,4 +1,5 @@
-//! `strata ltx verify` and `strata ltx dump`.
+//! `strata ltx`: `verify`, `dump` and `ls`, and Litestream's form (`ltx [-level N|all]
+//! [-json] URL`, or a database with `-config`).
 
 use std::fs::File;
 use std::io::{self, BufReader, Write};
@@ -9,6 +10,26 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use ltx::{Decoded, Decoder, Header, Validation, page_checksum};
 use strata::storage::{Level, Replica, ReplicaUrl};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LtxArgs {
+    #[command(subcommand)]
+    command: Option<LtxCommand>,
+    /// A replica URL, or with --config a database's path: its files, as Litestream's
+    /// `ltx` lists them.
+    #[arg(required = true)]
+    target: Option<String>,
+    /// The level to list: 0 to 9, or all.
+    #[arg(long, default_value = "0")]
+    level: String,
+    /// Print JSON (Litestream's fields).
+    #[arg(long)]
+    json: bool,
+    /// Find the replica of the database named in this config.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum LtxCommand {
@@ -49,12 +70,75 @@ pub struct DumpArgs {
     file: PathBuf,
 }
 
-pub fn run(cmd: LtxCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        LtxCommand::Verify(args) => verify(&args),
-        LtxCommand::Dump(args) => dump(&args.file),
-        LtxCommand::Ls(args) => super::runtime()?.block_on(ls(args)),
+pub fn run(args: LtxArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(LtxCommand::Verify(args)) => verify(&args),
+        Some(LtxCommand::Dump(args)) => dump(&args.file),
+        Some(LtxCommand::Ls(args)) => super::runtime()?.block_on(ls(args)),
+        None => super::runtime()?.block_on(litestream_ls(args)),
     }
+}
+
+/// Litestream's `ltx`: one level's files (or all), a table or JSON.
+async fn litestream_ls(args: LtxArgs) -> anyhow::Result<ExitCode> {
+    let target = args
+        .target
+        .context("give a replica URL, or a database and --config")?;
+    let url = match &args.config {
+        Some(config) => super::restore_cmd::from_config(config, &target)?.0,
+        None => ReplicaUrl::parse(&target)?,
+    };
+    let replica = Replica::open(&url)?.detect_layout().await?;
+    let files = if args.level == "all" {
+        replica.list_all().await?
+    } else {
+        let level = args
+            .level
+            .parse()
+            .ok()
+            .and_then(Level::new)
+            .with_context(|| format!("level {:?}: levels are 0 to 9, or all", args.level))?;
+        replica.list(level, ltx::Txid::ZERO).await?
+    };
+    let time = |f: &strata::storage::FileInfo| format!("{:.0}", f.modified);
+    let mut out = io::stdout().lock();
+    if args.json {
+        let items: Vec<String> = files
+            .iter()
+            .map(|f| {
+                format!(
+                    "  {{\n    \"level\": {},\n    \"min_txid\": \"{}\",\n    \"max_txid\": \"{}\",\n    \"size\": {},\n    \"timestamp\": {}\n  }}",
+                    f.level.get(),
+                    f.range.min,
+                    f.range.max,
+                    f.size,
+                    super::json_string(&time(f))
+                )
+            })
+            .collect();
+        if items.is_empty() {
+            writeln!(out, "[]")?;
+        } else {
+            writeln!(out, "[\n{}\n]", items.join(",\n"))?;
+        }
+    } else {
+        let mut rows = vec![
+            ["level", "min_txid", "max_txid", "size", "created"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        rows.extend(files.iter().map(|f| {
+            vec![
+                f.level.get().to_string(),
+                f.range.min.to_string(),
+                f.range.max.to_string(),
+                f.size.to_string(),
+                time(f),
+            ]
+        }));
+        write!(out, "{}", super::columns(&rows))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {

@@ -29,9 +29,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Inspect and check LTX files and replicas.
-    #[command(subcommand)]
-    Ltx(ltx_cmd::LtxCommand),
+    /// Inspect and check LTX files and replicas; with a replica URL (or a database and
+    /// --config) and no subcommand, list its files as Litestream's `ltx` does.
+    Ltx(ltx_cmd::LtxArgs),
     /// Restore a database from a replica, at the latest point, a TXID or a time.
     Restore(restore_cmd::RestoreArgs),
     /// Capture every committed transaction of live databases into replicas, until stopped
@@ -109,6 +109,46 @@ fn error_chain(e: &anyhow::Error) -> String {
         }
     }
     message
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Rows as Go's tabwriter lays them out for Litestream (each column as wide as its widest
+/// cell, two spaces between, the last one unpadded).
+fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

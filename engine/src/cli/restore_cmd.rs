@@ -344,7 +344,10 @@ impl StopSignals {
 
 /// The replica of the database `db` names in the config at `path` (its first, if it has
 /// several), and the database's path.
-fn from_config(path: &std::path::Path, db: &str) -> anyhow::Result<(ReplicaUrl, PathBuf)> {
+pub(super) fn from_config(
+    path: &std::path::Path,
+    db: &str,
+) -> anyhow::Result<(ReplicaUrl, PathBuf)> {
     let config = strata::config::Config::load(path, true)?;
     let wanted = normalized(&std::path::absolute(db)?);
     let dbs = strata::store::config_databases(&config)?;

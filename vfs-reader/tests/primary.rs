@@ -53,12 +53,17 @@ impl Drop for Killed {
     }
 }
 
-fn spawn_primary(config: &Path, addr: &str, log: &Path) -> Killed {
-    let log = std::fs::OpenOptions::new()
+/// A log file that several runs of a process append to.
+fn append_to(log: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .unwrap();
+        .unwrap()
+}
+
+fn spawn_primary(config: &Path, addr: &str, log: &Path) -> Killed {
+    let log = append_to(log);
     Killed(
         Command::new(strata_bin())
             .args(["replicate", "--config"])
@@ -174,11 +179,7 @@ fn try_read_plain(conn: &Connection, what: &str) -> rusqlite::Result<i64> {
 /// `strata restore -f` into `out`, following `source` (a replica, or a primary's stream
 /// with `--replica` for catching up).
 fn spawn_follower(out: &Path, source: &str, replica: Option<&Path>, log: &Path) -> Killed {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
+    let log = append_to(log);
     let mut command = Command::new(strata_bin());
     command
         .args(["restore", "-f", "--follow-interval", "200ms", "-o"])

@@ -304,6 +304,15 @@ pub(super) struct UploadSignals {
     pub(super) live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// A replica is behind from the moment it lacks something staged, not from the round that
+/// sends it.
+fn mark_behind(status: &Mutex<ReplicaStatus>, staged: Txid) {
+    let mut s = status.lock().unwrap();
+    if s.behind_since.is_none() && s.uploaded < staged {
+        s.behind_since = Some(jiff::Timestamp::now());
+    }
+}
+
 /// The upload task of one replica: uploads when something is staged or a check of the
 /// replica is asked for, and retries with growing backoff after errors (at once when a
 /// sync asks). A replica that holds another history is stopped and the task ends; the
@@ -324,14 +333,9 @@ pub(super) async fn upload_loop(
     loop {
         let started = Instant::now();
         let staged_now = *signals.staged.borrow_and_update();
-        {
-            // Behind from the moment it lacks something staged: set before the round, so a
-            // round that hangs (a server that stopped answering) shows as growing lag.
-            let mut s = status.lock().unwrap();
-            if s.behind_since.is_none() && s.uploaded < staged_now {
-                s.behind_since = Some(jiff::Timestamp::now());
-            }
-        }
+        // Set before the round too, so a round that hangs (a server that stopped answering)
+        // shows as growing lag.
+        mark_behind(&status, staged_now);
         let (result, uploaded, pending_since) = {
             let mut uploader = uploader.lock().await;
             uploader.newest = if waited_for {
@@ -423,11 +427,7 @@ pub(super) async fn upload_loop(
         };
         waited_for = retried;
         if staged {
-            // Behind from the moment something is staged, not from the round that sends it.
-            let mut s = status.lock().unwrap();
-            if s.behind_since.is_none() && s.uploaded < *signals.staged.borrow() {
-                s.behind_since = Some(jiff::Timestamp::now());
-            }
+            mark_behind(&status, *signals.staged.borrow());
         }
         // Capture stages at commit speed; the replica gets at most one round (one merged L0
         // file) per interval. A sync waiting does not wait for the interval.

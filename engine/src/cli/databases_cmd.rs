@@ -58,20 +58,16 @@ fn table(rows: &[(String, String)]) -> String {
 }
 
 fn json(rows: &[(String, String)]) -> String {
-    let items: Vec<String> = rows
+    let objects: Vec<Vec<(&str, String)>> = rows
         .iter()
         .map(|(path, kind)| {
-            format!(
-                "  {{\n    \"path\": {},\n    \"replica\": {}\n  }}",
-                super::json_string(path),
-                super::json_string(kind)
-            )
+            vec![
+                ("path", super::json_string(path)),
+                ("replica", super::json_string(kind)),
+            ]
         })
         .collect();
-    if items.is_empty() {
-        return "[]\n".to_owned();
-    }
-    format!("[\n{}\n]\n", items.join(",\n"))
+    super::json_objects(&objects)
 }
 
 #[cfg(test)]

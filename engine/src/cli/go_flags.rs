@@ -27,8 +27,7 @@ pub fn double_dashed(
             // A flag's value that starts with a dash, which clap would take for a flag:
             // joined to it (`-o=-odd.db`), as Go takes it.
             Some(text) if text.starts_with('-') => {
-                let flag = out.pop().unwrap_or_default();
-                let mut joined = flag;
+                let mut joined = out.pop().unwrap_or_default();
                 joined.push("=");
                 joined.push(text);
                 out.push(joined);

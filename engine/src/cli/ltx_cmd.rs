@@ -103,24 +103,19 @@ async fn litestream_ls(args: LtxArgs) -> anyhow::Result<ExitCode> {
     let time = |f: &strata::storage::FileInfo| format!("{:.0}", f.modified);
     let mut out = io::stdout().lock();
     if args.json {
-        let items: Vec<String> = files
+        let objects: Vec<Vec<(&str, String)>> = files
             .iter()
             .map(|f| {
-                format!(
-                    "  {{\n    \"level\": {},\n    \"min_txid\": \"{}\",\n    \"max_txid\": \"{}\",\n    \"size\": {},\n    \"timestamp\": {}\n  }}",
-                    f.level.get(),
-                    f.range.min,
-                    f.range.max,
-                    f.size,
-                    super::json_string(&time(f))
-                )
+                vec![
+                    ("level", f.level.get().to_string()),
+                    ("min_txid", super::json_string(&f.range.min.to_string())),
+                    ("max_txid", super::json_string(&f.range.max.to_string())),
+                    ("size", f.size.to_string()),
+                    ("timestamp", super::json_string(&time(f))),
+                ]
             })
             .collect();
-        if items.is_empty() {
-            writeln!(out, "[]")?;
-        } else {
-            writeln!(out, "[\n{}\n]", items.join(",\n"))?;
-        }
+        write!(out, "{}", super::json_objects(&objects))?;
     } else {
         let mut rows = vec![
             ["level", "min_txid", "max_txid", "size", "created"]

@@ -130,6 +130,25 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// An array of objects as Go's `json.MarshalIndent(v, "", "  ")` prints it for Litestream
+/// (`[]` when empty), each field's value already a JSON literal; with a final newline.
+fn json_objects(objects: &[Vec<(&str, String)>]) -> String {
+    if objects.is_empty() {
+        return "[]\n".to_owned();
+    }
+    let items: Vec<String> = objects
+        .iter()
+        .map(|fields| {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(name, value)| format!("    {}: {value}", json_string(name)))
+                .collect();
+            format!("  {{\n{}\n  }}", fields.join(",\n"))
+        })
+        .collect();
+    format!("[\n{}\n]\n", items.join(",\n"))
+}
+
 /// Rows as Go's tabwriter lays them out for Litestream (each column as wide as its widest
 /// cell, two spaces between, the last one unpadded).
 fn columns(rows: &[Vec<String>]) -> String {

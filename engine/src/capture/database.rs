@@ -111,11 +111,12 @@ impl Capture {
         let saved = Position::load(staging.dir());
         let staged = staging.staged().map_err(io_err(staging.dir()))?;
         // The staged files the replica lacks must continue it, or uploading them would leave
-        // a gap: then they are dropped and a full copy follows.
+        // a gap, and be whole (a power loss may tear what was not on disk yet): else they
+        // are dropped and a full copy follows.
         let mut reach = replica_max;
         let mut continues = true;
         for r in staged.iter().filter(|r| r.max > replica_max) {
-            if r.min == Txid::ONE || r.min == reach.next() {
+            if (r.min == Txid::ONE || r.min == reach.next()) && staging.intact(*r) {
                 reach = r.max;
             } else {
                 continues = false;
@@ -123,7 +124,7 @@ impl Capture {
             }
         }
         if !continues {
-            tracing::warn!(db = %db.display(), replica = %replica_max, "staged files do not continue the replica; dropping them");
+            tracing::warn!(db = %db.display(), replica = %replica_max, "staged files do not continue the replica, or one is torn; dropping them");
             for r in staged.iter().filter(|r| r.max > replica_max) {
                 staging.remove(*r).map_err(io_err(&staging.path(*r)))?;
             }
@@ -627,6 +628,43 @@ mod tests {
         let (log, _) = checkpoint(&writer);
         assert!(log < 10, "the writer restarted the log ({log} frames now)");
         capture.sync_all(&mut report).unwrap();
+        assert_staged_is_source(&staging, &writer);
+    }
+
+    /// A power loss tore a staged file the replica lacks (its name is there, its last
+    /// bytes never reached the disk): the capture that opens next must not upload it. It
+    /// drops the staged files and makes a full copy, of a new history.
+    #[test]
+    fn a_staged_file_torn_by_a_power_loss_is_dropped_for_a_full_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, writer) = wal_db(dir.path());
+        writer
+            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let (staging, mut capture) = captured(&db);
+        for _ in 0..3 {
+            writer
+                .execute("INSERT INTO t (v) VALUES (randomblob(3000))", [])
+                .unwrap();
+            capture.sync_all(&mut |_: &Synced| {}).unwrap();
+        }
+        let staged = staging.staged().unwrap();
+        assert_eq!(staged.len(), 4, "a full copy and three commits");
+        assert!(staged.iter().all(|r| staging.intact(*r)));
+        let torn = staging.path(staged[2]);
+        let mut bytes = std::fs::read(&torn).unwrap();
+        let half = bytes.len() / 2;
+        bytes[half..].fill(0);
+        std::fs::write(&torn, bytes).unwrap();
+        assert!(!staging.intact(staged[2]));
+        drop(capture);
+        drop(staging);
+
+        let (staging, _capture) = captured(&db);
+        let now = staging.staged().unwrap();
+        assert_eq!(now.len(), 1, "only the full copy is staged: {now:?}");
+        assert_eq!(now[0].min, Txid::ONE, "named as a snapshot");
+        assert_eq!(now[0].max, Txid::new(5), "above every TXID used before");
         assert_staged_is_source(&staging, &writer);
     }
 }

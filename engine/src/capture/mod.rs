@@ -48,3 +48,17 @@ pub use feed::{Feed, NextFile};
 pub use options::{CaptureOptions, CheckpointOptions};
 pub use replication::Replication;
 pub use status::{LevelFiles, ReplicaStatus, Status};
+
+/// The newest TXID captured beside the database at `db` (its staging directory's position,
+/// or a staged file above it), read without the capture's lock, as Litestream's `status`
+/// reports its "local TXID". `None` if nothing was captured there.
+pub fn local_txid(db: &std::path::Path) -> std::io::Result<Option<ltx::Txid>> {
+    let dir = staging::dir_of(db)?;
+    let saved = position::Position::load(&dir).map(|p| p.txid);
+    let staged = match staging::staged_in(&dir.join("ltx").join("0")) {
+        Ok(ranges) => ranges.iter().map(|r| r.max).max(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(saved.max(staged))
+}

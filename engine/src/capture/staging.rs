@@ -9,8 +9,16 @@ use std::sync::Arc;
 
 use ltx::TxidRange;
 
-use super::position::FileId;
+use super::position::{FileId, Position};
 use super::sync::LogRestarted;
+
+/// Where the staging directory of the database at `db` is.
+pub(super) fn dir_of(db: &Path) -> io::Result<PathBuf> {
+    let name = db.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "database path names no file")
+    })?;
+    Ok(db.with_file_name(format!(".{}-strata", name.to_string_lossy())))
+}
 
 /// A database's staging directory, locked for this process.
 #[derive(Clone, Debug)]
@@ -21,16 +29,15 @@ pub(super) struct Staging {
     l0_id: FileId,
     /// The locked file; the lock goes with the last clone.
     lock: Arc<File>,
+    /// The capture position's file, saved over in place.
+    position: Arc<File>,
 }
 
 impl Staging {
     /// The staging directory of the database at `db`, created if missing, and locked.
     /// Fails with `WouldBlock` naming the holder if another capture has it.
     pub(super) fn open(db: &Path) -> io::Result<Staging> {
-        let name = db.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "database path names no file")
-        })?;
-        let dir = db.with_file_name(format!(".{}-strata", name.to_string_lossy()));
+        let dir = dir_of(db)?;
         let l0 = dir.join("ltx").join("0");
         // Only the directory itself before the lock: what is inside is the holder's.
         std::fs::create_dir_all(&dir)?;
@@ -71,11 +78,13 @@ impl Staging {
             host.trim(),
             format_args!("{:.0}", jiff::Timestamp::now())
         )?;
+        let position = Position::open_file(&dir)?;
         Ok(Staging {
             dir,
             l0,
             l0_id,
             lock: Arc::new(lock),
+            position: Arc::new(position),
         })
     }
 
@@ -100,6 +109,18 @@ impl Staging {
         self.l0.clone()
     }
 
+    /// Whether the staged file for `range` reads whole: a header naming that range, every
+    /// page, and the file's checksum. A power loss can leave a file named but torn (see
+    /// [`Staging::write`]).
+    pub(super) fn intact(&self, range: TxidRange) -> bool {
+        super::batch::verify(&self.path(range), range).is_ok()
+    }
+
+    /// Saves the capture position (see [`Position::save`]).
+    pub(super) fn save_position(&self, position: &Position) -> io::Result<()> {
+        position.save(&self.position)
+    }
+
     /// The directory (where the position file lives).
     pub(super) fn dir(&self) -> &Path {
         &self.dir
@@ -110,8 +131,16 @@ impl Staging {
         self.l0.join(range.file_name())
     }
 
-    /// Writes the L0 file for `range`: `write` fills a temporary file, which is synced and
-    /// renamed into place, so a staged file is always complete.
+    /// Writes the L0 file for `range`: `write` fills a temporary file, which is renamed into
+    /// place, so a staged file is always complete to every reader.
+    ///
+    /// Not synced: two disk flushes on every commit slowed the application's writer, whose
+    /// own flushes waited behind them. A crash of strata loses nothing (the kernel has the
+    /// file). A power loss may lose or tear what was not yet on disk; a capture that opens
+    /// checks every staged file the replica lacks (see [`Staging::intact`]), and a file lost
+    /// or torn only means a full copy follows. Nothing the WAL held is lost meanwhile:
+    /// SQLite copies frames into the database, and syncs it, before the log can restart
+    /// over them.
     pub(super) fn write<T>(
         &self,
         range: TxidRange,
@@ -123,16 +152,12 @@ impl Staging {
             |e: io::Error| io::Error::new(e.kind(), format!("staging {}: {e}", path.display()));
         let out = BufWriter::with_capacity(64 << 10, File::create(&tmp).map_err(named)?);
         let result = write(out).and_then(|(out, value)| {
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
+            out.into_inner().map_err(|e| e.into_error())?;
             Ok(value)
         });
         match result {
             Ok(value) => {
                 std::fs::rename(&tmp, &path).map_err(named)?;
-                File::open(&self.l0)
-                    .and_then(|d| d.sync_all())
-                    .map_err(named)?;
                 Ok(value)
             }
             Err(e) => {

@@ -421,7 +421,7 @@ impl Syncer {
     fn set_position(&mut self, position: Position) -> io::Result<()> {
         self.position = Some(position);
         self.live = true;
-        position.save(self.staging.dir())
+        self.staging.save_position(&position)
     }
 }
 

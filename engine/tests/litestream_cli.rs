@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::capture::strata_bin;
+use common::capture::{signal, sqlite3_dump, strata_bin};
 use common::*;
 
 /// Runs `command` with `args`: (succeeded, stdout).
@@ -142,4 +142,195 @@ fn restore_with_go_flags_gives_litestreams_bytes() {
     let existing = dir.path().join("s5.db").display().to_string();
     let [theirs, ours] = both(&["restore", "-if-db-not-exists", "-o", &existing, &replica]);
     assert!(theirs.0 && ours.0);
+}
+
+#[test]
+fn status_prints_what_litestream_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    // a.db: a WAL database nothing has captured; long name.db: an empty file; c.db: none.
+    let a = dir.path().join("a.db");
+    let conn = rusqlite::Connection::open(&a).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES (1);")
+        .unwrap();
+    std::fs::write(dir.path().join("long name.db"), b"").unwrap();
+    let a_arg = a.display().to_string();
+    for args in [
+        vec!["status", "-config", &config],
+        vec!["status", "-json", "-config", &config],
+        vec!["status", &format!("-config={config}"), &a_arg],
+    ] {
+        let [theirs, ours] = both(&args);
+        assert!(theirs.0, "litestream {args:?}: {}", theirs.1);
+        assert_eq!(ours, theirs, "{args:?}");
+    }
+    drop(conn);
+
+    // Once strata has captured a.db, its row is "ok" with the TXID staged beside it: the
+    // replica's newest after a stop, which uploads everything.
+    let replica = dir.path().join("replica-a");
+    let mut strata = Command::new(strata_bin())
+        .args([
+            "replicate",
+            &a_arg,
+            &format!("file://{}", replica.display()),
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !replica
+        .join("ltx/0")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some())
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing uploaded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    signal(&strata, "-TERM");
+    assert!(strata.wait().unwrap().success());
+    let newest = std::fs::read_dir(replica.join("ltx/0"))
+        .unwrap()
+        .filter_map(|e| {
+            ltx::TxidRange::parse_file_name(&e.unwrap().file_name().to_string_lossy()).ok()
+        })
+        .map(|r| r.max)
+        .max()
+        .unwrap();
+    let (ok, out) = run(
+        Command::new(strata_bin()),
+        &["status", "-json", "-config", &config],
+    );
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let row = |db: &str| {
+        rows.iter()
+            .find(|r| r["database"] == dir.path().join(db).display().to_string())
+            .unwrap_or_else(|| panic!("no row for {db}: {out}"))
+    };
+    assert_eq!(row("a.db")["status"], "ok");
+    assert_eq!(row("a.db")["local_txid"], newest.to_string());
+    assert_eq!(row("long name.db")["status"], "not initialized");
+    assert_eq!(row("c.db")["status"], "no database");
+    assert_eq!(row("c.db")["wal_size"], "-");
+}
+
+/// The files of `level` in a directory replica.
+fn level_files(replica: &Path, level: u8) -> usize {
+    std::fs::read_dir(replica.join(format!("ltx/{level}")))
+        .map_or(0, |d| d.filter(|e| e.is_ok()).count())
+}
+
+#[test]
+fn replicate_once_syncs_snapshots_and_restores_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) \
+         INSERT INTO t (v) SELECT printf('row %d %s', i, hex(randomblob(200))) FROM n;",
+    )
+    .unwrap();
+    // Litestream adds its own tables to the database it replicates.
+    let dump = |db: &Path| {
+        let text = sqlite3_dump(&db.display().to_string());
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("_litestream_"))
+            .collect();
+        lines.join("\n")
+    };
+    let source = dump(&db);
+    let config_for = |name: &str| {
+        let path = dir.path().join(format!("{name}.yml"));
+        std::fs::write(
+            &path,
+            format!(
+                "dbs:\n  - path: {}\n    replica:\n      url: file://{}/replica-{name}\n",
+                db.display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (ours, theirs) = (config_for("strata"), config_for("litestream"));
+    for (mut command, config) in [(litestream(), &theirs), (Command::new(strata_bin()), &ours)] {
+        let args = ["replicate", "-once", "-force-snapshot", "-config", config];
+        let out = command.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(conn);
+    for name in ["litestream", "strata"] {
+        let replica = dir.path().join(format!("replica-{name}"));
+        assert!(level_files(&replica, 0) > 0, "{name}: no L0 file");
+        assert!(level_files(&replica, 9) > 0, "{name}: no snapshot");
+        let out = dir.path().join(format!("{name}.db"));
+        let (ok, text) = run(
+            Command::new(strata_bin()),
+            &[
+                "restore",
+                "-o",
+                &out.display().to_string(),
+                &format!("file://{}", replica.display()),
+            ],
+        );
+        assert!(ok, "{text}");
+        assert!(
+            dump(&out) == source,
+            "{name}: the restore differs from the source"
+        );
+    }
+
+    // The database gone, -restore-if-db-not-exists brings it back before the sync.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let out = Command::new(strata_bin())
+        .args([
+            "replicate",
+            "-once",
+            "-restore-if-db-not-exists",
+            "-config",
+            &ours,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        dump(&db) == source,
+        "the database restored differs from the source"
+    );
+    // Retention on demand leaves what the latest state needs.
+    let out = Command::new(strata_bin())
+        .args(["replicate", "-once", "-enforce-retention", "-config", &ours])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = dir.path().join("after-retention.db");
+    let replica = format!("file://{}/replica-strata", dir.path().display());
+    let (ok, text) = run(
+        Command::new(strata_bin()),
+        &["restore", "-o", &restored.display().to_string(), &replica],
+    );
+    assert!(ok && dump(&restored) == source, "{text}");
+    // -force-snapshot without -once is refused, as Litestream refuses it.
+    let [theirs, ours] = both(&["replicate", "-force-snapshot", "-config", &ours]);
+    assert!(!theirs.0 && !ours.0);
 }

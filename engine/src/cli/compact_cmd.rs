@@ -39,29 +39,9 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
         options.retention.enabled = false;
     }
     let url = ReplicaUrl::parse(&args.url)?;
-    let replica = Replica::open(&url)?.detect_layout().await?;
-    let files = replica
-        .list_all()
-        .await
-        .with_context(|| format!("cannot list {}", replica.name()))?;
-    if files.is_empty() {
-        anyhow::bail!("{} holds no LTX files", replica.name());
-    }
-    // With no process watching the replica, a file counts as seen when the store says it
-    // was written: the grace period runs from there.
-    let mut index = LevelIndex::default();
-    let now = jiff::Timestamp::now();
-    for f in files {
-        let seen = f.modified.min(now);
-        index.insert(f, seen);
-    }
-    let scratch = std::env::temp_dir().join(format!("strata-compact-{}", std::process::id()));
-    let compactor = Compactor::new(
-        replica,
-        SharedIndex::new(index),
-        options.clone(),
-        scratch.clone(),
-    );
+    let Some((compactor, scratch)) = offline_compactor(&url, options.clone()).await? else {
+        anyhow::bail!("{url} holds no LTX files");
+    };
 
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new_spinner();
@@ -132,3 +112,38 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+/// A compactor of the replica at `url` with no live database, its index listed now, and
+/// the scratch directory it writes in (the caller removes it). `None` if the replica holds
+/// no LTX files.
+pub(super) async fn offline_compactor(
+    url: &ReplicaUrl,
+    options: CompactionOptions,
+) -> anyhow::Result<Option<(Compactor, PathBuf)>> {
+    let replica = Replica::open(url)?.detect_layout().await?;
+    let files = replica
+        .list_all()
+        .await
+        .with_context(|| format!("cannot list {}", replica.name()))?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    // With no process watching the replica, a file counts as seen when the store says it
+    // was written: the grace period runs from there.
+    let mut index = LevelIndex::default();
+    let now = jiff::Timestamp::now();
+    for f in files {
+        let seen = f.modified.min(now);
+        index.insert(f, seen);
+    }
+    let scratch = std::env::temp_dir().join(format!(
+        "strata-compact-{}-{}",
+        std::process::id(),
+        SCRATCH.fetch_add(1, Ordering::Relaxed)
+    ));
+    let compactor = Compactor::new(replica, SharedIndex::new(index), options, scratch.clone());
+    Ok(Some((compactor, scratch)))
+}
+
+/// Tells apart the scratch directories of one process's compactors.
+static SCRATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

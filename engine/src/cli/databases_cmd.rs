@@ -7,9 +7,6 @@ use clap::Args;
 use strata::config::Config;
 use strata::storage::ReplicaUrl;
 
-/// Where Litestream looks for its config when none is given.
-const DEFAULT_CONFIG: &str = "/etc/litestream.yml";
-
 #[derive(Debug, Args)]
 pub struct DatabasesArgs {
     /// The config file [default: /etc/litestream.yml, as Litestream].
@@ -24,7 +21,9 @@ pub struct DatabasesArgs {
 }
 
 pub fn run(args: DatabasesArgs) -> anyhow::Result<ExitCode> {
-    let path = args.config.unwrap_or_else(|| DEFAULT_CONFIG.into());
+    let path = args
+        .config
+        .unwrap_or_else(|| super::LITESTREAM_CONFIG.into());
     let config = Config::load(&path, !args.no_expand_env)?;
     let rows: Vec<(String, String)> = config
         .dbs

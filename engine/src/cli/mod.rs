@@ -5,12 +5,16 @@ mod databases_cmd;
 mod follow_status;
 mod go_flags;
 mod heartbeat;
+mod local_status;
 mod ltx_cmd;
 mod replicate_cmd;
 mod restore_cmd;
 mod serve;
 mod status_cmd;
 mod status_report;
+
+/// Where Litestream looks for its config when a command is given none.
+const LITESTREAM_CONFIG: &str = "/etc/litestream.yml";
 
 use std::process::ExitCode;
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use ltx::PageEncoding;
+use strata::compact::Outcome;
 use strata::config::{Config, DbConfig, parse_interval};
-use strata::storage::ReplicaUrl;
+use strata::storage::{Level, Replica, ReplicaUrl};
 use strata::store::{Database, DbStatus, Store, StoreOptions, config_databases};
 
 #[derive(Debug, Args)]
@@ -44,6 +45,21 @@ pub struct ReplicateArgs {
     /// (a third at once), then the final sync runs.
     #[arg(long)]
     exec: Option<String>,
+    /// Sync every database to its replicas once, then exit (Litestream's -once): the final
+    /// sync and upload of a stop, at once. Non-zero if a replica is left short.
+    #[arg(long, conflicts_with = "exec")]
+    once: bool,
+    /// With --once: then write a snapshot in each replica, whatever the snapshot interval
+    /// (Litestream's -force-snapshot).
+    #[arg(long, requires = "once")]
+    force_snapshot: bool,
+    /// With --once: then apply each replica's retention (Litestream's -enforce-retention).
+    #[arg(long, requires = "once")]
+    enforce_retention: bool,
+    /// Restore each database that does not exist from its (first) replica before starting,
+    /// if the replica holds any files (Litestream's -restore-if-db-not-exists).
+    #[arg(long)]
+    restore_if_db_not_exists: bool,
 }
 
 /// Where the list of databases comes from.
@@ -54,6 +70,13 @@ struct Source<'a> {
 impl Source<'_> {
     /// Reads the config (or takes the command line's database) and lists its databases.
     async fn load(&self, store: Option<&Store>) -> anyhow::Result<(Config, Vec<Database>)> {
+        let config = self.config()?;
+        let dbs = self.databases(&config, store).await?;
+        Ok((config, dbs))
+    }
+
+    /// The config, or the command line's database as one.
+    fn config(&self) -> anyhow::Result<Config> {
         let args = self.args;
         let mut config = match (&args.config, &args.db, &args.replica) {
             (Some(path), _, _) => Config::load(path, !args.no_expand_env)?,
@@ -68,8 +91,7 @@ impl Source<'_> {
         if let Some(addr) = &args.addr {
             config.addr = Some(addr.clone());
         }
-        let dbs = self.databases(&config, store).await?;
-        Ok((config, dbs))
+        Ok(config)
     }
 
     /// The databases `config` lists now (directories listed again, without opening the
@@ -132,6 +154,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // opened stops them cleanly once they are, instead of killing the process midway.
     let mut signals = Signals::new()?;
     let source = Source { args: &args };
+    if args.restore_if_db_not_exists {
+        restore_missing(&source.config()?).await?;
+    }
     let (config, dbs) = source.load(None).await?;
     let watching = config
         .dbs
@@ -192,6 +217,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let mut stop_signals = 0u32;
     let mut kill_at: Option<tokio::time::Instant> = None;
     loop {
+        // -once: straight to the final sync and upload.
+        if args.once {
+            break;
+        }
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Reload => {
@@ -290,6 +319,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if args.force_snapshot || args.enforce_retention {
+        failed |= !after_once(&args, &source).await?;
+    }
     Ok(match exit_code {
         // The command's own failure is its exit code; a replica short of what it committed
         // turns its success into a failure.
@@ -297,6 +329,92 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         _ if failed => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// Litestream's -restore-if-db-not-exists: each database that does not exist is restored
+/// from its first replica, if that holds any files (else it is left for the start to
+/// report).
+async fn restore_missing(config: &Config) -> anyhow::Result<()> {
+    for db in config_databases(config)? {
+        let Some(url) = db.replicas.first() else {
+            continue;
+        };
+        if std::fs::symlink_metadata(&db.path).is_ok() {
+            continue;
+        }
+        let replica = match Replica::open(url) {
+            Err(e) if e.kind() == strata::storage::ErrorKind::NotFound => None,
+            opened => Some(opened?),
+        };
+        let backed_up = match &replica {
+            Some(replica) => !replica.list_all().await?.is_empty(),
+            None => false,
+        };
+        let (Some(replica), true) = (replica, backed_up) else {
+            eprintln!(
+                "{}: does not exist, and {url} holds no backup",
+                db.path.display()
+            );
+            continue;
+        };
+        let progress = std::sync::Arc::new(strata::restore::NoProgress);
+        let restored = strata::restore::restore(
+            &replica,
+            strata::restore::RestorePoint::Latest,
+            &db.path,
+            &strata::restore::RestoreOptions::default(),
+            progress,
+        )
+        .await
+        .with_context(|| format!("cannot restore {} from {url}", db.path.display()))?;
+        eprintln!(
+            "{}: did not exist; restored TXID {} from {url}",
+            db.path.display(),
+            restored.txid
+        );
+    }
+    Ok(())
+}
+
+/// Litestream's -force-snapshot and -enforce-retention, once every database has synced:
+/// a snapshot now and retention in each replica. Whether every one succeeded.
+async fn after_once(args: &ReplicateArgs, source: &Source<'_>) -> anyhow::Result<bool> {
+    let (_, dbs) = source.load(None).await?;
+    let mut ok = true;
+    for db in dbs {
+        let options = db.options.compaction.clone().unwrap_or_default();
+        for url in &db.replicas {
+            let Some((compactor, scratch)) =
+                super::compact_cmd::offline_compactor(url, options.clone()).await?
+            else {
+                continue;
+            };
+            let now = jiff::Timestamp::now();
+            if args.force_snapshot {
+                match compactor.run_level_now(Level::SNAPSHOT, now).await {
+                    Ok(Outcome::Compacted { file, .. }) => {
+                        eprintln!("{url}: snapshot {} written", file.range.file_name());
+                    }
+                    Ok(_) => eprintln!("{url}: the newest snapshot is up to date"),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{url}: snapshot failed: {e}");
+                    }
+                }
+            }
+            if args.enforce_retention {
+                match compactor.run_retention(now).await {
+                    Ok(n) => eprintln!("{url}: retention deleted {n} files"),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{url}: retention failed: {e}");
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+    }
+    Ok(ok)
 }
 
 async fn report_applied(

@@ -1,7 +1,8 @@
-//! `strata status`: what a running `strata replicate` is doing (asked over its `addr:`
-//! endpoint), or what a replica holds (read from the replica alone).
+//! `strata status`: each configured database's local state (Litestream's form), what a
+//! running `strata replicate` is doing (asked over its `addr:` endpoint), or what a replica
+//! holds (read from the replica alone).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,39 +11,66 @@ use clap::Args;
 use strata::config::Config;
 use strata::storage::{Level, Replica, ReplicaUrl};
 
+use super::local_status;
 use super::status_report::{ago, level_name};
 use super::{format_bytes, format_time};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// A replica URL: report its levels, newest TXID and age from the replica's listing
-    /// alone (file names and sizes; a restore is what reads and checks the bytes).
-    replica: Option<String>,
-    /// The config of a running `strata replicate`: the process at its `addr:` is asked.
-    #[arg(short, long, conflicts_with_all = ["replica", "addr"])]
+    /// A database the config lists (its row alone, as Litestream's `status DB`), or a
+    /// replica URL: its levels, newest TXID and age, from the replica's listing alone (file
+    /// names and sizes; a restore is what reads and checks the bytes).
+    target: Option<String>,
+    /// The config file: each database's local state, as Litestream's `status` prints it
+    /// [default: /etc/litestream.yml, as Litestream, when no replica and no --addr is given].
+    #[arg(short, long, conflicts_with = "addr")]
     config: Option<PathBuf>,
-    /// The `addr:` of a running `strata replicate` (host:port).
-    #[arg(long, conflicts_with = "replica")]
+    /// The `addr:` of a running `strata replicate` (host:port): ask it what it is doing.
+    #[arg(long, conflicts_with = "target")]
     addr: Option<String>,
+    /// Print the local state as JSON: an array of {"database", "status", "local_txid",
+    /// "wal_size"} (Litestream's fields).
+    #[arg(long, conflicts_with = "addr")]
+    json: bool,
+    /// Use the config file as written: no $VAR expansion (Litestream's flag).
+    #[arg(long = "no-expand-env")]
+    no_expand_env: bool,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    if let Some(url) = &args.replica {
+    if let Some(addr) = &args.addr {
+        return process_status(addr).await;
+    }
+    // Without a config, a URL or an existing directory (a file replica) is a replica.
+    let replica = args.config.is_none()
+        && args
+            .target
+            .as_deref()
+            .is_some_and(|t| t.contains("://") || Path::new(t).is_dir());
+    if let (true, Some(url)) = (replica, &args.target) {
+        if args.json {
+            bail!(
+                "-json prints databases' local state: give a config (-config FILE), not a replica URL"
+            );
+        }
         return replica_status(url).await;
     }
-    let addr = match (&args.addr, &args.config) {
-        (Some(addr), _) => addr.clone(),
-        (None, Some(path)) => Config::load(path, true)?.addr.with_context(|| {
-            format!(
-                "{} has no addr: key, so its strata replicate serves no status",
-                path.display()
-            )
-        })?,
-        (None, None) => bail!(
-            "give a replica URL (strata status URL), or the running process's --config FILE or --addr HOST:PORT"
-        ),
-    };
-    let url = format!("http://{}/status", super::serve::connect_addr(&addr));
+    let path = args
+        .config
+        .unwrap_or_else(|| super::LITESTREAM_CONFIG.into());
+    let config = Config::load(&path, !args.no_expand_env)?;
+    let rows = local_status::rows(&config, args.target.as_deref().map(Path::new))?;
+    if args.json {
+        print!("{}", local_status::json(&rows));
+    } else {
+        print!("{}", local_status::table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the `strata replicate` at `addr` for its report.
+async fn process_status(addr: &str) -> anyhow::Result<ExitCode> {
+    let url = format!("http://{}/status", super::serve::connect_addr(addr));
     let client = super::http_client(Duration::from_secs(10))?;
     let response = client
         .get(&url)

@@ -85,15 +85,35 @@ impl Compactor {
     /// One pass of `level` at `now`: repair gaps in it from the level below, then merge
     /// what is new below it into one file (a snapshot for level 9).
     pub async fn run_level(&self, level: Level, now: Timestamp) -> Result<Outcome, CompactError> {
+        self.run(level, now, true).await
+    }
+
+    /// [`Compactor::run_level`] whatever the level's interval: a pass now even if the level
+    /// has a file from after its last boundary (a snapshot on demand: Litestream's
+    /// `-force-snapshot`).
+    pub async fn run_level_now(
+        &self,
+        level: Level,
+        now: Timestamp,
+    ) -> Result<Outcome, CompactError> {
+        self.run(level, now, false).await
+    }
+
+    async fn run(
+        &self,
+        level: Level,
+        now: Timestamp,
+        on_schedule: bool,
+    ) -> Result<Outcome, CompactError> {
         let started = std::time::Instant::now();
         let mut result = match self.index.foreign() {
             Some(foreign) => Err(CompactError::ForeignHistory(foreign)),
-            None => self.pass(level, now).await,
+            None => self.pass(level, now, on_schedule).await,
         };
         if let Err(CompactError::Corrupt { .. }) = &result {
             // The corrupt input is left out now (and was logged): build around it at once
             // rather than at the level's next boundary (a day, for snapshots).
-            result = self.pass(level, now).await;
+            result = self.pass(level, now, on_schedule).await;
         }
         match &result {
             Err(CompactError::Storage(e)) if e.is_not_found() => {
@@ -134,8 +154,13 @@ impl Compactor {
         Ok(())
     }
 
-    async fn pass(&self, level: Level, now: Timestamp) -> Result<Outcome, CompactError> {
-        if let Some(interval) = self.interval(level) {
+    async fn pass(
+        &self,
+        level: Level,
+        now: Timestamp,
+        on_schedule: bool,
+    ) -> Result<Outcome, CompactError> {
+        if let Some(interval) = self.interval(level).filter(|_| on_schedule) {
             let boundary = schedule::prev_boundary(now, interval);
             let index = self.index.lock();
             if index.newest(level).is_some_and(|f| f.modified > boundary) {
@@ -143,7 +168,7 @@ impl Compactor {
             }
         }
         if level == Level::SNAPSHOT {
-            return self.snapshot().await;
+            return self.snapshot(!on_schedule).await;
         }
         let src = Level::new(level.get() - 1).expect("levels 1 to 9");
         self.repair_gaps(src, level).await?;
@@ -186,7 +211,8 @@ impl Compactor {
 
     /// A snapshot from the newest snapshot and the levels above it: the files a restore of
     /// the newest TXID would apply, merged.
-    async fn snapshot(&self) -> Result<Outcome, CompactError> {
+    /// `forced`: written even if one file restores as well (a snapshot asked for).
+    async fn snapshot(&self, forced: bool) -> Result<Outcome, CompactError> {
         let inputs = {
             let index = self.index.lock();
             // The newest snapshot that is not corrupt: a corrupt one is built again.
@@ -197,7 +223,7 @@ impl Compactor {
             if index.max_txid() <= newest_snapshot {
                 return Ok(Outcome::Nothing);
             }
-            snapshot_inputs(&index)?
+            snapshot_inputs(&index, forced)?
         };
         match inputs {
             Some(inputs) => self.write(Level::SNAPSHOT, &inputs).await,
@@ -375,7 +401,7 @@ impl Drop for Pinned {
 }
 
 /// The files a snapshot of the newest restorable TXID merges, or `None` if that is one file.
-fn snapshot_inputs(index: &LevelIndex) -> Result<Option<Vec<FileInfo>>, PlanError> {
+fn snapshot_inputs(index: &LevelIndex, forced: bool) -> Result<Option<Vec<FileInfo>>, PlanError> {
     let all = index.all();
     let plan = match plan_files(&all, Txid::ZERO, None, &[]) {
         Ok(plan) => plan,
@@ -385,6 +411,6 @@ fn snapshot_inputs(index: &LevelIndex) -> Result<Option<Vec<FileInfo>>, PlanErro
         Err(e) => return Err(e),
     };
     // One file is a snapshot already (the newest, or a full copy in a lower level that
-    // restores as well where it is): copying it would only duplicate it.
-    Ok((plan.files.len() > 1).then_some(plan.files))
+    // restores as well where it is): copying it would only duplicate it, unless asked.
+    Ok((plan.files.len() > 1 || forced).then_some(plan.files))
 }

@@ -100,16 +100,19 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The defaults, overridden by `STRATA_VFS_CACHE_SIZE` and `STRATA_VFS_WHOLE_FILE_MAX`
-    /// (bytes), `STRATA_PRIMARY_URL`,
+    /// The defaults, overridden by `STRATA_VFS_CACHE_SIZE` (or Litestream's
+    /// `LITESTREAM_CACHE_SIZE`) and `STRATA_VFS_WHOLE_FILE_MAX` (bytes), `STRATA_PRIMARY_URL`,
     /// `STRATA_VFS_POLL_INTERVAL`, `STRATA_VFS_REPLAN_INTERVAL` and `STRATA_VFS_TIMEOUT`
     /// (durations such as `500ms` or `2s`). A value that does not parse is an error.
     pub fn from_env() -> Result<Options, String> {
         let mut o = Options::default();
-        if let Some(v) = env("STRATA_VFS_CACHE_SIZE") {
-            o.cache_size = v
-                .parse()
-                .map_err(|_| format!("STRATA_VFS_CACHE_SIZE={v:?} is not a number of bytes"))?;
+        for name in ["STRATA_VFS_CACHE_SIZE", "LITESTREAM_CACHE_SIZE"] {
+            if let Some(v) = env(name) {
+                o.cache_size = v
+                    .parse()
+                    .map_err(|_| format!("{name}={v:?} is not a number of bytes"))?;
+                break;
+            }
         }
         o.disk_cache_dir = env("STRATA_VFS_DISK_CACHE_DIR").map(Into::into);
         if let Some(v) = env("STRATA_PRIMARY_URL") {
@@ -131,15 +134,19 @@ impl Options {
         o.hydrate_dir = match env("STRATA_VFS_HYDRATE_DIR") {
             Some(dir) => Some(dir.into()),
             // Litestream's switch; its path names a file, so its directory is used.
-            None if env("LITESTREAM_HYDRATION_ENABLED").is_some_and(|v| v == "true") => Some(
-                env("LITESTREAM_HYDRATION_PATH")
-                    .map(std::path::PathBuf::from)
-                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or_else(std::env::temp_dir),
-            ),
+            None if env("LITESTREAM_HYDRATION_ENABLED").is_some_and(|v| v == "true") => {
+                Some(hydration_dir(env("LITESTREAM_HYDRATION_PATH").as_deref()))
+            }
             None => None,
         };
+        if env("LITESTREAM_WRITE_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Err("LITESTREAM_WRITE_ENABLED=true: strata's VFS reads only (Litestream's write mode is not supported yet)".into());
+        }
+        if let Some(v) = env("LITESTREAM_POLL_INTERVAL") {
+            o.poll_interval = parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                format!("LITESTREAM_POLL_INTERVAL={v:?} is not a duration such as 500ms or 2s")
+            })?;
+        }
         for (name, slot) in [
             ("STRATA_VFS_POLL_INTERVAL", &mut o.poll_interval),
             ("STRATA_VFS_REPLAN_INTERVAL", &mut o.replan_interval),
@@ -153,6 +160,15 @@ impl Options {
         }
         Ok(o)
     }
+}
+
+/// Where hydrated files go for Litestream's `hydration_path`, which names a file: its
+/// directory (the system's temporary directory if it names none).
+fn hydration_dir(path: Option<&str>) -> std::path::PathBuf {
+    path.map(std::path::PathBuf::from)
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 fn env(name: &str) -> Option<String> {

@@ -148,7 +148,9 @@ enum Kind {
 /// Which names are replicas: one with `replica=URL` is that replica; one with `vfs=strata`
 /// in its URI is the environment's replica. Anything else is a local file.
 fn kind_by_uri(api: &Api, name: *const c_char) -> Kind {
-    if let Some(url) = uri_parameter(api, name, c"replica") {
+    let given =
+        uri_parameter(api, name, c"replica").or_else(|| uri_parameter(api, name, c"replica_url"));
+    if let Some(url) = given {
         return Kind::Replica(url);
     }
     if uri_parameter(api, name, c"vfs").is_some() {
@@ -202,6 +204,7 @@ fn open_db(api: &Api, data: &VfsData, name: *const c_char, url: String) -> Resul
     if let Some(dir) = uri_parameter(api, name, c"hydrate") {
         options.hydrate_dir = (!dir.is_empty()).then(|| dir.into());
     }
+    litestream_uri_parameters(api, name, &mut options)?;
     // `primary=URL` follows a primary's live stream (an empty value turns it off).
     if let Some(url) = uri_parameter(api, name, c"primary") {
         options.primary = match url.as_str() {
@@ -210,6 +213,50 @@ fn open_db(api: &Api, data: &VfsData, name: *const c_char, url: String) -> Resul
         };
     }
     Db::open(replica, options, RestorePoint::Latest)
+}
+
+/// Litestream's VFS settings as URI parameters: `hydration_enabled` (with `hydration_path`,
+/// a file name whose directory is used), `poll_interval`, `cache_size`; `write_enabled=true`
+/// is refused (this VFS reads only).
+fn litestream_uri_parameters(
+    api: &Api,
+    name: *const c_char,
+    options: &mut crate::Options,
+) -> Result<(), VfsError> {
+    if uri_parameter(api, name, c"write_enabled").is_some_and(|v| v == "true") {
+        return Err(VfsError::Config(
+            "write_enabled=true: strata's VFS reads only (Litestream's write mode is not supported yet)".into(),
+        ));
+    }
+    match uri_parameter(api, name, c"hydration_enabled").as_deref() {
+        Some("true") => {
+            options.hydrate_dir = Some(crate::hydration_dir(
+                uri_parameter(api, name, c"hydration_path").as_deref(),
+            ));
+        }
+        Some("false") => options.hydrate_dir = None,
+        Some(other) => {
+            return Err(VfsError::Config(format!(
+                "hydration_enabled={other:?}: true or false"
+            )));
+        }
+        None => {}
+    }
+    if let Some(v) = uri_parameter(api, name, c"poll_interval") {
+        options.poll_interval = crate::parse_duration(&v)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                VfsError::Config(format!(
+                    "poll_interval={v:?} is not a duration such as 500ms or 2s"
+                ))
+            })?;
+    }
+    if let Some(v) = uri_parameter(api, name, c"cache_size") {
+        options.cache_size = v
+            .parse()
+            .map_err(|_| VfsError::Config(format!("cache_size={v:?} is not a number of bytes")))?;
+    }
+    Ok(())
 }
 
 unsafe extern "C" fn x_open(

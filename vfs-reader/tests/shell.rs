@@ -227,3 +227,49 @@ fn a_txid_reported_in_a_deferred_transaction_is_the_one_it_reads_schema_load_and
         )
     );
 }
+
+#[test]
+fn litestreams_uri_parameters_work_as_a_drop_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fixture_dir().display().to_string();
+    let load = format!(".load {}\n", extension().display());
+    // replica_url, poll_interval, cache_size and hydration as Litestream names them.
+    let hydrated = dir.path().join("hydrated.db");
+    let script = format!(
+        "{load}.open file:fixture.db?vfs=strata&replica_url={url}&poll_interval=250ms&cache_size=2000000&hydration_enabled=true&hydration_path={}\nSELECT count(*) FROM kv;\n",
+        hydrated.display()
+    );
+    let (ok, out, err) = shell(&script, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "301\n");
+    // Hydration writes into hydration_path's directory (removed at close: it was used).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let script = format!(
+        "{load}.open file:fixture.db?vfs=strata&replica_url={url}&hydration_enabled=true&hydration_path={}\nSELECT count(*) FROM kv;\n.shell sleep 1\nSELECT count(*) FROM kv;\nPRAGMA strata_hydrated;\n",
+        hydrated.display()
+    );
+    loop {
+        let (ok, out, err) = shell(&script, &[]);
+        assert!(ok, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first(), Some(&"301"), "{out}");
+        // The hydrated copy is taken up by the next read transaction once it is ready.
+        if lines.get(2).is_some_and(|t| t.len() == 16) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never hydrated: {out}");
+    }
+    // Bad values and the write mode are refused with the parameter named.
+    for (params, said) in [
+        ("poll_interval=soon", "poll_interval"),
+        ("cache_size=big", "cache_size"),
+        ("hydration_enabled=yes", "hydration_enabled"),
+        ("write_enabled=true", "write_enabled"),
+    ] {
+        let script = format!(
+            "{load}.open file:fixture.db?vfs=strata&replica_url={url}&{params}\nSELECT 1 FROM kv LIMIT 1;\n"
+        );
+        let (ok, _, err) = shell(&script, &[]);
+        assert!(!ok && err.contains(said), "{params}: {err}");
+    }
+}

@@ -334,3 +334,60 @@ fn replicate_once_syncs_snapshots_and_restores_a_missing_database() {
     let [theirs, ours] = both(&["replicate", "-force-snapshot", "-config", &ours]);
     assert!(!theirs.0 && !ours.0);
 }
+
+#[test]
+fn restore_json_and_parallelism_answer_as_litestream() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = format!("file://{}", testdata("litestream-0.5.17/replica").display());
+    let planned = dir.path().join("planned.db").display().to_string();
+    // At the newest TXID both plan the one snapshot: the same bytes.
+    let [theirs, ours] = both(&["restore", "-dry-run", "-json", "-o", &planned, &replica]);
+    assert!(theirs.0, "{}", theirs.1);
+    assert_eq!(ours, theirs);
+    // At TXID 5 the planners choose different files (strata's fetch fewer bytes); the plan
+    // says the same of the restore.
+    let at_5 = [
+        "restore",
+        "-dry-run",
+        "-json",
+        "-txid",
+        "0000000000000005",
+        "-o",
+        &planned,
+        &replica,
+    ];
+    let [theirs, ours] = both(&at_5);
+    assert!(theirs.0 && ours.0, "{theirs:?} {ours:?}");
+    let [mut theirs, mut ours]: [serde_json::Value; 2] =
+        [&theirs.1, &ours.1].map(|t| serde_json::from_str(t).unwrap());
+    let files = |v: &mut serde_json::Value| v.as_object_mut().unwrap().remove("files").unwrap();
+    assert!(files(&mut ours).as_array().is_some_and(|f| !f.is_empty()));
+    files(&mut theirs);
+    assert_eq!(ours, theirs);
+    let mut summaries = Vec::new();
+    for (command, name) in [(litestream(), "l.db"), (Command::new(strata_bin()), "s.db")] {
+        let out = dir.path().join(name).display().to_string();
+        let args = [
+            "restore",
+            "-json",
+            "-parallelism",
+            "4",
+            "-txid",
+            "0000000000000005",
+            "-o",
+            &out,
+            &replica,
+        ];
+        let (ok, text) = run(command, &args);
+        assert!(ok, "{args:?}: {text}");
+        let mut summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(summary["db_path"], out.as_str());
+        assert!(summary["duration_ms"].is_u64(), "{text}");
+        let fields = summary.as_object_mut().unwrap();
+        fields.remove("db_path");
+        fields.remove("duration_ms");
+        summaries.push(summary);
+    }
+    assert_eq!(summaries[1], summaries[0]);
+    assert_eq!(summaries[1]["txid"], "0000000000000005");
+}

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 use strata::config::Config;
-use strata::storage::ReplicaUrl;
 
 #[derive(Debug, Args)]
 pub struct DatabasesArgs {
@@ -29,24 +28,12 @@ pub fn run(args: DatabasesArgs) -> anyhow::Result<ExitCode> {
         .dbs
         .iter()
         .map(|db| {
-            let kinds: Vec<&str> = db.replicas.iter().map(replica_type).collect();
+            let kinds: Vec<&str> = db.replicas.iter().map(super::replica_type).collect();
             (db.path.display().to_string(), kinds.join(","))
         })
         .collect();
     print!("{}", if args.json { json(&rows) } else { table(&rows) });
     Ok(ExitCode::SUCCESS)
-}
-
-/// Litestream's name for the kind of replica.
-fn replica_type(url: &ReplicaUrl) -> &'static str {
-    match url {
-        ReplicaUrl::File { .. } => "file",
-        ReplicaUrl::S3 { .. } => "s3",
-        #[cfg(feature = "gcs")]
-        ReplicaUrl::Gcs { .. } => "gs",
-        #[cfg(feature = "azure")]
-        ReplicaUrl::Azure { .. } => "abs",
-    }
 }
 
 /// Two columns, padded as Litestream pads them (two spaces between).

@@ -115,6 +115,18 @@ fn error_chain(e: &anyhow::Error) -> String {
     message
 }
 
+/// Litestream's name for the kind of replica.
+fn replica_type(url: &strata::storage::ReplicaUrl) -> &'static str {
+    match url {
+        strata::storage::ReplicaUrl::File { .. } => "file",
+        strata::storage::ReplicaUrl::S3 { .. } => "s3",
+        #[cfg(feature = "gcs")]
+        strata::storage::ReplicaUrl::Gcs { .. } => "gs",
+        #[cfg(feature = "azure")]
+        strata::storage::ReplicaUrl::Azure { .. } => "abs",
+    }
+}
+
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
     use std::fmt::Write;
@@ -137,20 +149,30 @@ fn json_string(s: &str) -> String {
 /// An array of objects as Go's `json.MarshalIndent(v, "", "  ")` prints it for Litestream
 /// (`[]` when empty), each field's value already a JSON literal; with a final newline.
 fn json_objects(objects: &[Vec<(&str, String)>]) -> String {
-    if objects.is_empty() {
-        return "[]\n".to_owned();
-    }
-    let items: Vec<String> = objects
+    let items: Vec<String> = objects.iter().map(|o| json_object(o, 1)).collect();
+    json_array(&items, 0) + "\n"
+}
+
+/// An object as Go's `json.MarshalIndent` prints it at nesting `depth` (its fields
+/// indented one level more), each field's value already a JSON literal.
+fn json_object(fields: &[(&str, String)], depth: usize) -> String {
+    let inner = "  ".repeat(depth + 1);
+    let fields: Vec<String> = fields
         .iter()
-        .map(|fields| {
-            let fields: Vec<String> = fields
-                .iter()
-                .map(|(name, value)| format!("    {}: {value}", json_string(name)))
-                .collect();
-            format!("  {{\n{}\n  }}", fields.join(",\n"))
-        })
+        .map(|(name, value)| format!("{inner}{}: {value}", json_string(name)))
         .collect();
-    format!("[\n{}\n]\n", items.join(",\n"))
+    format!("{{\n{}\n{}}}", fields.join(",\n"), "  ".repeat(depth))
+}
+
+/// An array as Go's `json.MarshalIndent` prints it at nesting `depth`, its items already
+/// printed at `depth + 1` (`[]` when empty).
+fn json_array(items: &[String], depth: usize) -> String {
+    if items.is_empty() {
+        return "[]".to_owned();
+    }
+    let inner = "  ".repeat(depth + 1);
+    let items: Vec<String> = items.iter().map(|i| format!("{inner}{i}")).collect();
+    format!("[\n{}\n{}]", items.join(",\n"), "  ".repeat(depth))
 }
 
 /// Rows as Go's tabwriter lays them out for Litestream (each column as wide as its widest

@@ -76,9 +76,13 @@ pub struct RestoreArgs {
     #[arg(long, value_enum, default_value_t = CheckArg::None)]
     integrity_check: CheckArg,
     /// Segments fetched and decoded at once [default: 2 per core for a directory, 16 for
-    /// remote stores].
-    #[arg(long)]
+    /// remote stores] (also Litestream's -parallelism, its files fetched at once).
+    #[arg(long, alias = "parallelism")]
     concurrency: Option<NonZeroUsize>,
+    /// Print JSON instead of text (Litestream's fields): the plan with --dry-run, else a
+    /// summary once restored; the text goes to stderr.
+    #[arg(long)]
+    json: bool,
     /// Segment size, the unit fetched and decoded (e.g. 1MiB) [default: 1MiB]; a remote
     /// store is read eight segments per request. Data in flight stays around
     /// 2 x (concurrency + 2) x chunk size, plus eight chunks read ahead remotely.
@@ -154,7 +158,12 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         let replica = replica.detect_layout().await?;
         let plan = restore::plan(&replica, target).await?;
-        print_plan(&plan)?;
+        if args.json {
+            let output = args.output.as_ref().map(|o| o.display().to_string());
+            print!("{}", plan_json(&plan, &args.url, output.as_deref(), &url));
+        } else {
+            print_plan(&plan)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let Some(output) = args.output else {
@@ -214,7 +223,28 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let s = result.context("restore failed")?;
-    println!(
+    if args.json {
+        let check = match args.integrity_check {
+            CheckArg::None => "none",
+            CheckArg::Quick => "quick",
+            CheckArg::Full => "full",
+        };
+        let fields = [
+            ("db_path", super::json_string(&output.display().to_string())),
+            ("replica", super::json_string(super::replica_type(&url))),
+            ("txid", super::json_string(&s.txid.to_string())),
+            ("duration_ms", s.elapsed.as_millis().to_string()),
+            ("integrity_check", super::json_string(check)),
+        ];
+        println!("{}", super::json_object(&fields, 0));
+    }
+    let mut text: Box<dyn Write> = if args.json {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    writeln!(
+        text,
         "restored TXID {} to {}: {} ({} pages of {} bytes) from {} file{}, {} fetched in {:.2}s{}",
         s.txid,
         output.display(),
@@ -230,9 +260,12 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         },
-    );
+    )?;
     if s.verified {
-        println!("verified: the result matches the last file's post-apply database checksum");
+        writeln!(
+            text,
+            "verified: the result matches the last file's post-apply database checksum"
+        )?;
     }
     tracing::info!(requests = %s.requests, "restore requests");
     Ok(ExitCode::SUCCESS)
@@ -410,6 +443,43 @@ fn print_plan(plan: &Plan) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The plan as Litestream's `restore -dry-run -json` prints it.
+fn plan_json(plan: &Plan, source: &str, output: Option<&str>, url: &ReplicaUrl) -> String {
+    let files: Vec<String> = plan
+        .files
+        .iter()
+        .map(|f| {
+            let fields = [
+                ("level", f.level.get().to_string()),
+                ("name", super::json_string(&f.range.file_name())),
+                ("min_txid", super::json_string(&f.range.min.to_string())),
+                ("max_txid", super::json_string(&f.range.max.to_string())),
+                ("size", f.size.to_string()),
+                (
+                    "timestamp",
+                    super::json_string(&format!("{:.0}", f.modified)),
+                ),
+            ];
+            super::json_object(&fields, 2)
+        })
+        .collect();
+    let (min, max) = (
+        plan.files.first().map(|f| f.range.min),
+        plan.files.last().map(|f| f.range.max),
+    );
+    let txid =
+        |t: Option<ltx::Txid>| super::json_string(&t.map_or_else(String::new, |t| t.to_string()));
+    let fields = [
+        ("source", super::json_string(source)),
+        ("target_path", super::json_string(output.unwrap_or(""))),
+        ("replica", super::json_string(super::replica_type(url))),
+        ("min_txid", txid(min)),
+        ("max_txid", txid(max)),
+        ("files", super::json_array(&files, 1)),
+    ];
+    super::json_object(&fields, 0) + "\n"
 }
 
 /// A progress bar over the bytes of the planned files.

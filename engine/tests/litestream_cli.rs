@@ -18,6 +18,16 @@ fn run(mut command: Command, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Runs strata with `args`, which must succeed (its stderr is the message if not).
+fn strata_succeeds(args: &[&str]) {
+    let out = Command::new(strata_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The same command line with both tools.
 fn both(args: &[&str]) -> [(bool, String); 2] {
     [
@@ -294,35 +304,19 @@ fn replicate_once_syncs_snapshots_and_restores_a_missing_database() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
-    let out = Command::new(strata_bin())
-        .args([
-            "replicate",
-            "-once",
-            "-restore-if-db-not-exists",
-            "-config",
-            &ours,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    strata_succeeds(&[
+        "replicate",
+        "-once",
+        "-restore-if-db-not-exists",
+        "-config",
+        &ours,
+    ]);
     assert!(
         dump(&db) == source,
         "the database restored differs from the source"
     );
     // Retention on demand leaves what the latest state needs.
-    let out = Command::new(strata_bin())
-        .args(["replicate", "-once", "-enforce-retention", "-config", &ours])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    strata_succeeds(&["replicate", "-once", "-enforce-retention", "-config", &ours]);
     let restored = dir.path().join("after-retention.db");
     let replica = format!("file://{}/replica-strata", dir.path().display());
     let (ok, text) = run(

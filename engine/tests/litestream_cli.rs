@@ -385,3 +385,39 @@ fn restore_json_and_parallelism_answer_as_litestream() {
     assert_eq!(summaries[1], summaries[0]);
     assert_eq!(summaries[1]["txid"], "0000000000000005");
 }
+
+#[test]
+fn litestream_keys_strata_does_not_act_on_are_accepted_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "logging:\n  level: debug\nsocket:\n  enabled: true\n  path: {0}/l.sock\ndbs:\n  - path: {0}/a.db\n    meta-path: {0}/meta\n    replica:\n      url: file://{0}/replica\n      auto-recover: true\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let [theirs, ours] = both(&["databases", "-config", &config]);
+    assert!(theirs.0, "{}", theirs.1);
+    assert_eq!(ours, theirs);
+    let out = Command::new(strata_bin())
+        .args(["databases", "-config", &config])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "logging",
+        "socket",
+        "dbs[0].meta-path",
+        "dbs[0].replica.auto-recover",
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("accepted but not acted on") && l.contains(key)),
+            "no warning for {key}: {stderr}"
+        );
+    }
+}

@@ -154,9 +154,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // opened stops them cleanly once they are, instead of killing the process midway.
     let mut signals = Signals::new()?;
     let source = Source { args: &args };
-    if args.restore_if_db_not_exists {
-        restore_missing(&source.config()?).await?;
-    }
+    restore_missing(&source.config()?, args.restore_if_db_not_exists).await?;
     let (config, dbs) = source.load(None).await?;
     let watching = config
         .dbs
@@ -331,15 +329,18 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Litestream's -restore-if-db-not-exists: each database that does not exist is restored
-/// from its first replica, if that holds any files (else it is left for the start to
-/// report).
-async fn restore_missing(config: &Config) -> anyhow::Result<()> {
-    for db in config_databases(config)? {
+/// Litestream's -restore-if-db-not-exists (`all`) and its per-database key: each database
+/// that does not exist is restored from its first replica, if that holds any files (else
+/// it is left for the start to report).
+async fn restore_missing(config: &Config, all: bool) -> anyhow::Result<()> {
+    for db in &config.dbs {
         let Some(url) = db.replicas.first() else {
             continue;
         };
-        if std::fs::symlink_metadata(&db.path).is_ok() {
+        if !(all || db.restore_if_missing)
+            || db.dir.is_some()
+            || std::fs::symlink_metadata(&db.path).is_ok()
+        {
             continue;
         }
         let replica = match Replica::open(url) {

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use yaml_rust2::Yaml;
 
-use super::yaml::{Map, as_list, as_map, boolean, check_keys, get, interval, number, string};
+use super::accepted;
+use super::yaml::{
+    Map, as_list, as_map, boolean, bytes, check_keys, get, interval, number, string,
+};
 use super::{ConfigError, DbConfig, DirSource, error};
 use crate::storage::ReplicaUrl;
 
@@ -34,23 +37,25 @@ pub(super) fn check_replicas_unshared(dbs: &[DbConfig]) -> Result<(), ConfigErro
 
 pub(super) fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
     let m = as_map(db, key)?;
-    check_keys(
-        m,
-        key,
-        &[
-            "path",
-            "dir",
-            "pattern",
-            "recursive",
-            "watch",
-            "replica",
-            "replicas",
-            "monitor-interval",
-            "checkpoint-interval",
-            "min-checkpoint-page-count",
-            "truncate-page-n",
-        ],
-    )?;
+    let mut known = vec![
+        "path",
+        "dir",
+        "pattern",
+        "recursive",
+        "watch",
+        "replica",
+        "replicas",
+        "monitor-interval",
+        "checkpoint-interval",
+        "min-checkpoint-page-count",
+        "truncate-page-n",
+        "busy-timeout",
+        "max-sync-wal-bytes",
+        "restore-if-db-not-exists",
+    ];
+    known.extend(accepted::names(accepted::DB));
+    check_keys(m, key, &known)?;
+    accepted::warn(m, key, accepted::DB);
     let (path, dir) = match (string(m, key, "path")?, string(m, key, "dir")?) {
         (Some(path), None) => {
             for k in ["pattern", "recursive", "watch"] {
@@ -110,6 +115,9 @@ pub(super) fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
         checkpoint_interval: interval(m, key, "checkpoint-interval")?,
         min_checkpoint_pages: number(m, key, "min-checkpoint-page-count")?,
         truncate_pages: number(m, key, "truncate-page-n")?,
+        busy_timeout: interval(m, key, "busy-timeout")?,
+        max_wal_bytes: bytes(m, key, "max-sync-wal-bytes")?,
+        restore_if_missing: boolean(m, key, "restore-if-db-not-exists")?.unwrap_or(false),
         dir,
     })
 }
@@ -118,21 +126,28 @@ pub(super) fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
 /// `path`, `endpoint`, `region`, `force-path-style`, `skip-verify` (s3).
 pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
     let m = as_map(r, key)?;
-    check_keys(
-        m,
-        key,
-        &[
-            "url",
-            "type",
-            "path",
-            "bucket",
-            "endpoint",
-            "region",
-            "force-path-style",
-            "skip-verify",
-            "sync-interval",
-        ],
-    )?;
+    for refused in accepted::REFUSED {
+        if get(m, refused).is_some() {
+            return Err(error(
+                &format!("{key}.{refused}"),
+                "server-side encryption is not supported yet: refused rather than writing objects unencrypted",
+            ));
+        }
+    }
+    let mut known = vec![
+        "url",
+        "type",
+        "path",
+        "bucket",
+        "endpoint",
+        "region",
+        "force-path-style",
+        "skip-verify",
+        "sync-interval",
+    ];
+    known.extend(accepted::names(accepted::REPLICA));
+    check_keys(m, key, &known)?;
+    accepted::warn(m, key, accepted::REPLICA);
     if let Some(url) = string(m, key, "url")? {
         let mut parsed =
             ReplicaUrl::parse(&url).map_err(|e| error(&format!("{key}.url"), e.to_string()))?;
@@ -146,18 +161,16 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
                 skip_verify,
                 ..
             } => {
-                check_keys(
-                    m,
-                    key,
-                    &[
-                        "url",
-                        "endpoint",
-                        "region",
-                        "force-path-style",
-                        "skip-verify",
-                        "sync-interval",
-                    ],
-                )?;
+                let mut known = vec![
+                    "url",
+                    "endpoint",
+                    "region",
+                    "force-path-style",
+                    "skip-verify",
+                    "sync-interval",
+                ];
+                known.extend(accepted::names(accepted::REPLICA));
+                check_keys(m, key, &known)?;
                 if endpoint.is_none() {
                     *endpoint = endpoint_value(m, key)?;
                 }
@@ -172,7 +185,11 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
                 }
             }
             // Anything else beside another URL would be silently ignored: an error.
-            _ => check_keys(m, key, &["url", "sync-interval"])?,
+            _ => {
+                let mut known = vec!["url", "sync-interval"];
+                known.extend(accepted::names(accepted::REPLICA));
+                check_keys(m, key, &known)?;
+            }
         }
         return Ok(parsed);
     }
@@ -181,7 +198,9 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
     match kind.as_str() {
         "file" => {
             // An S3 setting on a file replica is a mistake, not something to ignore.
-            check_keys(m, key, &["type", "path", "sync-interval"])?;
+            let mut known = vec!["type", "path", "sync-interval"];
+            known.extend(accepted::names(accepted::REPLICA));
+            check_keys(m, key, &known)?;
             let path =
                 path.ok_or_else(|| error(&format!("{key}.path"), "required for a file replica"))?;
             Ok(ReplicaUrl::File {
@@ -203,7 +222,7 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
         }),
         other => Err(error(
             &format!("{key}.type"),
-            format!("unsupported replica type {other:?} (file or s3)"),
+            format!("replica type {other:?} is not supported (file or s3; gs and abs as a url:)"),
         )),
     }
 }

@@ -2,6 +2,7 @@
 //! --config` reads, which accepts Litestream's keys for the same settings so an existing
 //! `litestream.yml` works unchanged for them.
 
+mod accepted;
 mod databases;
 mod duration;
 #[cfg(test)]
@@ -54,6 +55,13 @@ pub struct DbConfig {
     pub min_checkpoint_pages: Option<u32>,
     /// `truncate-page-n`.
     pub truncate_pages: Option<u32>,
+    /// `busy-timeout`: how long capture waits for the database's locks.
+    pub busy_timeout: Option<Duration>,
+    /// `max-sync-wal-bytes`: the most WAL bytes one L0 file takes.
+    pub max_wal_bytes: Option<u64>,
+    /// `restore-if-db-not-exists`: restore it from its first replica before starting if
+    /// the file does not exist.
+    pub restore_if_missing: bool,
     /// Directory mode (`dir`, `pattern`, `recursive`, `watch`): `path` is then the directory
     /// and `replica` the root under which each database found gets its own.
     pub dir: Option<DirSource>,
@@ -92,6 +100,9 @@ impl DbConfig {
             checkpoint_interval: None,
             min_checkpoint_pages: None,
             truncate_pages: None,
+            busy_timeout: None,
+            max_wal_bytes: None,
+            restore_if_missing: false,
             dir: None,
         }
     }
@@ -178,21 +189,20 @@ impl Config {
             .next()
             .unwrap_or(Yaml::Hash(Default::default()));
         let map = as_map(&root, "(top level)")?;
-        check_keys(
-            map,
-            "",
-            &[
-                "dbs",
-                "levels",
-                "snapshot",
-                "l0-retention",
-                "retention",
-                "shutdown-sync-timeout",
-                "addr",
-                "heartbeat-url",
-                "heartbeat-interval",
-            ],
-        )?;
+        let mut known = vec![
+            "dbs",
+            "levels",
+            "snapshot",
+            "l0-retention",
+            "retention",
+            "shutdown-sync-timeout",
+            "addr",
+            "heartbeat-url",
+            "heartbeat-interval",
+        ];
+        known.extend(accepted::names(accepted::TOP));
+        check_keys(map, "", &known)?;
+        accepted::warn(map, "", accepted::TOP);
         let mut config = Config {
             dbs: Vec::new(),
             levels: Vec::new(),

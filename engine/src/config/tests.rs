@@ -185,3 +185,76 @@ fn expands_environment_variables() {
     let c = Config::parse_with("dbs: [{path: $HOME/a, replica: {url: /x}}]", false).unwrap();
     assert_eq!(c.dbs[0].path, PathBuf::from("$HOME/a"), "-no-expand-env");
 }
+
+#[test]
+fn litestreams_other_keys_are_used_accepted_or_refused_by_name() {
+    let c = Config::parse(
+        r#"
+logging: {level: debug, type: json, stderr: true}
+socket: {enabled: true, path: /tmp/l.sock, permissions: 0600}
+mcp-addr: ":3001"
+validation: {interval: 1h}
+verify-compaction: true
+l0-retention-check-interval: 15s
+shutdown-sync-interval: 500ms
+dbs:
+  - path: /data/app.db
+    meta-path: /data/meta
+    busy-timeout: 5s
+    max-sync-wal-bytes: 1048576
+    restore-if-db-not-exists: true
+    replica:
+      url: s3://bucket/app
+      storage-class: STANDARD_IA
+      sign-payload: true
+      require-content-md5: false
+      auto-recover: true
+      max-sync-ltx-files: 100
+      validation-interval: 1h
+      part-size: 5242880
+      concurrency: 5
+"#,
+    )
+    .unwrap();
+    let db = &c.dbs[0];
+    assert_eq!(db.busy_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(db.max_wal_bytes, Some(1 << 20));
+    assert!(db.restore_if_missing);
+    let dbs = crate::store::config_databases(&c).unwrap();
+    assert_eq!(dbs[0].options.busy_timeout, Duration::from_secs(5));
+    assert_eq!(dbs[0].options.max_wal_bytes, 1 << 20);
+
+    // Encryption settings are refused rather than dropped; so are replica types strata
+    // cannot write, by name.
+    for (yaml, key, said) in [
+        (
+            "dbs: [{path: a, replica: {url: s3://b/p, sse-kms-key-id: k}}]",
+            "dbs[0].replica.sse-kms-key-id",
+            "encryption",
+        ),
+        (
+            "dbs: [{path: a, replica: {type: s3, bucket: b, sse-customer-key: k}}]",
+            "dbs[0].replica.sse-customer-key",
+            "encryption",
+        ),
+        (
+            "dbs: [{path: a, replica: {type: sftp, path: /x}}]",
+            "dbs[0].replica.type",
+            "\"sftp\"",
+        ),
+        (
+            "dbs: [{path: a, replica: {type: nats}}]",
+            "dbs[0].replica.type",
+            "\"nats\"",
+        ),
+        (
+            "dbs: [{path: a, max-sync-wal-bytes: 0, replica: {url: /x}}]",
+            "dbs[0].max-sync-wal-bytes",
+            "above zero",
+        ),
+    ] {
+        let e = Config::parse(yaml).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}");
+        assert!(e.to_string().contains(said), "{yaml}: {e}");
+    }
+}

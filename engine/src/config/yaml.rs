@@ -91,6 +91,18 @@ pub(super) fn number(m: &Map, at: &str, name: &str) -> Result<Option<u32>, Confi
     }
 }
 
+/// A count of bytes (a plain number).
+pub(super) fn bytes(m: &Map, at: &str, name: &str) -> Result<Option<u64>, ConfigError> {
+    match get(m, name) {
+        None => Ok(None),
+        Some(Yaml::Integer(i)) if *i > 0 => Ok(Some(*i as u64)),
+        Some(_) => Err(error(
+            &full(at, name),
+            "expected a number of bytes above zero",
+        )),
+    }
+}
+
 pub(super) fn boolean(m: &Map, at: &str, name: &str) -> Result<Option<bool>, ConfigError> {
     match get(m, name) {
         None => Ok(None),

@@ -131,6 +131,12 @@ fn config_databases_around(
         if let Some(n) = db.truncate_pages {
             options.checkpoint.truncate_pages = n;
         }
+        if let Some(t) = db.busy_timeout {
+            options.busy_timeout = t;
+        }
+        if let Some(n) = db.max_wal_bytes {
+            options.max_wal_bytes = n;
+        }
         if let Some(t) = config.shutdown_sync_timeout {
             options.shutdown_timeout = t;
         }

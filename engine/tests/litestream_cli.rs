@@ -421,3 +421,59 @@ fn litestream_keys_strata_does_not_act_on_are_accepted_with_a_warning() {
         );
     }
 }
+
+/// Litestream's access key in the config, with none in the environment: strata signs
+/// with it (the replica is written and restores).
+#[test]
+fn an_access_key_in_the_config_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('signed');")
+        .unwrap();
+    drop(conn);
+    let url = strata::test_support::s3_url("keyed");
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "access-key-id: strata-test\nsecret-access-key: strata-test\ndbs:\n  - path: {}\n    replica:\n      url: \"{url}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out_db = dir.path().join("out.db").display().to_string();
+    for args in [
+        vec!["replicate", "-once", "-config", &config],
+        vec![
+            "restore",
+            "-config",
+            &config,
+            "-o",
+            &out_db,
+            &db.display().to_string(),
+        ],
+    ] {
+        let out = Command::new(strata_bin())
+            .args(&args)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+            .env("AWS_CONFIG_FILE", dir.path().join("none"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let restored = rusqlite::Connection::open(&out_db).unwrap();
+    let v: String = restored
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "signed");
+}

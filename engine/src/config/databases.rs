@@ -7,10 +7,10 @@ use yaml_rust2::Yaml;
 
 use super::accepted;
 use super::yaml::{
-    Map, as_list, as_map, boolean, bytes, check_keys, get, interval, number, string,
+    Map, as_list, as_map, boolean, bytes, check_keys, full, get, interval, number, string,
 };
 use super::{ConfigError, DbConfig, DirSource, error};
-use crate::storage::ReplicaUrl;
+use crate::storage::{ReplicaUrl, S3Credentials};
 
 /// Refuses two databases replicated to one location: their files would mix, and each would
 /// take the other's for its own. (A `dir` entry's replica is the root its databases go under.)
@@ -35,7 +35,12 @@ pub(super) fn check_replicas_unshared(dbs: &[DbConfig]) -> Result<(), ConfigErro
     Ok(())
 }
 
-pub(super) fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
+/// `defaults`: the config's top-level S3 access key, for S3 replicas that give none.
+pub(super) fn db_config(
+    db: &Yaml,
+    key: &str,
+    defaults: Option<&S3Credentials>,
+) -> Result<DbConfig, ConfigError> {
     let m = as_map(db, key)?;
     let mut known = vec![
         "path",
@@ -102,7 +107,7 @@ pub(super) fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
     for (replica, replica_key) in &replicas {
         let i = interval(as_map(replica, replica_key)?, replica_key, "sync-interval")?;
         replica_interval = replica_interval.max(i);
-        let url = replica_url(replica, replica_key)?;
+        let url = replica_url(replica, replica_key, defaults)?;
         if urls.contains(&url) {
             return Err(error(replica_key, format!("{url} is listed twice")));
         }
@@ -124,7 +129,11 @@ pub(super) fn db_config(db: &Yaml, key: &str) -> Result<DbConfig, ConfigError> {
 
 /// A replica as Litestream writes it: `url`, or `type` with `path` (file) or `bucket`,
 /// `path`, `endpoint`, `region`, `force-path-style`, `skip-verify` (s3).
-pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
+pub(super) fn replica_url(
+    r: &Yaml,
+    key: &str,
+    defaults: Option<&S3Credentials>,
+) -> Result<ReplicaUrl, ConfigError> {
     let m = as_map(r, key)?;
     for refused in accepted::REFUSED {
         if get(m, refused).is_some() {
@@ -144,10 +153,15 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
         "force-path-style",
         "skip-verify",
         "sync-interval",
+        "access-key-id",
+        "secret-access-key",
     ];
     known.extend(accepted::names(accepted::REPLICA));
     check_keys(m, key, &known)?;
     accepted::warn(m, key, accepted::REPLICA);
+    let s3_credentials = || -> Result<Option<S3Credentials>, ConfigError> {
+        Ok(credentials(m, key)?.or_else(|| defaults.cloned()))
+    };
     if let Some(url) = string(m, key, "url")? {
         let mut parsed =
             ReplicaUrl::parse(&url).map_err(|e| error(&format!("{key}.url"), e.to_string()))?;
@@ -159,6 +173,7 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
                 region,
                 force_path_style,
                 skip_verify,
+                credentials,
                 ..
             } => {
                 let mut known = vec![
@@ -168,6 +183,8 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
                     "force-path-style",
                     "skip-verify",
                     "sync-interval",
+                    "access-key-id",
+                    "secret-access-key",
                 ];
                 known.extend(accepted::names(accepted::REPLICA));
                 check_keys(m, key, &known)?;
@@ -183,6 +200,7 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
                 if let Some(b) = boolean(m, key, "skip-verify")? {
                     *skip_verify = b;
                 }
+                *credentials = s3_credentials()?;
             }
             // Anything else beside another URL would be silently ignored: an error.
             _ => {
@@ -219,10 +237,32 @@ pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError
             region: string(m, key, "region")?,
             force_path_style: boolean(m, key, "force-path-style")?.unwrap_or(true),
             skip_verify: boolean(m, key, "skip-verify")?.unwrap_or(false),
+            credentials: s3_credentials()?,
         }),
         other => Err(error(
             &format!("{key}.type"),
             format!("replica type {other:?} is not supported (file or s3; gs and abs as a url:)"),
+        )),
+    }
+}
+
+/// `access-key-id` with `secret-access-key` in `m`: both or neither.
+pub(super) fn credentials(m: &Map, key: &str) -> Result<Option<S3Credentials>, ConfigError> {
+    let id = string(m, key, "access-key-id")?;
+    let secret = string(m, key, "secret-access-key")?;
+    match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(S3Credentials {
+            access_key_id,
+            secret_access_key,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(error(
+            &full(key, "secret-access-key"),
+            "required with access-key-id",
+        )),
+        (None, Some(_)) => Err(error(
+            &full(key, "access-key-id"),
+            "required with secret-access-key",
         )),
     }
 }

@@ -201,7 +201,10 @@ impl Config {
             "heartbeat-interval",
         ];
         known.extend(accepted::names(accepted::TOP));
+        // Litestream's settings for every replica: the access key.
+        known.extend(["access-key-id", "secret-access-key"]);
         check_keys(map, "", &known)?;
+        let default_credentials = databases::credentials(map, "")?;
         accepted::warn(map, "", accepted::TOP);
         let mut config = Config {
             dbs: Vec::new(),
@@ -249,7 +252,11 @@ impl Config {
         }
         if let Some(dbs) = get(map, "dbs") {
             for (i, db) in as_list(dbs, "dbs")?.iter().enumerate() {
-                config.dbs.push(db_config(db, &format!("dbs[{i}]"))?);
+                config.dbs.push(db_config(
+                    db,
+                    &format!("dbs[{i}]"),
+                    default_credentials.as_ref(),
+                )?);
             }
         }
         if require_dbs && config.dbs.is_empty() {

@@ -258,3 +258,49 @@ dbs:
         assert!(e.to_string().contains(said), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn an_access_key_in_the_config_goes_to_each_s3_replica_and_is_never_printed() {
+    let c = Config::parse(
+        r#"
+access-key-id: TOPKEY
+secret-access-key: topsecret
+dbs:
+  - path: /a.db
+    replica: {url: s3://b/a}
+  - path: /b.db
+    replica: {type: s3, bucket: b, path: b, access-key-id: OWNKEY, secret-access-key: ownsecret}
+  - path: /c.db
+    replica: {url: /c}
+"#,
+    )
+    .unwrap();
+    let key = |i: usize| match &c.dbs[i].replicas[0] {
+        ReplicaUrl::S3 { credentials, .. } => credentials.clone(),
+        _ => None,
+    };
+    assert_eq!(key(0).unwrap().access_key_id, "TOPKEY");
+    assert_eq!(key(0).unwrap().secret_access_key, "topsecret");
+    assert_eq!(key(1).unwrap().access_key_id, "OWNKEY");
+    let shown = format!("{:?} {}", c.dbs, c.dbs[0].replicas[0]);
+    assert!(
+        !shown.contains("topsecret") && !shown.contains("ownsecret"),
+        "{shown}"
+    );
+    for (yaml, key) in [
+        (
+            "access-key-id: K\ndbs: [{path: a, replica: {url: s3://b/p}}]",
+            "secret-access-key",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: s3://b/p, secret-access-key: S}}]",
+            "dbs[0].replica.access-key-id",
+        ),
+        (
+            "dbs: [{path: a, replica: {url: /x, access-key-id: K, secret-access-key: S}}]",
+            "dbs[0].replica.access-key-id",
+        ),
+    ] {
+        assert_eq!(Config::parse(yaml).unwrap_err().key, key, "{yaml}");
+    }
+}

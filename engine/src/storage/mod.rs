@@ -35,5 +35,5 @@ pub use ltx_read::LtxLayout;
 pub use multipart::UploadLimits;
 pub use object::ObjectBackend;
 pub use replica::{Clients, FileInfo, Replica};
-pub use url::{ReplicaUrl, UrlError};
+pub use url::{ReplicaUrl, S3Credentials, UrlError};
 pub(crate) use url::{bucket_problem, normal_endpoint};

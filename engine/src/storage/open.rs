@@ -74,6 +74,7 @@ impl ReplicaUrl {
                 region,
                 force_path_style,
                 skip_verify,
+                credentials,
                 ..
             } => {
                 use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
@@ -107,7 +108,11 @@ impl ReplicaUrl {
                         .with_endpoint(endpoint);
                 }
                 let profile = super::aws_profile::shared_profile();
-                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                if let Some(c) = credentials {
+                    b = b
+                        .with_access_key_id(&c.access_key_id)
+                        .with_secret_access_key(&c.secret_access_key);
+                } else if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
                     && let Some((key, secret, token)) = profile.credentials()
                 {
                     b = b.with_access_key_id(key).with_secret_access_key(secret);

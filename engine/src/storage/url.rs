@@ -29,6 +29,8 @@ pub enum ReplicaUrl {
         force_path_style: bool,
         /// Accept invalid TLS certificates (self-signed test servers only).
         skip_verify: bool,
+        /// An access key given in the config, used instead of the environment's.
+        credentials: Option<S3Credentials>,
     },
     /// `gs://bucket/prefix`, Google Cloud Storage.
     #[cfg(feature = "gcs")]
@@ -46,6 +48,25 @@ pub enum ReplicaUrl {
         /// Key prefix inside the container.
         prefix: String,
     },
+}
+
+/// An S3 access key given in a config (Litestream's `access-key-id` and
+/// `secret-access-key`). The secret is never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key ID.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"(not shown)")
+            .finish()
+    }
 }
 
 /// A replica URL that does not parse.
@@ -162,6 +183,7 @@ impl ReplicaUrl {
                     region,
                     force_path_style,
                     skip_verify,
+                    credentials: None,
                 })
             }
             #[cfg(feature = "gcs")]
@@ -275,10 +297,22 @@ impl ReplicaUrl {
                 region,
                 force_path_style,
                 skip_verify,
-            } => Some((
-                format!("s3://{bucket} {endpoint:?} {region:?} {force_path_style} {skip_verify}"),
-                prefix,
-            )),
+                credentials,
+            } => {
+                // Another key is another client; the secret goes in only as a hash.
+                let key = credentials.as_ref().map(|c| {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    c.secret_access_key.hash(&mut h);
+                    (c.access_key_id.clone(), h.finish())
+                });
+                Some((
+                    format!(
+                        "s3://{bucket} {endpoint:?} {region:?} {force_path_style} {skip_verify} {key:?}"
+                    ),
+                    prefix,
+                ))
+            }
             #[cfg(feature = "gcs")]
             ReplicaUrl::Gcs { bucket, prefix } => Some((format!("gs://{bucket}"), prefix)),
             #[cfg(feature = "azure")]
@@ -432,6 +466,7 @@ mod tests {
                 region: Some("eu-west-1".into()),
                 force_path_style: true,
                 skip_verify: false,
+                credentials: None,
             }
         );
         assert_eq!(s3.layout(), Layout::S3);

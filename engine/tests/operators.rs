@@ -492,6 +492,29 @@ fn metrics_status_and_heartbeat_report_what_replication_does() {
     ] {
         assert!(metrics.contains(family), "no {family} in:\n{metrics}");
     }
+    // Litestream's names for what both measure, so its dashboards keep working.
+    let db_series = format!("{{db=\"{}\"}}", canonical.display());
+    let staged = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("strata_staged_txid{db_series} ")))
+        .unwrap_or_else(|| panic!("no strata_staged_txid in:\n{metrics}"));
+    for expected in [
+        format!("litestream_txid{db_series} {staged}"),
+        format!("litestream_sync_error_count{db_series} 0.0"),
+    ] {
+        assert!(metrics.contains(&expected), "no {expected} in:\n{metrics}");
+    }
+    for family in [
+        "litestream_sync_count{",
+        "litestream_db_size{",
+        "litestream_sync_seconds{",
+        "litestream_wal_size{",
+        "litestream_replica_operation_total{replica_type=\"file\",operation=\"PUT\"}",
+        "litestream_replica_operation_bytes{replica_type=\"file\",operation=\"GET\"}",
+    ] {
+        assert!(metrics.contains(family), "no {family} in:\n{metrics}");
+    }
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     assert_eq!(http_get(&addr, "/nothing").0, 404);
 

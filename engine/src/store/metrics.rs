@@ -3,7 +3,8 @@
 //! Everything is read from the databases' status at each scrape: the counts live in one
 //! place (the status an application reads too), and an idle store does no work for metrics
 //! between scrapes. Names start with `strata_`; series carry `db` (the database path) and,
-//! where they concern one replica, `replica` (its URL).
+//! where they concern one replica, `replica` (its URL). What Litestream measures too is
+//! also served under its name (see `litestream_metrics`).
 
 use std::fmt;
 
@@ -17,12 +18,17 @@ use prometheus_client::registry::{Registry, Unit};
 use super::DbStatus;
 use crate::capture::ReplicaStatus;
 
-type Labels = Vec<(&'static str, String)>;
+pub(super) type Labels = Vec<(&'static str, String)>;
 
 /// The metrics of `databases`, as of `now`, in the OpenMetrics text format.
 pub(super) fn encode(databases: Vec<DbStatus>, now: jiff::Timestamp) -> String {
-    let mut registry = Registry::with_prefix("strata");
-    registry.register_collector(Box::new(Scrape { databases, now }));
+    let mut registry = Registry::default();
+    registry
+        .sub_registry_with_prefix("litestream")
+        .register_collector(Box::new(super::litestream_metrics::Scrape::new(&databases)));
+    registry
+        .sub_registry_with_prefix("strata")
+        .register_collector(Box::new(Scrape { databases, now }));
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -36,7 +42,7 @@ struct Scrape {
 }
 
 /// One metric family: its series, written under one descriptor.
-struct Family {
+pub(super) struct Family {
     name: &'static str,
     help: &'static str,
     unit: Option<Unit>,
@@ -45,7 +51,7 @@ struct Family {
 }
 
 impl Family {
-    fn counter(name: &'static str, help: &'static str) -> Family {
+    pub(super) fn counter(name: &'static str, help: &'static str) -> Family {
         Family {
             name,
             help,
@@ -55,7 +61,7 @@ impl Family {
         }
     }
 
-    fn gauge(name: &'static str, help: &'static str) -> Family {
+    pub(super) fn gauge(name: &'static str, help: &'static str) -> Family {
         Family {
             counter: false,
             ..Family::counter(name, help)
@@ -76,11 +82,11 @@ impl Family {
         }
     }
 
-    fn add(&mut self, labels: Labels, value: f64) {
+    pub(super) fn add(&mut self, labels: Labels, value: f64) {
         self.series.push((labels, value));
     }
 
-    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+    pub(super) fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
         if self.series.is_empty() {
             return Ok(());
         }

@@ -33,6 +33,7 @@
 //! ```
 
 mod dir;
+mod litestream_metrics;
 mod metrics;
 
 use std::collections::BTreeMap;

@@ -477,3 +477,102 @@ fn an_access_key_in_the_config_is_used() {
         .unwrap();
     assert_eq!(v, "signed");
 }
+
+/// The control socket answers strata's and Litestream's own `list`, `info` and `sync`.
+#[test]
+fn the_control_socket_answers_list_info_and_sync_as_litestreams_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch("CREATE TABLE t (v)").unwrap();
+    let socket = dir.path().join("control.sock").display().to_string();
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket:\n  enabled: true\n  path: {socket}\n  permissions: 0600\ndbs:\n  - path: {}\n    replica:\n      url: file://{}/replica\n",
+            db.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut strata = Command::new(strata_bin())
+        .args(["replicate", "-config", &config.display().to_string()])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !Path::new(&socket).exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    conn.execute("INSERT INTO t VALUES ('one')", []).unwrap();
+    conn.execute("INSERT INTO t VALUES ('two')", []).unwrap();
+    let db_arg = db.display().to_string();
+    // sync -wait returns once the replica holds the last commit.
+    let synced: Vec<serde_json::Value> = [litestream(), Command::new(strata_bin())]
+        .into_iter()
+        .map(|command| {
+            let (ok, out) = run(
+                command,
+                &["sync", "-wait", "-json", "-socket", &socket, &db_arg],
+            );
+            assert!(ok, "{out}");
+            serde_json::from_str(&out).unwrap()
+        })
+        .collect();
+    for s in &synced {
+        assert_eq!(s["db_path"], db_arg.as_str());
+        assert_eq!(s["replica_txid"], s["txid"]);
+    }
+    let replica = format!("file://{}/replica", dir.path().display());
+    let (ok, text) = run(Command::new(strata_bin()), &["ltx", "-json", &replica]);
+    assert!(ok, "{text}");
+    let files: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let newest = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| u64::from_str_radix(f["max_txid"].as_str().unwrap(), 16).unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(synced[1]["txid"], newest, "{text}");
+    // list, as both tools print it; info, with the process's PID.
+    let [theirs, ours] = both(&["list", "-socket", &socket]);
+    assert!(theirs.0 && ours.0, "{theirs:?} {ours:?}");
+    assert_eq!(ours, theirs);
+    assert!(
+        ours.1
+            .starts_with(&format!("{db_arg} [replicating] (last sync: ")),
+        "{}",
+        ours.1
+    );
+    let (ok, out) = run(
+        Command::new(strata_bin()),
+        &["info", "-json", "-socket", &socket],
+    );
+    assert!(ok, "{out}");
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["pid"], strata.id());
+    assert_eq!(info["database_count"], 1);
+    // A database it does not replicate is an error naming it, with both clients.
+    let other = dir.path().join("other.db").display().to_string();
+    let [theirs, ours] = both(&["sync", "-socket", &socket, &other]);
+    assert!(!theirs.0 && !ours.0);
+    signal(&strata, "-TERM");
+    assert!(strata.wait().unwrap().success());
+    assert!(
+        !Path::new(&socket).exists(),
+        "the socket is removed at exit"
+    );
+    // With nothing listening, a clear error.
+    let out = Command::new(strata_bin())
+        .args(["list", "-socket", &socket])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("control socket"));
+}

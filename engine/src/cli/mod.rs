@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch.
 
 mod compact_cmd;
+mod control_cmd;
+mod control_socket;
 mod databases_cmd;
 mod follow_status;
 mod go_flags;
@@ -50,6 +52,15 @@ enum Command {
     /// List the databases a config file names, and the kind of each one's replica
     /// (Litestream's `databases`).
     Databases(databases_cmd::DatabasesArgs),
+    /// List the databases a running `strata replicate` captures, asked over its control
+    /// socket (Litestream's `list`).
+    List(control_cmd::ListArgs),
+    /// What a running `strata replicate` is: version, PID, uptime, databases (Litestream's
+    /// `info`, over the control socket).
+    Info(control_cmd::InfoArgs),
+    /// Have a running `strata replicate` sync a database now; with --wait, return once its
+    /// replica holds everything committed (Litestream's `sync`, over the control socket).
+    Sync(control_cmd::SyncArgs),
     /// Print the version (Litestream's `version`: the number alone).
     Version,
 }
@@ -87,6 +98,9 @@ pub fn run() -> ExitCode {
         Command::Compact(args) => runtime().and_then(|rt| rt.block_on(compact_cmd::run(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status_cmd::run(args))),
         Command::Databases(args) => databases_cmd::run(args),
+        Command::List(args) => runtime().and_then(|rt| rt.block_on(control_cmd::list(args))),
+        Command::Info(args) => runtime().and_then(|rt| rt.block_on(control_cmd::info(args))),
+        Command::Sync(args) => runtime().and_then(|rt| rt.block_on(control_cmd::sync(args))),
         Command::Version => {
             println!("{}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -169,6 +169,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let bound = super::serve::start(addr, store.clone()).await?;
         eprintln!("serving http://{bound}/metrics, /status, and followers' streams at /NAME");
     }
+    if let Some(socket) = &config.socket {
+        super::control_socket::start(&socket.path, socket.permissions, store.clone()).await?;
+        eprintln!("control socket at {}", socket.path.display());
+    }
     if let Some(url) = config
         .heartbeat_url
         .as_deref()
@@ -316,6 +320,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("{e}");
             }
         }
+    }
+    if let Some(socket) = &config.socket {
+        let _ = std::fs::remove_file(&socket.path);
     }
     if args.force_snapshot || args.enforce_retention {
         failed |= !after_once(&args, &source).await?;

@@ -9,10 +9,6 @@ pub(super) const TOP: &[(&str, &str)] = &[
         "logging",
         "strata logs to stderr; set levels with --log (e.g. --log strata=debug) or RUST_LOG",
     ),
-    (
-        "socket",
-        "no control socket is served yet: `strata status --addr HOST:PORT` reports, and the Rust API's Store::sync waits for the replica",
-    ),
     ("mcp-addr", "no MCP server is served"),
     (
         "validation",

@@ -143,7 +143,22 @@ pub struct Config {
     pub heartbeat_url: Option<String>,
     /// See `heartbeat_url` (`heartbeat-interval`, default 5m).
     pub heartbeat_interval: Option<Duration>,
+    /// The control socket (`socket:` with `enabled: true`), if served.
+    pub socket: Option<SocketConfig>,
 }
+
+/// Litestream's control socket: a Unix socket the `list`, `info` and `sync` commands ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SocketConfig {
+    /// Where it is (`path`, default `/var/run/litestream.sock`).
+    pub path: PathBuf,
+    /// Its mode (`permissions`, octal, default 0600).
+    pub permissions: u32,
+}
+
+/// Where Litestream puts the control socket when the config names no path.
+pub const DEFAULT_SOCKET: &str = "/var/run/litestream.sock";
 
 impl Config {
     /// Parses YAML text. Environment variables (`$VAR`, `${VAR}`) are expanded first, as
@@ -190,6 +205,7 @@ impl Config {
             .unwrap_or(Yaml::Hash(Default::default()));
         let map = as_map(&root, "(top level)")?;
         let mut known = vec![
+            "socket",
             "dbs",
             "levels",
             "snapshot",
@@ -218,6 +234,7 @@ impl Config {
             addr: string(map, "", "addr")?,
             heartbeat_url: string(map, "", "heartbeat-url")?,
             heartbeat_interval: duration(map, "", "heartbeat-interval")?,
+            socket: socket_config(map)?,
         };
         if let Some(levels) = get(map, "levels") {
             for (i, level) in as_list(levels, "levels")?.iter().enumerate() {
@@ -300,4 +317,32 @@ impl Config {
             reason: e.reason,
         })
     }
+}
+
+/// `socket:`: `enabled`, `path`, `permissions` (octal as Litestream reads it: `0600`, or a
+/// string `"0600"`).
+fn socket_config(map: &yaml::Map) -> Result<Option<SocketConfig>, ConfigError> {
+    let Some(socket) = get(map, "socket") else {
+        return Ok(None);
+    };
+    let m = as_map(socket, "socket")?;
+    check_keys(m, "socket", &["enabled", "path", "permissions"])?;
+    if !boolean(m, "socket", "enabled")?.unwrap_or(false) {
+        return Ok(None);
+    }
+    let permissions = match get(m, "permissions") {
+        None => Some(0o600),
+        // YAML 1.2 reads 0600 as the number 600: its digits are the octal mode.
+        Some(Yaml::Integer(i)) => u32::from_str_radix(&i.to_string(), 8).ok(),
+        Some(Yaml::String(s)) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        Some(_) => None,
+    }
+    .filter(|p| *p <= 0o777)
+    .ok_or_else(|| error("socket.permissions", "expected an octal mode such as 0600"))?;
+    Ok(Some(SocketConfig {
+        path: string(m, "socket", "path")?
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned())
+            .into(),
+        permissions,
+    }))
 }

@@ -304,3 +304,35 @@ dbs:
         assert_eq!(Config::parse(yaml).unwrap_err().key, key, "{yaml}");
     }
 }
+
+#[test]
+fn the_control_socket_is_read_as_litestream_reads_it() {
+    let with = |socket: &str| {
+        Config::parse(&format!(
+            "socket: {socket}\ndbs: [{{path: a, replica: {{url: /x}}}}]"
+        ))
+    };
+    let on = with("{enabled: true, path: /run/s.sock, permissions: 0660}").unwrap();
+    let socket = on.socket.unwrap();
+    assert_eq!(socket.path, PathBuf::from("/run/s.sock"));
+    assert_eq!(socket.permissions, 0o660);
+    let default = with("{enabled: true}").unwrap().socket.unwrap();
+    assert_eq!(default.path, PathBuf::from(DEFAULT_SOCKET));
+    assert_eq!(default.permissions, 0o600);
+    assert_eq!(
+        with("{enabled: true, permissions: '0640'}")
+            .unwrap()
+            .socket
+            .unwrap()
+            .permissions,
+        0o640
+    );
+    assert!(with("{enabled: false, path: /x}").unwrap().socket.is_none());
+    for bad in [
+        "{enabled: true, permissions: 0999}",
+        "{enabled: true, permissions: rw}",
+        "{enabled: true, colour: red}",
+    ] {
+        assert!(with(bad).is_err(), "{bad}");
+    }
+}

@@ -1,0 +1,204 @@
+//! `strata list`, `strata info` and `strata sync`: Litestream's commands that ask a running
+//! `strata replicate` over its control socket (see `control_socket`), with Litestream's
+//! flags and output.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use super::control_socket::{ErrorResponse, InfoResponse, ListResponse, SyncRequest, SyncResponse};
+
+/// The flags every control command takes.
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// The control socket of the running `strata replicate` (its config's socket.path).
+    #[arg(long, default_value = strata::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of text (Litestream's fields).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The database, as the running process names it.
+    db: PathBuf,
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Return once the replica holds everything committed (not only staged).
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait, at most.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+/// One request to the socket: the status and the body of its answer.
+async fn ask(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
+            format!(
+                "failed to connect to control socket {}: is strata replicate running with socket: enabled?",
+                socket.display()
+            )
+        })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("no answer from {} within {timeout:?}", socket.display()))?
+}
+
+/// The answer's JSON as `T`, or the error it carries, named after `what`.
+fn parse<T: serde::de::DeserializeOwned>(
+    what: &str,
+    (status, body): (hyper::StatusCode, Bytes),
+) -> anyhow::Result<T> {
+    if !status.is_success() {
+        let reason = serde_json::from_slice::<ErrorResponse>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        bail!("{what} failed: {reason}");
+    }
+    serde_json::from_slice(&body).with_context(|| format!("failed to parse the {what} answer"))
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let answer = ask(
+        &args.socket.socket,
+        "GET",
+        "/list",
+        None,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    let list: ListResponse = parse("list", answer)?;
+    if args.socket.json {
+        print_json(&list)?;
+    } else if list.databases.is_empty() {
+        println!("No databases configured");
+    } else {
+        for db in &list.databases {
+            let at = db.last_sync_at.as_deref().unwrap_or("never");
+            println!("{} [{}] (last sync: {at})", db.path, db.status);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let answer = ask(
+        &args.socket.socket,
+        "GET",
+        "/info",
+        None,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    let info: InfoResponse = parse("info", answer)?;
+    if args.socket.json {
+        print_json(&info)?;
+    } else {
+        println!("strata {}", info.version);
+        println!("  PID:        {}", info.pid);
+        println!("  Uptime:     {}s", info.uptime_seconds);
+        println!("  Started at: {}", info.started_at);
+        println!("  Databases:  {}", info.database_count);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `sync` prints (Litestream's fields).
+#[derive(Serialize)]
+struct SyncResult {
+    db_path: String,
+    txid: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_txid: Option<u64>,
+    duration_ms: u128,
+}
+
+pub async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let path = std::path::absolute(&args.db)?;
+    let request = SyncRequest {
+        path: path.display().to_string(),
+        wait: args.wait,
+        timeout: args.timeout,
+    };
+    let started = Instant::now();
+    // A moment more than the server waits, so its answer (a timeout included) arrives.
+    let answer = ask(
+        &args.socket.socket,
+        "POST",
+        "/sync",
+        Some(serde_json::to_vec(&request)?),
+        Duration::from_secs(args.timeout) + Duration::from_secs(5),
+    )
+    .await?;
+    let synced: SyncResponse = parse("sync", answer)?;
+    let result = SyncResult {
+        db_path: synced.path,
+        txid: synced.txid,
+        replica_txid: args.wait.then_some(synced.replicated_txid),
+        duration_ms: started.elapsed().as_millis(),
+    };
+    if args.socket.json {
+        print_json(&result)?;
+    } else {
+        println!("db_path: {}", result.db_path);
+        println!("txid: {}", result.txid);
+        if let Some(t) = result.replica_txid {
+            println!("replica_txid: {t}");
+        }
+        println!("duration_ms: {}", result.duration_ms);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -223,23 +223,27 @@ fn litestream_uri_parameters(
     name: *const c_char,
     options: &mut crate::Options,
 ) -> Result<(), VfsError> {
-    if uri_parameter(api, name, c"write_enabled").is_some_and(|v| v == "true") {
+    let flag = |key: &CStr| -> Result<Option<bool>, VfsError> {
+        let Some(v) = uri_parameter(api, name, key) else {
+            return Ok(None);
+        };
+        go_bool(&v).map(Some).ok_or_else(|| {
+            VfsError::Config(format!("{}={v:?}: true or false", key.to_string_lossy()))
+        })
+    };
+    if flag(c"write_enabled")? == Some(true) {
         return Err(VfsError::Config(
-            "write_enabled=true: strata's VFS reads only (Litestream's write mode is not supported yet)".into(),
+            "write_enabled: strata's VFS reads only (Litestream's write mode is not supported yet)"
+                .into(),
         ));
     }
-    match uri_parameter(api, name, c"hydration_enabled").as_deref() {
-        Some("true") => {
+    match flag(c"hydration_enabled")? {
+        Some(true) => {
             options.hydrate_dir = Some(crate::hydration_dir(
                 uri_parameter(api, name, c"hydration_path").as_deref(),
             ));
         }
-        Some("false") => options.hydrate_dir = None,
-        Some(other) => {
-            return Err(VfsError::Config(format!(
-                "hydration_enabled={other:?}: true or false"
-            )));
-        }
+        Some(false) => options.hydrate_dir = None,
         None => {}
     }
     if let Some(v) = uri_parameter(api, name, c"poll_interval") {
@@ -257,6 +261,15 @@ fn litestream_uri_parameters(
             .map_err(|_| VfsError::Config(format!("cache_size={v:?} is not a number of bytes")))?;
     }
     Ok(())
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (Litestream's parameters).
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 unsafe extern "C" fn x_open(

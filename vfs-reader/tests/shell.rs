@@ -236,7 +236,7 @@ fn litestreams_uri_parameters_work_as_a_drop_in() {
     // replica_url, poll_interval, cache_size and hydration as Litestream names them.
     let hydrated = dir.path().join("hydrated.db");
     let script = format!(
-        "{load}.open file:fixture.db?vfs=strata&replica_url={url}&poll_interval=250ms&cache_size=2000000&hydration_enabled=true&hydration_path={}\nSELECT count(*) FROM kv;\n",
+        "{load}.open file:fixture.db?vfs=strata&replica_url={url}&poll_interval=250ms&cache_size=2000000&write_enabled=false&hydration_enabled=true&hydration_path={}\nSELECT count(*) FROM kv;\n",
         hydrated.display()
     );
     let (ok, out, err) = shell(&script, &[]);
@@ -265,6 +265,10 @@ fn litestreams_uri_parameters_work_as_a_drop_in() {
         ("cache_size=big", "cache_size"),
         ("hydration_enabled=yes", "hydration_enabled"),
         ("write_enabled=true", "write_enabled"),
+        ("write_enabled=1", "write_enabled"),
+        ("write_enabled=TRUE", "write_enabled"),
+        ("write_enabled=yes", "write_enabled"),
+        ("write_enabled=", "write_enabled"),
     ] {
         let script = format!(
             "{load}.open file:fixture.db?vfs=strata&replica_url={url}&{params}\nSELECT 1 FROM kv LIMIT 1;\n"

@@ -407,12 +407,7 @@ fn litestream_keys_strata_does_not_act_on_are_accepted_with_a_warning() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for key in [
-        "logging",
-        "socket",
-        "dbs[0].meta-path",
-        "dbs[0].replica.auto-recover",
-    ] {
+    for key in ["logging", "dbs[0].meta-path", "dbs[0].replica.auto-recover"] {
         assert!(
             stderr
                 .lines()
@@ -575,4 +570,50 @@ fn the_control_socket_answers_list_info_and_sync_as_litestreams_does() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("control socket"));
+}
+
+/// One database of the config missing stops no other (as with Litestream): the others are
+/// replicated, the missing one is named, and the exit status says something was left out.
+#[test]
+fn a_missing_database_stops_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('kept');")
+        .unwrap();
+    drop(conn);
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {0}/missing.db\n    replica:\n      url: file://{0}/replica-m\n  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica-a\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(strata_bin())
+        .args([
+            "replicate",
+            "-once",
+            "-config",
+            &config.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing.db: no database here"), "{stderr}");
+    let restored = dir.path().join("out.db").display().to_string();
+    let replica = format!("file://{}/replica-a", dir.path().display());
+    let (ok, text) = run(
+        Command::new(strata_bin()),
+        &["restore", "-o", &restored, &replica],
+    );
+    assert!(ok, "{text}");
+    let v: String = rusqlite::Connection::open(&restored)
+        .unwrap()
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "kept");
 }

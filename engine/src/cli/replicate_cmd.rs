@@ -69,10 +69,10 @@ struct Source<'a> {
 
 impl Source<'_> {
     /// Reads the config (or takes the command line's database) and lists its databases.
-    async fn load(&self, store: Option<&Store>) -> anyhow::Result<(Config, Vec<Database>)> {
+    async fn load(&self, store: Option<&Store>) -> anyhow::Result<(Config, Listed)> {
         let config = self.config()?;
-        let dbs = self.databases(&config, store).await?;
-        Ok((config, dbs))
+        let listed = self.databases(&config, store).await?;
+        Ok((config, listed))
     }
 
     /// The config, or the command line's database as one.
@@ -95,12 +95,9 @@ impl Source<'_> {
     }
 
     /// The databases `config` lists now (directories listed again, without opening the
-    /// files `store` captures, if given), with the command line's overrides.
-    async fn databases(
-        &self,
-        config: &Config,
-        store: Option<&Store>,
-    ) -> anyhow::Result<Vec<Database>> {
+    /// files `store` captures, if given), with the command line's overrides; those whose
+    /// file does not exist apart.
+    async fn databases(&self, config: &Config, store: Option<&Store>) -> anyhow::Result<Listed> {
         let args = self.args;
         let mut dbs = match store {
             Some(store) => store.config_databases(config).await?,
@@ -117,8 +114,37 @@ impl Source<'_> {
                 }
             }
         }
+        let missing = dbs
+            .extract_if(.., |db| {
+                std::fs::symlink_metadata(&db.path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            })
+            .map(|db| db.path)
+            .collect();
         check_distinct(&dbs)?;
-        Ok(dbs)
+        Ok(Listed { dbs, missing })
+    }
+}
+
+/// The databases a config lists now.
+struct Listed {
+    /// Those to replicate.
+    dbs: Vec<Database>,
+    /// Those whose file does not exist: not replicated, and said so, while the others are
+    /// (one missing database stops no other).
+    missing: Vec<PathBuf>,
+}
+
+impl Listed {
+    /// Says which databases do not exist; whether any does not.
+    fn report_missing(&self) -> bool {
+        for path in &self.missing {
+            eprintln!(
+                "{}: no database here: not replicated (the others are; SIGHUP reads the config again)",
+                path.display()
+            );
+        }
+        !self.missing.is_empty()
     }
 }
 
@@ -130,9 +156,6 @@ fn check_distinct(dbs: &[Database]) -> anyhow::Result<()> {
     for (i, db) in dbs.iter().enumerate() {
         let meta = match std::fs::metadata(&db.path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("cannot replicate {}: no database here", db.path.display())
-            }
             Err(e) => bail!("cannot replicate {}: {e}", db.path.display()),
         };
         let id = (meta.dev(), meta.ino());
@@ -155,12 +178,17 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
     let source = Source { args: &args };
     restore_missing(&source.config()?, args.restore_if_db_not_exists).await?;
-    let (config, dbs) = source.load(None).await?;
+    let (config, listed) = source.load(None).await?;
+    let mut failed = listed.report_missing();
+    let dbs = listed.dbs;
     let watching = config
         .dbs
         .iter()
         .any(|d| d.dir.as_ref().is_some_and(|s| s.watch));
     if dbs.is_empty() && !watching {
+        if failed {
+            bail!("no database the config lists exists");
+        }
         bail!("the config lists no databases (and no directory is watched)");
     }
     let store = std::sync::Arc::new(Store::new(StoreOptions::default()));
@@ -213,7 +241,6 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported: BTreeSet<PathBuf> = BTreeSet::new();
     let mut config = config;
-    let mut failed = false;
     let mut exit_code = None;
     // Stop signals received while the command runs, and when it is to be killed.
     let mut stop_signals = 0u32;
@@ -227,10 +254,11 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             signal = signals.next() => match signal {
                 Signal::Reload => {
                     match source.load(Some(&store)).await {
-                        Ok((reloaded, dbs)) => {
+                        Ok((reloaded, listed)) => {
                             config = reloaded;
                             eprintln!("SIGHUP: config re-read");
-                            report_applied(&store, store.apply(dbs).await, &mut reported).await;
+                            listed.report_missing();
+                            report_applied(&store, store.apply(listed.dbs).await, &mut reported).await;
                         }
                         Err(e) => eprintln!(
                             "SIGHUP: config not applied, running as before: {}",
@@ -269,8 +297,8 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             _ = rescan.tick(), if watching => {
-                if let Ok(dbs) = source.databases(&config, Some(&store)).await {
-                    report_applied(&store, store.apply(dbs).await, &mut reported).await;
+                if let Ok(listed) = source.databases(&config, Some(&store)).await {
+                    report_applied(&store, store.apply(listed.dbs).await, &mut reported).await;
                 }
             }
             () = async { tokio::time::sleep_until(kill_at.expect("guarded")).await }, if kill_at.is_some() && exit_code.is_none() => {
@@ -387,9 +415,9 @@ async fn restore_missing(config: &Config, all: bool) -> anyhow::Result<()> {
 /// Litestream's -force-snapshot and -enforce-retention, once every database has synced:
 /// a snapshot now and retention in each replica. Whether every one succeeded.
 async fn after_once(args: &ReplicateArgs, source: &Source<'_>) -> anyhow::Result<bool> {
-    let (_, dbs) = source.load(None).await?;
+    let (_, listed) = source.load(None).await?;
     let mut ok = true;
-    for db in dbs {
+    for db in listed.dbs {
         let options = db.options.compaction.clone().unwrap_or_default();
         for url in &db.replicas {
             let Some((compactor, scratch)) =

@@ -227,6 +227,41 @@ pub(crate) async fn run(
     }
 }
 
+/// Removes the hydrated files (and the restores' temporary files) that processes no longer
+/// running left in `dir`: one killed before it closed its database leaves them. Best
+/// effort; a file of a running process, or of this one, stays.
+fn remove_dead_processes_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(hydrated_file_pid) else {
+            continue;
+        };
+        if pid == std::process::id() || strata::restore::process_exists(pid) {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed a hydrated file a process that no longer runs left");
+        }
+    }
+}
+
+/// The process that made a hydrated file named `name` (`strata-vfs-PID-N.db`, or a
+/// restore's `.strata-vfs-PID-N.db.PID.strata-restore`).
+fn hydrated_file_pid(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("strata-vfs-")
+        .or_else(|| name.strip_prefix(".strata-vfs-"))?;
+    let (pid, rest) = rest.split_once('-')?;
+    let (n, rest) = rest.split_once(".db")?;
+    n.parse::<u64>().ok()?;
+    (rest.is_empty() || rest.ends_with(".strata-restore"))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
 /// The database at `map`'s TXID, restored into a new file in `dir`. A file found corrupt is
 /// recorded in `shared`.
 async fn restore(
@@ -236,6 +271,7 @@ async fn restore(
     shared: &Shared,
 ) -> Result<Hydrated, VfsError> {
     static FILES: AtomicU64 = AtomicU64::new(0);
+    remove_dead_processes_files(dir);
     let path = dir.join(format!(
         "strata-vfs-{}-{}.db",
         std::process::id(),

@@ -277,3 +277,35 @@ fn litestreams_uri_parameters_work_as_a_drop_in() {
         assert!(!ok && err.contains(said), "{params}: {err}");
     }
 }
+
+/// Files a killed process left in the hydration directory (its hydrated database, a
+/// restore's temporary file) go when hydration next runs there; a running process's stay.
+#[test]
+fn hydration_removes_what_dead_processes_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fixture_dir().display().to_string();
+    // A pid above the kernel's limit is no process.
+    let dead = 4_194_304 + 17;
+    let live = std::process::id();
+    let left = [
+        format!("strata-vfs-{dead}-0.db"),
+        format!(".strata-vfs-{dead}-1.db.{dead}.strata-restore"),
+    ];
+    let kept = [format!("strata-vfs-{live}-0.db"), "other.db".to_owned()];
+    for name in left.iter().chain(&kept) {
+        std::fs::write(dir.path().join(name), b"x").unwrap();
+    }
+    let script = format!(
+        ".load {}\n.open file:fixture.db?vfs=strata&replica={url}&hydrate={}\nSELECT count(*) FROM kv;\n.shell sleep 1\nSELECT count(*) FROM kv;\n",
+        extension().display(),
+        dir.path().display()
+    );
+    let (ok, out, err) = shell(&script, &[]);
+    assert!(ok && out == "301\n301\n", "{out} {err}");
+    for name in &left {
+        assert!(!dir.path().join(name).exists(), "{name} is still there");
+    }
+    for name in &kept {
+        assert!(dir.path().join(name).exists(), "{name} was removed");
+    }
+}

@@ -33,6 +33,7 @@ use crate::plan::{plan_files, resolve_timestamp};
 use crate::storage::{FileInfo, Replica, RequestCounts, StorageError};
 use apply::{Applied, Stop};
 use output::Output;
+pub use output::process_exists;
 
 /// Segments in flight by default for remote stores: enough to hide ~20 ms of request
 /// latency behind 1 MiB reads.

@@ -158,8 +158,9 @@ fn try_lock(file: &File) -> io::Result<bool> {
     }
 }
 
-/// Whether a process `pid` exists (one of another user counts).
-fn process_exists(pid: u32) -> bool {
+/// Whether a process `pid` exists (one of another user counts): files named after a process
+/// that does not are left over from one that died.
+pub fn process_exists(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };

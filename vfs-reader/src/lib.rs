@@ -79,7 +79,7 @@ pub struct Options {
     /// pushes are shown from the next read transaction, without waiting for the replica;
     /// what it does not bring (the primary away, a gap) comes from the replica as without
     /// it. Pushed files are held in memory until the replica holds them (at most half of
-    /// `cache_size`, and 8 MiB at least).
+    /// `cache_size`, and 32 MiB at least).
     pub primary: Option<strata::stream::PrimaryUrl>,
 }
 

@@ -291,7 +291,7 @@ async fn read(
 }
 
 /// The least room for pushed files, whatever the cache size.
-const MIN_ROOM: u64 = 8 << 20;
+const MIN_ROOM: u64 = 32 << 20;
 
 impl Follow {
     /// The newest TXID held: the pushed files', or the replica's state followed.

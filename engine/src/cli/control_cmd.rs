@@ -111,16 +111,25 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+/// `GET path` on the socket, its answer as `T`.
+async fn get<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    what: &str,
+    timeout: u64,
+) -> anyhow::Result<T> {
     let answer = ask(
-        &args.socket.socket,
+        socket,
         "GET",
-        "/list",
+        &format!("/{what}"),
         None,
-        Duration::from_secs(args.timeout),
+        Duration::from_secs(timeout),
     )
     .await?;
-    let list: ListResponse = parse("list", answer)?;
+    parse(what, answer)
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let list: ListResponse = get(&args.socket.socket, "list", args.timeout).await?;
     if args.socket.json {
         print_json(&list)?;
     } else if list.databases.is_empty() {
@@ -135,15 +144,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn info(args: InfoArgs) -> anyhow::Result<ExitCode> {
-    let answer = ask(
-        &args.socket.socket,
-        "GET",
-        "/info",
-        None,
-        Duration::from_secs(args.timeout),
-    )
-    .await?;
-    let info: InfoResponse = parse("info", answer)?;
+    let info: InfoResponse = get(&args.socket.socket, "info", args.timeout).await?;
     if args.socket.json {
         print_json(&info)?;
     } else {

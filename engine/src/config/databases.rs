@@ -143,21 +143,9 @@ pub(super) fn replica_url(
             ));
         }
     }
-    let mut known = vec![
-        "url",
-        "type",
-        "path",
-        "bucket",
-        "endpoint",
-        "region",
-        "force-path-style",
-        "skip-verify",
-        "sync-interval",
-        "access-key-id",
-        "secret-access-key",
-    ];
-    known.extend(accepted::names(accepted::REPLICA));
-    check_keys(m, key, &known)?;
+    let mut all = vec!["url", "type", "path", "bucket"];
+    all.extend(S3_SETTINGS);
+    check_replica_keys(m, key, &all)?;
     accepted::warn(m, key, accepted::REPLICA);
     let s3_credentials = || -> Result<Option<S3Credentials>, ConfigError> {
         Ok(credentials(m, key)?.or_else(|| defaults.cloned()))
@@ -176,18 +164,9 @@ pub(super) fn replica_url(
                 credentials,
                 ..
             } => {
-                let mut known = vec![
-                    "url",
-                    "endpoint",
-                    "region",
-                    "force-path-style",
-                    "skip-verify",
-                    "sync-interval",
-                    "access-key-id",
-                    "secret-access-key",
-                ];
-                known.extend(accepted::names(accepted::REPLICA));
-                check_keys(m, key, &known)?;
+                let mut known = vec!["url"];
+                known.extend(S3_SETTINGS);
+                check_replica_keys(m, key, &known)?;
                 if endpoint.is_none() {
                     *endpoint = endpoint_value(m, key)?;
                 }
@@ -203,11 +182,7 @@ pub(super) fn replica_url(
                 *credentials = s3_credentials()?;
             }
             // Anything else beside another URL would be silently ignored: an error.
-            _ => {
-                let mut known = vec!["url", "sync-interval"];
-                known.extend(accepted::names(accepted::REPLICA));
-                check_keys(m, key, &known)?;
-            }
+            _ => check_replica_keys(m, key, &["url", "sync-interval"])?,
         }
         return Ok(parsed);
     }
@@ -216,9 +191,7 @@ pub(super) fn replica_url(
     match kind.as_str() {
         "file" => {
             // An S3 setting on a file replica is a mistake, not something to ignore.
-            let mut known = vec!["type", "path", "sync-interval"];
-            known.extend(accepted::names(accepted::REPLICA));
-            check_keys(m, key, &known)?;
+            check_replica_keys(m, key, &["type", "path", "sync-interval"])?;
             let path =
                 path.ok_or_else(|| error(&format!("{key}.path"), "required for a file replica"))?;
             Ok(ReplicaUrl::File {
@@ -244,6 +217,25 @@ pub(super) fn replica_url(
             format!("replica type {other:?} is not supported (file or s3; gs and abs as a url:)"),
         )),
     }
+}
+
+/// The settings an S3 replica takes besides where it is.
+const S3_SETTINGS: [&str; 7] = [
+    "endpoint",
+    "region",
+    "force-path-style",
+    "skip-verify",
+    "sync-interval",
+    "access-key-id",
+    "secret-access-key",
+];
+
+/// Refuses a key of replica `m` that is neither in `known` nor one strata accepts without
+/// acting on (see `accepted`).
+fn check_replica_keys(m: &Map, key: &str, known: &[&str]) -> Result<(), ConfigError> {
+    let mut known = known.to_vec();
+    known.extend(accepted::names(accepted::REPLICA));
+    check_keys(m, key, &known)
 }
 
 /// `access-key-id` with `secret-access-key` in `m`: both or neither.

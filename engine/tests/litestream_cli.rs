@@ -617,3 +617,48 @@ fn a_missing_database_stops_no_other() {
         .unwrap();
     assert_eq!(v, "kept");
 }
+
+/// The config's `exec:` runs as `-exec` does (strata exits with its code); `-log-level` is
+/// taken.
+#[test]
+fn the_configs_exec_and_log_level_work_as_litestreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch("CREATE TABLE t (v)").unwrap();
+    drop(conn);
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "exec: sh -c 'sqlite3 {0}/a.db \"INSERT INTO t VALUES (7)\"; exit 3'\ndbs:\n  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = Command::new(strata_bin())
+        .args(["replicate", "-log-level", "debug", "-config", &config])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the command committed was synced before strata exited.
+    let restored = dir.path().join("out.db").display().to_string();
+    let replica = format!("file://{}/replica", dir.path().display());
+    let (ok, text) = run(
+        Command::new(strata_bin()),
+        &["restore", "-o", &restored, &replica],
+    );
+    assert!(ok, "{text}");
+    let v: i64 = rusqlite::Connection::open(&restored)
+        .unwrap()
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 7);
+}

@@ -26,8 +26,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about)]
 struct Cli {
-    /// Log filter (also STRATA_LOG), e.g. debug or strata=trace.
-    #[arg(long, global = true)]
+    /// Log filter (also STRATA_LOG), e.g. debug or strata=trace (Litestream's -log-level
+    /// too).
+    #[arg(long, global = true, alias = "log-level")]
     log: Option<String>,
     #[command(subcommand)]
     command: Command,

@@ -226,7 +226,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("replicating {} to {replica}", path.display());
     }
-    let mut child = match &args.exec {
+    // The command line's -exec wins over the config's exec.
+    let mut child = match args
+        .exec
+        .as_ref()
+        .or(config.exec.as_ref())
+        .filter(|_| !args.once)
+    {
         Some(cmd) => match spawn(cmd) {
             Ok(child) => Some(child),
             Err(e) => {

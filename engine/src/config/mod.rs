@@ -145,6 +145,8 @@ pub struct Config {
     pub heartbeat_interval: Option<Duration>,
     /// The control socket (`socket:` with `enabled: true`), if served.
     pub socket: Option<SocketConfig>,
+    /// A command `strata replicate` runs while replicating (`exec`, as its `--exec`).
+    pub exec: Option<String>,
 }
 
 /// Litestream's control socket: a Unix socket the `list`, `info` and `sync` commands ask.
@@ -206,6 +208,7 @@ impl Config {
         let map = as_map(&root, "(top level)")?;
         let mut known = vec![
             "socket",
+            "exec",
             "dbs",
             "levels",
             "snapshot",
@@ -235,6 +238,7 @@ impl Config {
             heartbeat_url: string(map, "", "heartbeat-url")?,
             heartbeat_interval: duration(map, "", "heartbeat-interval")?,
             socket: socket_config(map)?,
+            exec: string(map, "", "exec")?.filter(|e| !e.trim().is_empty()),
         };
         if let Some(levels) = get(map, "levels") {
             for (i, level) in as_list(levels, "levels")?.iter().enumerate() {

@@ -33,7 +33,7 @@ pub struct ReplicateArgs {
     #[arg(long)]
     addr: Option<String>,
     /// Use the config file as written: no $VAR expansion (Litestream's flag).
-    #[arg(long = "no-expand-env", alias = "no_expand_env", requires = "config")]
+    #[arg(long = "no-expand-env", alias = "no_expand_env")]
     no_expand_env: bool,
     /// Write pages as per-page LZ4 frames, which Litestream releases before 0.5.15 also read
     /// (newer ones read both).
@@ -84,6 +84,17 @@ impl Source<'_> {
                 dbs: vec![DbConfig::new(db.clone(), ReplicaUrl::parse(url)?)],
                 ..Config::default()
             },
+            // Litestream's default config, when nothing else is given.
+            (None, None, None) => Config::load(
+                std::path::Path::new(super::LITESTREAM_CONFIG),
+                !args.no_expand_env,
+            )
+            .with_context(|| {
+                format!(
+                    "no database and replica given (strata replicate DB URL), and no config at {}",
+                    super::LITESTREAM_CONFIG
+                )
+            })?,
             _ => bail!(
                 "give a database and a replica URL (strata replicate DB URL), or --config FILE"
             ),

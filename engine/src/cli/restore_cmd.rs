@@ -124,6 +124,15 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     if args.replica.is_some() {
         bail!("--replica goes with a primary's stream (http://HOST:PORT/NAME) as the source");
     }
+    // A database path with no config (not a URL, not a replica directory) is looked up in
+    // Litestream's default config, as Litestream does.
+    if args.config.is_none()
+        && !args.url.contains("://")
+        && !std::path::Path::new(&args.url).is_dir()
+        && std::path::Path::new(super::LITESTREAM_CONFIG).exists()
+    {
+        args.config = Some(super::LITESTREAM_CONFIG.into());
+    }
     let url = match &args.config {
         Some(config) => {
             let (url, db) = from_config(config, &args.url)?;

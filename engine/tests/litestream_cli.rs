@@ -572,6 +572,47 @@ fn the_control_socket_answers_list_info_and_sync_as_litestreams_does() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("control socket"));
 }
 
+/// One database whose replica cannot be reached at start stops no other: the others
+/// replicate, it is named, and the exit status says something was left out.
+#[test]
+fn a_database_that_cannot_start_stops_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a", "b"] {
+        let conn = rusqlite::Connection::open(dir.path().join(format!("{name}.db"))).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('kept');")
+            .unwrap();
+    }
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "access-key-id: k\nsecret-access-key: s\ndbs:\n  - path: {0}/b.db\n    replica:\n      url: \"s3://bucket/b?endpoint=http://127.0.0.1:1&region=us-east-1&forcePathStyle=true\"\n  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica-a\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(strata_bin())
+        .args([
+            "replicate",
+            "-once",
+            "-config",
+            &config.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("b.db: cannot start"), "{stderr}");
+    let restored = dir.path().join("out.db").display().to_string();
+    let replica = format!("file://{}/replica-a", dir.path().display());
+    let (ok, text) = run(
+        Command::new(strata_bin()),
+        &["restore", "-o", &restored, &replica],
+    );
+    assert!(ok, "{text}");
+}
+
 /// One database of the config missing stops no other (as with Litestream): the others are
 /// replicated, the missing one is named, and the exit status says something was left out.
 #[test]

@@ -181,7 +181,7 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         "POST",
         "/sync",
         Some(serde_json::to_vec(&request)?),
-        Duration::from_secs(args.timeout) + Duration::from_secs(5),
+        Duration::from_secs(args.timeout).saturating_add(Duration::from_secs(5)),
     )
     .await?;
     let synced: SyncResponse = parse("sync", answer)?;

@@ -151,7 +151,7 @@ impl Listed {
     fn report_missing(&self) -> bool {
         for path in &self.missing {
             eprintln!(
-                "{}: no database here: not replicated (the others are; SIGHUP reads the config again)",
+                "{}: no database here: not replicated (SIGHUP reads the config again)",
                 path.display()
             );
         }
@@ -188,8 +188,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // opened stops them cleanly once they are, instead of killing the process midway.
     let mut signals = Signals::new()?;
     let source = Source { args: &args };
-    restore_missing(&source.config()?, args.restore_if_db_not_exists).await?;
-    let (config, listed) = source.load(None).await?;
+    let config = source.config()?;
+    restore_missing(&config, args.restore_if_db_not_exists).await?;
+    let listed = source.databases(&config, None).await?;
     let mut failed = listed.report_missing();
     let dbs = listed.dbs;
     let watching = config
@@ -222,6 +223,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(super::heartbeat::DEFAULT_INTERVAL);
         super::heartbeat::start(url.to_owned(), interval, store.clone())?;
     }
+    // One database that cannot start (its replica unreachable, its staging taken by another
+    // process) stops no other: it is named, and the exit status says so at the end.
+    let mut started = 0;
     for db in dbs {
         let path = db.path.clone();
         let replica = db
@@ -230,12 +234,24 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(" and ");
-        if let Err(e) = store.add(db).await {
-            // The databases started so far stop cleanly before the error is reported.
-            store.shutdown().await;
-            return Err(e.into());
+        match store.add(db).await {
+            Ok(_) => {
+                started += 1;
+                eprintln!("replicating {} to {replica}", path.display());
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "{}: cannot start: {}; not replicated (SIGHUP tries again)",
+                    path.display(),
+                    super::error_chain(&anyhow::Error::from(e))
+                );
+            }
         }
-        eprintln!("replicating {} to {replica}", path.display());
+    }
+    if started == 0 && failed && !watching && args.exec.is_none() && config.exec.is_none() {
+        store.shutdown().await;
+        bail!("no database could start");
     }
     // The command line's -exec wins over the config's exec.
     let mut child = match args

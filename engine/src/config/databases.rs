@@ -143,6 +143,12 @@ pub(super) fn replica_url(
             ));
         }
     }
+    // An unsupported type is named before its own keys are found unknown.
+    if let Some(kind) = string(m, key, "type")?
+        && !matches!(kind.as_str(), "file" | "s3")
+    {
+        return Err(unsupported_type(key, &kind));
+    }
     let mut all = vec!["url", "type", "path", "bucket"];
     all.extend(S3_SETTINGS);
     check_replica_keys(m, key, &all)?;
@@ -212,11 +218,15 @@ pub(super) fn replica_url(
             skip_verify: boolean(m, key, "skip-verify")?.unwrap_or(false),
             credentials: s3_credentials()?,
         }),
-        other => Err(error(
-            &format!("{key}.type"),
-            format!("replica type {other:?} is not supported (file or s3; gs and abs as a url:)"),
-        )),
+        other => Err(unsupported_type(key, other)),
     }
+}
+
+fn unsupported_type(key: &str, kind: &str) -> ConfigError {
+    error(
+        &format!("{key}.type"),
+        format!("replica type {kind:?} is not supported (file or s3; gs and abs as a url:)"),
+    )
 }
 
 /// The settings an S3 replica takes besides where it is.

@@ -237,7 +237,7 @@ impl Config {
             addr: string(map, "", "addr")?,
             heartbeat_url: string(map, "", "heartbeat-url")?,
             heartbeat_interval: duration(map, "", "heartbeat-interval")?,
-            socket: socket_config(map)?,
+            socket: socket_config(map, &text)?,
             exec: string(map, "", "exec")?.filter(|e| !e.trim().is_empty()),
         };
         if let Some(levels) = get(map, "levels") {
@@ -325,7 +325,7 @@ impl Config {
 
 /// `socket:`: `enabled`, `path`, `permissions` (octal as Litestream reads it: `0600`, or a
 /// string `"0600"`).
-fn socket_config(map: &yaml::Map) -> Result<Option<SocketConfig>, ConfigError> {
+fn socket_config(map: &yaml::Map, text: &str) -> Result<Option<SocketConfig>, ConfigError> {
     let Some(socket) = get(map, "socket") else {
         return Ok(None);
     };
@@ -336,17 +336,41 @@ fn socket_config(map: &yaml::Map) -> Result<Option<SocketConfig>, ConfigError> {
     }
     let permissions = match get(m, "permissions") {
         None => Some(0o600),
-        // YAML 1.2 reads 0600 as the number 600: its digits are the octal mode.
-        Some(Yaml::Integer(i)) => u32::from_str_radix(&i.to_string(), 8).ok(),
-        Some(Yaml::String(s)) => u32::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        // The YAML reader gives 0600 as 600 and 0o640 as 416: the mode is read from the
+        // text as written, as Litestream's YAML 1.1 reads it (a leading 0 is octal).
+        Some(Yaml::Integer(_) | Yaml::String(_)) => raw_value(text, "permissions").and_then(|v| {
+            let v = v.trim_matches(|c| c == '"' || c == '\'');
+            match v.strip_prefix("0o").or_else(|| v.strip_prefix('0')) {
+                Some("") => Some(0),
+                Some(octal) => u32::from_str_radix(octal, 8).ok(),
+                None => v.parse().ok(),
+            }
+        }),
         Some(_) => None,
     }
     .filter(|p| *p <= 0o777)
-    .ok_or_else(|| error("socket.permissions", "expected an octal mode such as 0600"))?;
+    .ok_or_else(|| error("socket.permissions", "expected a mode such as 0600"))?;
     Ok(Some(SocketConfig {
         path: string(m, "socket", "path")?
             .unwrap_or_else(|| DEFAULT_SOCKET.to_owned())
             .into(),
         permissions,
     }))
+}
+
+/// The value of the first `key:` in `text` as written, in block or flow style (up to a
+/// comma, brace or comment). Only for a key that appears once in a config (`permissions`).
+fn raw_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!("{key}:");
+    text.lines().find_map(|line| {
+        let at = line.find(&needle)?;
+        let before = line[..at].trim_end();
+        if !(before.is_empty() || before.ends_with('{') || before.ends_with(',')) {
+            return None;
+        }
+        let rest = &line[at + needle.len()..];
+        let end = rest.find([',', '}', '#']).unwrap_or(rest.len());
+        let value = rest[..end].trim();
+        (!value.is_empty()).then_some(value)
+    })
 }

@@ -238,7 +238,7 @@ dbs:
             "encryption",
         ),
         (
-            "dbs: [{path: a, replica: {type: sftp, path: /x}}]",
+            "dbs: [{path: a, replica: {type: sftp, host: h, path: /x}}]",
             "dbs[0].replica.type",
             "\"sftp\"",
         ),
@@ -328,6 +328,18 @@ fn the_control_socket_is_read_as_litestream_reads_it() {
         0o640
     );
     assert!(with("{enabled: false, path: /x}").unwrap().socket.is_none());
+    // As Litestream's YAML 1.1 reads them: a leading 0 is octal, else decimal (420 is 0644).
+    let block = |p: &str| {
+        Config::parse(&format!(
+            "socket:\n  enabled: true\n  permissions: {p}\ndbs: [{{path: a, replica: {{url: /x}}}}]"
+        ))
+        .map(|c| c.socket.unwrap().permissions)
+    };
+    assert_eq!(block("0640").unwrap(), 0o640);
+    assert_eq!(block("0o640").unwrap(), 0o640);
+    assert_eq!(block("420").unwrap(), 0o644);
+    assert_eq!(block("0600 # owner only").unwrap(), 0o600);
+    assert!(block("0999").is_err() && block("1000").is_err());
     for bad in [
         "{enabled: true, permissions: 0999}",
         "{enabled: true, permissions: rw}",

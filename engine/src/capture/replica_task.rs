@@ -403,9 +403,11 @@ pub(super) async fn upload_loop(
             continue;
         }
         backoff = interval;
-        // Still behind what is staged (the newest file held for the next round, or a full
-        // copy awaited): another round an interval after this one, staged changes or not.
-        let holding = uploaded < *signals.staged.borrow();
+        // Still behind what was staged when the round began (the newest file held for the
+        // next round, or a full copy awaited): another round an interval after this one,
+        // staged changes or not. A file staged during the round is a change like any other
+        // (taken for held, a new database's first full copy waited a whole interval).
+        let holding = uploaded < staged_now;
         // Otherwise nothing to do until the capture stages a file or the replica must be
         // checked; an idle replica is looked at (two HEADs) now and then, so one wiped
         // meanwhile shows as behind, and gets its full copy, without waiting for a write.

@@ -572,64 +572,24 @@ fn the_control_socket_answers_list_info_and_sync_as_litestreams_does() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("control socket"));
 }
 
-/// One database whose replica cannot be reached at start stops no other: the others
-/// replicate, it is named, and the exit status says something was left out.
-#[test]
-fn a_database_that_cannot_start_stops_no_other() {
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["a", "b"] {
-        let conn = rusqlite::Connection::open(dir.path().join(format!("{name}.db"))).unwrap();
-        conn.pragma_update(None, "journal_mode", "wal").unwrap();
-        conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('kept');")
-            .unwrap();
-    }
-    let config = dir.path().join("litestream.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "access-key-id: k\nsecret-access-key: s\ndbs:\n  - path: {0}/b.db\n    replica:\n      url: \"s3://bucket/b?endpoint=http://127.0.0.1:1&region=us-east-1&forcePathStyle=true\"\n  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica-a\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(strata_bin())
-        .args([
-            "replicate",
-            "-once",
-            "-config",
-            &config.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("b.db: cannot start"), "{stderr}");
-    let restored = dir.path().join("out.db").display().to_string();
-    let replica = format!("file://{}/replica-a", dir.path().display());
-    let (ok, text) = run(
-        Command::new(strata_bin()),
-        &["restore", "-o", &restored, &replica],
-    );
-    assert!(ok, "{text}");
-}
-
-/// One database of the config missing stops no other (as with Litestream): the others are
-/// replicated, the missing one is named, and the exit status says something was left out.
-#[test]
-fn a_missing_database_stops_no_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("a.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
+/// A WAL database at `path` with one row, 'kept', in table `t`.
+fn kept_db(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
     conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('kept');")
         .unwrap();
-    drop(conn);
-    let config = dir.path().join("litestream.yml");
+}
+
+/// `replicate -once` on a config listing `left_out` (a YAML `dbs` entry) before a.db: it
+/// exits 1 naming the one left out (`said` in its stderr), and a.db's replica restores.
+fn one_left_out_stops_no_other(dir: &Path, left_out: &str, said: &str) {
+    kept_db(&dir.join("a.db"));
+    let config = dir.join("litestream.yml");
     std::fs::write(
         &config,
         format!(
-            "dbs:\n  - path: {0}/missing.db\n    replica:\n      url: file://{0}/replica-m\n  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica-a\n",
-            dir.path().display()
+            "access-key-id: k\nsecret-access-key: s\ndbs:\n{left_out}  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica-a\n",
+            dir.display()
         ),
     )
     .unwrap();
@@ -644,9 +604,9 @@ fn a_missing_database_stops_no_other() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("missing.db: no database here"), "{stderr}");
-    let restored = dir.path().join("out.db").display().to_string();
-    let replica = format!("file://{}/replica-a", dir.path().display());
+    assert!(stderr.contains(said), "{stderr}");
+    let restored = dir.join("out.db").display().to_string();
+    let replica = format!("file://{}/replica-a", dir.display());
     let (ok, text) = run(
         Command::new(strata_bin()),
         &["restore", "-o", &restored, &replica],
@@ -657,6 +617,31 @@ fn a_missing_database_stops_no_other() {
         .query_row("SELECT v FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(v, "kept");
+}
+
+/// One database whose replica cannot be reached at start stops no other: the others
+/// replicate, it is named, and the exit status says something was left out.
+#[test]
+fn a_database_that_cannot_start_stops_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    kept_db(&dir.path().join("b.db"));
+    let unreachable = format!(
+        "  - path: {}/b.db\n    replica:\n      url: \"s3://bucket/b?endpoint=http://127.0.0.1:1&region=us-east-1&forcePathStyle=true\"\n",
+        dir.path().display()
+    );
+    one_left_out_stops_no_other(dir.path(), &unreachable, "b.db: cannot start");
+}
+
+/// One database of the config missing stops no other (as with Litestream): the others are
+/// replicated, the missing one is named, and the exit status says something was left out.
+#[test]
+fn a_missing_database_stops_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!(
+        "  - path: {0}/missing.db\n    replica:\n      url: file://{0}/replica-m\n",
+        dir.path().display()
+    );
+    one_left_out_stops_no_other(dir.path(), &missing, "missing.db: no database here");
 }
 
 /// The config's `exec:` runs as `-exec` does (strata exits with its code); `-log-level` is

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use ltx::PageEncoding;
-use strata::compact::Outcome;
+use strata::compact::{CompactionOptions, Outcome};
 use strata::config::{Config, DbConfig, parse_interval};
 use strata::storage::{Level, Replica, ReplicaUrl};
 use strata::store::{Database, DbStatus, Store, StoreOptions, config_databases};
@@ -226,6 +226,20 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // One database that cannot start (its replica unreachable, its staging taken by another
     // process) stops no other: it is named, and the exit status says so at the end.
     let mut started = 0;
+    // -force-snapshot and -enforce-retention work on the replicas of the databases listed.
+    let maintained: Vec<(ReplicaUrl, CompactionOptions)> =
+        if args.force_snapshot || args.enforce_retention {
+            dbs.iter()
+                .flat_map(|db| {
+                    let options = db.options.compaction.clone().unwrap_or_default();
+                    db.replicas
+                        .iter()
+                        .map(move |u| (u.clone(), options.clone()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
     for db in dbs {
         let path = db.path.clone();
         let replica = db
@@ -386,7 +400,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_file(&socket.path);
     }
     if args.force_snapshot || args.enforce_retention {
-        failed |= !after_once(&args, &source).await?;
+        failed |= !after_once(&args, &maintained).await?;
     }
     Ok(match exit_code {
         // The command's own failure is its exit code; a replica short of what it committed
@@ -447,41 +461,40 @@ async fn restore_missing(config: &Config, all: bool) -> anyhow::Result<()> {
 
 /// Litestream's -force-snapshot and -enforce-retention, once every database has synced:
 /// a snapshot now and retention in each replica. Whether every one succeeded.
-async fn after_once(args: &ReplicateArgs, source: &Source<'_>) -> anyhow::Result<bool> {
-    let (_, listed) = source.load(None).await?;
+async fn after_once(
+    args: &ReplicateArgs,
+    replicas: &[(ReplicaUrl, CompactionOptions)],
+) -> anyhow::Result<bool> {
     let mut ok = true;
-    for db in listed.dbs {
-        let options = db.options.compaction.clone().unwrap_or_default();
-        for url in &db.replicas {
-            let Some((compactor, scratch)) =
-                super::compact_cmd::offline_compactor(url, options.clone()).await?
-            else {
-                continue;
-            };
-            let now = jiff::Timestamp::now();
-            if args.force_snapshot {
-                match compactor.run_level_now(Level::SNAPSHOT, now).await {
-                    Ok(Outcome::Compacted { file, .. }) => {
-                        eprintln!("{url}: snapshot {} written", file.range.file_name());
-                    }
-                    Ok(_) => eprintln!("{url}: the newest snapshot is up to date"),
-                    Err(e) => {
-                        ok = false;
-                        eprintln!("{url}: snapshot failed: {e}");
-                    }
+    for (url, options) in replicas {
+        let Some((compactor, scratch)) =
+            super::compact_cmd::offline_compactor(url, options.clone()).await?
+        else {
+            continue;
+        };
+        let now = jiff::Timestamp::now();
+        if args.force_snapshot {
+            match compactor.run_level_now(Level::SNAPSHOT, now).await {
+                Ok(Outcome::Compacted { file, .. }) => {
+                    eprintln!("{url}: snapshot {} written", file.range.file_name());
+                }
+                Ok(_) => eprintln!("{url}: the newest snapshot is up to date"),
+                Err(e) => {
+                    ok = false;
+                    eprintln!("{url}: snapshot failed: {e}");
                 }
             }
-            if args.enforce_retention {
-                match compactor.run_retention(now).await {
-                    Ok(n) => eprintln!("{url}: retention deleted {n} files"),
-                    Err(e) => {
-                        ok = false;
-                        eprintln!("{url}: retention failed: {e}");
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir_all(&scratch);
         }
+        if args.enforce_retention {
+            match compactor.run_retention(now).await {
+                Ok(n) => eprintln!("{url}: retention deleted {n} files"),
+                Err(e) => {
+                    ok = false;
+                    eprintln!("{url}: retention failed: {e}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
     }
     Ok(ok)
 }

@@ -142,3 +142,27 @@ async fn a_new_litestream_continues_a_replica_strata_left_after_a_burst() {
     assert!(!log.contains("level=ERROR"), "{log}");
     assert_litestream_restores_the_source(&setup);
 }
+
+/// strata killed with `kill -9` in the middle of a burst of commits (staged files not yet
+/// uploaded, its newest L0 upload a merge of many TXIDs): a Litestream started in its place,
+/// with the writers still going, continues the replica; its restore and strata's equal the
+/// source, and Litestream's log has no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn litestream_continues_a_replica_after_strata_is_killed_under_writes() {
+    let blocking = |f: &dyn Fn()| tokio::task::block_in_place(f);
+    let setup = Setup::new(None);
+    let mut strata = setup.strata();
+    let writers = setup.writers(2, 6.0);
+    std::thread::sleep(Duration::from_millis(2500));
+    strata.kill().unwrap();
+    strata.wait().unwrap();
+    let ls = litestream_replicate(&setup);
+    tokio::task::block_in_place(|| wait_all(writers));
+    blocking(&|| wait_all(setup.writers(1, 2.0)));
+    std::thread::sleep(Duration::from_millis(2000));
+    terminate(ls);
+    let log = std::fs::read_to_string(setup.dir.join("litestream.log")).unwrap_or_default();
+    assert!(!log.contains("level=ERROR"), "{log}");
+    assert_litestream_restores_the_source(&setup);
+    check_history(&setup).await;
+}

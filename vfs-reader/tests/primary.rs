@@ -6,8 +6,9 @@
 //!   default) with every kind of follower at once: the VFS reader, a `strata restore -f` of
 //!   the primary's stream and one polling the replica. At random: `kill -9` of the primary
 //!   and of either follower, a proxy between the primary and the stream's readers that
-//!   stalls, cuts connections mid-file and refuses them, the VFS reader reopened;
-//!   compaction and retention with short intervals.
+//!   stalls, cuts connections mid-file and refuses them, the VFS reader reopened, the
+//!   database replaced by a copy of itself (a new history: TXIDs from 1 again, the same
+//!   rows); compaction and retention with short intervals.
 //!
 //! Every read transaction must show exactly the state some commit left (each commit's
 //! state is known: its row count and a weighted sum of the balances), the VFS reader's
@@ -446,14 +447,35 @@ fn a_seeded_campaign_of_kills_and_network_faults_shows_followers_and_a_vfs_reade
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let written = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let replace = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (stop, written) = (stop.clone(), written.clone());
+        let (stop, written, replace) = (stop.clone(), written.clone(), replace.clone());
         let db = primary.dir.path().join("app.db");
         std::thread::spawn(move || {
-            let conn = Connection::open(db).unwrap();
-            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            let open = || {
+                let conn = Connection::open(&db).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                conn.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+                conn
+            };
+            let mut conn = open();
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < MAX_COMMITS {
+                if replace.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    // The database replaced by a copy of itself, as an operator restoring
+                    // over it would (the application stopped, the old log removed): the
+                    // same rows, a new file and a new history with TXIDs from 1 again.
+                    let copy = db.with_extension("copy");
+                    let _ = std::fs::remove_file(&copy);
+                    conn.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+                        .unwrap();
+                    drop(conn);
+                    std::fs::rename(&copy, &db).unwrap();
+                    for suffix in ["-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+                    }
+                    conn = open();
+                }
                 n += 1;
                 commit(&conn, n);
                 written.store(n, std::sync::atomic::Ordering::SeqCst);
@@ -571,7 +593,7 @@ fn a_seeded_campaign_of_kills_and_network_faults_shows_followers_and_a_vfs_reade
                 followers[1] = None;
                 followers[1] = Some(spawn_poll());
             }
-            _ => {}
+            _ => replace.store(true, std::sync::atomic::Ordering::SeqCst),
         }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -585,6 +607,16 @@ fn a_seeded_campaign_of_kills_and_network_faults_shows_followers_and_a_vfs_reade
         proxy.forwarded()
     );
     assert!(proxy.forwarded() > 0, "the stream carried nothing");
+    if actions.contains(&7) {
+        let log = primary.log();
+        assert!(
+            log.contains("following the file now at the path"),
+            "the primary never saw the database replaced:\n{log}"
+        );
+    }
+    // The source as it is now (the database may have been replaced under `source`).
+    drop(source);
+    let source = Connection::open(primary.dir.path().join("app.db")).unwrap();
     read_until(&conn, total, Duration::from_secs(30), "the end");
     assert_eq!(dump_conn(&conn), dump_conn(&source));
     let follower_reads: Vec<u64> = follower_readers

@@ -511,19 +511,18 @@ fn litestream_config(setup: &Setup) -> PathBuf {
 }
 
 /// `litestream replicate` of the setup's database to its replica, with the config above,
-/// its output appended to `litestream.log`.
+/// its output (its log goes to stdout) appended to `litestream.log`.
 pub fn litestream_replicate(setup: &Setup) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.dir.join("litestream.log"))
+        .unwrap();
     litestream()
         .args(["replicate", "-config"])
         .arg(litestream_config(setup))
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(setup.dir.join("litestream.log"))
-                .unwrap(),
-        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap()
 }

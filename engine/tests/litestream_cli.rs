@@ -417,10 +417,12 @@ fn litestream_keys_strata_does_not_act_on_are_accepted_with_a_warning() {
     }
 }
 
-/// Litestream's access key in the config, with none in the environment: strata signs
-/// with it (the replica is written and restores).
+/// Litestream's top-level replica settings (the access key, bucket, endpoint, region,
+/// force-path-style) with a replica that gives only its type and path, and no key in the
+/// environment: strata signs with the key and writes where the settings say, and both
+/// tools restore the database from there with the same config.
 #[test]
-fn an_access_key_in_the_config_is_used() {
+fn top_level_replica_settings_and_access_key_are_used() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -429,48 +431,64 @@ fn an_access_key_in_the_config_is_used() {
         .unwrap();
     drop(conn);
     let url = strata::test_support::s3_url("keyed");
+    let (bucket, query) = url
+        .strip_prefix("s3://")
+        .and_then(|u| u.split_once("/keyed?endpoint="))
+        .unwrap();
+    let endpoint = query.split('&').next().unwrap();
     let config = dir.path().join("litestream.yml");
     std::fs::write(
         &config,
         format!(
-            "access-key-id: strata-test\nsecret-access-key: strata-test\ndbs:\n  - path: {}\n    replica:\n      url: \"{url}\"\n",
+            "access-key-id: strata-test\nsecret-access-key: strata-test\nbucket: {bucket}\n\
+             endpoint: {endpoint}\nregion: us-east-1\nforce-path-style: true\n\
+             dbs:\n  - path: {}\n    replica:\n      type: s3\n      path: keyed\n",
             db.display()
         ),
     )
     .unwrap();
     let config = config.display().to_string();
-    let out_db = dir.path().join("out.db").display().to_string();
-    for args in [
-        vec!["replicate", "-once", "-config", &config],
-        vec![
-            "restore",
-            "-config",
-            &config,
-            "-o",
-            &out_db,
-            &db.display().to_string(),
-        ],
-    ] {
-        let out = Command::new(strata_bin())
-            .args(&args)
+    let db_path = db.display().to_string();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let (ours, theirs) = (out("ours.db"), out("theirs.db"));
+    let keyless = |mut command: Command| {
+        command
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_PROFILE")
+            .env_remove("AWS_CA_BUNDLE")
             .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
-            .env("AWS_CONFIG_FILE", dir.path().join("none"))
-            .output()
-            .unwrap();
+            .env("AWS_CONFIG_FILE", dir.path().join("none"));
+        command
+    };
+    for (mut command, args) in [
+        (
+            keyless(Command::new(strata_bin())),
+            vec!["replicate", "-once", "-config", &config],
+        ),
+        (
+            keyless(Command::new(strata_bin())),
+            vec!["restore", "-config", &config, "-o", &ours, &db_path],
+        ),
+        (
+            keyless(litestream()),
+            vec!["restore", "-config", &config, "-o", &theirs, &db_path],
+        ),
+    ] {
+        let out = command.args(&args).output().unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let restored = rusqlite::Connection::open(&out_db).unwrap();
-    let v: String = restored
-        .query_row("SELECT v FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, "signed");
+    for restored in [&ours, &theirs] {
+        let restored = rusqlite::Connection::open(restored).unwrap();
+        let v: String = restored
+            .query_row("SELECT v FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, "signed");
+    }
 }
 
 /// The control socket answers strata's and Litestream's own `list`, `info` and `sync`.

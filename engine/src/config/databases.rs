@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use yaml_rust2::Yaml;
 
 use super::accepted;
+use super::replica_defaults::ReplicaDefaults;
 use super::yaml::{
     Map, as_list, as_map, boolean, bytes, check_keys, full, get, interval, number, string,
 };
@@ -35,11 +36,11 @@ pub(super) fn check_replicas_unshared(dbs: &[DbConfig]) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// `defaults`: the config's top-level S3 access key, for S3 replicas that give none.
+/// `defaults`: the config's top-level replica settings, for replicas that give none.
 pub(super) fn db_config(
     db: &Yaml,
     key: &str,
-    defaults: Option<&S3Credentials>,
+    defaults: &ReplicaDefaults,
 ) -> Result<DbConfig, ConfigError> {
     let m = as_map(db, key)?;
     let mut known = vec![
@@ -105,9 +106,10 @@ pub(super) fn db_config(
     let mut replica_interval = None;
     let mut urls = Vec::with_capacity(replicas.len());
     for (replica, replica_key) in &replicas {
-        let i = interval(as_map(replica, replica_key)?, replica_key, "sync-interval")?;
+        let replica = Yaml::Hash(defaults.apply(as_map(replica, replica_key)?));
+        let i = interval(as_map(&replica, replica_key)?, replica_key, "sync-interval")?;
         replica_interval = replica_interval.max(i);
-        let url = replica_url(replica, replica_key, defaults)?;
+        let url = replica_url(&replica, replica_key)?;
         if urls.contains(&url) {
             return Err(error(replica_key, format!("{url} is listed twice")));
         }
@@ -129,11 +131,7 @@ pub(super) fn db_config(
 
 /// A replica as Litestream writes it: `url`, or `type` with `path` (file) or `bucket`,
 /// `path`, `endpoint`, `region`, `force-path-style`, `skip-verify` (s3).
-pub(super) fn replica_url(
-    r: &Yaml,
-    key: &str,
-    defaults: Option<&S3Credentials>,
-) -> Result<ReplicaUrl, ConfigError> {
+pub(super) fn replica_url(r: &Yaml, key: &str) -> Result<ReplicaUrl, ConfigError> {
     let m = as_map(r, key)?;
     for refused in accepted::REFUSED {
         if get(m, refused).is_some() {
@@ -153,9 +151,6 @@ pub(super) fn replica_url(
     all.extend(S3_SETTINGS);
     check_replica_keys(m, key, &all)?;
     accepted::warn(m, key, accepted::REPLICA);
-    let s3_credentials = || -> Result<Option<S3Credentials>, ConfigError> {
-        Ok(credentials(m, key)?.or_else(|| defaults.cloned()))
-    };
     if let Some(url) = string(m, key, "url")? {
         let mut parsed =
             ReplicaUrl::parse(&url).map_err(|e| error(&format!("{key}.url"), e.to_string()))?;
@@ -185,7 +180,7 @@ pub(super) fn replica_url(
                 if let Some(b) = boolean(m, key, "skip-verify")? {
                     *skip_verify = b;
                 }
-                *credentials = s3_credentials()?;
+                *credentials = self::credentials(m, key)?;
             }
             // Anything else beside another URL would be silently ignored: an error.
             _ => check_replica_keys(m, key, &["url", "sync-interval"])?,
@@ -216,7 +211,7 @@ pub(super) fn replica_url(
             region: string(m, key, "region")?,
             force_path_style: boolean(m, key, "force-path-style")?.unwrap_or(true),
             skip_verify: boolean(m, key, "skip-verify")?.unwrap_or(false),
-            credentials: s3_credentials()?,
+            credentials: credentials(m, key)?,
         }),
         other => Err(unsupported_type(key, other)),
     }
@@ -272,8 +267,6 @@ pub(super) fn credentials(m: &Map, key: &str) -> Result<Option<S3Credentials>, C
 /// `endpoint`, checked and in its normal form.
 pub(super) fn endpoint_value(m: &Map, key: &str) -> Result<Option<String>, ConfigError> {
     string(m, key, "endpoint")?
-        .map(|e| {
-            crate::storage::normal_endpoint(&e).map_err(|p| error(&format!("{key}.endpoint"), p))
-        })
+        .map(|e| crate::storage::normal_endpoint(&e).map_err(|p| error(&full(key, "endpoint"), p)))
         .transpose()
 }

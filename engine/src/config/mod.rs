@@ -5,6 +5,7 @@
 mod accepted;
 mod databases;
 mod duration;
+mod replica_defaults;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -18,6 +19,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 use crate::storage::ReplicaUrl;
 use databases::{check_replicas_unshared, db_config};
 pub use duration::{parse_duration, parse_interval};
+use replica_defaults::ReplicaDefaults;
 use text::{MAX_CONFIG_BYTES, check_expansion, expand_env, read_config};
 use yaml::{as_list, as_map, boolean, check_keys, duration, get, interval, string};
 
@@ -220,10 +222,10 @@ impl Config {
             "heartbeat-interval",
         ];
         known.extend(accepted::names(accepted::TOP));
-        // Litestream's settings for every replica: the access key.
-        known.extend(["access-key-id", "secret-access-key"]);
+        // Litestream's settings for every replica that gives none of its own.
+        known.extend(replica_defaults::KEYS);
         check_keys(map, "", &known)?;
-        let default_credentials = databases::credentials(map, "")?;
+        let replica_defaults = ReplicaDefaults::from_top(map)?;
         accepted::warn(map, "", accepted::TOP);
         let mut config = Config {
             dbs: Vec::new(),
@@ -273,11 +275,9 @@ impl Config {
         }
         if let Some(dbs) = get(map, "dbs") {
             for (i, db) in as_list(dbs, "dbs")?.iter().enumerate() {
-                config.dbs.push(db_config(
-                    db,
-                    &format!("dbs[{i}]"),
-                    default_credentials.as_ref(),
-                )?);
+                config
+                    .dbs
+                    .push(db_config(db, &format!("dbs[{i}]"), &replica_defaults)?);
             }
         }
         if require_dbs && config.dbs.is_empty() {

@@ -306,6 +306,96 @@ dbs:
 }
 
 #[test]
+fn top_level_replica_settings_are_defaults_for_the_replicas_that_give_none() {
+    let c = Config::parse(
+        r#"
+region: eu-west-3
+endpoint: http://127.0.0.1:9000
+force-path-style: false
+skip-verify: true
+bucket: topbucket
+sync-interval: 7s
+dbs:
+  - path: /a.db
+    replica: {type: s3, path: a}
+  - path: /b.db
+    replica: {url: "s3://urlbucket/b", region: us-east-2}
+  - path: /c.db
+    replica: {url: "s3://urlbucket/c?endpoint=http://10.0.0.1:9000", sync-interval: 2s}
+  - path: /d.db
+    replica: {url: /d}
+  - path: /e.db
+    replica: {type: s3, bucket: own, path: e, force-path-style: true}
+"#,
+    )
+    .unwrap();
+    let s3 = |i: usize| match &c.dbs[i].replicas[0] {
+        ReplicaUrl::S3 {
+            bucket,
+            endpoint,
+            region,
+            force_path_style,
+            skip_verify,
+            ..
+        } => (
+            bucket.clone(),
+            endpoint.clone().unwrap_or_default(),
+            region.clone().unwrap_or_default(),
+            *force_path_style,
+            *skip_verify,
+        ),
+        other => panic!("{other}"),
+    };
+    let top = "http://127.0.0.1:9000".to_owned();
+    assert_eq!(
+        s3(0),
+        (
+            "topbucket".into(),
+            top.clone(),
+            "eu-west-3".into(),
+            false,
+            true
+        )
+    );
+    // A URL's bucket and its own settings win.
+    assert_eq!(
+        s3(1),
+        (
+            "urlbucket".into(),
+            top.clone(),
+            "us-east-2".into(),
+            false,
+            true
+        )
+    );
+    assert_eq!(s3(2).1, "http://10.0.0.1:9000");
+    assert_eq!(s3(4).0, "own");
+    assert!(s3(4).3);
+    assert!(matches!(c.dbs[3].replicas[0], ReplicaUrl::File { .. }));
+    let interval = |i: usize| c.dbs[i].sync_interval;
+    assert_eq!(interval(0), Some(Duration::from_secs(7)));
+    assert_eq!(interval(2), Some(Duration::from_secs(2)));
+    assert_eq!(interval(3), Some(Duration::from_secs(7)));
+    // A bad default is named by its own key.
+    for (yaml, key) in [
+        (
+            "bucket: 'a/b'\ndbs: [{path: a, replica: {type: s3}}]",
+            "bucket",
+        ),
+        (
+            "endpoint: nope\ndbs: [{path: a, replica: {url: /x}}]",
+            "endpoint",
+        ),
+        (
+            "force-path-style: maybe\ndbs: [{path: a, replica: {url: /x}}]",
+            "force-path-style",
+        ),
+    ] {
+        assert_eq!(Config::parse(yaml).unwrap_err().key, key, "{yaml}");
+    }
+}
+
+#[test]
 fn the_control_socket_is_read_as_litestream_reads_it() {
     let with = |socket: &str| {
         Config::parse(&format!(

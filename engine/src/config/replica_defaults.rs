@@ -1,0 +1,90 @@
+//! Litestream's top-level replica settings: keys given at the top of the config are
+//! defaults for every replica that does not give its own (Go's `ReplicaSettings.SetDefaults`).
+
+use yaml_rust2::Yaml;
+
+use super::databases::{credentials, endpoint_value};
+use super::yaml::{Map, boolean, get, interval, string};
+use super::{ConfigError, error};
+
+/// The top-level keys that are defaults for replicas.
+pub(super) const KEYS: [&str; 8] = [
+    "access-key-id",
+    "secret-access-key",
+    "region",
+    "bucket",
+    "endpoint",
+    "force-path-style",
+    "skip-verify",
+    "sync-interval",
+];
+
+/// The keys that mean something to an S3 replica only (a file replica that was given one
+/// would be refused, so it is not given the default either).
+const S3_ONLY: [&str; 7] = [
+    "access-key-id",
+    "secret-access-key",
+    "region",
+    "bucket",
+    "endpoint",
+    "force-path-style",
+    "skip-verify",
+];
+
+/// The defaults found at the top of a config, checked there (so that a bad value is named
+/// by its own key, not by every replica it would have reached).
+#[derive(Clone, Debug, Default)]
+pub(super) struct ReplicaDefaults(Map);
+
+impl ReplicaDefaults {
+    pub(super) fn from_top(top: &Map) -> Result<ReplicaDefaults, ConfigError> {
+        credentials(top, "")?;
+        endpoint_value(top, "")?;
+        string(top, "", "region")?;
+        if let Some(bucket) = string(top, "", "bucket")?
+            && let Some(problem) = crate::storage::bucket_problem(&bucket)
+        {
+            return Err(error("bucket", problem));
+        }
+        boolean(top, "", "force-path-style")?;
+        boolean(top, "", "skip-verify")?;
+        interval(top, "", "sync-interval")?;
+        let mut defaults = Map::new();
+        for key in KEYS {
+            if let Some(value) = get(top, key) {
+                defaults.insert(Yaml::String(key.to_owned()), value.clone());
+            }
+        }
+        Ok(ReplicaDefaults(defaults))
+    }
+
+    /// `replica` completed with the defaults it does not set itself: the S3 settings only
+    /// for an S3 replica, the bucket only for one given by `type` rather than by a URL
+    /// (whose bucket is in it), and both keys of the access key or neither.
+    pub(super) fn apply(&self, replica: &Map) -> Map {
+        let mut out = replica.clone();
+        if self.0.is_empty() {
+            return out;
+        }
+        let url = get(replica, "url").and_then(Yaml::as_str);
+        let s3 = match url {
+            Some(url) => url.starts_with("s3://"),
+            None => get(replica, "type").and_then(Yaml::as_str) == Some("s3"),
+        };
+        let own_key = ["access-key-id", "secret-access-key"]
+            .iter()
+            .any(|k| get(replica, k).is_some());
+        for (key, value) in &self.0 {
+            let name = key.as_str().unwrap_or_default();
+            let credential = matches!(name, "access-key-id" | "secret-access-key");
+            let wanted = get(replica, name).is_none()
+                && (s3 || !S3_ONLY.contains(&name))
+                && !(name == "bucket" && url.is_some())
+                && !(credential && own_key);
+            if wanted {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+        out
+    }
+}

@@ -706,3 +706,173 @@ fn the_configs_exec_and_log_level_work_as_litestreams() {
         .unwrap();
     assert_eq!(v, 7);
 }
+
+/// `stop`, `start`, `register` and `unregister` over the control socket, asked by
+/// Litestream's client and by strata's: a stopped database is listed as stopped and its
+/// commits made meanwhile reach the replica once started again; a registered one is
+/// replicated to the URL given until unregistered, after a final sync. Both clients print
+/// the same fields.
+#[test]
+fn the_control_socket_starts_stops_registers_and_unregisters_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let conn = rusqlite::Connection::open(dir.path().join(name)).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (v)")
+            .unwrap();
+        conn
+    };
+    let (a, b) = (open("a.db"), open("b.db"));
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let socket = path("control.sock");
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket:\n  enabled: true\n  path: {socket}\ndbs:\n  - path: {}\n    replica:\n      url: file://{}\n",
+            path("a.db"),
+            path("replica-a")
+        ),
+    )
+    .unwrap();
+    let mut strata = Command::new(strata_bin())
+        .args(["replicate", "-config", &config.display().to_string()])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !Path::new(&socket).exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Go's flags come before the arguments.
+    let ask = |command: Command, args: &[&str]| -> serde_json::Value {
+        let mut all = vec![args[0], "-json", "-socket", &socket];
+        all.extend(&args[1..]);
+        let (ok, out) = run(command, &all);
+        assert!(ok, "{args:?}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let listed = || run(Command::new(strata_bin()), &["list", "-socket", &socket]).1;
+    let (a_path, b_path) = (path("a.db"), path("b.db"));
+
+    // stop: Litestream's client, then strata's (already stopped).
+    let theirs = ask(litestream(), &["stop", &a_path]);
+    assert_eq!(theirs["status"], "stopped", "{theirs}");
+    assert_eq!(theirs["state"], "stopped");
+    let ours = ask(Command::new(strata_bin()), &["stop", &a_path]);
+    assert_eq!(ours["status"], "already_stopped", "{ours}");
+    assert_eq!(keys(&ours), keys(&theirs));
+    assert!(
+        listed().contains(&format!("{a_path} [stopped]")),
+        "{}",
+        listed()
+    );
+    a.execute("INSERT INTO t VALUES ('while stopped')", [])
+        .unwrap();
+    // start: strata's client, then Litestream's (already running).
+    let ours = ask(Command::new(strata_bin()), &["start", &a_path]);
+    assert_eq!(ours["status"], "started", "{ours}");
+    let theirs = ask(litestream(), &["start", &a_path]);
+    assert_eq!(theirs["status"], "already_running", "{theirs}");
+    assert_eq!(keys(&ours), keys(&theirs));
+    let synced = ask(Command::new(strata_bin()), &["sync", "-wait", &a_path]);
+    assert_eq!(synced["replica_txid"], synced["txid"]);
+
+    // register: Litestream's client, then strata's (already registered).
+    let replica_b = format!("file://{}", path("replica-b"));
+    let theirs = ask(litestream(), &["register", "-replica", &replica_b, &b_path]);
+    assert_eq!(theirs["status"], "registered", "{theirs}");
+    let ours = ask(
+        Command::new(strata_bin()),
+        &["register", "-replica", &replica_b, &b_path],
+    );
+    assert_eq!(ours["status"], "already_registered", "{ours}");
+    assert_eq!(keys(&ours), keys(&theirs));
+    assert!(
+        listed().contains(&format!("{b_path} [replicating]")),
+        "{}",
+        listed()
+    );
+    b.execute("INSERT INTO t VALUES ('registered')", [])
+        .unwrap();
+    ask(Command::new(strata_bin()), &["sync", "-wait", &b_path]);
+    // unregister: strata's client (a final sync), then Litestream's (already gone).
+    b.execute("INSERT INTO t VALUES ('last')", []).unwrap();
+    let ours = ask(Command::new(strata_bin()), &["unregister", &b_path]);
+    assert_eq!(ours["status"], "unregistered", "{ours}");
+    assert!(ours["final_txid"].as_u64().unwrap() > 0, "{ours}");
+    let theirs = ask(litestream(), &["unregister", &b_path]);
+    assert_eq!(theirs["status"], "already_unregistered", "{theirs}");
+    assert_eq!(keys(&ours), keys(&theirs));
+    assert!(!listed().contains(&b_path), "{}", listed());
+    // A bad URL and an unknown database are refused, by both clients.
+    for mut command in [litestream(), Command::new(strata_bin())] {
+        let out = command
+            .args([
+                "register",
+                "-socket",
+                &socket,
+                "-replica",
+                "nope://x",
+                &path("c.db"),
+            ])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("replica url"),
+            "{said}"
+        );
+    }
+    let [theirs, ours] = both(&["start", "-socket", &socket, &path("c.db")]);
+    assert!(!theirs.0 && !ours.0, "{theirs:?} {ours:?}");
+    // reset: refused while the database is replicated; afterwards it clears the staging.
+    let reset = |args: &[&str]| {
+        Command::new(strata_bin())
+            .arg("reset")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = reset(&[&a_path]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("stop its replication first"),
+        "{said}"
+    );
+    signal(&strata, "-TERM");
+    assert!(strata.wait().unwrap().success());
+    let staging = dir.path().join(".a.db-strata");
+    let dry = reset(&["-dry-run", &a_path]);
+    let listed = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success() && listed.contains("position"),
+        "{listed}"
+    );
+    assert!(staging.exists());
+    assert!(reset(&[&a_path]).status.success());
+    assert!(!staging.exists());
+
+    // Both replicas restore what was committed, the last commits included.
+    for (name, replica, source) in [("a", path("replica-a"), &a), ("b", path("replica-b"), &b)] {
+        let out = path(&format!("{name}-restored.db"));
+        let (ok, said) = run(
+            Command::new(strata_bin()),
+            &["restore", "-o", &out, &format!("file://{replica}")],
+        );
+        assert!(ok, "{said}");
+        let rows = |c: &rusqlite::Connection| -> Vec<String> {
+            let mut s = c.prepare("SELECT v FROM t ORDER BY rowid").unwrap();
+            s.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(
+            rows(&rusqlite::Connection::open(&out).unwrap()),
+            rows(source)
+        );
+    }
+}

@@ -387,16 +387,21 @@ impl Capture {
         // back, so that an application's RESTART starting now does not wait on it while
         // strata waits for the write lock.
         self.hand_off(report)?;
-        let started = Instant::now();
+        let waited = Instant::now();
         if !self.sqlite.lock_writes().map_err(|e| self.sql_err(e))? {
             tracing::debug!(db = %self.syncer.db_path().display(), "checkpoint skipped: writers busy");
             return Ok(());
         }
+        let waited_ms = waited.elapsed().as_millis();
+        let started = Instant::now();
         let sealed = self.sync_all(report);
+        let staged_ms = started.elapsed().as_millis();
+        let mut copied_ms = 0;
         let result = sealed.and_then(|_| {
             self.sqlite.release().map_err(|e| self.sql_err(e))?;
             // The read transaction is taken again even if the checkpoint failed.
             let passive = self.sqlite.checkpoint(Mode::Passive);
+            copied_ms = started.elapsed().as_millis();
             let held = self.hand_off(report).map(drop);
             if held.is_err() {
                 self.syncer.live = false;
@@ -407,7 +412,7 @@ impl Capture {
         });
         // Writers are let in whatever happened.
         let unlocked = self.sqlite.unlock_writes();
-        tracing::debug!(db = %self.syncer.db_path().display(), locked_ms = started.elapsed().as_millis(), "writes were locked out");
+        tracing::debug!(db = %self.syncer.db_path().display(), waited_ms, staged_ms, copied_ms, locked_ms = started.elapsed().as_millis(), "writes were locked out");
         let passive = result?;
         unlocked.map_err(|e| self.sql_err(e))?;
         tracing::debug!(db = %self.syncer.db_path().display(), ?passive, "passive checkpoint");

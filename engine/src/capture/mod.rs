@@ -47,6 +47,7 @@ pub use error::{CaptureError, StopError, SyncError};
 pub use feed::{Feed, NextFile};
 pub use options::{CaptureOptions, CheckpointOptions};
 pub use replication::Replication;
+pub use staging::{LocalState, reset};
 pub use status::{LevelFiles, ReplicaStatus, Status};
 
 /// The newest TXID captured beside the database at `db` (its staging directory's position,

@@ -53,17 +53,11 @@ impl Staging {
             if let std::fs::TryLockError::Error(err) = e {
                 return Err(err);
             }
-            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-            let holder = holder.trim();
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!(
                     "already being captured ({}): one database has one capture",
-                    if holder.is_empty() {
-                        "by another capture"
-                    } else {
-                        holder
-                    }
+                    holder(&lock_path)
                 ),
             ));
         }
@@ -196,6 +190,74 @@ impl Staging {
 
 /// The L0 files staged in `l0`, in TXID order (of their max TXIDs). For readers that do not
 /// hold the staging lock (followers' streams).
+/// Who holds the staging lock at `lock_path`, as the holder wrote it.
+fn holder(lock_path: &Path) -> String {
+    let holder = std::fs::read_to_string(lock_path).unwrap_or_default();
+    match holder.trim() {
+        "" => "by another capture".to_owned(),
+        said => said.to_owned(),
+    }
+}
+
+/// The files of a database's staging directory, which [`reset`] removes.
+#[derive(Debug)]
+pub struct LocalState {
+    /// The staging directory.
+    pub dir: PathBuf,
+    /// Every file in it, sorted.
+    pub files: Vec<PathBuf>,
+}
+
+/// The staging directory of the database at `db` and its files (`None` if there is none);
+/// with `remove`, the directory is removed, so that the next capture starts with a full
+/// copy of a new history. Refused while a capture holds the directory (naming it).
+pub fn reset(db: &Path, remove: bool) -> io::Result<Option<LocalState>> {
+    let dir = dir_of(db)?;
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let lock_path = dir.join("lock");
+    // Held until the directory is gone, so that no capture starts in it meanwhile.
+    let lock = match std::fs::OpenOptions::new().write(true).open(&lock_path) {
+        Ok(lock) => Some(lock),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(lock) = &lock
+        && let Err(e) = lock.try_lock()
+    {
+        return Err(match e {
+            std::fs::TryLockError::Error(e) => e,
+            std::fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is being captured ({}): stop its replication first",
+                    db.display(),
+                    holder(&lock_path)
+                ),
+            ),
+        });
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.clone()];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(&next)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    if remove {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    drop(lock);
+    Ok(Some(LocalState { dir, files }))
+}
+
 pub(super) fn staged_in(l0: &Path) -> io::Result<Vec<TxidRange>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(l0)? {
@@ -210,6 +272,39 @@ pub(super) fn staged_in(l0: &Path) -> io::Result<Vec<TxidRange>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_lists_and_removes_the_staging_directory_but_not_while_captured() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        assert!(reset(&db, true).unwrap().is_none());
+        let staging = Staging::open(&db).unwrap();
+        std::fs::write(staging.path(TxidRange::single(ltx::Txid::ONE)), b"x").unwrap();
+        let err = reset(&db, true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            err.to_string().contains("stop its replication first"),
+            "{err}"
+        );
+        drop(staging);
+        let found = reset(&db, false).unwrap().unwrap();
+        let names: Vec<_> = found
+            .files
+            .iter()
+            .map(|f| f.strip_prefix(&found.dir).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "lock",
+                "ltx/0/0000000000000001-0000000000000001.ltx",
+                "position"
+            ]
+        );
+        assert!(found.dir.is_dir(), "a dry run removes nothing");
+        reset(&db, true).unwrap();
+        assert!(!found.dir.exists());
+    }
 
     #[test]
     fn a_second_capture_of_one_database_is_refused_naming_the_holder() {

@@ -1,6 +1,6 @@
-//! `strata list`, `strata info` and `strata sync`: Litestream's commands that ask a running
-//! `strata replicate` over its control socket (see `control_socket`), with Litestream's
-//! flags and output.
+//! `strata list`, `info`, `sync`, `start`, `stop`, `register` and `unregister`:
+//! Litestream's commands that ask a running `strata replicate` over its control socket
+//! (see `control_socket`), with Litestream's flags and output.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +13,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use super::control_socket::{ErrorResponse, InfoResponse, ListResponse, SyncRequest, SyncResponse};
+use super::control_socket::{
+    ErrorResponse, InfoResponse, ListResponse, PathRequest, RegisterRequest, RegisterResponse,
+    StateResponse, SyncRequest, SyncResponse,
+};
 
 /// The flags every control command takes.
 #[derive(Debug, Args)]
@@ -53,6 +56,32 @@ pub struct SyncArgs {
     /// Return once the replica holds everything committed (not only staged).
     #[arg(long)]
     wait: bool,
+    /// Seconds to wait, at most.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+/// `start`, `stop` and `unregister`.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// The database, as the running process names it.
+    db: PathBuf,
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Seconds to wait, at most.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The database to replicate from now on.
+    db: PathBuf,
+    /// Where to: a replica URL.
+    #[arg(long)]
+    replica: String,
+    #[command(flatten)]
+    socket: SocketArgs,
     /// Seconds to wait, at most.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
@@ -175,16 +204,7 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
     };
     let started = Instant::now();
-    // A moment more than the server waits, so its answer (a timeout included) arrives.
-    let answer = ask(
-        &args.socket.socket,
-        "POST",
-        "/sync",
-        Some(serde_json::to_vec(&request)?),
-        Duration::from_secs(args.timeout).saturating_add(Duration::from_secs(5)),
-    )
-    .await?;
-    let synced: SyncResponse = parse("sync", answer)?;
+    let synced: SyncResponse = post(&args.socket.socket, "sync", &request, args.timeout).await?;
     let result = SyncResult {
         db_path: synced.path,
         txid: synced.txid,
@@ -201,5 +221,141 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         }
         println!("duration_ms: {}", result.duration_ms);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `start` and `stop` print (Litestream's fields).
+#[derive(Serialize)]
+struct StateResult {
+    status: String,
+    db_path: String,
+    state: &'static str,
+    txid: u64,
+    socket: String,
+}
+
+/// What `unregister` prints.
+#[derive(Serialize)]
+struct UnregisterResult {
+    status: String,
+    db_path: String,
+    final_txid: u64,
+    socket: String,
+}
+
+/// What `register` prints.
+#[derive(Serialize)]
+struct RegisterResult {
+    status: String,
+    db_path: String,
+    replica: String,
+    socket: String,
+}
+
+/// `POST verb` with `body`, waiting a moment more than the server may.
+async fn post<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    verb: &str,
+    body: &impl Serialize,
+    timeout: u64,
+) -> anyhow::Result<T> {
+    let answer = ask(
+        socket,
+        "POST",
+        &format!("/{verb}"),
+        Some(serde_json::to_vec(body)?),
+        Duration::from_secs(timeout).saturating_add(Duration::from_secs(5)),
+    )
+    .await?;
+    parse(verb, answer)
+}
+
+/// Prints `fields` as `name: value` lines, or `value` as JSON.
+fn print_fields<T: Serialize>(
+    value: &T,
+    json: bool,
+    fields: &[(&str, String)],
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(value);
+    }
+    for (name, field) in fields {
+        println!("{name}: {field}");
+    }
+    Ok(())
+}
+
+/// `start`, `stop` or `unregister` (`verb`).
+pub async fn change(verb: &str, args: ChangeArgs) -> anyhow::Result<ExitCode> {
+    let path = std::path::absolute(&args.db)?;
+    let request = PathRequest {
+        path: path.display().to_string(),
+        timeout: i64::try_from(args.timeout).unwrap_or(i64::MAX),
+    };
+    let answer: StateResponse = post(&args.socket.socket, verb, &request, args.timeout).await?;
+    let socket = args.socket.socket.display().to_string();
+    if verb == "unregister" {
+        let result = UnregisterResult {
+            status: answer.status,
+            db_path: answer.path,
+            final_txid: answer.txid,
+            socket,
+        };
+        let fields = [
+            ("status", result.status.clone()),
+            ("db_path", result.db_path.clone()),
+            ("final_txid", result.final_txid.to_string()),
+            ("socket", result.socket.clone()),
+        ];
+        print_fields(&result, args.socket.json, &fields)?;
+    } else {
+        let result = StateResult {
+            status: answer.status,
+            db_path: answer.path,
+            state: if verb == "start" {
+                "running"
+            } else {
+                "stopped"
+            },
+            txid: answer.txid,
+            socket,
+        };
+        let fields = [
+            ("status", result.status.clone()),
+            ("db_path", result.db_path.clone()),
+            ("state", result.state.to_owned()),
+            ("txid", result.txid.to_string()),
+            ("socket", result.socket.clone()),
+        ];
+        print_fields(&result, args.socket.json, &fields)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+    let path = std::path::absolute(&args.db)?;
+    let request = RegisterRequest {
+        path: path.display().to_string(),
+        replica_url: args.replica.clone(),
+    };
+    let answer: RegisterResponse =
+        post(&args.socket.socket, "register", &request, args.timeout).await?;
+    let result = RegisterResult {
+        status: answer.status,
+        db_path: answer.path,
+        replica: args.replica,
+        socket: args.socket.socket.display().to_string(),
+    };
+    let shown = match result.status.as_str() {
+        "already_registered" => "already registered".to_owned(),
+        other => other.to_owned(),
+    };
+    let fields = [
+        ("status", shown),
+        ("db_path", result.db_path.clone()),
+        ("replica", result.replica.clone()),
+        ("socket", result.socket.clone()),
+    ];
+    print_fields(&result, args.socket.json, &fields)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,9 @@
 //! Litestream's control socket (`socket:` in the config): HTTP over a Unix socket, with
-//! Litestream 0.5.17's requests and JSON answers, so `strata list`, `info` and `sync` (and
-//! Litestream's own commands) can ask a running `strata replicate`:
-//! `GET /list`, `GET /info`, and `POST /sync` with `{"path", "wait", "timeout"}`. The
-//! commands that change what is replicated (start, stop, register, unregister, reset)
-//! answer 501 for now.
+//! Litestream 0.5.17's requests and JSON answers, so `strata list`, `info`, `sync`,
+//! `start`, `stop`, `register` and `unregister` (and Litestream's own commands) can ask a
+//! running `strata replicate`: `GET /list`, `GET /info`, `POST /sync` with
+//! `{"path", "wait", "timeout"}`, `POST /start`, `/stop` and `/unregister` with
+//! `{"path", "timeout"}`, and `POST /register` with `{"path", "replica_url"}`.
 
 use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use strata::store::{Store, StoreError};
+use strata::storage::ReplicaUrl;
+use strata::store::{Database, DbStatus, Store, StoreError};
 
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -67,6 +68,37 @@ pub(super) struct SyncResponse {
     pub path: String,
     pub txid: u64,
     pub replicated_txid: u64,
+}
+
+/// `POST /start`, `/stop` and `/unregister`: the database and how long to wait, in seconds
+/// (0 or less: 30).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PathRequest {
+    pub path: String,
+    #[serde(default)]
+    pub timeout: i64,
+}
+
+/// The answer to `POST /start`, `/stop` and `/unregister`: what was done and the newest
+/// TXID staged.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StateResponse {
+    pub status: String,
+    pub path: String,
+    pub txid: u64,
+}
+
+/// `POST /register`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct RegisterRequest {
+    pub path: String,
+    pub replica_url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct RegisterResponse {
+    pub status: String,
+    pub path: String,
 }
 
 /// An error answer.
@@ -157,28 +189,166 @@ async fn respond(
                 database_count: store.status().await.len(),
             },
         ),
-        ("POST", "/sync") => {
-            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
-            };
-            match serde_json::from_slice::<SyncRequest>(&body) {
+        ("POST", "/sync") => match body::<SyncRequest>(request).await {
+            Ok(req) if req.path.is_empty() => error(StatusCode::BAD_REQUEST, "path required"),
+            Ok(req) => sync(store, req).await,
+            Err(answer) => answer,
+        },
+        ("POST", "/register") => match body::<RegisterRequest>(request).await {
+            Ok(req) => register(store, req).await,
+            Err(answer) => answer,
+        },
+        ("POST", verb @ ("/start" | "/stop" | "/unregister")) => {
+            match body::<PathRequest>(request).await {
                 Ok(req) if req.path.is_empty() => error(StatusCode::BAD_REQUEST, "path required"),
-                Ok(req) => sync(store, req).await,
-                Err(e) => error(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid request body: {e}"),
-                ),
+                Ok(req) => change(store, verb, req).await,
+                Err(answer) => answer,
             }
         }
-        ("POST", "/start" | "/stop" | "/register" | "/unregister" | "/reset") => error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "{} is not served by strata yet: change the config and send SIGHUP",
-                route.1
-            ),
-        ),
         _ => error(StatusCode::NOT_FOUND, format!("no {} {}", route.0, route.1)),
+    }
+}
+
+/// The request's JSON body as `T`, or the answer refusing it.
+async fn body<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, Response<Full<Bytes>>> {
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("request body: {e}"))),
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// The store's status of the database `path` names, if it has it.
+async fn find(store: &Store, path: &Path) -> Option<DbStatus> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    store
+        .status()
+        .await
+        .into_iter()
+        .find(|s| s.path == canonical)
+}
+
+/// The newest TXID staged for the database: its capture's, or for one not captured now
+/// (stopped) what its staging directory holds.
+fn staged(status: Option<&DbStatus>) -> u64 {
+    let Some(status) = status else { return 0 };
+    match &status.capture {
+        Some(c) => c.staged.get(),
+        None => strata::capture::local_txid(&status.path)
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.get()),
+    }
+}
+
+fn store_error(e: StoreError) -> Response<Full<Bytes>> {
+    match e {
+        StoreError::Unknown(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::Disabled(_) => error(StatusCode::CONFLICT, e.to_string()),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `start`, `stop` or `unregister` of one database, within the request's timeout.
+async fn change(store: &Store, verb: &str, req: PathRequest) -> Response<Full<Bytes>> {
+    let path = Path::new(&req.path);
+    let wait = match u64::try_from(req.timeout) {
+        Ok(s) if s > 0 => Duration::from_secs(s),
+        _ => DEFAULT_WAIT,
+    };
+    let before = find(store, path).await;
+    let answer = |status: &str, txid: u64| {
+        json(
+            StatusCode::OK,
+            &StateResponse {
+                status: status.to_owned(),
+                path: req.path.clone(),
+                txid,
+            },
+        )
+    };
+    let Some(before) = before else {
+        return match verb {
+            "/unregister" => answer("already_unregistered", 0),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("database not found: {}", req.path),
+            ),
+        };
+    };
+    let running = before.enabled && before.failed.is_none();
+    let done = match verb {
+        "/start" if running => return answer("already_running", staged(Some(&before))),
+        "/stop" if !before.enabled => return answer("already_stopped", staged(Some(&before))),
+        "/start" => {
+            tokio::time::timeout(wait, async { store.enable(path).await.map(|()| None) }).await
+        }
+        "/stop" => tokio::time::timeout(wait, async { store.disable(path).await.map(Some) }).await,
+        _ => tokio::time::timeout(wait, async { store.remove(path).await.map(Some) }).await,
+    };
+    let stopped = match done {
+        Ok(Ok(stopped)) => stopped,
+        Ok(Err(e)) => return store_error(e),
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{} did not finish within {} s", &verb[1..], wait.as_secs()),
+            );
+        }
+    };
+    // A stopped capture's final TXID; a started one's as it is now.
+    let txid = match stopped {
+        Some(status) => status.staged.get().max(staged(Some(&before))),
+        None => staged(find(store, path).await.as_ref()),
+    };
+    let status = match verb {
+        "/start" => "started",
+        "/stop" => "stopped",
+        _ => "unregistered",
+    };
+    answer(status, txid)
+}
+
+/// `register`: a database replicated to `replica_url` from now on (until the config is
+/// applied again at SIGHUP or the process stops), with the default settings.
+async fn register(store: &Store, req: RegisterRequest) -> Response<Full<Bytes>> {
+    if req.path.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "path required");
+    }
+    if req.replica_url.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "replica_url required");
+    }
+    let answer = |status: &str| {
+        json(
+            StatusCode::OK,
+            &RegisterResponse {
+                status: status.to_owned(),
+                path: req.path.clone(),
+            },
+        )
+    };
+    if find(store, Path::new(&req.path)).await.is_some() {
+        return answer("already_registered");
+    }
+    let url = match ReplicaUrl::parse(&req.replica_url) {
+        Ok(url) => url,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("invalid replica url: {e}"));
+        }
+    };
+    match store.add(Database::new(&req.path, url)).await {
+        Ok(_) => answer("registered"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to register database: {e}"),
+        ),
     }
 }
 
@@ -208,31 +378,9 @@ async fn list(store: &Store) -> ListResponse {
 
 async fn sync(store: &Store, req: SyncRequest) -> Response<Full<Bytes>> {
     let path = Path::new(&req.path);
-    let known = |e: StoreError| match e {
-        StoreError::Unknown(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        StoreError::Disabled(_) => error(StatusCode::CONFLICT, e.to_string()),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let now = |status: &str, txid: u64| {
-        json(
-            StatusCode::OK,
-            &SyncResponse {
-                status: status.to_owned(),
-                path: req.path.clone(),
-                txid,
-                replicated_txid: txid,
-            },
-        )
-    };
     if !req.wait {
         // Capture stages each commit as it is made: what is committed is staged already.
-        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        return match store
-            .status()
-            .await
-            .into_iter()
-            .find(|s| s.path == canonical)
-        {
+        return match find(store, path).await {
             Some(s) => {
                 let (staged, uploaded) = s
                     .capture
@@ -248,7 +396,7 @@ async fn sync(store: &Store, req: SyncRequest) -> Response<Full<Bytes>> {
                     },
                 )
             }
-            None => known(StoreError::Unknown(canonical)),
+            None => store_error(StoreError::Unknown(path.to_owned())),
         };
     }
     let wait = match req.timeout {
@@ -256,8 +404,16 @@ async fn sync(store: &Store, req: SyncRequest) -> Response<Full<Bytes>> {
         s => Duration::from_secs(s),
     };
     match tokio::time::timeout(wait, store.sync(path)).await {
-        Ok(Ok(txid)) => now("synced", txid.get()),
-        Ok(Err(e)) => known(e),
+        Ok(Ok(txid)) => json(
+            StatusCode::OK,
+            &SyncResponse {
+                status: "synced".to_owned(),
+                path: req.path.clone(),
+                txid: txid.get(),
+                replicated_txid: txid.get(),
+            },
+        ),
+        Ok(Err(e)) => store_error(e),
         Err(_) => error(
             StatusCode::GATEWAY_TIMEOUT,
             format!(

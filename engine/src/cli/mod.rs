@@ -10,6 +10,7 @@ mod heartbeat;
 mod local_status;
 mod ltx_cmd;
 mod replicate_cmd;
+mod reset_cmd;
 mod restore_cmd;
 mod serve;
 mod status_cmd;
@@ -62,6 +63,22 @@ enum Command {
     /// Have a running `strata replicate` sync a database now; with --wait, return once its
     /// replica holds everything committed (Litestream's `sync`, over the control socket).
     Sync(control_cmd::SyncArgs),
+    /// Have a running `strata replicate` start replicating a database it stopped
+    /// (Litestream's `start`, over the control socket).
+    Start(control_cmd::ChangeArgs),
+    /// Have a running `strata replicate` stop replicating a database after a final sync,
+    /// keeping it listed (Litestream's `stop`, over the control socket).
+    Stop(control_cmd::ChangeArgs),
+    /// Have a running `strata replicate` replicate one more database, to --replica URL,
+    /// until it stops or re-reads its config (Litestream's `register`).
+    Register(control_cmd::RegisterArgs),
+    /// Have a running `strata replicate` stop replicating a database after a final sync and
+    /// forget it (Litestream's `unregister`).
+    Unregister(control_cmd::ChangeArgs),
+    /// Clear a database's local replication state (its staging directory), so that the
+    /// next replication starts with a full copy; refused while it is being replicated
+    /// (Litestream's `reset`).
+    Reset(reset_cmd::ResetArgs),
     /// Print the version (Litestream's `version`: the number alone).
     Version,
 }
@@ -102,6 +119,19 @@ pub fn run() -> ExitCode {
         Command::List(args) => runtime().and_then(|rt| rt.block_on(control_cmd::list(args))),
         Command::Info(args) => runtime().and_then(|rt| rt.block_on(control_cmd::info(args))),
         Command::Sync(args) => runtime().and_then(|rt| rt.block_on(control_cmd::sync(args))),
+        Command::Start(args) => {
+            runtime().and_then(|rt| rt.block_on(control_cmd::change("start", args)))
+        }
+        Command::Stop(args) => {
+            runtime().and_then(|rt| rt.block_on(control_cmd::change("stop", args)))
+        }
+        Command::Register(args) => {
+            runtime().and_then(|rt| rt.block_on(control_cmd::register(args)))
+        }
+        Command::Unregister(args) => {
+            runtime().and_then(|rt| rt.block_on(control_cmd::change("unregister", args)))
+        }
+        Command::Reset(args) => reset_cmd::run(args),
         Command::Version => {
             println!("{}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -662,6 +662,70 @@ fn a_missing_database_stops_no_other() {
     one_left_out_stops_no_other(dir.path(), &missing, "missing.db: no database here");
 }
 
+/// A database the config lists that does not exist yet is replicated once it appears (as
+/// Litestream waits for it), while the others replicate from the start; the exit status
+/// is 0, and its replica restores what was written to it.
+#[test]
+fn a_database_that_appears_later_is_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    kept_db(&dir.path().join("a.db"));
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {0}/a.db\n    replica:\n      url: file://{0}/replica-a\n  - path: {0}/late.db\n    replica:\n      url: file://{0}/replica-late\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("strata.log");
+    let mut strata = Command::new(strata_bin())
+        .args(["replicate", "-config", &config.display().to_string()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |text: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !said().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never said {text:?}: {}",
+                said()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for("late.db: no database here yet: replicated once it appears");
+    wait_for("replicating");
+    let late = dir.path().join("late.db");
+    let conn = rusqlite::Connection::open(&late).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('late');")
+        .unwrap();
+    wait_for("late.db: it exists now: replicating");
+    conn.execute("INSERT INTO t VALUES ('later')", []).unwrap();
+    signal(&strata, "-TERM");
+    let status = strata.wait().unwrap();
+    assert!(status.success(), "{}", said());
+    let restored = dir.path().join("late-restored.db").display().to_string();
+    let replica = format!("file://{}/replica-late", dir.path().display());
+    let (ok, text) = run(
+        Command::new(strata_bin()),
+        &["restore", "-o", &restored, &replica],
+    );
+    assert!(ok, "{text}");
+    let rows: Vec<String> = rusqlite::Connection::open(&restored)
+        .unwrap()
+        .prepare("SELECT v FROM t ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows, ["late", "later"]);
+}
+
 /// The config's `exec:` runs as `-exec` does (strata exits with its code); `-log-level` is
 /// taken.
 #[test]

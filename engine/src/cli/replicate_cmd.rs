@@ -125,38 +125,63 @@ impl Source<'_> {
                 }
             }
         }
-        let missing = dbs
-            .extract_if(.., |db| {
-                std::fs::symlink_metadata(&db.path)
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-            })
-            .map(|db| db.path)
-            .collect();
+        let missing = dbs.extract_if(.., |db| is_missing(&db.path)).collect();
         check_distinct(&dbs)?;
         Ok(Listed { dbs, missing })
     }
+}
+
+/// Whether nothing is at `path` (a dangling symlink is something: opening it fails loudly).
+fn is_missing(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The databases a config lists now.
 struct Listed {
     /// Those to replicate.
     dbs: Vec<Database>,
-    /// Those whose file does not exist: not replicated, and said so, while the others are
-    /// (one missing database stops no other).
-    missing: Vec<PathBuf>,
+    /// Those whose file does not exist: replicated once it does (checked every second, as
+    /// Litestream does), while the others are (one missing database stops no other).
+    missing: Vec<Database>,
 }
 
 impl Listed {
-    /// Says which databases do not exist; whether any does not.
-    fn report_missing(&self) -> bool {
-        for path in &self.missing {
-            eprintln!(
-                "{}: no database here: not replicated (SIGHUP reads the config again)",
-                path.display()
-            );
+    /// Says which databases do not exist and what becomes of them (with `once`, nothing);
+    /// whether any does not.
+    fn report_missing(&self, once: bool) -> bool {
+        for db in &self.missing {
+            if once {
+                eprintln!("{}: no database here: not replicated", db.path.display());
+            } else {
+                eprintln!(
+                    "{}: no database here yet: replicated once it appears",
+                    db.path.display()
+                );
+            }
         }
         !self.missing.is_empty()
     }
+}
+
+/// Starts replicating each database of `waiting` whose file now exists; says what became
+/// of it. Returns whether one could not start.
+async fn start_appeared(store: &Store, waiting: &mut Vec<Database>) -> bool {
+    let mut failed = false;
+    for db in waiting.extract_if(.., |db| !is_missing(&db.path)) {
+        let path = db.path.clone();
+        match store.add(db).await {
+            Ok(_) => eprintln!("{}: it exists now: replicating", path.display()),
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "{}: cannot start: {}; not replicated (SIGHUP tries again)",
+                    path.display(),
+                    super::error_chain(&anyhow::Error::from(e))
+                );
+            }
+        }
+    }
+    failed
 }
 
 /// One database has one capture: two entries naming the same file (by any spelling,
@@ -191,13 +216,20 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let config = source.config()?;
     restore_missing(&config, args.restore_if_db_not_exists).await?;
     let listed = source.databases(&config, None).await?;
-    let mut failed = listed.report_missing();
-    let dbs = listed.dbs;
+    // A database of the config that is missing is waited for, as Litestream does. With
+    // -once, or named on the command line (a typo is more likely than a file to come), it
+    // is left out and the exit status says so.
+    let leave_out = args.once || args.config.is_none() && args.db.is_some();
+    let mut failed = listed.report_missing(leave_out) && leave_out;
+    let (dbs, mut waiting) = (listed.dbs, listed.missing);
+    if leave_out {
+        waiting.clear();
+    }
     let watching = config
         .dbs
         .iter()
         .any(|d| d.dir.as_ref().is_some_and(|s| s.watch));
-    if dbs.is_empty() && !watching {
+    if dbs.is_empty() && !watching && waiting.is_empty() {
         if failed {
             bail!("no database the config lists exists");
         }
@@ -263,7 +295,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if started == 0 && failed && !watching && args.exec.is_none() && config.exec.is_none() {
+    if started == 0
+        && failed
+        && !watching
+        && waiting.is_empty()
+        && args.exec.is_none()
+        && config.exec.is_none()
+    {
         store.shutdown().await;
         bail!("no database could start");
     }
@@ -304,7 +342,8 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                         Ok((reloaded, listed)) => {
                             config = reloaded;
                             eprintln!("SIGHUP: config re-read");
-                            listed.report_missing();
+                            listed.report_missing(false);
+                            waiting = listed.missing;
                             report_applied(&store, store.apply(listed.dbs).await, &mut reported).await;
                         }
                         Err(e) => eprintln!(
@@ -339,14 +378,18 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: {message}; its replication has stopped", db.display());
                 failed = true;
                 let all_failed = store.status().await.iter().all(|s| s.failed.is_some());
-                if all_failed && !watching && child.is_none() {
+                if all_failed && !watching && waiting.is_empty() && child.is_none() {
                     break;
                 }
             }
-            _ = rescan.tick(), if watching => {
-                if let Ok(listed) = source.databases(&config, Some(&store)).await {
+            _ = rescan.tick(), if watching || !waiting.is_empty() => {
+                if watching
+                    && let Ok(listed) = source.databases(&config, Some(&store)).await
+                {
+                    waiting = listed.missing;
                     report_applied(&store, store.apply(listed.dbs).await, &mut reported).await;
                 }
+                failed |= start_appeared(&store, &mut waiting).await;
             }
             () = async { tokio::time::sleep_until(kill_at.expect("guarded")).await }, if kill_at.is_some() && exit_code.is_none() => {
                 kill_at = None;

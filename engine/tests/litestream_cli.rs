@@ -662,6 +662,47 @@ fn a_missing_database_stops_no_other() {
     one_left_out_stops_no_other(dir.path(), &missing, "missing.db: no database here");
 }
 
+/// `strata replicate -config config`, its stderr in `log`.
+fn replicate_logged(config: &Path, log: &Path) -> std::process::Child {
+    Command::new(strata_bin())
+        .args(["replicate", "-config", &config.display().to_string()])
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `log` says `text` (30 s at most).
+fn wait_said(log: &Path, text: &str) {
+    let said = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !said().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said {text:?}: {}",
+            said()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The rows of table `t` that `replica` restores to (into `out`).
+fn restored_rows(replica: &str, out: &Path) -> Vec<String> {
+    let out = out.display().to_string();
+    let (ok, text) = run(
+        Command::new(strata_bin()),
+        &["restore", "-o", &out, replica],
+    );
+    assert!(ok, "{text}");
+    rusqlite::Connection::open(&out)
+        .unwrap()
+        .prepare("SELECT v FROM t ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// A database the config lists that does not exist yet is replicated once it appears (as
 /// Litestream waits for it), while the others replicate from the start; the exit status
 /// is 0, and its replica restores what was written to it.
@@ -679,51 +720,58 @@ fn a_database_that_appears_later_is_replicated() {
     )
     .unwrap();
     let log = dir.path().join("strata.log");
-    let mut strata = Command::new(strata_bin())
-        .args(["replicate", "-config", &config.display().to_string()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let said = || std::fs::read_to_string(&log).unwrap_or_default();
-    let wait_for = |text: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !said().contains(text) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never said {text:?}: {}",
-                said()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    wait_for("late.db: no database here yet: replicated once it appears");
-    wait_for("replicating");
-    let late = dir.path().join("late.db");
-    let conn = rusqlite::Connection::open(&late).unwrap();
+    let mut strata = replicate_logged(&config, &log);
+    wait_said(
+        &log,
+        "late.db: no database here yet: replicated once it appears",
+    );
+    wait_said(&log, "replicating");
+    let conn = rusqlite::Connection::open(dir.path().join("late.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
     conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('late');")
         .unwrap();
-    wait_for("late.db: it exists now: replicating");
+    wait_said(&log, "late.db: it exists now: replicating");
     conn.execute("INSERT INTO t VALUES ('later')", []).unwrap();
     signal(&strata, "-TERM");
-    let status = strata.wait().unwrap();
-    assert!(status.success(), "{}", said());
-    let restored = dir.path().join("late-restored.db").display().to_string();
+    assert!(strata.wait().unwrap().success());
     let replica = format!("file://{}/replica-late", dir.path().display());
-    let (ok, text) = run(
-        Command::new(strata_bin()),
-        &["restore", "-o", &restored, &replica],
-    );
-    assert!(ok, "{text}");
-    let rows: Vec<String> = rusqlite::Connection::open(&restored)
-        .unwrap()
-        .prepare("SELECT v FROM t ORDER BY rowid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows = restored_rows(&replica, &dir.path().join("restored.db"));
     assert_eq!(rows, ["late", "later"]);
+}
+
+/// A database that cannot start (its replica's directory cannot be made: a file is in the
+/// way) is tried again on its own, as Litestream retries, and replicates once the way is
+/// clear; the exit status is 0 and the replica restores everything.
+#[test]
+fn a_database_that_cannot_start_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    kept_db(&db);
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "dbs:\n  - path: {}\n    replica:\n      url: file://{}/replica\n",
+            db.display(),
+            blocker.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("strata.log");
+    let mut strata = replicate_logged(&config, &log);
+    wait_said(&log, "a.db: cannot start");
+    wait_said(&log, "tried again in 2 s");
+    std::fs::remove_file(&blocker).unwrap();
+    wait_said(&log, "a.db: started on a later try: replicating");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("INSERT INTO t VALUES ('after')", []).unwrap();
+    signal(&strata, "-TERM");
+    assert!(strata.wait().unwrap().success());
+    let replica = format!("file://{}/replica", blocker.display());
+    let rows = restored_rows(&replica, &dir.path().join("restored.db"));
+    assert_eq!(rows, ["kept", "after"]);
 }
 
 /// The config's `exec:` runs as `-exec` does (strata exits with its code); `-log-level` is

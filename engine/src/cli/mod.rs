@@ -9,6 +9,7 @@ mod go_flags;
 mod heartbeat;
 mod local_status;
 mod ltx_cmd;
+mod pending_dbs;
 mod replicate_cmd;
 mod reset_cmd;
 mod restore_cmd;

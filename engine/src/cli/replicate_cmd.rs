@@ -14,6 +14,8 @@ use strata::config::{Config, DbConfig, parse_interval};
 use strata::storage::{Level, Replica, ReplicaUrl};
 use strata::store::{Database, DbStatus, Store, StoreOptions, config_databases};
 
+use super::pending_dbs::PendingDbs;
+
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
     /// The database to replicate (with REPLICA), unless --config is given.
@@ -125,15 +127,12 @@ impl Source<'_> {
                 }
             }
         }
-        let missing = dbs.extract_if(.., |db| is_missing(&db.path)).collect();
+        let missing = dbs
+            .extract_if(.., |db| super::pending_dbs::is_missing(&db.path))
+            .collect();
         check_distinct(&dbs)?;
         Ok(Listed { dbs, missing })
     }
-}
-
-/// Whether nothing is at `path` (a dangling symlink is something: opening it fails loudly).
-fn is_missing(path: &std::path::Path) -> bool {
-    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The databases a config lists now.
@@ -161,27 +160,6 @@ impl Listed {
         }
         !self.missing.is_empty()
     }
-}
-
-/// Starts replicating each database of `waiting` whose file now exists; says what became
-/// of it. Returns whether one could not start.
-async fn start_appeared(store: &Store, waiting: &mut Vec<Database>) -> bool {
-    let mut failed = false;
-    for db in waiting.extract_if(.., |db| !is_missing(&db.path)) {
-        let path = db.path.clone();
-        match store.add(db).await {
-            Ok(_) => eprintln!("{}: it exists now: replicating", path.display()),
-            Err(e) => {
-                failed = true;
-                eprintln!(
-                    "{}: cannot start: {}; not replicated (SIGHUP tries again)",
-                    path.display(),
-                    super::error_chain(&anyhow::Error::from(e))
-                );
-            }
-        }
-    }
-    failed
 }
 
 /// One database has one capture: two entries naming the same file (by any spelling,
@@ -221,15 +199,16 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     // is left out and the exit status says so.
     let leave_out = args.once || args.config.is_none() && args.db.is_some();
     let mut failed = listed.report_missing(leave_out) && leave_out;
-    let (dbs, mut waiting) = (listed.dbs, listed.missing);
-    if leave_out {
-        waiting.clear();
+    let mut pending = PendingDbs::new(!args.once);
+    let dbs = listed.dbs;
+    if !leave_out {
+        pending.wait_for(listed.missing);
     }
     let watching = config
         .dbs
         .iter()
         .any(|d| d.dir.as_ref().is_some_and(|s| s.watch));
-    if dbs.is_empty() && !watching && waiting.is_empty() {
+    if dbs.is_empty() && !watching && pending.is_empty() {
         if failed {
             bail!("no database the config lists exists");
         }
@@ -256,7 +235,8 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         super::heartbeat::start(url.to_owned(), interval, store.clone())?;
     }
     // One database that cannot start (its replica unreachable, its staging taken by another
-    // process) stops no other: it is named, and the exit status says so at the end.
+    // process) stops no other: it is named and tried again later (with -once, the exit
+    // status says so).
     let mut started = 0;
     // -force-snapshot and -enforce-retention work on the replicas of the databases listed.
     let maintained: Vec<(ReplicaUrl, CompactionOptions)> =
@@ -273,35 +253,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             Vec::new()
         };
     for db in dbs {
-        let path = db.path.clone();
-        let replica = db
-            .replicas
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" and ");
-        match store.add(db).await {
-            Ok(_) => {
-                started += 1;
-                eprintln!("replicating {} to {replica}", path.display());
-            }
-            Err(e) => {
-                failed = true;
-                eprintln!(
-                    "{}: cannot start: {}; not replicated (SIGHUP tries again)",
-                    path.display(),
-                    super::error_chain(&anyhow::Error::from(e))
-                );
-            }
+        if pending.start(&store, db).await {
+            started += 1;
+        } else if args.once {
+            failed = true;
         }
     }
-    if started == 0
-        && failed
-        && !watching
-        && waiting.is_empty()
-        && args.exec.is_none()
-        && config.exec.is_none()
-    {
+    if started == 0 && args.once && failed {
         store.shutdown().await;
         bail!("no database could start");
     }
@@ -343,8 +301,14 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                             config = reloaded;
                             eprintln!("SIGHUP: config re-read");
                             listed.report_missing(false);
-                            waiting = listed.missing;
-                            report_applied(&store, store.apply(listed.dbs).await, &mut reported).await;
+                            pending.wait_for(listed.missing);
+                            pending.keep_listed(&listed.dbs);
+                            let specs = listed.dbs.clone();
+                            let applied = store.apply(listed.dbs).await;
+                            for e in &applied.failed {
+                                pending.retry_later(e, &specs);
+                            }
+                            report_applied(&store, applied, &mut reported).await;
                         }
                         Err(e) => eprintln!(
                             "SIGHUP: config not applied, running as before: {}",
@@ -378,18 +342,18 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: {message}; its replication has stopped", db.display());
                 failed = true;
                 let all_failed = store.status().await.iter().all(|s| s.failed.is_some());
-                if all_failed && !watching && waiting.is_empty() && child.is_none() {
+                if all_failed && !watching && pending.is_empty() && child.is_none() {
                     break;
                 }
             }
-            _ = rescan.tick(), if watching || !waiting.is_empty() => {
+            _ = rescan.tick(), if watching || !pending.is_empty() => {
                 if watching
                     && let Ok(listed) = source.databases(&config, Some(&store)).await
                 {
-                    waiting = listed.missing;
+                    pending.wait_for(listed.missing);
                     report_applied(&store, store.apply(listed.dbs).await, &mut reported).await;
                 }
-                failed |= start_appeared(&store, &mut waiting).await;
+                pending.tick(&store).await;
             }
             () = async { tokio::time::sleep_until(kill_at.expect("guarded")).await }, if kill_at.is_some() && exit_code.is_none() => {
                 kill_at = None;
@@ -438,6 +402,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("{e}");
             }
         }
+    }
+    for path in pending.never_started() {
+        failed = true;
+        eprintln!("{}: never started: not replicated", path.display());
     }
     if let Some(socket) = &config.socket {
         let _ = std::fs::remove_file(&socket.path);

@@ -57,11 +57,11 @@ impl PendingDbs {
     /// A database the store could not start (`error`), tried again later if `specs` has
     /// it.
     pub(super) fn retry_later(&mut self, error: &StoreError, specs: &[Database]) {
-        let path = match error {
-            StoreError::Start { path, .. }
-            | StoreError::Io { path, .. }
-            | StoreError::Replica { path, .. } => path,
-            _ => return,
+        let (StoreError::Start { path, .. }
+        | StoreError::Io { path, .. }
+        | StoreError::Replica { path, .. }) = error
+        else {
+            return;
         };
         if let Some(db) = specs.iter().find(|db| same_file(&db.path, path)) {
             self.schedule(db.clone(), FIRST_RETRY);

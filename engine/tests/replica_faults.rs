@@ -293,6 +293,57 @@ async fn two_databases_in_one_replica_are_never_joined() {
     }
 }
 
+/// A database that was replicated elsewhere before (its staging holds its own history) and
+/// is then replicated to a replica another database wrote to meanwhile: the replica's tail
+/// is another history, so the first file is a full copy, never its own later files on top
+/// of the other's. Whatever the replica restores to is one database whole, and the latest
+/// is the second one; Litestream restores the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_moved_onto_a_replica_another_wrote_is_never_joined_to_it() {
+    common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one.db"), dir.path().join("two.db"));
+    create(&one);
+    create(&two);
+    let shared = url(&dir.path().join("shared"));
+    let own = url(&dir.path().join("own"));
+    let replicate = |db: &Path, replica: &ReplicaUrl, tag: u8| {
+        let (db, replica) = (db.to_owned(), replica.clone());
+        async move {
+            let store = Store::new(StoreOptions::default());
+            let key = store
+                .add(Database::new(&db, replica).with_options(quick_capture_options()))
+                .await
+                .unwrap();
+            insert_tagged(&db, tag, 3);
+            store.sync(&key).await.unwrap();
+            store.shutdown().await;
+        }
+    };
+    // The second database first gets a history of its own elsewhere, further than the
+    // first will reach.
+    for _ in 0..3 {
+        replicate(&two, &own, b'B').await;
+    }
+    replicate(&one, &shared, b'A').await;
+    replicate(&two, &shared, b'B').await;
+    let latest = try_restored_rows(&shared, dir.path()).await.unwrap();
+    assert_eq!(check_one_database(&latest), Some(b'B'));
+    assert_eq!(latest, rows(&two));
+    let out = dir.path().join("litestream.db");
+    let restored = common::litestream()
+        .args(["restore", "-o", out.to_str().unwrap()])
+        .arg(shared.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(rows(&out), rows(&two));
+}
+
 #[test]
 fn a_config_with_two_databases_in_one_replica_is_refused() {
     let config = "dbs:\n  - path: /a.db\n    replica:\n      url: s3://bucket/app\n  - path: /b.db\n    replica:\n      url: s3://bucket//app/\n";

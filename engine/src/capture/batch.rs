@@ -28,6 +28,20 @@ pub(super) struct Batches {
     encoding: PageEncoding,
 }
 
+/// Removes every replica's local copies of uploads (`batch`, `batch-N`): they belong to a
+/// history the capture no longer continues.
+pub(super) fn remove_all(staging: &Staging) -> io::Result<()> {
+    for entry in std::fs::read_dir(staging.dir())? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if (name == "batch" || name.starts_with("batch-")) && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl Batches {
     /// Merged uploads of replica `slot` of the database staged in `staging`.
     pub(super) fn new(staging: &Staging, slot: usize, encoding: PageEncoding) -> Batches {

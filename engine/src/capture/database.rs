@@ -46,12 +46,14 @@ impl Capture {
     /// restores to and `replica_newest` the newest any of its files reaches: capture
     /// continues above every TXID used, and resumes from its saved position only if the
     /// replica, the staged files and the position form one unbroken history of this very
-    /// database file. Otherwise the next file is a full copy.
+    /// database file. Otherwise the next file is a full copy, as it is if `foreign_tail`
+    /// (a replica's newest files belong to another history than the saved position's: another
+    /// database replicated there meanwhile).
     pub(super) fn open(
         db: &Path,
         staging: Staging,
-        replica_max: Txid,
-        replica_newest: Txid,
+        (replica_max, replica_newest): (Txid, Txid),
+        foreign_tail: bool,
         options: CaptureOptions,
     ) -> Result<Capture, CaptureError> {
         let sql_err = |error| CaptureError::Sqlite {
@@ -114,7 +116,7 @@ impl Capture {
         // a gap, and be whole (a power loss may tear what was not on disk yet): else they
         // are dropped and a full copy follows.
         let mut reach = replica_max;
-        let mut continues = true;
+        let mut continues = !foreign_tail;
         for r in staged.iter().filter(|r| r.max > replica_max) {
             if (r.min == Txid::ONE || r.min == reach.next()) && staging.intact(*r) {
                 reach = r.max;
@@ -123,8 +125,12 @@ impl Capture {
                 break;
             }
         }
-        if !continues {
+        if foreign_tail {
+            tracing::warn!(db = %db.display(), replica = %replica_max, "a replica's newest files belong to another history (another database replicated there): dropping the staged files; the next file is a full copy");
+        } else if !continues {
             tracing::warn!(db = %db.display(), replica = %replica_max, "staged files do not continue the replica, or one is torn; dropping them");
+        }
+        if !continues {
             for r in staged.iter().filter(|r| r.max > replica_max) {
                 staging.remove(*r).map_err(io_err(&staging.path(*r)))?;
             }
@@ -152,17 +158,20 @@ impl Capture {
             }
             usable
         });
-        // Staged files the replica lacks are uploaded only as part of a history this capture
+        // Staged files and the local copies of uploads serve only a history this capture
         // resumes: without a usable position they may describe another file that had this
-        // path (deleted and made again), and the full copy that follows covers them anyway.
-        if position.is_none() && continues {
-            let stale: Vec<_> = staged.iter().filter(|r| r.max > replica_max).collect();
+        // path (deleted and made again) or another replica, and compaction must never read
+        // one in place of a replica's file of the same name. The full copy that follows
+        // covers what they held.
+        if position.is_none() {
+            let stale = staging.staged().map_err(io_err(staging.dir()))?;
             if !stale.is_empty() {
                 tracing::info!(db = %db.display(), files = stale.len(), "dropping staged files no saved position vouches for");
             }
             for r in stale {
-                staging.remove(*r).map_err(io_err(&staging.path(*r)))?;
+                staging.remove(r).map_err(io_err(&staging.path(r)))?;
             }
+            super::batch::remove_all(&staging).map_err(io_err(staging.dir()))?;
         }
         let syncer = Syncer {
             db: db_file,
@@ -462,8 +471,8 @@ impl Closed {
         let mut capture = Capture::open(
             &self.db,
             self.staging.clone(),
-            self.last,
-            self.last,
+            (self.last, self.last),
+            false,
             self.options.clone(),
         )?;
         capture.syncer.position = None;
@@ -507,8 +516,8 @@ mod tests {
         let mut capture = Capture::open(
             db,
             staging.clone(),
-            Txid::ZERO,
-            Txid::ZERO,
+            (Txid::ZERO, Txid::ZERO),
+            false,
             CaptureOptions::default(),
         )
         .unwrap();

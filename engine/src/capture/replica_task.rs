@@ -39,6 +39,9 @@ pub(super) struct Listing {
     pub(super) files: Vec<FileInfo>,
     pub(super) restores_to: Txid,
     pub(super) newest: Txid,
+    /// The history (LTX node ID) of the file the replica's restore chain ends with, if it
+    /// names one (Litestream's files name none).
+    pub(super) tail_history: Option<u64>,
 }
 
 /// What every replica task of one replication shares.
@@ -230,10 +233,20 @@ async fn list_one_at_start(replica: &Replica) -> Result<Listing, StorageError> {
         .map(|f| f.range.max)
         .max()
         .unwrap_or(Txid::ZERO);
+    // One ranged read: whose history the replica ends with.
+    let tail = listed
+        .iter()
+        .filter(|f| f.range.max == restores_to && restores_to > Txid::ZERO)
+        .min_by_key(|f| f.level.get());
+    let tail_history = match tail {
+        Some(f) => Some(replica.read_header(f).await?.node_id).filter(|&h| h != 0),
+        None => None,
+    };
     Ok(Listing {
         files: listed,
         restores_to,
         newest,
+        tail_history,
     })
 }
 

@@ -84,7 +84,23 @@ impl Replication {
                 .unwrap_or(Txid::ZERO)
         };
         let reach = (furthest(|l| l.restores_to), furthest(|l| l.newest));
-        let opened = open_capture(&db, &staging, reach, &options).await?;
+        // A replica whose newest files are another history's (another database replicated
+        // there since) is never continued with this one's files.
+        let ours = super::position::Position::load(staging.dir()).map(|p| p.history);
+        let foreign: Vec<&Replica> = replicas
+            .iter()
+            .zip(&listings)
+            .filter(|(_, l)| {
+                l.as_ref()
+                    .and_then(|l| l.tail_history)
+                    .is_some_and(|theirs| Some(theirs) != ours)
+            })
+            .map(|(r, _)| r)
+            .collect();
+        for replica in &foreign {
+            tracing::warn!(db = %db.display(), replica = replica.name(), "the replica's newest files belong to another history than this database's: the next file is a full copy");
+        }
+        let opened = open_capture(&db, &staging, reach, !foreign.is_empty(), &options).await?;
         let status = Arc::new(Mutex::new(Status {
             staged: opened.syncer.next_txid.prev(),
             ..Status::default()
@@ -442,13 +458,14 @@ async fn open_capture(
     db: &Path,
     staging: &Staging,
     reach: (Txid, Txid),
+    foreign_tail: bool,
     options: &CaptureOptions,
 ) -> Result<Capture, CaptureError> {
     let (path, staging, options) = (db.to_owned(), staging.clone(), options.clone());
     tokio::task::spawn_blocking(move || {
         let mut attempt = 0;
         loop {
-            match Capture::open(&path, staging.clone(), reach.0, reach.1, options.clone()) {
+            match Capture::open(&path, staging.clone(), reach, foreign_tail, options.clone()) {
                 Err(CaptureError::Replaced { .. }) if attempt < 3 => attempt += 1,
                 result => break result,
             }

@@ -504,6 +504,34 @@ async fn listing_starts_after_the_last_seen_key_on_s3() {
     assert_eq!(after.listed - before.listed, 2);
 }
 
+/// `forcePathStyle=false` (Litestream's `force-path-style: false`) with an endpoint that is
+/// an IP address: requests go path-style, as AWS's SDKs fall back to, and name the bucket
+/// (they once left it out and wrote into a bucket named by the prefix).
+#[tokio::test]
+async fn virtual_hosted_style_to_an_ip_endpoint_goes_path_style() {
+    let url = s3_url("hosted").replace("forcePathStyle=true", "forcePathStyle=false");
+    let replica = Replica::create(&ReplicaUrl::parse(&url).unwrap()).unwrap();
+    write_l0(&replica).await;
+    let listed = replica.list(Level::L0, Txid::ZERO).await.unwrap();
+    assert_eq!(listed.len(), 6);
+    let path_style = Replica::open(
+        &ReplicaUrl::parse(&s3_url_in(
+            url.strip_prefix("s3://")
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap(),
+            "hosted",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        path_style.list(Level::L0, Txid::ZERO).await.unwrap().len(),
+        6
+    );
+}
+
 /// Strata does not retry a read on top of the network client (which resumes a broken body
 /// itself, see `restore::a_body_broken_on_the_way_is_resumed_by_the_client`): a body that
 /// breaks here is an error, never fewer bytes, and one request.

@@ -79,9 +79,21 @@ impl ReplicaUrl {
             } => {
                 use object_store::aws::{AmazonS3Builder, S3CopyIfNotExists};
                 install_tls_provider();
+                // Virtual-hosted requests to an endpoint of one's own name the bucket in the
+                // host, as AWS's SDKs do: `http://bucket.host:port` (object_store takes the
+                // endpoint as given); an endpoint that is an IP address takes path-style
+                // requests, as AWS's SDKs fall back to.
+                let (virtual_hosted, endpoint) = match endpoint {
+                    Some(e) if !force_path_style => match virtual_hosted_endpoint(e, bucket) {
+                        Some(hosted) => (true, Some(hosted)),
+                        None => (false, Some(e.clone())),
+                    },
+                    other => (!force_path_style, other.clone()),
+                };
+                let endpoint = &endpoint;
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_virtual_hosted_style_request(!force_path_style)
+                    .with_virtual_hosted_style_request(virtual_hosted)
                     .with_client_options(
                         client_options(*skip_verify)
                             .map_err(|m| open_error(ErrorKind::Other, m))?,
@@ -232,4 +244,39 @@ fn client_options(skip_verify: bool) -> Result<object_store::ClientOptions, Stri
 fn install_tls_provider() {
     // Fails only if a provider is already installed, which is what we want anyway.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `endpoint` with `bucket` put in front of its host, for virtual-hosted requests; `None`
+/// if the host is an IP address (no name to put the bucket in front of).
+#[cfg(feature = "s3")]
+fn virtual_hosted_endpoint(endpoint: &str, bucket: &str) -> Option<String> {
+    let mut url = url::Url::parse(endpoint).ok()?;
+    match url.host()? {
+        url::Host::Domain(host) => {
+            let hosted = format!("{bucket}.{host}");
+            url.set_host(Some(&hosted)).ok()?;
+            Some(url.as_str().trim_end_matches('/').to_owned())
+        }
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => None,
+    }
+}
+
+#[cfg(all(test, feature = "s3"))]
+mod tests {
+    use super::virtual_hosted_endpoint;
+
+    #[test]
+    fn a_virtual_hosted_endpoint_puts_the_bucket_before_a_host_name_only() {
+        let hosted = |e: &str| virtual_hosted_endpoint(e, "b");
+        assert_eq!(
+            hosted("http://minio.local:9000").as_deref(),
+            Some("http://b.minio.local:9000")
+        );
+        assert_eq!(
+            hosted("https://s3.example.com/").as_deref(),
+            Some("https://b.s3.example.com")
+        );
+        assert_eq!(hosted("http://127.0.0.1:9000"), None);
+        assert_eq!(hosted("http://[::1]:9000"), None);
+    }
 }

@@ -576,6 +576,10 @@ impl Store {
                 .map(|(p, e)| (p.clone(), e.spec.clone()))
                 .collect()
         };
+        // Everything that goes (or changes) stops before anything starts: a replica a
+        // removed database leaves may be the one a new database is given, and two databases
+        // must never write one replica, even for a moment.
+        let mut changed = Vec::new();
         for (path, spec) in &current {
             match wanted.get(path) {
                 None => {
@@ -584,12 +588,15 @@ impl Store {
                 }
                 Some(new) if new.replicas != spec.replicas || new.options != spec.options => {
                     let _ = self.remove(path).await;
-                    match self.add(new.clone()).await {
-                        Ok(_) => applied.changed.push(path.clone()),
-                        Err(e) => applied.failed.push(e),
-                    }
+                    changed.push((path.clone(), new.clone()));
                 }
                 Some(_) => {}
+            }
+        }
+        for (path, new) in changed {
+            match self.add(new).await {
+                Ok(_) => applied.changed.push(path),
+                Err(e) => applied.failed.push(e),
             }
         }
         for (path, db) in wanted {

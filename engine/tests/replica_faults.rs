@@ -371,14 +371,33 @@ async fn a_second_database_on_a_replica_in_use_is_refused_by_the_store() {
         .add(Database::new(&one, url(&dir.path().join("r"))))
         .await
         .unwrap();
-    let err = store
-        .add(Database::new(&two, url(&dir.path().join("r/./"))))
+    // The same place spelled otherwise, or a place inside its files.
+    for other in ["r/./", "r/ltx", "r/ltx/0/x"] {
+        let err = store
+            .add(Database::new(&two, url(&dir.path().join(other))))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, strata::store::StoreError::ReplicaShared { .. }),
+            "{other}: {err}"
+        );
+    }
+    // Inside a staging directory (its own, or another database's), which strata removes.
+    for inside in [".two.db-strata/r", ".one.db-strata"] {
+        let err = store
+            .add(Database::new(&two, url(&dir.path().join(inside))))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, strata::store::StoreError::ReplicaInStaging { .. }),
+            "{inside}: {err}"
+        );
+    }
+    // Beside another's files (Litestream's layout keeps them apart): allowed.
+    store
+        .add(Database::new(&two, url(&dir.path().join("r/two"))))
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, strata::store::StoreError::ReplicaShared { .. }),
-        "{err}"
-    );
+        .unwrap();
     store.shutdown().await;
 }
 

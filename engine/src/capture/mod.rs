@@ -50,6 +50,11 @@ pub use replication::Replication;
 pub use staging::{LocalState, reset};
 pub use status::{LevelFiles, ReplicaStatus, Status};
 
+/// The staging directory capture keeps beside the database at `db` (`.NAME-strata`).
+pub fn staging_dir(db: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    staging::dir_of(db)
+}
+
 /// The newest TXID captured beside the database at `db` (its staging directory's position,
 /// or a staged file above it), read without the capture's lock, as Litestream's `status`
 /// reports its "local TXID". `None` if nothing was captured there.

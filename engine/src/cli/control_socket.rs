@@ -25,6 +25,9 @@ use strata::store::{Database, DbStatus, Store, StoreError};
 const MAX_CONNECTIONS: usize = 64;
 /// The largest request body read.
 const MAX_BODY: usize = 64 << 10;
+/// How long a request's body may take to arrive: a client that stalls midway gives up its
+/// connection slot, so a few slow clients cannot lock the others out.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `sync -wait` waits when the request names no timeout (Litestream's 30 s).
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
@@ -213,9 +216,19 @@ async fn respond(
 async fn body<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, Response<Full<Bytes>>> {
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("request body: {e}"))),
+    let read = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, format!("request body: {e}"))),
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ));
+        }
     };
     serde_json::from_slice(&body).map_err(|e| {
         error(
@@ -381,6 +394,10 @@ async fn sync(store: &Store, req: SyncRequest) -> Response<Full<Bytes>> {
     if !req.wait {
         // Capture stages each commit as it is made: what is committed is staged already.
         return match find(store, path).await {
+            Some(s) if !s.enabled || s.failed.is_some() => error(
+                StatusCode::CONFLICT,
+                format!("database not open: {} is not being replicated", req.path),
+            ),
             Some(s) => {
                 let (staged, uploaded) = s
                     .capture

@@ -98,13 +98,14 @@ pub fn run() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log.as_deref(), default_log);
-    if matches!(
+    if !matches!(
         cli.command,
-        Command::Ltx(_) | Command::Status(_) | Command::Databases(_)
+        Command::Replicate(_) | Command::Restore(_) | Command::Compact(_)
     ) {
         // Commands that print reports end quietly when their reader goes away (`| head`),
-        // as other Unix tools do, instead of panicking on a broken pipe. (Not `replicate`:
-        // it must never be killed by a peer closing a socket.)
+        // as other Unix tools do, instead of panicking on a broken pipe. (Not the
+        // long-running ones, `replicate`, `restore -f` and `compact`: they must never be
+        // killed by a peer closing a socket.)
         // SAFETY: called before any thread is started, restoring the default disposition.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -34,6 +34,9 @@ pub fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
     if !db.exists() {
         bail!("database does not exist: {}", db.display());
     }
+    // The staging directory is beside the file itself, as capture finds it (through links).
+    let db =
+        std::fs::canonicalize(&db).with_context(|| format!("cannot resolve {}", db.display()))?;
     let found = strata::capture::reset(&db, !args.dry_run)
         .with_context(|| format!("cannot reset the local state of {}", db.display()))?;
     let Some(found) = found else {

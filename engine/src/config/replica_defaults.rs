@@ -3,7 +3,7 @@
 
 use yaml_rust2::Yaml;
 
-use super::databases::{credentials, endpoint_value};
+use super::databases::endpoint_value;
 use super::yaml::{Map, boolean, get, interval, string};
 use super::{ConfigError, error};
 
@@ -38,29 +38,32 @@ pub(super) struct ReplicaDefaults(Map);
 
 impl ReplicaDefaults {
     pub(super) fn from_top(top: &Map) -> Result<ReplicaDefaults, ConfigError> {
-        credentials(top, "")?;
-        endpoint_value(top, "")?;
-        string(top, "", "region")?;
-        if let Some(bucket) = string(top, "", "bucket")?
+        // An empty value is no default, as in Litestream (`bucket: ""`, an unset variable).
+        let mut defaults = Map::new();
+        for key in KEYS {
+            if let Some(value) = get(top, key).filter(|v| v.as_str() != Some("")) {
+                defaults.insert(Yaml::String(key.to_owned()), value.clone());
+            }
+        }
+        let d = &defaults;
+        string(d, "", "access-key-id")?;
+        string(d, "", "secret-access-key")?;
+        endpoint_value(d, "")?;
+        string(d, "", "region")?;
+        if let Some(bucket) = string(d, "", "bucket")?
             && let Some(problem) = crate::storage::bucket_problem(&bucket)
         {
             return Err(error("bucket", problem));
         }
-        boolean(top, "", "force-path-style")?;
-        boolean(top, "", "skip-verify")?;
-        interval(top, "", "sync-interval")?;
-        let mut defaults = Map::new();
-        for key in KEYS {
-            if let Some(value) = get(top, key) {
-                defaults.insert(Yaml::String(key.to_owned()), value.clone());
-            }
-        }
+        boolean(d, "", "force-path-style")?;
+        boolean(d, "", "skip-verify")?;
+        interval(d, "", "sync-interval")?;
         Ok(ReplicaDefaults(defaults))
     }
 
-    /// `replica` completed with the defaults it does not set itself: the S3 settings only
-    /// for an S3 replica, the bucket only for one given by `type` rather than by a URL
-    /// (whose bucket is in it), and both keys of the access key or neither.
+    /// `replica` completed with the defaults it does not set itself, key by key: the S3
+    /// settings only for an S3 replica, the bucket only for one given by `type` rather than
+    /// by a URL (whose bucket is in it).
     pub(super) fn apply(&self, replica: &Map) -> Map {
         let mut out = replica.clone();
         if self.0.is_empty() {
@@ -71,16 +74,11 @@ impl ReplicaDefaults {
             Some(url) => url.starts_with("s3://"),
             None => get(replica, "type").and_then(Yaml::as_str) == Some("s3"),
         };
-        let own_key = ["access-key-id", "secret-access-key"]
-            .iter()
-            .any(|k| get(replica, k).is_some());
         for (key, value) in &self.0 {
             let name = key.as_str().unwrap_or_default();
-            let credential = matches!(name, "access-key-id" | "secret-access-key");
             let wanted = get(replica, name).is_none()
                 && (s3 || !S3_ONLY.contains(&name))
-                && !(name == "bucket" && url.is_some())
-                && !(credential && own_key);
+                && !(name == "bucket" && url.is_some());
             if wanted {
                 out.insert(key.clone(), value.clone());
             }

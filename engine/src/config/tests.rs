@@ -290,7 +290,7 @@ dbs:
     for (yaml, key) in [
         (
             "access-key-id: K\ndbs: [{path: a, replica: {url: s3://b/p}}]",
-            "secret-access-key",
+            "dbs[0].replica.secret-access-key",
         ),
         (
             "dbs: [{path: a, replica: {url: s3://b/p, secret-access-key: S}}]",
@@ -376,6 +376,25 @@ dbs:
     assert_eq!(interval(0), Some(Duration::from_secs(7)));
     assert_eq!(interval(2), Some(Duration::from_secs(2)));
     assert_eq!(interval(3), Some(Duration::from_secs(7)));
+    // Empty values are no defaults; the access key's two halves merge key by key.
+    let c = Config::parse(
+        "bucket: \"\"\naccess-key-id: \"\"\nendpoint: \"\"\nsecret-access-key: TOPSECRET\n\
+         dbs: [{path: /a.db, replica: {url: \"s3://b/a\", access-key-id: OWN}}, {path: /f.db, replica: {url: /f}}]",
+    )
+    .unwrap();
+    match &c.dbs[0].replicas[0] {
+        ReplicaUrl::S3 {
+            credentials: Some(k),
+            endpoint: None,
+            ..
+        } => {
+            assert_eq!(
+                (k.access_key_id.as_str(), k.secret_access_key.as_str()),
+                ("OWN", "TOPSECRET")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     // A bad default is named by its own key.
     for (yaml, key) in [
         (

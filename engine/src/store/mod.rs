@@ -177,8 +177,9 @@ pub enum StoreError {
     /// The database is in the store already.
     #[error("{} is already in the store", .0.display())]
     AlreadyAdded(PathBuf),
-    /// Another database in the store is replicated to the same place.
-    #[error("{}: {replica} is already the replica of {}: each database needs a replica of its own", path.display(), other.display())]
+    /// Another database in the store is replicated to the same place (or one inside its
+    /// files, or around them).
+    #[error("{}: {replica} is already the replica of {}, or inside or around its files: each database needs a replica of its own", path.display(), other.display())]
     ReplicaShared {
         /// The database being added.
         path: PathBuf,
@@ -186,6 +187,14 @@ pub enum StoreError {
         replica: String,
         /// The database that has it.
         other: PathBuf,
+    },
+    /// The replica is a directory inside a staging directory.
+    #[error("{}: {replica} is inside a staging directory (.NAME-strata), which strata removes and rewrites: give a replica elsewhere", path.display())]
+    ReplicaInStaging {
+        /// The database being added.
+        path: PathBuf,
+        /// The replica.
+        replica: String,
     },
     /// The database is in the store but disabled.
     #[error("{} is disabled", .0.display())]
@@ -326,12 +335,37 @@ impl Store {
             if dbs.contains_key(&path) || starting.iter().any(|(p, _)| *p == path) {
                 return Err(StoreError::AlreadyAdded(path));
             }
-            let in_use = dbs
+            let in_use: Vec<(&PathBuf, &Vec<String>)> = dbs
                 .iter()
                 .map(|(p, e)| (p, &e.locations))
-                .chain(starting.iter().map(|(p, l)| (p, l)));
+                .chain(starting.iter().map(|(p, l)| (p, l)))
+                .collect();
+            // A directory replica inside a staging directory (this database's or another's)
+            // would be removed with it (`strata reset`, a new history).
+            let stagings: Vec<String> = in_use
+                .iter()
+                .map(|(p, _)| p.as_path())
+                .chain([path.as_path()])
+                .filter_map(|p| crate::capture::staging_dir(p).ok())
+                .map(|d| format!("file://{}", d.display()))
+                .collect();
+            if let Some(i) = locations
+                .iter()
+                .position(|l| stagings.iter().any(|s| nested(l, s)))
+            {
+                return Err(StoreError::ReplicaInStaging {
+                    path,
+                    replica: db.replicas[i].to_string(),
+                });
+            }
             for (other, theirs) in in_use {
-                if let Some(i) = locations.iter().position(|l| theirs.contains(l)) {
+                // The same place, or one inside the other's files (`ROOT/ltx/...`): a
+                // replica beside another (`ROOT/other`) shares nothing with it.
+                let clash = |a: &str, b: &str| a == b || nested(a, &format!("{b}/ltx"));
+                if let Some(i) = locations
+                    .iter()
+                    .position(|l| theirs.iter().any(|t| clash(l, t) || clash(t, l)))
+                {
                     return Err(StoreError::ReplicaShared {
                         path,
                         replica: db.replicas[i].to_string(),
@@ -653,6 +687,14 @@ async fn stop(path: &Path, replication: Replication) -> Result<Status, StoreErro
         path: path.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// Whether replica location `inner` is `outer` or inside it.
+fn nested(inner: &str, outer: &str) -> bool {
+    inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn canonical(path: &Path) -> Result<PathBuf, StoreError> {

@@ -45,10 +45,6 @@ const MASK: u32 = libc::IN_MODIFY
     | libc::IN_MOVED_FROM
     | libc::IN_DELETE;
 
-/// How long events are left unread after a batch is read (see [`DirWatch::run`]): well
-/// under a capture's debounce, which they only bring forward.
-const READ_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
-
 impl DirWatch {
     /// A new inotify instance, registered with the current tokio runtime.
     pub(crate) fn new() -> io::Result<DirWatch> {
@@ -160,15 +156,6 @@ impl DirWatch {
             let woken = self.parse(&buf[..n as usize]);
             for id in woken {
                 wake(id);
-            }
-            // The jobs are woken; more events for them in the next moment change nothing.
-            // Left unread meanwhile, a writer's repeated writes to one file merge into the
-            // queue's last event in the kernel and wake nobody: read at once, each write to
-            // the WAL would queue an event and wake this process from the writer's own
-            // system call.
-            tokio::select! {
-                () = tokio::time::sleep(READ_PAUSE) => {}
-                () = self.closed.notified() => return,
             }
         }
     }

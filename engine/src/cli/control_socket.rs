@@ -358,6 +358,8 @@ async fn register(store: &Store, req: RegisterRequest) -> Response<Full<Bytes>> 
     };
     match store.add(Database::new(&req.path, url)).await {
         Ok(_) => answer("registered"),
+        // Registered by a request that ran at the same time.
+        Err(StoreError::AlreadyAdded(_)) => answer("already_registered"),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("failed to register database: {e}"),

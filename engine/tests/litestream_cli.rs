@@ -685,6 +685,13 @@ fn wait_said(log: &Path, text: &str) {
     }
 }
 
+/// Stops `strata` (SIGTERM; it must exit 0), then the rows `replica` restores to.
+fn stop_and_restore(mut strata: std::process::Child, replica: &str, out: &Path) -> Vec<String> {
+    signal(&strata, "-TERM");
+    assert!(strata.wait().unwrap().success());
+    restored_rows(replica, out)
+}
+
 /// The rows of table `t` that `replica` restores to (into `out`).
 fn restored_rows(replica: &str, out: &Path) -> Vec<String> {
     let out = out.display().to_string();
@@ -732,10 +739,8 @@ fn a_database_that_appears_later_is_replicated() {
         .unwrap();
     wait_said(&log, "late.db: it exists now: replicating");
     conn.execute("INSERT INTO t VALUES ('later')", []).unwrap();
-    signal(&strata, "-TERM");
-    assert!(strata.wait().unwrap().success());
     let replica = format!("file://{}/replica-late", dir.path().display());
-    let rows = restored_rows(&replica, &dir.path().join("restored.db"));
+    let rows = stop_and_restore(strata, &replica, &dir.path().join("restored.db"));
     assert_eq!(rows, ["late", "later"]);
 }
 
@@ -760,17 +765,15 @@ fn a_database_that_cannot_start_is_tried_again() {
     )
     .unwrap();
     let log = dir.path().join("strata.log");
-    let mut strata = replicate_logged(&config, &log);
+    let strata = replicate_logged(&config, &log);
     wait_said(&log, "a.db: cannot start");
     wait_said(&log, "tried again in 2 s");
     std::fs::remove_file(&blocker).unwrap();
     wait_said(&log, "a.db: started on a later try: replicating");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute("INSERT INTO t VALUES ('after')", []).unwrap();
-    signal(&strata, "-TERM");
-    assert!(strata.wait().unwrap().success());
     let replica = format!("file://{}/replica", blocker.display());
-    let rows = restored_rows(&replica, &dir.path().join("restored.db"));
+    let rows = stop_and_restore(strata, &replica, &dir.path().join("restored.db"));
     assert_eq!(rows, ["kept", "after"]);
 }
 

@@ -20,6 +20,19 @@ fn terminate(mut child: Child) {
     assert!(status.success(), "exit {status}");
 }
 
+/// The replica's newest L0 file holds one TXID, as Litestream 0.5.17 needs to continue it.
+async fn assert_newest_l0_holds_one_txid(setup: &Setup) {
+    let newest = setup
+        .replica()
+        .list(strata::storage::Level::L0, Txid::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .max_by_key(|f| f.range.max)
+        .unwrap();
+    assert_eq!(newest.range.min, newest.range.max, "newest L0 {newest}");
+}
+
 fn litestream_restore(setup: &Setup, txid: u64, out: &std::path::Path) -> Result<(), String> {
     let _ = std::fs::remove_file(out);
     let result = litestream()
@@ -124,15 +137,7 @@ async fn a_new_litestream_continues_a_replica_strata_left_after_a_burst() {
     // Writes paused for more than a sync interval before the stop.
     std::thread::sleep(Duration::from_millis(2500));
     stop(&setup, strata);
-    let newest = setup
-        .replica()
-        .list(strata::storage::Level::L0, Txid::ZERO)
-        .await
-        .unwrap()
-        .into_iter()
-        .max_by_key(|f| f.range.max)
-        .unwrap();
-    assert_eq!(newest.range.min, newest.range.max, "newest L0 {newest}");
+    assert_newest_l0_holds_one_txid(&setup).await;
     let ls = litestream_replicate(&setup);
     std::thread::sleep(Duration::from_millis(500));
     blocking(&|| wait_all(setup.writers(1, 2.0)));
@@ -168,15 +173,7 @@ async fn after_strata_is_killed_under_writes_replicate_once_lets_litestream_cont
         "{}",
         String::from_utf8_lossy(&once.stderr)
     );
-    let newest = setup
-        .replica()
-        .list(strata::storage::Level::L0, Txid::ZERO)
-        .await
-        .unwrap()
-        .into_iter()
-        .max_by_key(|f| f.range.max)
-        .unwrap();
-    assert_eq!(newest.range.min, newest.range.max, "newest L0 {newest}");
+    assert_newest_l0_holds_one_txid(&setup).await;
     let ls = litestream_replicate(&setup);
     tokio::task::block_in_place(|| wait_all(writers));
     blocking(&|| wait_all(setup.writers(1, 2.0)));

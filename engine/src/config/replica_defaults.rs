@@ -7,7 +7,7 @@ use super::databases::endpoint_value;
 use super::yaml::{Map, boolean, get, interval, string};
 use super::{ConfigError, error};
 
-/// The top-level keys that are defaults for replicas.
+/// The top-level keys that are defaults for replicas (`sync-interval` last: see `S3_ONLY`).
 pub(super) const KEYS: [&str; 8] = [
     "access-key-id",
     "secret-access-key",
@@ -20,16 +20,8 @@ pub(super) const KEYS: [&str; 8] = [
 ];
 
 /// The keys that mean something to an S3 replica only (a file replica that was given one
-/// would be refused, so it is not given the default either).
-const S3_ONLY: [&str; 7] = [
-    "access-key-id",
-    "secret-access-key",
-    "region",
-    "bucket",
-    "endpoint",
-    "force-path-style",
-    "skip-verify",
-];
+/// would be refused, so it is not given the default either): all but `sync-interval`.
+const S3_ONLY: &[&str] = KEYS.split_at(KEYS.len() - 1).0;
 
 /// The defaults found at the top of a config, checked there (so that a bad value is named
 /// by its own key, not by every replica it would have reached).

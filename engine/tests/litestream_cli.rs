@@ -727,7 +727,7 @@ fn a_database_that_appears_later_is_replicated() {
     )
     .unwrap();
     let log = dir.path().join("strata.log");
-    let mut strata = replicate_logged(&config, &log);
+    let strata = replicate_logged(&config, &log);
     wait_said(
         &log,
         "late.db: no database here yet: replicated once it appears",

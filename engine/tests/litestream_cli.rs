@@ -745,22 +745,26 @@ fn a_database_that_appears_later_is_replicated() {
 }
 
 /// A database that cannot start (its replica's directory cannot be made: a file is in the
-/// way) is tried again on its own, as Litestream retries, and replicates once the way is
-/// clear; the exit status is 0 and the replica restores everything.
+/// way) while another replicates is tried again on its own, as Litestream retries, and
+/// replicates once the way is clear; the exit status is 0 and the replica restores
+/// everything. (With nothing started, strata exits non-zero instead: see
+/// `capture_holes::one_database_has_one_capture`.)
 #[test]
 fn a_database_that_cannot_start_is_tried_again() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
     kept_db(&db);
+    kept_db(&dir.path().join("ok.db"));
     let blocker = dir.path().join("blocker");
     std::fs::write(&blocker, b"not a directory").unwrap();
     let config = dir.path().join("litestream.yml");
     std::fs::write(
         &config,
         format!(
-            "dbs:\n  - path: {}\n    replica:\n      url: file://{}/replica\n",
+            "dbs:\n  - path: {}\n    replica:\n      url: file://{}/replica\n  - path: {2}/ok.db\n    replica:\n      url: file://{2}/replica-ok\n",
             db.display(),
-            blocker.display()
+            blocker.display(),
+            dir.path().display()
         ),
     )
     .unwrap();

@@ -43,6 +43,11 @@ impl PendingDbs {
         self.missing.is_empty() && self.retrying.is_empty()
     }
 
+    /// Whether no database is waited for because its file is missing.
+    pub(super) fn missing_none(&self) -> bool {
+        self.missing.is_empty()
+    }
+
     /// From now on, waits for these missing databases (the config's current list of them).
     pub(super) fn wait_for(&mut self, missing: Vec<Database>) {
         self.missing = missing;

@@ -259,7 +259,12 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             failed = true;
         }
     }
-    if started == 0 && args.once && failed {
+    // Nothing started and nothing to wait for (a second process on the same databases, a
+    // replica down at boot): the exit status says so, for a service manager to act on,
+    // rather than a process that looks like it replicates.
+    let commands = args.exec.is_some() || config.exec.is_some();
+    let only_failures = !pending.is_empty() && pending.missing_none() && !watching && !commands;
+    if started == 0 && (only_failures || args.once && failed) {
         store.shutdown().await;
         bail!("no database could start");
     }

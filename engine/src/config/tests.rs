@@ -376,6 +376,19 @@ dbs:
     assert_eq!(interval(0), Some(Duration::from_secs(7)));
     assert_eq!(interval(2), Some(Duration::from_secs(2)));
     assert_eq!(interval(3), Some(Duration::from_secs(7)));
+    // YAML 1.1's spellings of booleans, as Litestream's YAML reader takes them.
+    let c = Config::parse(
+        "force-path-style: yes\nskip-verify: off\ndbs: [{path: /a.db, replica: {url: \"s3://b/a\"}}]",
+    )
+    .unwrap();
+    assert!(matches!(
+        c.dbs[0].replicas[0],
+        ReplicaUrl::S3 {
+            force_path_style: true,
+            skip_verify: false,
+            ..
+        }
+    ));
     // Empty values are no defaults; the access key's two halves merge key by key.
     let c = Config::parse(
         "bucket: \"\"\naccess-key-id: \"\"\nendpoint: \"\"\nsecret-access-key: TOPSECRET\n\

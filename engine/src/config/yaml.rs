@@ -107,6 +107,12 @@ pub(super) fn boolean(m: &Map, at: &str, name: &str) -> Result<Option<bool>, Con
     match get(m, name) {
         None => Ok(None),
         Some(Yaml::Boolean(b)) => Ok(Some(*b)),
+        // YAML 1.1's other spellings, which Litestream's YAML reader takes as booleans.
+        Some(Yaml::String(s)) => match s.as_str() {
+            "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => Ok(Some(true)),
+            "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => Ok(Some(false)),
+            _ => Err(error(&full(at, name), "expected true or false")),
+        },
         Some(_) => Err(error(&full(at, name), "expected true or false")),
     }
 }

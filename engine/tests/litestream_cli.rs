@@ -491,6 +491,15 @@ fn top_level_replica_settings_and_access_key_are_used() {
     }
 }
 
+/// Waits until `strata replicate` has made its control socket at `socket` (30 s at most).
+fn wait_for_socket(socket: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !Path::new(socket).exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The control socket answers strata's and Litestream's own `list`, `info` and `sync`.
 #[test]
 fn the_control_socket_answers_list_info_and_sync_as_litestreams_does() {
@@ -514,11 +523,7 @@ fn the_control_socket_answers_list_info_and_sync_as_litestreams_does() {
         .args(["replicate", "-config", &config.display().to_string()])
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !Path::new(&socket).exists() {
-        assert!(std::time::Instant::now() < deadline, "no socket");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_socket(&socket);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -700,9 +705,12 @@ fn restored_rows(replica: &str, out: &Path) -> Vec<String> {
         &["restore", "-o", &out, replica],
     );
     assert!(ok, "{text}");
-    rusqlite::Connection::open(&out)
-        .unwrap()
-        .prepare("SELECT v FROM t ORDER BY rowid")
+    rows_of(&rusqlite::Connection::open(&out).unwrap())
+}
+
+/// The rows of table `t` in `conn`.
+fn rows_of(conn: &rusqlite::Connection) -> Vec<String> {
+    conn.prepare("SELECT v FROM t ORDER BY rowid")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -858,11 +866,7 @@ fn the_control_socket_starts_stops_registers_and_unregisters_databases() {
         .args(["replicate", "-config", &config.display().to_string()])
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !Path::new(&socket).exists() {
-        assert!(std::time::Instant::now() < deadline, "no socket");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_socket(&socket);
     // Go's flags come before the arguments.
     let ask = |command: Command, args: &[&str]| -> serde_json::Value {
         let mut all = vec![args[0], "-json", "-socket", &socket];
@@ -976,22 +980,8 @@ fn the_control_socket_starts_stops_registers_and_unregisters_databases() {
 
     // Both replicas restore what was committed, the last commits included.
     for (name, replica, source) in [("a", path("replica-a"), &a), ("b", path("replica-b"), &b)] {
-        let out = path(&format!("{name}-restored.db"));
-        let (ok, said) = run(
-            Command::new(strata_bin()),
-            &["restore", "-o", &out, &format!("file://{replica}")],
-        );
-        assert!(ok, "{said}");
-        let rows = |c: &rusqlite::Connection| -> Vec<String> {
-            let mut s = c.prepare("SELECT v FROM t ORDER BY rowid").unwrap();
-            s.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
-        assert_eq!(
-            rows(&rusqlite::Connection::open(&out).unwrap()),
-            rows(source)
-        );
+        let out = dir.path().join(format!("{name}-restored.db"));
+        let restored = restored_rows(&format!("file://{replica}"), &out);
+        assert_eq!(restored, rows_of(source));
     }
 }

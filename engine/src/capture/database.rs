@@ -125,15 +125,11 @@ impl Capture {
                 break;
             }
         }
+        // Either way the saved position is unusable, and the staged files go below.
         if foreign_tail {
             tracing::warn!(db = %db.display(), replica = %replica_max, "a replica's newest files belong to another history (another database replicated there): dropping the staged files; the next file is a full copy");
         } else if !continues {
             tracing::warn!(db = %db.display(), replica = %replica_max, "staged files do not continue the replica, or one is torn; dropping them");
-        }
-        if !continues {
-            for r in staged.iter().filter(|r| r.max > replica_max) {
-                staging.remove(*r).map_err(io_err(&staging.path(*r)))?;
-            }
         }
         let known = [
             saved.map_or(Txid::ZERO, |p| p.txid),

@@ -188,8 +188,6 @@ impl Staging {
     }
 }
 
-/// The L0 files staged in `l0`, in TXID order (of their max TXIDs). For readers that do not
-/// hold the staging lock (followers' streams).
 /// Who holds the staging lock at `lock_path`, as the holder wrote it.
 fn holder(lock_path: &Path) -> String {
     let holder = std::fs::read_to_string(lock_path).unwrap_or_default();
@@ -258,6 +256,8 @@ pub fn reset(db: &Path, remove: bool) -> io::Result<Option<LocalState>> {
     Ok(Some(LocalState { dir, files }))
 }
 
+/// The L0 files staged in `l0`, in TXID order (of their max TXIDs). For readers that do not
+/// hold the staging lock (followers' streams).
 pub(super) fn staged_in(l0: &Path) -> io::Result<Vec<TxidRange>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(l0)? {

@@ -62,10 +62,7 @@ impl PendingDbs {
     /// A database the store could not start (`error`), tried again later if `specs` has
     /// it.
     pub(super) fn retry_later(&mut self, error: &StoreError, specs: &[Database]) {
-        let (StoreError::Start { path, .. }
-        | StoreError::Io { path, .. }
-        | StoreError::Replica { path, .. }) = error
-        else {
+        let Some(path) = error.database() else {
             return;
         };
         if let Some(db) = specs.iter().find(|db| same_file(&db.path, path)) {

@@ -145,11 +145,11 @@ struct Listed {
 }
 
 impl Listed {
-    /// Says which databases do not exist and what becomes of them (with `once`, nothing);
+    /// Says which databases do not exist and what becomes of them (`leave_out`: nothing);
     /// whether any does not.
-    fn report_missing(&self, once: bool) -> bool {
+    fn report_missing(&self, leave_out: bool) -> bool {
         for db in &self.missing {
-            if once {
+            if leave_out {
                 eprintln!("{}: no database here: not replicated", db.path.display());
             } else {
                 eprintln!(
@@ -548,13 +548,7 @@ async fn report_applied(
     }
     for e in &applied.failed {
         // A database that cannot start is retried at every rescan; said once.
-        let path = match e {
-            strata::store::StoreError::Start { path, .. }
-            | strata::store::StoreError::Io { path, .. }
-            | strata::store::StoreError::Replica { path, .. } => Some(path.clone()),
-            _ => None,
-        };
-        if path.is_none_or(|p| reported.insert(p)) {
+        if e.database().is_none_or(|p| reported.insert(p.to_owned())) {
             eprintln!("{e}");
         }
     }

@@ -7,7 +7,9 @@ use super::databases::endpoint_value;
 use super::yaml::{Map, boolean, get, interval, string};
 use super::{ConfigError, error};
 
-/// The top-level keys that are defaults for replicas (`sync-interval` last: see `S3_ONLY`).
+/// The top-level keys that are defaults for replicas. All but `sync-interval` mean
+/// something to an S3 replica only (a file replica given one would be refused, so it is not
+/// given the default either).
 pub(super) const KEYS: [&str; 8] = [
     "access-key-id",
     "secret-access-key",
@@ -18,10 +20,6 @@ pub(super) const KEYS: [&str; 8] = [
     "skip-verify",
     "sync-interval",
 ];
-
-/// The keys that mean something to an S3 replica only (a file replica that was given one
-/// would be refused, so it is not given the default either): all but `sync-interval`.
-const S3_ONLY: &[&str] = KEYS.split_at(KEYS.len() - 1).0;
 
 /// The defaults found at the top of a config, checked there (so that a bad value is named
 /// by its own key, not by every replica it would have reached).
@@ -69,7 +67,7 @@ impl ReplicaDefaults {
         for (key, value) in &self.0 {
             let name = key.as_str().unwrap_or_default();
             let wanted = get(replica, name).is_none()
-                && (s3 || !S3_ONLY.contains(&name))
+                && (s3 || name == "sync-interval")
                 && !(name == "bucket" && url.is_some());
             if wanted {
                 out.insert(key.clone(), value.clone());

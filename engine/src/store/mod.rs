@@ -689,6 +689,18 @@ async fn stop(path: &Path, replication: Replication) -> Result<Status, StoreErro
     })
 }
 
+impl StoreError {
+    /// The database a failure to open or start concerns (what a caller may try again).
+    pub fn database(&self) -> Option<&Path> {
+        match self {
+            StoreError::Start { path, .. }
+            | StoreError::Io { path, .. }
+            | StoreError::Replica { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// Whether replica location `inner` is `outer` or inside it.
 fn nested(inner: &str, outer: &str) -> bool {
     inner == outer
